@@ -1,0 +1,114 @@
+"""The `diff` stage: what each environment must change to reach the target commit, and how."""
+
+from __future__ import annotations
+
+import fnmatch
+from datetime import UTC
+
+import git
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.targets.local import LocalEnvironment
+from airagent.config import Classification
+from airagent.models import ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, Kind, RolloutMode
+from airagent.repo import RepoError, commit_exists, open_repository, resolve
+
+_ORDER = (Kind.ignored, Kind.image, Kind.dependencies, Kind.config, Kind.plugins, Kind.dags)
+_CHANGE = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "T": "type-changed", "C": "copied"}
+
+
+def classify(path: str, rules: Classification) -> Kind:
+    for kind in _ORDER:
+        if any(fnmatch.fnmatchcase(path, pattern) for pattern in getattr(rules, kind.value)):
+            return kind
+    return Kind(rules.unmatched)
+
+
+def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classification) -> list[ChangedFile]:
+    """Files that differ between two commits (everything, on a first deploy), with renames detected."""
+    head = repo.commit(target)
+    if live is None:
+        return [
+            ChangedFile(path=item.path, kind=classify(item.path, rules), change="added")
+            for item in head.tree.traverse()
+            if item.type == "blob"
+        ]
+    files = []
+    for d in repo.commit(live).diff(head, M=True):
+        change = _CHANGE.get(d.change_type, d.change_type)
+        path = d.a_path if d.change_type == "D" else d.b_path
+        files.append(ChangedFile(path=path, kind=classify(path, rules), change=change,
+                                 old_path=d.a_path if d.change_type == "R" else None))
+        if d.change_type == "R" and classify(d.a_path, rules) != files[-1].kind:
+            # A file moved between kinds changes both: count the place it left too.
+            files.append(ChangedFile(path=d.a_path, kind=classify(d.a_path, rules), change="deleted"))
+    return sorted(files, key=lambda f: f.path)
+
+
+MAX_COMMITS = 200
+
+
+def _train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list[Commit]:
+    """The commits this train carries: those the furthest-behind environment lacks, newest first."""
+    if not lives:
+        return []
+    if any(live is None or not commit_exists(repo, live) or not repo.is_ancestor(live, target) for live in lives):
+        revs = [target]
+    else:
+        revs = max(([target, f"^{live}"] for live in lives),
+                   key=lambda r: int(repo.git.rev_list("--count", *r)))
+    return [
+        Commit(sha=c.hexsha, author=c.author.name or "", email=c.author.email or "", summary=c.summary,
+               at=c.committed_datetime.astimezone(UTC))
+        for c in repo.iter_commits(revs, max_count=MAX_COMMITS)
+    ]
+
+
+@activity.defn(name="diff")
+def diff(input: DiffInput) -> DiffResult:
+    pipeline = input.pipeline
+    try:
+        repo = open_repository(pipeline)
+        target = resolve(repo, pipeline, input.target)
+    except RepoError as err:
+        raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
+    changes = []
+    for env in pipeline.environments:
+        live = LocalEnvironment(env.target.path).live()
+        live_commit = live.commit if live else None
+        if live_commit == target:
+            changes.append(EnvironmentChange(environment=env.name, live_commit=live_commit, live_release=live.id))
+            continue
+        if live_commit is not None:
+            _check_ancestry(repo, pipeline.name, pipeline.allow_history_rewrite, env.name, live_commit, target)
+        # A live commit lost to a rewrite is compared as a first deploy: everything changes.
+        base = live_commit if live_commit and commit_exists(repo, live_commit) else None
+        files = changed_files(repo, base, target, pipeline.classification)
+        changes.append(EnvironmentChange(
+            environment=env.name,
+            live_commit=live_commit,
+            live_release=live.id if live else None,
+            files=files,
+            mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
+        ))
+    commits = _train_commits(repo, [c.live_commit for c in changes if c.mode], target)
+    return DiffResult(target=target, commits=commits, environments=changes)
+
+
+def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live: str, target: str) -> None:
+    if not commit_exists(repo, live):
+        if allowed:
+            return
+        raise ApplicationError(
+            f"{env} runs {live[:12]}, which is no longer in the repository (history was rewritten); "
+            f"set allow_history_rewrite: true on pipeline {pipeline!r} to deploy anyway",
+            type="HistoryRewritten", non_retryable=True,
+        )
+    if not allowed and not repo.is_ancestor(live, target):
+        raise ApplicationError(
+            f"{env} runs {live[:12]}, which is not an ancestor of {target[:12]} (history was rewritten "
+            f"or the commit is older than what is live); set allow_history_rewrite: true on pipeline "
+            f"{pipeline!r} to deploy anyway",
+            type="HistoryRewritten", non_retryable=True,
+        )

@@ -1,0 +1,129 @@
+"""The `local` target: an environment that is a directory on this host.
+
+    <env>/releases/<release-id>/   the files of each release rolled here, plus release.json
+    <env>/current                  symlink to the live release, swapped atomically
+    <env>/manifest.json            what is live, what was live before, and every swap ever made
+
+The directory is the truth about what runs; Temporal history is not. Every change first
+reads it, so rolling to what is already live does nothing and a retried roll never
+rolls twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from airagent.models import Release
+
+
+class Swap(BaseModel):
+    at: datetime
+    action: str
+    release: str | None
+    commit: str | None
+    replaced: str | None
+
+
+class Manifest(BaseModel):
+    live: Release | None = None
+    previous: Release | None = None
+    history: list[Swap] = []
+
+
+class LocalEnvironment:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.releases = self.path / "releases"
+        self.current = self.path / "current"
+        self.manifest_file = self.path / "manifest.json"
+
+    def manifest(self) -> Manifest:
+        if not self.manifest_file.exists():
+            return Manifest()
+        return Manifest.model_validate_json(self.manifest_file.read_text())
+
+    def live(self) -> Release | None:
+        return self.manifest().live
+
+    def linked(self) -> str | None:
+        """The release id `current` points at, read from the link itself."""
+        if not self.current.is_symlink():
+            return None
+        return Path(os.readlink(self.current)).name
+
+    def roll(self, release: Release) -> tuple[Manifest, bool]:
+        """Make `release` live; returns the manifest and whether anything changed."""
+        manifest = self.manifest()
+        if manifest.live and manifest.live.id == release.id and self.linked() == release.id:
+            return manifest, False
+        self._install(release)
+        return self._swap(manifest, release, action="roll"), True
+
+    def rollback(self, to: str | None) -> tuple[Manifest, bool]:
+        """Put back an earlier release (by id), or nothing at all when `to` is None."""
+        manifest = self.manifest()
+        live_id = manifest.live.id if manifest.live else None
+        if live_id == to and self.linked() == to:
+            return manifest, False
+        target = self._recorded(to) if to else None
+        return self._swap(manifest, target, action="rollback"), True
+
+    def _recorded(self, release_id: str) -> Release:
+        record = self.releases / release_id / "release.json"
+        if not record.exists():
+            raise FileNotFoundError(f"release {release_id} was never rolled to {self.path}; nothing to roll back to")
+        return Release.model_validate_json(record.read_text())
+
+    def _install(self, release: Release) -> None:
+        """Copy the release's files in once; a half-done copy never becomes visible."""
+        dest = self.releases / release.id
+        if (dest / "release.json").exists():
+            return
+        self.releases.mkdir(parents=True, exist_ok=True)
+        staging = self.releases / f".{release.id}.{uuid.uuid4().hex[:8]}"
+        shutil.copytree(release.bundle, staging, symlinks=True)
+        local = release.model_copy(update={"bundle": str(dest)})
+        (staging / "release.json").write_text(local.model_dump_json(indent=2))
+        try:
+            staging.rename(dest)
+        except OSError:
+            shutil.rmtree(staging)  # another attempt finished first; its copy is identical
+            if not (dest / "release.json").exists():
+                raise
+
+    def _swap(self, manifest: Manifest, release: Release | None, action: str) -> Manifest:
+        if release is None:
+            self.current.unlink(missing_ok=True)
+        elif self.linked() != release.id:
+            link = self.path / f".current.{uuid.uuid4().hex[:8]}"
+            link.symlink_to(Path("releases") / release.id)
+            os.replace(link, self.current)
+        replaced = manifest.live
+        manifest = Manifest(
+            live=self._recorded(release.id) if release else None,
+            previous=replaced,
+            history=[
+                *manifest.history,
+                Swap(
+                    at=datetime.now(UTC),
+                    action=action,
+                    release=release.id if release else None,
+                    commit=release.commit if release else None,
+                    replaced=replaced.id if replaced else None,
+                ),
+            ],
+        )
+        self._write(manifest)
+        return manifest
+
+    def _write(self, manifest: Manifest) -> None:
+        tmp = self.path / f".manifest.{uuid.uuid4().hex[:8]}"
+        tmp.write_text(manifest.model_dump_json(indent=2))
+        os.replace(tmp, self.manifest_file)

@@ -1,0 +1,313 @@
+"""`airagent`: run the deployer, start trains, watch and steer them. `--json` on every read for machines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import timedelta
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from airagent import config as config_module
+from airagent.client import CONTROLS, EXIT_TIMEOUT, AirAgent, TrainRunning, UnknownTrain, exit_code
+from airagent.config import ConfigError
+from airagent.models import Control, Outcome, TrainStatus
+from airagent.repo import RepoError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or print its JSON Schema.")
+app.add_typer(config_app, name="config")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="AIRAGENT_CONFIG", help="path of airagent.yaml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
+PipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
+DEFAULT_CONFIG = Path(config_module.DEFAULT_FILE)
+
+
+def friendly(fn):
+    """Turn the mistakes a user can make into one clear line and exit code 2, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, RepoError, TrainRunning, UnknownTrain, KeyError) as err:
+            err_console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}")
+            raise typer.Exit(2) from None
+        except RuntimeError as err:
+            if "connect" not in str(err).lower():
+                raise
+            err_console.print(f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` "
+                              "or set TEMPORAL_ADDRESS")
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --- services -------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="gRPC port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Web UI port")] = 8233,
+) -> None:
+    """Run a persistent Temporal dev server with airagent's search attributes, until Ctrl-C."""
+    from airagent import devserver
+
+    server = devserver.DevServer(config_module.home(), port=port, ui_port=ui_port)
+    server.start()
+    console.print(f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
+                  f"(state in {server.db}); Ctrl-C stops it")
+    try:
+        server.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def worker(
+    task_queue: Annotated[str | None, typer.Option(help="default: $AIRAGENT_TASK_QUEUE or 'airagent'")] = None,
+) -> None:
+    """Run a worker; SIGTERM or Ctrl-C lets running activities finish first."""
+    from worker.main import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(serve(task_queue))
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option("--once", help="exit when the scenario is done")] = False,
+    repo: Annotated[Path | None, typer.Option(help="monorepo to deploy (default: create the example)")] = None,
+) -> None:
+    """Dev server, worker, example monorepo, two trains: one that lands, one stopped at validate."""
+    from airagent import demo as demo_module
+
+    raise typer.Exit(demo_module.main(once=once, repo=repo))
+
+
+# --- trains ---------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def deploy(
+    pipeline: PipelineOpt,
+    sha: Annotated[str | None, typer.Option(help="commit to deploy (default: head of the branch)")] = None,
+    wait: Annotated[bool, typer.Option(help="wait for the train to end; exit code tells how it ended")] = False,
+    timeout: Annotated[float | None, typer.Option(help="seconds to wait, with --wait")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a train. With --wait, exit 0 for succeeded or noop, 3 failed, 4 rolled back, 5 aborted, 6 timeout."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> int:
+        agent = await AirAgent.connect()
+        handle = await agent.deploy(settings, sha)
+        if not wait:
+            _emit({"train": handle.id}, as_json, f"started {handle.id}")
+            return 0
+        try:
+            status = await _follow(agent, handle.id, quiet=as_json,
+                                   timeout=timedelta(seconds=timeout) if timeout else None)
+        except TimeoutError:
+            _emit({"train": handle.id, "state": "timeout"}, as_json, f"{handle.id}: still running after {timeout}s")
+            return EXIT_TIMEOUT
+        if as_json:
+            print(status.model_dump_json(indent=2))
+        return exit_code(status)
+
+    raise typer.Exit(run(go()))
+
+
+@app.command()
+@friendly
+def status(
+    train: Annotated[str | None, typer.Argument(help="train id, e.g. train/main/1a2b3c4d5e6f")] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="latest train of this pipeline")] = None,
+    watch: Annotated[bool, typer.Option(help="follow the train until it ends")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a train: stages, environments, commits, validation, controls. Exit code as for `deploy --wait`."""
+
+    async def go() -> int:
+        agent = await AirAgent.connect()
+        wf_id = train or await agent.latest(pipeline)
+        if watch:
+            result = await _follow(agent, wf_id, quiet=as_json)
+        else:
+            result = await agent.status(wf_id)
+            if not as_json:
+                console.print(render(wf_id, result))
+        if as_json:
+            print(result.model_dump_json(indent=2))
+        return exit_code(result) if result.state.finished else 0
+
+    raise typer.Exit(run(go()))
+
+
+def _control_command(name: str):
+    def command(
+        train: Annotated[str, typer.Argument(help="train id, e.g. train/main/1a2b3c4d5e6f")],
+        reason: Annotated[str | None, typer.Option(help="why; kept in the train's event log")] = None,
+        by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+        env: Annotated[str | None, typer.Option(help="environment, for rollback and approve")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        import getpass
+
+        control = Control(by=by or getpass.getuser(), reason=reason, environment=env)
+
+        async def go() -> int:
+            agent = await AirAgent.connect()
+            ack = await agent.control(train, name, control)
+            _emit(ack.model_dump(), as_json,
+                  f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]")
+            return 0 if ack.accepted else 1
+
+        raise typer.Exit(run(go()))
+
+    command.__doc__ = {
+        "pause": "Hold the train at its next safe point (a paused soak's clock stops).",
+        "resume": "Let a paused train go on.",
+        "abort": "Stop the train and roll back every environment it changed.",
+        "rollback": "Roll back now (every environment the train changed, or --env) and end the train.",
+        "approve": "Pass the manual approval gate before an environment.",
+    }[name]
+    return friendly(command)
+
+
+for _name in CONTROLS:
+    app.command(name=_name)(_control_command(_name))
+
+
+@app.command()
+@friendly
+def history(
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="only this pipeline")] = None,
+    limit: Annotated[int, typer.Option(help="how many trains, newest first")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent trains, newest first, from Temporal visibility."""
+
+    async def go() -> None:
+        agent = await AirAgent.connect()
+        trains = await agent.history(pipeline, limit)
+        if as_json:
+            print(json.dumps([t.model_dump(mode="json") for t in trains], indent=2))
+            return
+        table = Table("train", "state", "stage", "started", "ended")
+        for t in trains:
+            table.add_row(t.id, t.state, t.stage or "", _time(t.started), _time(t.ended))
+        console.print(table)
+
+    run(go())
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+@config_app.command("check")
+@friendly
+def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Check airagent.yaml; every mistake is named with its file, line and field."""
+    cfg, base = config_module.load(config)
+    for name in cfg.pipelines:
+        p = cfg.pipeline(name, base)
+        console.print(f"[green]ok[/green] pipeline {name}: {p.repo} @ {p.branch} → "
+                      f"{' → '.join(e.name for e in p.environments)}")
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of airagent.yaml (for editors and CI linters)."""
+    print(json.dumps(config_module.AirAgentConfig.model_json_schema(), indent=2))
+
+
+# --- rendering ------------------------------------------------------------------------
+
+
+async def _follow(agent: AirAgent, wf_id: str, quiet: bool, timeout: timedelta | None = None) -> TrainStatus:
+    """Print each stage as it starts and ends, until the train is over."""
+    seen: dict[int, str] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout.total_seconds() if timeout else None
+    while True:
+        status = await agent.status(wf_id)
+        if not quiet:
+            for i, stage in enumerate(status.stages):
+                line = stage_line(stage)
+                if seen.get(i) != line and (stage.outcome != Outcome.running or i not in seen):
+                    console.print(line)
+                    seen[i] = line
+        if status.state.finished:
+            if not quiet:
+                console.print(render(wf_id, status))
+            return status
+        if deadline and loop.time() > deadline:
+            raise TimeoutError(wf_id)
+        await asyncio.sleep(0.5)
+
+
+_COLOURS = {"ok": "green", "failed": "red", "running": "yellow", "skipped": "dim", "stopped": "magenta"}
+
+
+def stage_line(stage) -> str:
+    where = f" {stage.environment}" if stage.environment else ""
+    took = f" {(stage.ended - stage.started).total_seconds():.1f}s" if stage.ended else ""
+    colour = _COLOURS.get(stage.outcome.value, "white")
+    detail = f" — {stage.detail.splitlines()[0]}" if stage.detail else ""
+    return f"  [{colour}]{stage.outcome.value:>8}[/{colour}] {stage.name}{where}{took}{detail}"
+
+
+def render(wf_id: str, s: TrainStatus) -> Table:
+    table = Table(title=f"{wf_id}: [bold]{s.state.value}[/bold]", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("target", f"{s.target[:12]} ({s.mode or 'no change'}; {', '.join(s.kinds) or '-'})")
+    if s.reason:
+        table.add_row("reason", s.reason)
+    table.add_row("stage", f"{s.stage or '-'}{' ' + s.environment if s.environment else ''}")
+    for e in s.environments:
+        table.add_row(f"env {e.name}", f"{e.state}: live {e.live or '-'} (before: {e.previous or '-'})")
+    for c in s.commits[:10]:
+        table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
+    if s.validation:
+        table.add_row("validation", s.validation)
+    for ev in s.events:
+        verdict = "ok" if ev.accepted else "rejected"
+        table.add_row("control", f"{_time(ev.at)} {ev.control} by {ev.by or '?'} ({verdict}: {ev.message})"
+                                 f"{' — ' + ev.reason if ev.reason else ''}")
+    return table
+
+
+def _time(t) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
+
+
+def _emit(data: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data))
+    else:
+        console.print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,163 @@
+"""The Python client for CI and scripts; the CLI is a thin layer over it.
+
+    async with await AirAgent.connect() as agent:   # or AirAgent(client)
+        handle = await agent.deploy(load_pipeline("main"), sha)
+        status = await agent.wait(handle.id, timeout=timedelta(minutes=30))
+        sys.exit(exit_code(status))
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
+
+from airagent import search_attributes as sa
+from airagent.config import PipelineSettings
+from airagent.connection import connect, task_queue
+from airagent.models import Control, ControlAck, TrainInput, TrainState, TrainStatus, TrainSummary
+from airagent.repo import open_repository, resolve
+from workflows.train import DeployTrain
+
+CONTROLS = ("pause", "resume", "abort", "rollback", "approve")
+EXIT_CODES = {
+    TrainState.succeeded: 0,
+    TrainState.noop: 0,
+    TrainState.failed: 3,
+    TrainState.rolled_back: 4,
+    TrainState.aborted: 5,
+}
+EXIT_TIMEOUT = 6
+
+
+def exit_code(status: TrainStatus) -> int:
+    return EXIT_CODES.get(status.state, 1)
+
+
+def train_id(pipeline: str, sha: str) -> str:
+    return f"train/{pipeline}/{sha[:12]}"
+
+
+class TrainRunning(Exception):
+    def __init__(self, pipeline: str, running: str):
+        super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; "
+                         f"wait for it (`airagent status {running} --watch`) or abort it")
+        self.running = running
+
+
+class UnknownTrain(Exception):
+    pass
+
+
+class AirAgent:
+    def __init__(self, client: Client, queue: str | None = None):
+        self.client = client
+        self.task_queue = queue or task_queue()
+
+    @classmethod
+    async def connect(cls, profile: str | None = None, queue: str | None = None) -> AirAgent:
+        return cls(await connect(profile), queue)
+
+    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None) -> WorkflowHandle:
+        """Start a train for `sha` (default: the branch head); the same sha twice is the same train."""
+        target = resolve(open_repository(pipeline), pipeline, sha)
+        running = await self.running_train(pipeline.name)
+        if running and running != train_id(pipeline.name, target):
+            raise TrainRunning(pipeline.name, running)
+        return await self.start(pipeline, target)
+
+    async def start(self, pipeline: PipelineSettings, target: str) -> WorkflowHandle:
+        """Start the train for a resolved sha, without the one-per-pipeline check `deploy` makes."""
+        wf_id = train_id(pipeline.name, target)
+        envs = " → ".join(e.name for e in pipeline.environments)
+        return await self.client.start_workflow(
+            DeployTrain.run,
+            TrainInput(pipeline=pipeline, target=target),
+            id=wf_id,
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=sa_start(pipeline.name, target),
+            static_summary=f"Deploy {pipeline.name} @ {target[:12]} to {envs}",
+            static_details=f"Pipeline **{pipeline.name}** ({pipeline.repo}, branch `{pipeline.branch}`)\n\n"
+                           f"Target commit `{target}`\n\nEnvironments: {envs}",
+        )
+
+    async def running_train(self, pipeline: str) -> str | None:
+        """The pipeline's running train; its search attributes are set at start, so visibility sees it at once."""
+        query = (f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' "
+                 f"AND {sa.PIPELINE.name} = '{pipeline}'")
+        async for execution in self.client.list_workflows(query, limit=1):
+            return execution.id
+        return None
+
+    async def status(self, wf_id: str) -> TrainStatus:
+        handle = self.client.get_workflow_handle(wf_id, result_type=TrainStatus)
+        try:
+            description = await handle.describe()
+        except RPCError as err:
+            raise UnknownTrain(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            return await handle.result()
+        return await handle.query(DeployTrain.query_status)
+
+    async def wait(self, wf_id: str, timeout: timedelta | None = None) -> TrainStatus:
+        handle = self.client.get_workflow_handle(wf_id, result_type=TrainStatus)
+        seconds = timeout.total_seconds() if timeout else None
+        return await asyncio.wait_for(handle.result(), seconds)
+
+    async def control(self, wf_id: str, name: str, control: Control | None = None) -> ControlAck:
+        """Send a control as an update, so the answer says whether the train took it."""
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}; one of {', '.join(CONTROLS)}")
+        handle = self.client.get_workflow_handle(wf_id)
+        try:
+            return await handle.execute_update(name, control or Control(), result_type=ControlAck)
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            return ControlAck(accepted=False, message=getattr(cause, "message", None) or str(cause or err))
+        except RPCError as err:
+            return ControlAck(accepted=False, message=f"{wf_id}: {err.message}")
+
+    async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
+        query = "WorkflowType = 'DeployTrain'"
+        if pipeline:
+            query += f" AND {sa.PIPELINE.name} = '{pipeline}'"
+        trains = []
+        async for ex in self.client.list_workflows(query, limit=limit):
+            attrs = ex.typed_search_attributes
+            trains.append(TrainSummary(
+                id=ex.id,
+                pipeline=attrs.get(sa.PIPELINE) or "",
+                sha=attrs.get(sa.GIT_SHA) or "",
+                state=_state(ex.status, attrs.get(sa.STATE)),
+                stage=attrs.get(sa.STAGE),
+                started=ex.start_time,
+                ended=ex.close_time,
+            ))
+        return trains
+
+    async def latest(self, pipeline: str | None = None) -> str:
+        trains = await self.history(pipeline, limit=1)
+        if not trains:
+            raise UnknownTrain(f"no trains yet{f' for pipeline {pipeline!r}' if pipeline else ''}; start one with "
+                               "`airagent deploy --pipeline P`")
+        return trains[0].id
+
+
+def sa_start(pipeline: str, sha: str) -> TypedSearchAttributes:
+    return TypedSearchAttributes([
+        SearchAttributePair(sa.PIPELINE, pipeline),
+        SearchAttributePair(sa.GIT_SHA, sha),
+        SearchAttributePair(sa.STATE, TrainState.running.value),
+    ])
+
+
+def _state(execution: WorkflowExecutionStatus | None, recorded: str | None) -> str:
+    """The train's own state while it runs or once it completed; Temporal's when it was ended from outside."""
+    if execution in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED) and recorded:
+        return recorded
+    return execution.name.lower() if execution else recorded or "unknown"

@@ -1,0 +1,246 @@
+"""`airagent.yaml`: what a platform team declares, and the snapshot a train carries.
+
+Relative paths are resolved against the file's folder when it is loaded, so the
+snapshot in a train's input means the same thing on every worker of the host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_FILE = "airagent.yaml"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def _duration(value: Any) -> Any:
+    """Accept `90`, `90s`, `5m`, `1h` as well as what pydantic itself reads."""
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _no_option(value: str) -> str:
+    # Names and refs end up as git arguments; one starting with '-' would read as an option.
+    if value.startswith("-"):
+        raise ValueError(f"{value!r} must not start with '-'")
+    return value
+
+
+def _relative(value: str) -> str:
+    path = Path(value)
+    if path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{value!r} must be a path inside the repository, like 'dags'")
+    return path.as_posix()
+
+
+# Names end up in workflow ids and visibility queries: keep them plain.
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class LocalTarget(Model):
+    type: Literal["local"] = "local"
+    path: Path = Field(description="directory holding releases/, the `current` symlink and manifest.json")
+
+
+class EnvironmentSettings(Model):
+    name: Name
+    target: LocalTarget
+    soak: Duration = Field(timedelta(0), description="how long to watch the environment after a roll")
+    probe_interval: Duration = Field(timedelta(seconds=30), description="how often soak checks")
+    require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
+
+
+class Classification(Model):
+    """Globs (fnmatch: `*` crosses folders) mapping changed files to kinds.
+
+    The first kind that matches wins, in the order: ignored, image, dependencies,
+    config, plugins, dags. A file no glob matches gets `unmatched`.
+    """
+
+    ignored: list[str] = ["*.md", "docs/*", "tests/*", ".github/*", ".ci/*", ".gitignore", "airagent.yaml"]
+    image: list[str] = ["Dockerfile", "Containerfile", "image/*"]
+    dependencies: list[str] = ["requirements*.txt", "constraints*.txt", "packages.txt"]
+    config: list[str] = ["airflow.cfg", "config/*", "airflow_local_settings.py", "webserver_config.py"]
+    plugins: list[str] = ["plugins/*"]
+    dags: list[str] = ["dags/*"]
+    unmatched: Literal["ignored", "image", "dependencies", "config", "plugins", "dags"] = Field(
+        "config", description="kind of a file no glob matches; `config` restarts, which is the safe side"
+    )
+
+
+class Runtime(Model):
+    python: str = "3.11"
+    airflow: str = "3.3.2"
+    requirements: str = Field("requirements.txt", description="requirements file in the repo, if present")
+
+
+Ref = Annotated[str, BeforeValidator(_no_option)]
+RepoPath = Annotated[str, BeforeValidator(_relative)]
+
+
+class _Pipeline(Model):
+    repo: Ref = Field(".", description="path of a git repository, or a URL to clone")
+    branch: Ref = "main"
+    dag_folder: RepoPath = "dags"
+    plugins_folder: RepoPath = "plugins"
+    allow_history_rewrite: bool = Field(False, description="deploy even when the live commit is not an ancestor")
+    environments: list[EnvironmentSettings]
+
+    @field_validator("environments")
+    @classmethod
+    def _unique_names(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
+        names = [e.name for e in envs]
+        if not envs:
+            raise ValueError("a pipeline needs at least one environment")
+        if len(set(names)) != len(names):
+            raise ValueError(f"environment names must be unique, got {names}")
+        return envs
+
+
+class PipelineDeclaration(_Pipeline):
+    """A pipeline as written in the file; classification and runtime default to the top level."""
+
+    classification: Classification | None = None
+    runtime: Runtime | None = None
+
+
+class PipelineSettings(_Pipeline):
+    """One pipeline as a train sees it: resolved, absolute, self-contained."""
+
+    name: Name
+    classification: Classification = Classification()
+    runtime: Runtime = Runtime()
+
+    def environment(self, name: str) -> EnvironmentSettings:
+        for env in self.environments:
+            if env.name == name:
+                return env
+        names = [e.name for e in self.environments]
+        raise KeyError(f"pipeline {self.name!r} has no environment {name!r}; it has {names}")
+
+    @property
+    def repo_is_url(self) -> bool:
+        return is_url(self.repo)
+
+
+def is_url(repo: str) -> bool:
+    return "://" in repo or repo.startswith("git@")
+
+
+class AirAgentConfig(Model):
+    classification: Classification = Classification()
+    runtime: Runtime = Runtime()
+    pipelines: dict[Name, PipelineDeclaration]
+
+    def pipeline(self, name: str, base: Path) -> PipelineSettings:
+        if name not in self.pipelines:
+            raise ConfigError(f"unknown pipeline {name!r}; declared pipelines: {', '.join(self.pipelines)}")
+        decl = self.pipelines[name]
+        repo = decl.repo if is_url(decl.repo) else str((base / decl.repo).resolve())
+        envs = [
+            e.model_copy(update={"target": e.target.model_copy(update={"path": (base / e.target.path).resolve()})})
+            for e in decl.environments
+        ]
+        return PipelineSettings(
+            name=name,
+            repo=repo,
+            branch=decl.branch,
+            dag_folder=decl.dag_folder,
+            plugins_folder=decl.plugins_folder,
+            allow_history_rewrite=decl.allow_history_rewrite,
+            environments=envs,
+            classification=decl.classification or self.classification,
+            runtime=decl.runtime or self.runtime,
+        )
+
+
+class ConfigError(Exception):
+    """A mistake in airagent.yaml, worded for the person who has to fix it."""
+
+
+def load(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path]:
+    """Read and check the file; returns the config and the folder relative paths start from."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; create it or pass --config PATH") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'pipelines' key at the top")
+    try:
+        config = AirAgentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path, text)) from None
+    return config, path.parent.resolve()
+
+
+def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSettings:
+    config, base = load(path)
+    return config.pipeline(name, base)
+
+
+def _describe(err: ValidationError, path: Path, text: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(text, loc)
+        where = f"{path}:{line}" if line else str(path)
+        lines.append(f"{where}: {field}: {e['msg']}{_hint(e)}")
+    return "\n".join(lines)
+
+
+def _hint(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "; remove it or check its spelling (see `airagent config schema`)"
+    if error["type"] == "missing":
+        return "; add it (see `airagent config schema`)"
+    return ""
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """1-based line of the deepest YAML node on `loc`, so a message can point at the line."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def home() -> Path:
+    """Where this host keeps airagent's state: runtimes, built releases, clones, the dev server's database."""
+    return Path(os.environ.get("AIRAGENT_HOME") or Path.home() / ".airagent").resolve()

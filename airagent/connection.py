@@ -1,0 +1,26 @@
+"""Connecting to Temporal the standard way, so one worker runs against a dev server, a cluster or Cloud.
+
+Address, namespace, TLS and API key come from `temporalio.envconfig`: the TEMPORAL_*
+environment variables and the profiles of `temporal config`. airagent reads no secret itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from temporalio.client import Client, Interceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+
+DEFAULT_TASK_QUEUE = "airagent"
+
+
+def task_queue() -> str:
+    return os.environ.get("AIRAGENT_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+
+
+async def connect(profile: str | None = None, interceptors: Sequence[Interceptor] = ()) -> Client:
+    config = ClientConfig.load_client_connect_config(profile=profile)
+    config.setdefault("target_host", "localhost:7233")
+    return await Client.connect(**config, data_converter=pydantic_data_converter, interceptors=interceptors)

@@ -1,0 +1,60 @@
+"""The pipeline's git repository, through GitPython: opened in place, or cloned once and fetched."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import git
+
+from airagent.config import PipelineSettings, home
+
+_SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
+
+
+class RepoError(Exception):
+    """The repository or a commit in it cannot be used; the message says what to do."""
+
+
+def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
+    """The repository a pipeline deploys from; a URL is mirrored under AIRAGENT_HOME and fetched."""
+    if not pipeline.repo_is_url:
+        try:
+            return git.Repo(pipeline.repo)
+        except (git.NoSuchPathError, git.InvalidGitRepositoryError):
+            raise RepoError(f"pipeline {pipeline.name!r}: {pipeline.repo} is not a git repository; fix `repo`") from None
+    key = hashlib.sha256(pipeline.repo.encode()).hexdigest()[:16]
+    path = home() / "repos" / f"{pipeline.name}-{key}.git"
+    if not path.exists():
+        return git.Repo.clone_from(pipeline.repo, path, bare=True, mirror=True)
+    repo = git.Repo(path)
+    if fetch:
+        repo.remotes.origin.fetch(prune=True)
+    return repo
+
+
+def resolve(repo: git.Repo, pipeline: PipelineSettings, sha: str | None = None) -> str:
+    """A full commit sha: the one given (abbreviated is fine) or the head of the pipeline's branch."""
+    if sha is None:
+        try:
+            return repo.commit(pipeline.branch).hexsha
+        except (git.BadName, ValueError):
+            raise RepoError(
+                f"pipeline {pipeline.name!r}: branch {pipeline.branch!r} not found in {pipeline.repo}; fix `branch`"
+            ) from None
+    if not _SHA.match(sha):
+        raise RepoError(f"{sha!r} is not a commit sha; pass 4 to 40 hex digits")
+    try:
+        commit = repo.commit(sha)
+    except (git.BadName, ValueError):
+        raise RepoError(f"commit {sha} is not in {pipeline.repo}; push it or check the sha") from None
+    return commit.hexsha
+
+
+def commit_exists(repo: git.Repo, sha: str) -> bool:
+    try:
+        repo.commit(sha)
+        return True
+    except (git.BadName, ValueError):
+        return False

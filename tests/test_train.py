@@ -1,0 +1,193 @@
+"""DeployTrain on the time-skipping server, with real git, real Airflow parsing and real local environments."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from activities.targets.local import LocalEnvironment
+from airagent import example
+from airagent.models import Control, Outcome, TrainState, TrainStatus
+from tests.conftest import make_pipeline
+
+
+def live_commit(pipeline, env: str) -> str | None:
+    live = LocalEnvironment(pipeline.environment(env).target.path).live()
+    return live.commit if live else None
+
+
+def swaps(pipeline, env: str) -> list:
+    return LocalEnvironment(pipeline.environment(env).target.path).manifest().history
+
+
+def soaking(env: str):
+    return lambda s: s.stage == "soak" and s.environment == env and s.stages[-1].outcome == Outcome.running
+
+
+async def test_deploys_head_through_both_environments(agent, pipeline, monorepo, drive):
+    head = monorepo.head.commit.hexsha
+    handle = await agent.start(pipeline, head)
+    assert handle.id == f"train/main/{head[:12]}"
+    status = await drive.finish(handle.id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    assert [(s.name, s.environment) for s in status.stages] == [
+        ("diff", None), ("build", None), ("validate", None),
+        ("roll", "staging"), ("soak", "staging"), ("roll", "prod"), ("soak", "prod"),
+    ]
+    assert all(s.ended and s.ended >= s.started for s in status.stages)
+    assert live_commit(pipeline, "staging") == live_commit(pipeline, "prod") == head
+    assert status.mode == "rebuild"  # a first deploy carries everything, the requirements too
+    assert {c.author for c in status.commits} == {"Ada Lovelace", "Grace Hopper", "Linus Ops"}
+    assert "4 DAGs" in status.validation or "DAGs" in status.validation
+    assert all(e.live == status.release for e in status.environments)
+
+
+async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, drive):
+    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    assert first.state == TrainState.succeeded
+    sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
+                         "finance: more fx steps", "finance")
+    second = await drive.finish((await agent.start(pipeline, sha)).id)
+    assert second.state == TrainState.succeeded, second.reason
+    assert second.mode == "dags-only"
+    assert [c.summary for c in second.commits] == ["finance: more fx steps"]
+    assert second.environment_status("prod").previous == first.release
+
+    # The same sha again is a new run of the same train id, and finds nothing to do.
+    third = await drive.finish((await agent.start(pipeline, sha)).id)
+    assert third.state == TrainState.noop
+    assert len(swaps(pipeline, "prod")) == 2
+
+
+async def test_broken_dag_fails_validate_and_touches_nothing(agent, pipeline, monorepo, drive):
+    good = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    assert good.state == TrainState.succeeded
+    before = {env: swaps(pipeline, env) for env in ("staging", "prod")}
+    sha = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly orders v2",
+                         "marketing")
+
+    status = await drive.finish((await agent.start(pipeline, sha)).id)
+
+    assert status.state == TrainState.failed
+    assert status.stage == "validate"
+    assert "marketing/orders_hourly.py" in status.reason
+    assert "pandas_but_misspelled" in status.reason
+    assert {env: swaps(pipeline, env) for env in ("staging", "prod")} == before
+    assert live_commit(pipeline, "prod") == good.target
+
+
+async def test_noop_when_everything_already_runs_the_commit(agent, pipeline, monorepo, drive):
+    head = monorepo.head.commit.hexsha
+    await drive.finish((await agent.start(pipeline, head)).id)
+    sha = example.commit(monorepo, {"docs/runbook.md": "# Runbook\n"}, "docs: runbook")
+    docs_only = await drive.finish((await agent.start(pipeline, sha)).id)
+    assert docs_only.state == TrainState.succeeded
+    assert docs_only.kinds == ["ignored"]
+
+    status = await drive.finish((await agent.start(pipeline, sha)).id)
+    assert status.state == TrainState.noop
+    assert [s.name for s in status.stages] == ["diff"]
+
+
+async def test_thirty_minute_soak_passes_on_skipped_time(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
+    status = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    assert status.state == TrainState.succeeded, status.reason
+    soaks = [s for s in status.stages if s.name == "soak"]
+    assert [s.outcome for s in soaks] == [Outcome.ok, Outcome.ok]
+    assert all(s.ended - s.started >= timedelta(minutes=30) for s in soaks)
+    assert "3 checks" in soaks[0].detail
+
+
+async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
+    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    await drive.until(handle.id, soaking("staging"))
+
+    ack = await agent.control(handle.id, "pause", Control(by="ops", reason="investigating"))
+    assert ack.accepted
+    paused = await drive.until(handle.id, lambda s: s.state == TrainState.paused)
+    # Hours pass on the server's clock while paused; the soak does not move on.
+    await drive.env.sleep(timedelta(hours=2))
+    held = await agent.status(handle.id)
+    assert held.state == TrainState.paused and held.stage == "soak" and held.environment == "staging"
+    assert live_commit(pipeline, "prod") is None
+
+    assert (await agent.control(handle.id, "pause")).accepted is False
+    assert (await agent.control(handle.id, "resume", Control(by="ops"))).accepted
+    status = await drive.finish(handle.id)
+    assert status.state == TrainState.succeeded
+    assert [(e.control, e.by, e.accepted) for e in status.events] == [
+        ("pause", "ops", True), ("resume", "ops", True),
+    ]
+    assert paused.events[0].reason == "investigating"
+
+
+async def test_abort_during_prod_soak_rolls_back_prod_and_staging(agent, pipeline, monorepo, tmp_path, drive):
+    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    soaky = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
+    sha = example.commit(monorepo, {"plugins/example_plugin.py": "# v2\n" + example.FILES["plugins/example_plugin.py"]},
+                         "platform: plugin v2")
+    handle = await agent.start(soaky, sha)
+    await drive.until(handle.id, soaking("prod"))
+    assert live_commit(soaky, "prod") == sha
+
+    ack = await agent.control(handle.id, "abort", Control(by="oncall", reason="pager went off"))
+    assert ack.accepted, ack.message
+    status = await drive.finish(handle.id)
+
+    assert status.state == TrainState.aborted
+    assert "oncall" in status.reason and "pager went off" in status.reason
+    assert status.mode == "restart"
+    assert [(s.name, s.environment) for s in status.stages[-2:]] == [("rollback", "prod"), ("rollback", "staging")]
+    for env in ("staging", "prod"):
+        assert live_commit(soaky, env) == first.target
+        assert [s.action for s in swaps(soaky, env)] == ["roll", "roll", "rollback"]
+
+
+async def test_rollback_update_rejected_before_any_roll_accepted_after(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
+    pipeline.environments[0].require_approval = True  # holds the train before its first roll
+    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    await drive.until(handle.id, lambda s: s.stage == "approve")
+
+    early = await agent.control(handle.id, "rollback", Control(by="ops"))
+    assert not early.accepted
+    assert "no environment has been rolled yet" in early.message
+
+    assert (await agent.control(handle.id, "approve", Control(by="ops"))).accepted
+    await drive.until(handle.id, soaking("staging"))
+    wrong = await agent.control(handle.id, "rollback", Control(environment="prod"))
+    assert not wrong.accepted and "prod was not rolled" in wrong.message
+    ack = await agent.control(handle.id, "rollback", Control(by="ops", reason="bad numbers"))
+    assert ack.accepted
+    status = await drive.finish(handle.id)
+    assert status.state == TrainState.rolled_back
+    assert live_commit(pipeline, "staging") is None and live_commit(pipeline, "prod") is None
+    assert status.environment_status("staging").state == "rolled_back"
+    # Rejected updates never reach the train; accepted ones are in its event log.
+    assert [(e.control, e.accepted) for e in status.events] == [("approve", True), ("rollback", True)]
+
+
+async def test_signal_without_input_pauses(agent, monorepo, tmp_path, client, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
+    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    await drive.until(handle.id, soaking("staging"))
+    await client.get_workflow_handle(handle.id).signal("pause")
+    status = await drive.until(handle.id, lambda s: s.state == TrainState.paused)
+    assert status.events[0].by is None and status.events[0].accepted
+    await client.get_workflow_handle(handle.id).signal("abort")
+    assert (await drive.finish(handle.id)).state == TrainState.aborted
+
+
+async def test_approval_gate_holds_prod(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs")
+    pipeline.environments[1].require_approval = True
+    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    waiting = await drive.until(handle.id, lambda s: s.stage == "approve")
+    assert waiting.environment == "prod" and live_commit(pipeline, "prod") is None
+    ack = await agent.control(handle.id, "approve", Control(by="release-manager", reason="CAB ok"))
+    assert ack.accepted
+    status = await drive.finish(handle.id)
+    assert status.state == TrainState.succeeded
+    assert live_commit(pipeline, "prod") == status.target

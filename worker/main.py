@@ -1,0 +1,54 @@
+"""The worker process: registers the train and its activities, and shuts down without cutting an activity short."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.build import build
+from activities.diff import diff
+from activities.roll import roll, rollback
+from activities.soak import soak_check
+from activities.validate import validate
+from airagent.connection import connect, task_queue
+from worker.telemetry import tracing_interceptors
+from workflows.train import DeployTrain
+
+WORKFLOWS = [DeployTrain]
+ACTIVITIES = [diff, build, validate, roll, rollback, soak_check]
+# Long enough for a build or a DAG parse to finish when the worker is asked to stop.
+GRACEFUL_SHUTDOWN = timedelta(minutes=5)
+ACTIVITY_THREADS = 8
+
+
+def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Worker:
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=WORKFLOWS,
+        activities=ACTIVITIES,
+        activity_executor=executor,
+        max_concurrent_activities=ACTIVITY_THREADS,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+
+
+async def serve(queue: str | None = None) -> None:
+    client = await connect(interceptors=tracing_interceptors())
+    queue = queue or task_queue()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
+        worker = new_worker(client, queue, executor)
+        logging.getLogger("airagent").info("worker polling task queue %s", queue)
+        async with worker:
+            await stop.wait()
+            logging.getLogger("airagent").info("stopping: waiting for running activities")

@@ -1,0 +1,468 @@
+"""DeployTrain: one train's journey, diff → build → validate → per environment roll → soak.
+
+`run` reads as the stage list. Controls (signals, and updates that answer) only set
+flags; the train acts on them at its safe points: between stages, and while soaking
+or waiting for approval. Everything that touches the world is an activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.build import build
+    from activities.diff import diff
+    from activities.roll import roll, rollback
+    from activities.soak import soak_check
+    from activities.validate import validate
+    from airagent import search_attributes as sa
+    from airagent.config import EnvironmentSettings
+    from airagent.models import (
+        BuildInput,
+        Control,
+        ControlAck,
+        DiffInput,
+        DiffResult,
+        EnvironmentChange,
+        EnvironmentStatus,
+        Event,
+        Outcome,
+        Release,
+        RollbackInput,
+        RollInput,
+        SoakCheckInput,
+        StageRecord,
+        TrainInput,
+        TrainState,
+        TrainStatus,
+        ValidateInput,
+    )
+
+QUICK = dict(start_to_close_timeout=timedelta(minutes=5), retry_policy=RetryPolicy(maximum_attempts=3))
+LONG = dict(
+    start_to_close_timeout=timedelta(minutes=45),
+    heartbeat_timeout=timedelta(minutes=2),
+    retry_policy=RetryPolicy(maximum_attempts=3),
+)
+# A rollback is how an environment gets well again: keep trying for longer.
+PERSISTENT = dict(
+    start_to_close_timeout=timedelta(minutes=10),
+    retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
+)
+
+
+class _Stop(Exception):
+    """An accepted abort or rollback, acted on at a safe point."""
+
+
+class _Failed(Exception):
+    def __init__(self, stage: str, detail: str, environment: str | None = None):
+        super().__init__(detail)
+        self.stage, self.detail, self.environment = stage, detail, environment
+
+
+@workflow.defn(name="DeployTrain")
+class DeployTrain:
+    @workflow.init
+    def __init__(self, input: TrainInput) -> None:
+        self.pipeline = input.pipeline
+        self.status = TrainStatus(
+            pipeline=input.pipeline.name,
+            target=input.target,
+            environments=[EnvironmentStatus(name=e.name) for e in input.pipeline.environments],
+            started=workflow.now(),
+        )
+        self.paused = False
+        self.stop: tuple[str, Control] | None = None
+        self.awaiting_approval: str | None = None
+        self.approved: set[str] = set()
+        self.touched: list[str] = []  # environments whose roll began, in order
+        self.before: dict[str, EnvironmentChange] = {}  # what each touched environment ran before
+        self.release: Release | None = None
+        self._published: tuple | None = None
+
+    @workflow.run
+    async def run(self, input: TrainInput) -> TrainStatus:
+        workflow.upsert_search_attributes([sa.PIPELINE.value_set(input.pipeline.name),
+                                           sa.GIT_SHA.value_set(input.target)])
+        try:
+            change = await self._diff(input)
+            if change.empty:
+                return self._finish(TrainState.noop, "every environment already runs this commit")
+            await self._checkpoint()
+            self.release = await self._build(input)
+            await self._checkpoint()
+            await self._validate(self.release)
+            for env in input.pipeline.environments:
+                await self._checkpoint()
+                env_change = change.for_environment(env.name)
+                if env_change.mode is None:
+                    self._env(env.name).state = "unchanged"
+                    continue
+                if env.require_approval:
+                    await self._approval(env.name)
+                await self._roll(env, env_change)
+                await self._soak(env)
+            if self.stop:
+                raise _Stop()
+            return self._finish(TrainState.succeeded, f"{self.release.id} live in every environment")
+        except _Stop:
+            return await self._stopped()
+        except _Failed as failure:
+            reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
+            if failure.environment:
+                reason += await self._rollback([failure.environment])
+            return self._finish(TrainState.failed, reason)
+
+    # --- stages -----------------------------------------------------------------------
+
+    async def _diff(self, input: TrainInput) -> DiffResult:
+        change: DiffResult = await self._activity("diff", None, diff, DiffInput(pipeline=input.pipeline,
+                                                                               target=input.target), QUICK)
+        self.status.target = change.target
+        self.status.commits = change.commits
+        self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
+        modes = [e.mode for e in change.environments if e.mode]
+        self.status.mode = max(modes, key=_MODE_ORDER.index) if modes else None
+        for e in change.environments:
+            env = self._env(e.environment)
+            env.live, env.previous, env.live_commit, env.mode = e.live_release, e.live_release, e.live_commit, e.mode
+        self._stages[-1].detail = "; ".join(_describe_change(e) for e in change.environments)
+        return change
+
+    async def _build(self, input: TrainInput) -> Release:
+        release: Release = await self._activity("build", None, build, BuildInput(pipeline=input.pipeline,
+                                                                                 target=self.status.target), LONG)
+        self.status.release = release.id
+        self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
+        return release
+
+    async def _validate(self, release: Release) -> None:
+        report = await self._activity("validate", None, validate, ValidateInput(release=release), LONG)
+        self.status.validation = report.summary()
+        if not report.ok:
+            self._end(self._stages[-1], Outcome.failed, report.summary())
+            raise _Failed("validate", report.summary())
+        self._stages[-1].detail = report.summary()
+
+    async def _approval(self, env: str) -> None:
+        record = self._begin("approve", env)
+        self.awaiting_approval = env
+        self._publish()
+        await workflow.wait_condition(lambda: env in self.approved or self.stop is not None)
+        self.awaiting_approval = None
+        if self.stop:
+            self._end(record, Outcome.stopped)
+            raise _Stop()
+        self._end(record, Outcome.ok, "approved")
+
+    async def _roll(self, env: EnvironmentSettings, change: EnvironmentChange) -> None:
+        assert self.release is not None
+        self.touched.append(env.name)
+        self.before[env.name] = change
+        status = self._env(env.name)
+        status.state = "rolling"
+        try:
+            result = await self._activity("roll", env.name, roll,
+                                          RollInput(environment=env, release=self.release, mode=change.mode), QUICK)
+        except _Failed as failure:
+            failure.environment = env.name
+            raise
+        status.live, status.live_commit, status.state = result.live, self.release.commit, "soaking"
+        self._stages[-1].detail = f"{change.live_release or 'nothing'} → {result.live} ({change.mode})"
+
+    async def _soak(self, env: EnvironmentSettings) -> None:
+        """Watch for the configured time; paused time does not count."""
+        assert self.release is not None
+        status = self._env(env.name)
+        record = self._begin("soak", env.name)
+        if env.soak <= timedelta(0):
+            status.state = "live"
+            self._end(record, Outcome.skipped, "no soak configured")
+            return
+        remaining, checks = env.soak, 0
+        while remaining > timedelta(0):
+            await self._checkpoint(record)
+            started = workflow.now()
+            try:
+                await workflow.wait_condition(lambda: self.paused or self.stop is not None,
+                                              timeout=min(env.probe_interval, remaining))
+            except asyncio.TimeoutError:
+                pass
+            remaining -= workflow.now() - started
+            if self.paused or self.stop:
+                continue
+            try:
+                check = await workflow.execute_activity(
+                    soak_check, SoakCheckInput(environment=env, release=self.release), **LONG)
+            except ActivityError as err:
+                self._end(record, Outcome.failed, _cause(err))
+                raise _Failed("soak", _cause(err), env.name) from None
+            checks += 1
+            if not check.healthy:
+                self._end(record, Outcome.failed, check.detail)
+                raise _Failed("soak", check.detail, env.name)
+            record.detail = f"{checks} checks healthy; {_short(remaining)} to go"
+            self._publish()
+        status.state = "live"
+        self._end(record, Outcome.ok, f"healthy for {_short(env.soak)} ({checks} checks)")
+
+    async def _rollback(self, environments: list[str]) -> str:
+        """Put each environment back on what it ran before this train; returns what went wrong, if anything."""
+        problems = []
+        for name in environments:
+            before = self.before[name]
+            try:
+                result = await self._activity("rollback", name, rollback, RollbackInput(
+                    environment=self.pipeline.environment(name), to_release=before.live_release), PERSISTENT)
+            except _Failed as failure:
+                problems.append(f"rollback of {name} failed: {failure.detail}")
+                continue
+            env = self._env(name)
+            env.live, env.live_commit, env.state = result.live, before.live_commit, "rolled_back"
+            self._stages[-1].detail = f"back on {result.live or 'nothing'}"
+        return "".join(f"; {p}" for p in problems)
+
+    async def _stopped(self) -> TrainStatus:
+        assert self.stop is not None
+        kind, control = self.stop
+        names = [control.environment] if kind == "rollback" and control.environment else list(reversed(self.touched))
+        problems = await self._rollback(names)
+        who = f" by {control.by}" if control.by else ""
+        why = f": {control.reason}" if control.reason else ""
+        state = TrainState.aborted if kind == "abort" else TrainState.rolled_back
+        if problems:
+            state = TrainState.failed
+        return self._finish(state, f"{kind}{who}{why}{problems}")
+
+    # --- safe points --------------------------------------------------------------------
+
+    async def _checkpoint(self, record: StageRecord | None = None) -> None:
+        """Hold while paused; leave for the stop path when an abort or rollback was accepted."""
+        if self.paused and not self.stop:
+            self.status.state = TrainState.paused
+            self._publish()
+            await workflow.wait_condition(lambda: not self.paused or self.stop is not None)
+            self.status.state = TrainState.running
+            self._publish()
+        if self.stop:
+            if record is not None:
+                self._end(record, Outcome.stopped, f"{self.stop[0]} requested")
+            raise _Stop()
+
+    # --- controls -----------------------------------------------------------------------
+
+    def _refusal(self, name: str, control: Control) -> str | None:
+        if self.status.state.finished:
+            return f"the train has already ended {self.status.state}"
+        known = [e.name for e in self.pipeline.environments]
+        if control.environment and control.environment not in known:
+            return f"unknown environment {control.environment!r}; this pipeline has {', '.join(known)}"
+        if self.stop and name != "resume":
+            return f"the train is already stopping ({self.stop[0]})"
+        if name == "pause" and self.paused:
+            return "already paused"
+        if name == "resume" and not self.paused:
+            return "not paused"
+        if name == "rollback" and not self.touched:
+            return "no environment has been rolled yet, so there is nothing to roll back; use abort to stop the train"
+        if name == "rollback" and control.environment and control.environment not in self.touched:
+            return f"{control.environment} was not rolled by this train; rolled so far: {', '.join(self.touched)}"
+        if name == "approve" and self.awaiting_approval is None:
+            return "no approval is pending"
+        if name == "approve" and control.environment not in (None, self.awaiting_approval):
+            return f"the pending approval is for {self.awaiting_approval}, not {control.environment}"
+        return None
+
+    def _apply(self, name: str, control: Control | None) -> ControlAck:
+        control = control or Control()
+        refusal = self._refusal(name, control)
+        if refusal is None:
+            message = self._act(name, control)
+        self.status.events.append(Event(
+            at=workflow.now(), control=name, by=control.by, reason=control.reason,
+            environment=control.environment, accepted=refusal is None, message=refusal or message,
+        ))
+        self._publish()
+        return ControlAck(accepted=refusal is None, message=refusal or message)
+
+    def _act(self, name: str, control: Control) -> str:
+        if name == "pause":
+            self.paused = True
+            return "pausing at the next safe point"
+        if name == "resume":
+            self.paused = False
+            return "resumed"
+        if name == "approve":
+            self.approved.add(self.awaiting_approval)
+            return f"approved {self.awaiting_approval}"
+        self.stop = (name, control)
+        if name == "abort":
+            return f"aborting; rolling back {', '.join(reversed(self.touched)) or 'nothing'}"
+        return f"rolling back {control.environment or ', '.join(reversed(self.touched))}"
+
+    def _reject(self, name: str, control: Control | None) -> None:
+        refusal = self._refusal(name, control or Control())
+        if refusal:
+            raise ApplicationError(refusal, type="ControlRejected", non_retryable=True)
+
+    @workflow.signal(name="pause")
+    def pause(self, control: Control | None = None) -> None:
+        self._apply("pause", control)
+
+    @workflow.signal(name="resume")
+    def resume(self, control: Control | None = None) -> None:
+        self._apply("resume", control)
+
+    @workflow.signal(name="abort")
+    def abort(self, control: Control | None = None) -> None:
+        self._apply("abort", control)
+
+    @workflow.signal(name="rollback")
+    def rollback(self, control: Control | None = None) -> None:
+        self._apply("rollback", control)
+
+    @workflow.signal(name="approve")
+    def approve(self, control: Control | None = None) -> None:
+        self._apply("approve", control)
+
+    @workflow.update(name="pause")
+    def pause_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("pause", control)
+
+    @pause_update.validator
+    def _pause_allowed(self, control: Control | None = None) -> None:
+        self._reject("pause", control)
+
+    @workflow.update(name="resume")
+    def resume_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("resume", control)
+
+    @resume_update.validator
+    def _resume_allowed(self, control: Control | None = None) -> None:
+        self._reject("resume", control)
+
+    @workflow.update(name="abort")
+    def abort_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("abort", control)
+
+    @abort_update.validator
+    def _abort_allowed(self, control: Control | None = None) -> None:
+        self._reject("abort", control)
+
+    @workflow.update(name="rollback")
+    def rollback_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("rollback", control)
+
+    @rollback_update.validator
+    def _rollback_allowed(self, control: Control | None = None) -> None:
+        self._reject("rollback", control)
+
+    @workflow.update(name="approve")
+    def approve_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("approve", control)
+
+    @approve_update.validator
+    def _approve_allowed(self, control: Control | None = None) -> None:
+        self._reject("approve", control)
+
+    @workflow.query(name="status")
+    def query_status(self) -> TrainStatus:
+        return self.status
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    @property
+    def _stages(self) -> list[StageRecord]:
+        return self.status.stages
+
+    def _env(self, name: str) -> EnvironmentStatus:
+        return self.status.environment_status(name)
+
+    async def _activity(self, stage: str, env: str | None, fn, arg, options: dict):
+        record = self._begin(stage, env)
+        try:
+            result = await workflow.execute_activity(fn, arg, **options)
+        except ActivityError as err:
+            self._end(record, Outcome.failed, _cause(err))
+            raise _Failed(stage, _cause(err)) from None
+        self._end(record, Outcome.ok)
+        return result
+
+    def _begin(self, stage: str, env: str | None) -> StageRecord:
+        record = StageRecord(name=stage, environment=env, started=workflow.now())
+        self._stages.append(record)
+        self.status.stage, self.status.environment = stage, env
+        self._publish()
+        return record
+
+    def _end(self, record: StageRecord, outcome: Outcome, detail: str | None = None) -> None:
+        record.ended, record.outcome = workflow.now(), outcome
+        if detail is not None:
+            record.detail = detail
+        self._publish()
+
+    def _finish(self, state: TrainState, reason: str) -> TrainStatus:
+        self.status.state, self.status.reason, self.status.ended = state, reason, workflow.now()
+        self._publish()
+        return self.status
+
+    def _publish(self) -> None:
+        """Keep the Web UI current: search attributes when they change, details always."""
+        attrs = (self.status.stage, self.status.state.value, self.status.environment)
+        if attrs != self._published:
+            self._published = attrs
+            workflow.upsert_search_attributes([
+                sa.STAGE.value_set(self.status.stage) if self.status.stage else sa.STAGE.value_unset(),
+                sa.STATE.value_set(self.status.state.value),
+                sa.ENVIRONMENT.value_set(self.status.environment) if self.status.environment
+                else sa.ENVIRONMENT.value_unset(),
+            ])
+        workflow.set_current_details(details_markdown(self.status))
+
+
+_MODE_ORDER = ["dags-only", "restart", "rebuild"]
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    while cause is not None and not isinstance(cause, ApplicationError) and cause.cause is not None:
+        cause = cause.cause
+    return str(cause or err)
+
+
+def _short(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _describe_change(e: EnvironmentChange) -> str:
+    if e.mode is None:
+        return f"{e.environment}: already on the target"
+    kinds = ", ".join(sorted(e.kinds))
+    return f"{e.environment}: {len(e.files)} files ({kinds}) → {e.mode}"
+
+
+def details_markdown(status: TrainStatus) -> str:
+    """The Web UI's current details: what a person glancing at the train wants to see."""
+    where = f"{status.stage} ({status.environment})" if status.environment else (status.stage or "starting")
+    lines = [f"**{status.state.value}** · stage **{where}** · target `{status.target[:12]}`"]
+    if status.reason:
+        lines += ["", f"> {status.reason}"]
+    lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
+    lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
+    if status.commits:
+        lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
+        lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
+    if status.validation:
+        lines += ["", "**validation**", "```", status.validation, "```"]
+    if status.events:
+        e = status.events[-1]
+        lines += ["", f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
+                      f"{e.message}){' — ' + e.reason if e.reason else ''}"]
+    return "\n".join(lines)
