@@ -36,7 +36,18 @@ def parse_release(release: Release) -> ValidationReport:
         except process.ProcessFailed as err:
             raise ApplicationError(f"the DAG parser itself failed: {err.output[-3000:]}",
                                    type="ParserFailed") from None
-        return ValidationReport.model_validate_json(report.read_text())
+        return _from_repo_root(ValidationReport.model_validate_json(report.read_text()), release.dag_folder)
+
+
+def _from_repo_root(report: ValidationReport, dag_folder: str) -> ValidationReport:
+    """The parser sees paths inside the DAG folder; people know them from the repository's root."""
+    def rel(path: str) -> str:
+        return f"{dag_folder.rstrip('/')}/{path}" if dag_folder not in ("", ".") else path
+
+    for f in report.files:
+        f.path = rel(f.path)
+    report.duplicates = {dag_id: [rel(p) for p in paths] for dag_id, paths in report.duplicates.items()}
+    return report
 
 
 @activity.defn(name="validate")

@@ -18,7 +18,8 @@ from rich.table import Table
 from airagent import config as config_module
 from airagent.client import CONTROLS, EXIT_TIMEOUT, AirAgent, TrainRunning, UnknownTrain, exit_code
 from airagent.config import ConfigError
-from airagent.models import Control, Outcome, TrainStatus
+from airagent.display import follow, render, timestamp
+from airagent.models import Control
 from airagent.repo import RepoError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -125,7 +126,7 @@ def deploy(
             _emit({"train": handle.id}, as_json, f"started {handle.id}")
             return 0
         try:
-            status = await _follow(agent, handle.id, quiet=as_json,
+            status = await follow(agent, handle.id, quiet=as_json,
                                    timeout=timedelta(seconds=timeout) if timeout else None)
         except TimeoutError:
             _emit({"train": handle.id, "state": "timeout"}, as_json, f"{handle.id}: still running after {timeout}s")
@@ -151,7 +152,7 @@ def status(
         agent = await AirAgent.connect()
         wf_id = train or await agent.latest(pipeline)
         if watch:
-            result = await _follow(agent, wf_id, quiet=as_json)
+            result = await follow(agent, wf_id, quiet=as_json)
         else:
             result = await agent.status(wf_id)
             if not as_json:
@@ -215,7 +216,7 @@ def history(
             return
         table = Table("train", "state", "stage", "started", "ended")
         for t in trains:
-            table.add_row(t.id, t.state, t.stage or "", _time(t.started), _time(t.ended))
+            table.add_row(t.id, t.state, t.stage or "", timestamp(t.started), timestamp(t.ended))
         console.print(table)
 
     run(go())
@@ -239,67 +240,6 @@ def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def config_schema() -> None:
     """Print the JSON Schema of airagent.yaml (for editors and CI linters)."""
     print(json.dumps(config_module.AirAgentConfig.model_json_schema(), indent=2))
-
-
-# --- rendering ------------------------------------------------------------------------
-
-
-async def _follow(agent: AirAgent, wf_id: str, quiet: bool, timeout: timedelta | None = None) -> TrainStatus:
-    """Print each stage as it starts and ends, until the train is over."""
-    seen: dict[int, str] = {}
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout.total_seconds() if timeout else None
-    while True:
-        status = await agent.status(wf_id)
-        if not quiet:
-            for i, stage in enumerate(status.stages):
-                line = stage_line(stage)
-                if seen.get(i) != line and (stage.outcome != Outcome.running or i not in seen):
-                    console.print(line)
-                    seen[i] = line
-        if status.state.finished:
-            if not quiet:
-                console.print(render(wf_id, status))
-            return status
-        if deadline and loop.time() > deadline:
-            raise TimeoutError(wf_id)
-        await asyncio.sleep(0.5)
-
-
-_COLOURS = {"ok": "green", "failed": "red", "running": "yellow", "skipped": "dim", "stopped": "magenta"}
-
-
-def stage_line(stage) -> str:
-    where = f" {stage.environment}" if stage.environment else ""
-    took = f" {(stage.ended - stage.started).total_seconds():.1f}s" if stage.ended else ""
-    colour = _COLOURS.get(stage.outcome.value, "white")
-    detail = f" — {stage.detail.splitlines()[0]}" if stage.detail else ""
-    return f"  [{colour}]{stage.outcome.value:>8}[/{colour}] {stage.name}{where}{took}{detail}"
-
-
-def render(wf_id: str, s: TrainStatus) -> Table:
-    table = Table(title=f"{wf_id}: [bold]{s.state.value}[/bold]", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("target", f"{s.target[:12]} ({s.mode or 'no change'}; {', '.join(s.kinds) or '-'})")
-    if s.reason:
-        table.add_row("reason", s.reason)
-    table.add_row("stage", f"{s.stage or '-'}{' ' + s.environment if s.environment else ''}")
-    for e in s.environments:
-        table.add_row(f"env {e.name}", f"{e.state}: live {e.live or '-'} (before: {e.previous or '-'})")
-    for c in s.commits[:10]:
-        table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
-    if s.validation:
-        table.add_row("validation", s.validation)
-    for ev in s.events:
-        verdict = "ok" if ev.accepted else "rejected"
-        table.add_row("control", f"{_time(ev.at)} {ev.control} by {ev.by or '?'} ({verdict}: {ev.message})"
-                                 f"{' — ' + ev.reason if ev.reason else ''}")
-    return table
-
-
-def _time(t) -> str:
-    return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
 def _emit(data: dict, as_json: bool, text: str) -> None:

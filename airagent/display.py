@@ -1,0 +1,74 @@
+"""How trains look in a terminal: a line per stage as it moves, a table for the whole."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from rich.console import Console
+from rich.table import Table
+
+from airagent.client import AirAgent
+from airagent.models import Outcome, StageRecord, TrainStatus
+
+console = Console()
+
+
+async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None) -> TrainStatus:
+    """Print each stage as it starts and ends, until the train is over."""
+    seen: dict[int, str] = {}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout.total_seconds() if timeout else None
+    while True:
+        status = await agent.status(wf_id)
+        if not quiet:
+            for i, stage in enumerate(status.stages):
+                line = stage_line(stage)
+                if seen.get(i) != line and (stage.outcome != Outcome.running or i not in seen):
+                    console.print(line)
+                    seen[i] = line
+        if status.state.finished:
+            if not quiet:
+                console.print(render(wf_id, status))
+            return status
+        if deadline and loop.time() > deadline:
+            raise TimeoutError(wf_id)
+        await asyncio.sleep(0.5)
+
+
+_COLOURS = {"ok": "green", "failed": "red", "running": "yellow", "skipped": "dim", "stopped": "magenta"}
+
+
+def stage_line(stage: StageRecord) -> str:
+    where = f" {stage.environment}" if stage.environment else ""
+    took = f" {(stage.ended - stage.started).total_seconds():.1f}s" if stage.ended else ""
+    colour = _COLOURS.get(stage.outcome.value, "white")
+    detail = f" — {stage.detail.splitlines()[0]}" if stage.detail else ""
+    return f"  [{colour}]{stage.outcome.value:>8}[/{colour}] {stage.name}{where}{took}{detail}"
+
+
+def render(wf_id: str, s: TrainStatus) -> Table:
+    table = Table(title=f"{wf_id}: [bold]{s.state.value}[/bold]", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("target", f"{s.target[:12]} ({s.mode or 'no change'}; {', '.join(s.kinds) or '-'})")
+    if s.reason:
+        table.add_row("reason", s.reason)
+    table.add_row("stage", f"{s.stage or '-'}{' ' + s.environment if s.environment else ''}")
+    for e in s.environments:
+        table.add_row(f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})")
+    for c in s.commits[:10]:
+        table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
+    if s.validation:
+        table.add_row("validation", s.validation)
+    for ev in s.events:
+        verdict = "ok" if ev.accepted else "rejected"
+        table.add_row("control", f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'} ({verdict}: {ev.message})"
+                                 f"{' — ' + ev.reason if ev.reason else ''}")
+    return table
+
+
+def timestamp(t) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
+
+
