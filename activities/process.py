@@ -7,9 +7,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from temporalio import activity
-
-HEARTBEAT_EVERY = 5.0
+from activities.heartbeat import keep_alive
 
 
 class ProcessFailed(Exception):
@@ -28,24 +26,16 @@ def run(
 ) -> str:
     """Run to completion and return its combined output; raise ProcessFailed on a non-zero exit.
 
-    Output goes to a temporary file rather than a pipe so a chatty program never blocks
-    while we are busy heartbeating.
+    Output goes to a temporary file rather than a pipe, so a chatty program never blocks.
     """
     argv = [str(a) for a in args]
-    with tempfile.TemporaryFile(mode="w+") as out:
+    name = Path(argv[0]).name
+    with tempfile.TemporaryFile(mode="w+") as out, keep_alive(name):
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-        waited = 0.0
         try:
-            while True:
-                try:
-                    code = proc.wait(timeout=HEARTBEAT_EVERY)
-                    break
-                except subprocess.TimeoutExpired:
-                    waited += HEARTBEAT_EVERY
-                    if activity.in_activity():
-                        activity.heartbeat(f"{Path(argv[0]).name} running for {waited:.0f}s")
-                    if timeout is not None and waited >= timeout:
-                        raise TimeoutError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s")
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{name} did not finish within {timeout:.0f}s") from None
         finally:
             if proc.poll() is None:
                 proc.kill()

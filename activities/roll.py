@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import keep_alive
 from activities.targets.local import LocalEnvironment
 from airagent.models import RollbackInput, RollInput, RollResult
 
@@ -12,7 +13,8 @@ from airagent.models import RollbackInput, RollInput, RollResult
 @activity.defn(name="roll")
 def roll(input: RollInput) -> RollResult:
     env = LocalEnvironment(input.environment.target.path)
-    manifest, changed = env.roll(input.release)
+    with keep_alive(f"roll {input.environment.name}"):
+        manifest, changed = env.roll(input.release)
     activity.logger.info("%s: %s %s", input.environment.name, "rolled to" if changed else "already on",
                          input.release.id)
     return _result(input.environment.name, manifest, changed)
@@ -22,7 +24,8 @@ def roll(input: RollInput) -> RollResult:
 def rollback(input: RollbackInput) -> RollResult:
     env = LocalEnvironment(input.environment.target.path)
     try:
-        manifest, changed = env.rollback(input.to_release)
+        with keep_alive(f"rollback {input.environment.name}"):
+            manifest, changed = env.rollback(input.to_release)
     except FileNotFoundError as err:
         raise ApplicationError(str(err), type="NothingToRollBackTo", non_retryable=True) from None
     return _result(input.environment.name, manifest, changed)

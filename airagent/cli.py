@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import timedelta
 from functools import wraps
@@ -26,7 +27,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or print its JSON Schema.")
 app.add_typer(config_app, name="config")
 console = Console()
-err_console = Console(stderr=True)
+# Soft wrap keeps `file:line: field` messages whole for grep and CI logs.
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="AIRAGENT_CONFIG", help="path of airagent.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
@@ -249,5 +251,19 @@ def _emit(data: dict, as_json: bool, text: str) -> None:
         console.print(text)
 
 
+def main() -> None:
+    """The console script. It leaves with os._exit once output is flushed: the Temporal client's
+    core threads can abort CPython's teardown of a short-lived process (temporalio/sdk-python#300),
+    which would turn a clean exit code into SIGABRT."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    main()

@@ -115,6 +115,10 @@ class AirAgent:
             raise ValueError(f"unknown control {name!r}; one of {', '.join(CONTROLS)}")
         handle = self.client.get_workflow_handle(wf_id)
         try:
+            description = await handle.describe()
+            if description.status != WorkflowExecutionStatus.RUNNING:
+                return ControlAck(accepted=False, message=f"{wf_id} has already ended "
+                                  f"({_state(description.status, description.typed_search_attributes.get(sa.STATE))})")
             return await handle.execute_update(name, control or Control(), result_type=ControlAck)
         except WorkflowUpdateFailedError as err:
             cause = err.cause

@@ -34,14 +34,16 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _no_option(value: str) -> str:
+def _no_option(value: Any) -> Any:
     # Names and refs end up as git arguments; one starting with '-' would read as an option.
-    if value.startswith("-"):
+    if isinstance(value, str) and value.startswith("-"):
         raise ValueError(f"{value!r} must not start with '-'")
     return value
 
 
-def _relative(value: str) -> str:
+def _relative(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value  # pydantic names the wrong type
     path = Path(value)
     if path.is_absolute() or ".." in path.parts:
         raise ValueError(f"{value!r} must be a path inside the repository, like 'dags'")
@@ -60,8 +62,8 @@ class LocalTarget(Model):
 class EnvironmentSettings(Model):
     name: Name
     target: LocalTarget
-    soak: Duration = Field(timedelta(0), description="how long to watch the environment after a roll")
-    probe_interval: Duration = Field(timedelta(seconds=30), description="how often soak checks")
+    soak: Duration = Field(timedelta(0), ge=timedelta(0), description="how long to watch the environment after a roll")
+    probe_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0), description="how often soak checks")
     require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
 
 
@@ -153,7 +155,7 @@ class AirAgentConfig(Model):
         decl = self.pipelines[name]
         repo = decl.repo if is_url(decl.repo) else str((base / decl.repo).resolve())
         envs = [
-            e.model_copy(update={"target": e.target.model_copy(update={"path": (base / e.target.path).resolve()})})
+            e.model_copy(update={"target": e.target.model_copy(update={"path": (base / e.target.path.expanduser()).resolve()})})
             for e in decl.environments
         ]
         return PipelineSettings(

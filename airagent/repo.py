@@ -38,23 +38,31 @@ def resolve(repo: git.Repo, pipeline: PipelineSettings, sha: str | None = None) 
     """A full commit sha: the one given (abbreviated is fine) or the head of the pipeline's branch."""
     if sha is None:
         try:
-            return repo.commit(pipeline.branch).hexsha
-        except (git.BadName, ValueError):
+            return _lookup(repo, pipeline.branch)
+        except _MISSING:
             raise RepoError(
                 f"pipeline {pipeline.name!r}: branch {pipeline.branch!r} not found in {pipeline.repo}; fix `branch`"
             ) from None
     if not _SHA.match(sha):
         raise RepoError(f"{sha!r} is not a commit sha; pass 4 to 40 hex digits")
     try:
-        commit = repo.commit(sha)
-    except (git.BadName, ValueError):
+        return _lookup(repo, sha)
+    except _MISSING:
         raise RepoError(f"commit {sha} is not in {pipeline.repo}; push it or check the sha") from None
-    return commit.hexsha
 
 
 def commit_exists(repo: git.Repo, sha: str) -> bool:
     try:
-        repo.commit(sha)
+        _lookup(repo, sha)
         return True
-    except (git.BadName, ValueError):
+    except _MISSING:
         return False
+
+
+_MISSING = (git.BadName, git.BadObject, ValueError)
+
+
+def _lookup(repo: git.Repo, rev: str) -> str:
+    commit = repo.commit(rev)
+    commit.tree  # a full sha (the all-zero one CI sends for a deleted branch) parses without a lookup
+    return commit.hexsha

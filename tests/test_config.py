@@ -153,9 +153,6 @@ def test_branch_starting_with_dash_is_rejected(tmp_path):
 
 
 @pytest.mark.parametrize("line", ["branch: 5", "repo: 123", "dag_folder: 5", "plugins_folder: null"])
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
-                   reason="bug: _no_option/_relative call str methods on non-str input, so pydantic "
-                          "lets TypeError/AttributeError escape instead of a ConfigError")
 def test_non_string_ref_or_folder_is_a_config_error(tmp_path, line):
     message = config_error(tmp_path, pipeline_with(pipeline_lines=line))
     assert f"pipelines.main.{line.split(':')[0]}" in message
@@ -189,8 +186,6 @@ def test_cli_config_check_names_file_and_field_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr and "╭" not in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug: cli.err_console wraps at 80 columns when stderr is not a "
-                                       "terminal, splitting a long file path across lines")
 def test_cli_config_check_keeps_a_long_path_whole(tmp_path):
     folder = tmp_path / ("a-folder-with-a-long-name-" * 3)
     folder.mkdir()

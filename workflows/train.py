@@ -43,17 +43,16 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
     )
 
+# Activities that may run long heartbeat every few seconds: a lost worker shows within HEARTBEAT.
+HEARTBEAT = timedelta(seconds=30)
 QUICK = dict(start_to_close_timeout=timedelta(minutes=5), retry_policy=RetryPolicy(maximum_attempts=3))
-LONG = dict(
-    start_to_close_timeout=timedelta(minutes=45),
-    heartbeat_timeout=timedelta(minutes=2),
-    retry_policy=RetryPolicy(maximum_attempts=3),
-)
+LONG = dict(start_to_close_timeout=timedelta(minutes=45), heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_attempts=3))
+ROLL = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_attempts=5))
 # A rollback is how an environment gets well again: keep trying for longer.
-PERSISTENT = dict(
-    start_to_close_timeout=timedelta(minutes=10),
-    retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
-)
+ROLLBACK = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
+                retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)))
 
 
 class _Stop(Exception):
@@ -169,7 +168,7 @@ class DeployTrain:
         status.state = "rolling"
         try:
             result = await self._activity("roll", env.name, roll,
-                                          RollInput(environment=env, release=self.release, mode=change.mode), QUICK)
+                                          RollInput(environment=env, release=self.release, mode=change.mode), ROLL)
         except _Failed as failure:
             failure.environment = env.name
             raise
@@ -219,7 +218,7 @@ class DeployTrain:
             before = self.before[name]
             try:
                 result = await self._activity("rollback", name, rollback, RollbackInput(
-                    environment=self.pipeline.environment(name), to_release=before.live_release), PERSISTENT)
+                    environment=self.pipeline.environment(name), to_release=before.live_release), ROLLBACK)
             except _Failed as failure:
                 problems.append(f"rollback of {name} failed: {failure.detail}")
                 continue

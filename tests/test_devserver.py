@@ -1,0 +1,169 @@
+"""On the real Temporal dev server, with the worker and the CLI as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.targets.local import LocalEnvironment
+from airagent import example
+from airagent.client import AirAgent, TrainRunning
+from airagent.config import load_pipeline
+from airagent.devserver import DevServer, binary
+from airagent.models import TrainState
+
+pytestmark = pytest.mark.devserver
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory):
+    server = DevServer(tmp_path_factory.mktemp("temporal"), port=free_port(), ui_port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cli_env(dev_server, tmp_path) -> dict[str, str]:
+    return {**os.environ, "TEMPORAL_ADDRESS": dev_server.address, "AIRAGENT_TASK_QUEUE": f"q-{tmp_path.name}"}
+
+
+@pytest.fixture
+async def agent(dev_server, cli_env) -> AirAgent:
+    client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
+    return AirAgent(client, cli_env["AIRAGENT_TASK_QUEUE"])
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([binary("airagent"), "worker"], env=self.env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def worker(cli_env, tmp_path):
+    w = WorkerProcess(cli_env, tmp_path / "worker.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+def airagent(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([binary("airagent"), *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        status = await agent.status(wf_id)
+        if predicate(status):
+            return status
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{wf_id} never got there; last status {status}")
+
+
+async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(agent, worker, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s")
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    handle = await agent.deploy(pipeline)
+    await until(agent, handle.id, lambda s: s.stage == "soak" and s.environment == "staging")
+
+    worker.kill()
+    worker.start()
+    status = await agent.wait(handle.id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    for env in pipeline.environments:
+        history = LocalEnvironment(env.target.path).manifest().history
+        assert [(h.action, h.commit) for h in history] == [("roll", repo.head.commit.hexsha)]
+
+
+async def test_one_train_at_a_time_per_pipeline(agent, worker, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    pipeline.environments[0].require_approval = True
+    first = await agent.deploy(pipeline)
+    await until(agent, first.id, lambda s: s.stage == "approve")
+
+    newer = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    with pytest.raises(TrainRunning) as refused:
+        await agent.deploy(pipeline, newer)
+    assert refused.value.running == first.id
+    # The same commit again is the same train, not a second one.
+    assert (await agent.deploy(pipeline, repo.commit("HEAD~1").hexsha)).id == first.id
+
+    assert (await agent.control(first.id, "abort")).accepted
+    assert (await agent.wait(first.id)).state == TrainState.aborted
+    second = await agent.deploy(pipeline, newer)
+    assert second.id != first.id
+    await until(agent, second.id, lambda s: s.stage == "approve")
+    assert (await agent.control(second.id, "approve")).accepted
+    assert (await agent.wait(second.id)).state == TrainState.succeeded
+
+
+async def test_cli_deploy_wait_exit_codes_and_controls(worker, cli_env, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    config = str(tmp_path / "repo" / "airagent.yaml")
+
+    ok = airagent("deploy", "--pipeline", "main", "--wait", "-c", config, env=cli_env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "succeeded" in ok.stdout
+
+    example.commit(repo, {example.BROKEN_PATH: example.BROKEN_DAG}, "break it", "marketing")
+    failed = airagent("deploy", "--pipeline", "main", "--wait", "--json", "-c", config, env=cli_env)
+    assert failed.returncode == 3
+    report = json.loads(failed.stdout)
+    assert report["state"] == "failed" and report["stage"] == "validate"
+    assert example.BROKEN_PATH in report["reason"]
+
+    status = airagent("status", "--pipeline", "main", "--json", env=cli_env)
+    assert status.returncode == 3 and json.loads(status.stdout)["target"] == repo.head.commit.hexsha
+
+    history = json.loads(airagent("history", "--pipeline", "main", "--json", env=cli_env).stdout)
+    assert [t["state"] for t in history] == ["failed", "succeeded"]
+
+    late = airagent("pause", history[0]["id"], "--reason", "too late", env=cli_env)
+    assert late.returncode == 1 and "already ended" in late.stdout
+
+
+def test_cli_bad_input_is_named(cli_env, tmp_path):
+    example.create(tmp_path / "repo", tmp_path / "envs")
+    config = str(tmp_path / "repo" / "airagent.yaml")
+
+    unknown = airagent("deploy", "--pipeline", "nope", "-c", config, env=cli_env)
+    assert unknown.returncode == 2
+    assert "unknown pipeline 'nope'" in unknown.stderr and "main" in unknown.stderr
+
+    bad_sha = airagent("deploy", "--pipeline", "main", "--sha", "deadbeef", "-c", config, env=cli_env)
+    assert bad_sha.returncode == 2 and "deadbeef is not in" in bad_sha.stderr
+    assert "Traceback" not in unknown.stderr + bad_sha.stderr

@@ -1,0 +1,195 @@
+"""The local target driven directly, without Temporal: releases/, the `current` link and the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import git
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.build import build
+from activities.targets.local import LocalEnvironment
+from airagent import example
+from airagent.config import home
+from airagent.models import BuildInput, Release
+from tests.conftest import make_pipeline
+
+
+def release(tmp_path: Path, name: str) -> Release:
+    """A built release as the build stage leaves it: a bundle folder outside the environment."""
+    bundle = tmp_path / "built" / name / "bundle"
+    (bundle / "dags").mkdir(parents=True)
+    (bundle / "dags" / "dag.py").write_text(f"# release {name}\n")
+    return Release(id=name, commit=hashlib.sha1(name.encode()).hexdigest(), runtime_hash="0" * 16,
+                   runtime=str(tmp_path / "runtime"), bundle=str(bundle), dag_folder="dags", plugins_folder="plugins")
+
+
+def swaps(env: LocalEnvironment) -> list[tuple]:
+    return [(s.action, s.release, s.replaced) for s in env.manifest().history]
+
+
+def leftovers(env: LocalEnvironment) -> list[str]:
+    """Temporary links, copies and manifests a finished change must not leave behind."""
+    return [p.name for folder in (env.path, env.releases) if folder.exists() for p in folder.iterdir()
+            if p.name.startswith(".")]
+
+
+@pytest.fixture
+def env(tmp_path) -> LocalEnvironment:
+    return LocalEnvironment(tmp_path / "env")
+
+
+def test_roll_installs_the_release_and_points_current_at_it(env, tmp_path):
+    a = release(tmp_path, "a")
+    manifest, changed = env.roll(a)
+
+    assert changed
+    installed = env.releases / "a"
+    assert (installed / "dags" / "dag.py").read_text() == "# release a\n"
+    assert Release.model_validate_json((installed / "release.json").read_text()).bundle == str(installed)
+    assert env.current.is_symlink() and os.readlink(env.current) == "releases/a"  # relative: the folder can move
+    assert (env.current / "dags" / "dag.py").read_text() == "# release a\n"
+    assert manifest == env.manifest()
+    assert (manifest.live.id, manifest.live.commit, manifest.previous) == ("a", a.commit, None)
+    assert swaps(env) == [("roll", "a", None)]
+    assert leftovers(env) == []
+
+
+def test_second_roll_swaps_current_and_keeps_the_first(env, tmp_path):
+    env.roll(release(tmp_path, "a"))
+    manifest, changed = env.roll(release(tmp_path, "b"))
+
+    assert changed
+    assert os.readlink(env.current) == "releases/b"
+    assert (env.current / "dags" / "dag.py").read_text() == "# release b\n"
+    assert sorted(p.name for p in env.releases.iterdir()) == ["a", "b"]
+    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
+    assert leftovers(env) == []
+
+
+def test_rolling_the_live_release_is_a_noop(env, tmp_path):
+    """A retried or replayed roll activity must not roll twice."""
+    a = release(tmp_path, "a")
+    first, _ = env.roll(a)
+    again, changed = env.roll(a)
+    assert not changed
+    assert again == first == env.manifest()
+    assert swaps(env) == [("roll", "a", None)]
+
+
+def test_rollback_to_previous(env, tmp_path):
+    env.roll(release(tmp_path, "a"))
+    env.roll(release(tmp_path, "b"))
+    manifest, changed = env.rollback("a")
+
+    assert changed
+    assert os.readlink(env.current) == "releases/a"
+    assert (manifest.live.id, manifest.previous.id) == ("a", "b")
+    assert swaps(env)[-1] == ("rollback", "a", "b")
+    assert env.rollback("a") == (manifest, False)
+
+
+def test_rollback_to_none_removes_current(env, tmp_path):
+    env.roll(release(tmp_path, "a"))
+    manifest, changed = env.rollback(None)
+
+    assert changed
+    assert not env.current.is_symlink() and not env.current.exists()
+    assert env.linked() is None
+    assert (manifest.live, manifest.previous.id) == (None, "a")
+    assert swaps(env) == [("roll", "a", None), ("rollback", None, "a")]
+    assert (env.releases / "a" / "release.json").exists()  # kept, so it can be rolled back to
+    assert env.rollback(None) == (manifest, False)
+
+
+def test_rollback_to_a_release_never_rolled_here(env, tmp_path):
+    env.roll(release(tmp_path, "a"))
+    with pytest.raises(FileNotFoundError, match="release zz was never rolled"):
+        env.rollback("zz")
+    assert swaps(env) == [("roll", "a", None)]
+
+
+def test_crash_between_link_swap_and_manifest_write(env, tmp_path):
+    """The retried roll finds the link already swapped: it records the swap once, and only once."""
+    a, b = release(tmp_path, "a"), release(tmp_path, "b")
+    env.roll(a)
+    # What a crash leaves: b copied in and `current` swapped, manifest.json still saying a.
+    env._install(b)
+    link = env.path / "crash-link"
+    link.symlink_to(Path("releases") / "b")
+    os.replace(link, env.current)
+    assert env.live().id == "a" and env.linked() == "b"
+
+    manifest, changed = env.roll(b)
+    assert changed
+    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
+    assert os.readlink(env.current) == "releases/b"
+    assert env.roll(b)[1] is False
+
+
+def test_current_missing_while_manifest_says_live_is_repaired(env, tmp_path):
+    """The link is the truth about what runs; a manifest alone does not make a roll a no-op."""
+    a = release(tmp_path, "a")
+    env.roll(a)
+    env.current.unlink()
+    _, changed = env.roll(a)
+    assert changed and env.linked() == "a"
+
+
+# --- build: links that escape the repository -------------------------------------------
+
+
+@pytest.fixture
+def repo_with_dags_link(tmp_path, request) -> git.Repo:
+    """A repository whose `dags` is a committed symlink to a folder outside it."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "stolen.py").write_text("SECRET = 1\n")
+    root = tmp_path / "repo"
+    repo = git.Repo.init(root, initial_branch="main")
+    (root / "requirements.txt").write_text(example.FILES["requirements.txt"])
+    os.symlink(request.param(outside), root / "dags")
+    repo.git.add("requirements.txt", "dags")
+    example.commit(repo, {}, "dags live elsewhere")
+    return repo
+
+
+@pytest.mark.parametrize("repo_with_dags_link", [
+    lambda outside: "../../outside",
+    lambda outside: os.path.relpath(outside, outside.parent / "repo"),  # ../outside: out of the bundle too
+    lambda outside: str(outside),
+], indirect=True, ids=["relative", "one-up", "absolute"])
+def test_build_refuses_a_dag_folder_linked_outside_the_repository(repo_with_dags_link, tmp_path):
+    repo = repo_with_dags_link
+    sha = repo.head.commit.hexsha
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    with pytest.raises(ApplicationError) as err:
+        build(BuildInput(pipeline=pipeline, target=sha))
+    assert err.value.non_retryable and err.value.type == "BadInput"
+    message = str(err.value)
+    assert sha[:12] in message and "dags links outside the repository" in message
+    assert "replace the link" in message
+    scratch = home() / "releases" / pipeline.name
+    assert not any(p.name.startswith(f".{sha[:12]}.") for p in scratch.iterdir())  # nothing half-built is left
+
+
+def test_build_keeps_a_link_that_stays_inside(tmp_path):
+    """A symlinked DAG folder inside the repository is fine, and survives into the environment."""
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    root = Path(repo.working_tree_dir)
+    repo.git.mv("dags", "airflow")
+    os.symlink("airflow", root / "dags")
+    repo.git.add("dags")
+    repo.index.commit("dags is a link now")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+
+    built = build(BuildInput(pipeline=pipeline, target=repo.head.commit.hexsha))
+    env = LocalEnvironment(pipeline.environment("staging").target.path)
+    env.roll(built)
+    assert os.readlink(env.current / "dags") == "airflow"
+    assert (env.current / "dags" / "finance" / "fx_rates.py").resolve().is_relative_to(env.releases.resolve())
