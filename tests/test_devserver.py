@@ -150,7 +150,7 @@ async def test_cli_deploy_wait_exit_codes_and_controls(worker, cli_env, tmp_path
     assert status.returncode == 3 and json.loads(status.stdout)["target"] == repo.head.commit.hexsha
 
     history = json.loads(airagent("history", "--pipeline", "main", "--json", env=cli_env).stdout)
-    assert [t["state"] for t in history] == ["failed", "succeeded"]
+    assert [t["state"] for t in history[:2]] == ["failed", "succeeded"]
 
     late = airagent("pause", history[0]["id"], "--reason", "too late", env=cli_env)
     assert late.returncode == 1 and "already ended" in late.stdout
