@@ -17,15 +17,17 @@ from rich.console import Console
 from rich.table import Table
 
 from airagent import config as config_module
-from airagent.client import CONTROLS, EXIT_TIMEOUT, AirAgent, TrainRunning, UnknownTrain, exit_code
+from airagent.client import CONTROLS, EXIT_TIMEOUT, PIPELINE_CONTROLS, AirAgent, NotFound, TrainRunning, exit_code
 from airagent.config import ConfigError
-from airagent.display import follow, render, timestamp
-from airagent.models import Control
+from airagent.display import follow, render, render_pipeline, timestamp
+from airagent.models import Control, conductor_id
 from airagent.repo import RepoError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or print its JSON Schema.")
 app.add_typer(config_app, name="config")
+pipeline_app = typer.Typer(no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed.")
+app.add_typer(pipeline_app, name="pipeline")
 console = Console()
 # Soft wrap keeps `file:line: field` messages whole for grep and CI logs.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -43,7 +45,7 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RepoError, TrainRunning, UnknownTrain, KeyError) as err:
+        except (ConfigError, RepoError, TrainRunning, NotFound, KeyError) as err:
             err_console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}")
             raise typer.Exit(2) from None
         except RuntimeError as err:
@@ -174,18 +176,7 @@ def _control_command(name: str):
         env: Annotated[str | None, typer.Option(help="environment, for rollback and approve")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        import getpass
-
-        control = Control(by=by or getpass.getuser(), reason=reason, environment=env)
-
-        async def go() -> int:
-            agent = await AirAgent.connect()
-            ack = await agent.control(train, name, control)
-            _emit(ack.model_dump(), as_json,
-                  f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]")
-            return 0 if ack.accepted else 1
-
-        raise typer.Exit(run(go()))
+        raise typer.Exit(run(_send(train, name, Control(by=by or _user(), reason=reason, environment=env), as_json)))
 
     command.__doc__ = {
         "pause": "Hold the train at its next safe point (a paused soak's clock stops).",
@@ -224,6 +215,78 @@ def history(
     run(go())
 
 
+# --- pipelines ----------------------------------------------------------------------
+
+
+@pipeline_app.command("start")
+@friendly
+def pipeline_start(pipeline: PipelineOpt, config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
+    """Start the pipeline's conductor (idempotent): from now on the branch deploys itself."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> None:
+        handle = await (await AirAgent.connect()).start_pipeline(settings)
+        _emit({"conductor": handle.id}, as_json, f"conductor {handle.id} running")
+
+    run(go())
+
+
+@pipeline_app.command("status")
+@friendly
+def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
+    """Paused or frozen, the running train, the queued commit, and the recent trains."""
+
+    async def go() -> None:
+        status = await (await AirAgent.connect()).pipeline_status(pipeline)
+        if as_json:
+            print(status.model_dump_json(indent=2))
+        else:
+            console.print(render_pipeline(status))
+
+    run(go())
+
+
+def _pipeline_control(name: str):
+    def command(
+        pipeline: PipelineOpt,
+        reason: Annotated[str | None, typer.Option(help="why; kept in the conductor's event log")] = None,
+        by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        raise typer.Exit(run(_send(conductor_id(pipeline), name, Control(by=by or _user(), reason=reason), as_json)))
+
+    command.__doc__ = {
+        "pause": "Start no new trains (a running train goes on).",
+        "resume": "Let trains start again after a pause.",
+        "freeze": "Kill switch: start no new trains until unfrozen; needs --reason.",
+        "unfreeze": "Lift a freeze.",
+    }[name]
+    return friendly(command)
+
+
+for _name in PIPELINE_CONTROLS:
+    pipeline_app.command(name=_name)(_pipeline_control(_name))
+
+
+@app.command()
+@friendly
+def notify(
+    pipeline: PipelineOpt,
+    sha: Annotated[str | None, typer.Option(help="the commit that was merged (a hint; the branch head is deployed)")] = None,
+    by: Annotated[str | None, typer.Option(help="who or what sends this, e.g. the CI job")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+) -> None:
+    """For CI after a merge: have the conductor look at the branch now (starting it if needed)."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> None:
+        ack = await (await AirAgent.connect()).notify(settings, sha, by)
+        _emit(ack.model_dump(), as_json, ack.message)
+
+    run(go())
+
+
 # --- config ---------------------------------------------------------------------------
 
 
@@ -242,6 +305,19 @@ def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
 def config_schema() -> None:
     """Print the JSON Schema of airagent.yaml (for editors and CI linters)."""
     print(json.dumps(config_module.AirAgentConfig.model_json_schema(), indent=2))
+
+
+async def _send(wf_id: str, name: str, control: Control, as_json: bool) -> int:
+    ack = await (await AirAgent.connect()).control(wf_id, name, control)
+    _emit(ack.model_dump(), as_json,
+          f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]")
+    return 0 if ack.accepted else 1
+
+
+def _user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 def _emit(data: dict, as_json: bool, text: str) -> None:

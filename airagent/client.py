@@ -18,11 +18,25 @@ from temporalio.service import RPCError
 from airagent import search_attributes as sa
 from airagent.config import PipelineSettings
 from airagent.connection import connect, task_queue
-from airagent.models import Control, ControlAck, TrainInput, TrainState, TrainStatus, TrainSummary
+from airagent.models import (
+    ConductorInput,
+    ConductorStatus,
+    Control,
+    ControlAck,
+    Notify,
+    TrainInput,
+    TrainState,
+    TrainStatus,
+    TrainSummary,
+    conductor_id,
+    train_id,
+)
 from airagent.repo import open_repository, resolve
+from workflows.conductor import Conductor
 from workflows.train import DeployTrain
 
 CONTROLS = ("pause", "resume", "abort", "rollback", "approve")
+PIPELINE_CONTROLS = ("pause", "resume", "freeze", "unfreeze")
 EXIT_CODES = {
     TrainState.succeeded: 0,
     TrainState.noop: 0,
@@ -37,10 +51,6 @@ def exit_code(status: TrainStatus) -> int:
     return EXIT_CODES.get(status.state, 1)
 
 
-def train_id(pipeline: str, sha: str) -> str:
-    return f"train/{pipeline}/{sha[:12]}"
-
-
 class TrainRunning(Exception):
     def __init__(self, pipeline: str, running: str):
         super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; "
@@ -48,7 +58,7 @@ class TrainRunning(Exception):
         self.running = running
 
 
-class UnknownTrain(Exception):
+class NotFound(Exception):
     pass
 
 
@@ -99,7 +109,7 @@ class AirAgent:
         try:
             description = await handle.describe()
         except RPCError as err:
-            raise UnknownTrain(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
+            raise NotFound(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
         if description.status == WorkflowExecutionStatus.COMPLETED:
             return await handle.result()
         return await handle.query(DeployTrain.query_status)
@@ -110,9 +120,10 @@ class AirAgent:
         return await asyncio.wait_for(handle.result(), seconds)
 
     async def control(self, wf_id: str, name: str, control: Control | None = None) -> ControlAck:
-        """Send a control as an update, so the answer says whether the train took it."""
-        if name not in CONTROLS:
-            raise ValueError(f"unknown control {name!r}; one of {', '.join(CONTROLS)}")
+        """Send a control as an update, so the answer says whether the train (or conductor) took it."""
+        known = PIPELINE_CONTROLS if wf_id.startswith("pipeline/") else CONTROLS
+        if name not in known:
+            raise ValueError(f"unknown control {name!r}; one of {', '.join(known)}")
         handle = self.client.get_workflow_handle(wf_id)
         try:
             description = await handle.describe()
@@ -125,6 +136,31 @@ class AirAgent:
             return ControlAck(accepted=False, message=getattr(cause, "message", None) or str(cause or err))
         except RPCError as err:
             return ControlAck(accepted=False, message=f"{wf_id}: {err.message}")
+
+    async def start_pipeline(self, pipeline: PipelineSettings) -> WorkflowHandle:
+        """Start the pipeline's conductor; when it already runs, this is that one."""
+        return await self.client.start_workflow(
+            Conductor.run,
+            ConductorInput(pipeline=pipeline),
+            id=conductor_id(pipeline.name),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"Conductor of {pipeline.name}: {pipeline.branch} → "
+                           f"{' → '.join(e.name for e in pipeline.environments)}",
+        )
+
+    async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None) -> ControlAck:
+        """What CI calls after a merge: start the conductor if needed and have it look at the branch now."""
+        handle = await self.start_pipeline(pipeline)
+        return await handle.execute_update(Conductor.notify_update, Notify(sha=sha, by=by))
+
+    async def pipeline_status(self, name: str) -> ConductorStatus:
+        handle = self.client.get_workflow_handle(conductor_id(name))
+        try:
+            return await handle.query(Conductor.query_status)
+        except RPCError as err:
+            raise NotFound(f"pipeline {name!r} has no conductor; start it with "
+                               f"`airagent pipeline start --pipeline {name}`") from err
 
     async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
         query = "WorkflowType = 'DeployTrain'"
@@ -147,7 +183,7 @@ class AirAgent:
     async def latest(self, pipeline: str | None = None) -> str:
         trains = await self.history(pipeline, limit=1)
         if not trains:
-            raise UnknownTrain(f"no trains yet{f' for pipeline {pipeline!r}' if pipeline else ''}; start one with "
+            raise NotFound(f"no trains yet{f' for pipeline {pipeline!r}' if pipeline else ''}; start one with "
                                "`airagent deploy --pipeline P`")
         return trains[0].id
 

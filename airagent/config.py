@@ -101,6 +101,8 @@ class _Pipeline(Model):
     dag_folder: RepoPath = "dags"
     plugins_folder: RepoPath = "plugins"
     allow_history_rewrite: bool = Field(False, description="deploy even when the live commit is not an ancestor")
+    poll_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0),
+                                    description="how often the conductor looks for new commits on the branch")
     environments: list[EnvironmentSettings]
 
     @field_validator("environments")
@@ -165,6 +167,7 @@ class AirAgentConfig(Model):
             dag_folder=decl.dag_folder,
             plugins_folder=decl.plugins_folder,
             allow_history_rewrite=decl.allow_history_rewrite,
+            poll_interval=decl.poll_interval,
             environments=envs,
             classification=decl.classification or self.classification,
             runtime=decl.runtime or self.runtime,

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from airagent.client import AirAgent
-from airagent.models import Outcome, StageRecord, TrainStatus
+from airagent.models import ConductorStatus, Outcome, StageRecord, TrainStatus
 
 console = Console()
 
@@ -72,3 +72,23 @@ def timestamp(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
+
+
+def render_pipeline(status: ConductorStatus) -> Table:
+    s = status.state
+    mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
+    table = Table(title=f"pipeline {status.pipeline}: [bold]{mode}[/bold]", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("head", (s.head or "-")[:12])
+    table.add_row("last deployed", (s.last_deployed or "-")[:12])
+    table.add_row("running", s.running.id if s.running else "-")
+    table.add_row("queued", (status.queued or "-")[:12])
+    if s.poll_error:
+        table.add_row("poll error", s.poll_error)
+    for t in reversed(s.trains):
+        took = f" in {(t.ended - t.started).total_seconds():.0f}s" if t.ended else ""
+        table.add_row("train", f"{t.id} {t.state}{took}, {t.commits} commits by {', '.join(t.authors) or '-'}")
+    for ev in s.events[-5:]:
+        table.add_row("control", f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'}: {ev.message}")
+    return table

@@ -280,6 +280,14 @@ class TrainStatus(BaseModel):
         return next(e for e in self.environments if e.name == name)
 
 
+def train_id(pipeline: str, sha: str) -> str:
+    return f"train/{pipeline}/{sha[:12]}"
+
+
+def conductor_id(pipeline: str) -> str:
+    return f"pipeline/{pipeline}"
+
+
 class TrainSummary(BaseModel):
     """One row of `airagent history`, read from visibility rather than from each train."""
 
@@ -290,3 +298,57 @@ class TrainSummary(BaseModel):
     stage: str | None
     started: datetime | None
     ended: datetime | None
+
+
+# --- the conductor --------------------------------------------------------------------
+
+
+class PollInput(BaseModel):
+    pipeline: PipelineSettings
+
+
+class PollResult(BaseModel):
+    head: str
+
+
+class Notify(BaseModel):
+    """What CI sends after a merge: a hint that the branch moved; the conductor deploys the branch head."""
+
+    sha: str | None = None
+    by: str | None = None
+
+
+class TrainRecord(BaseModel):
+    id: str
+    sha: str
+    state: str = TrainState.running.value
+    reason: str = ""
+    commits: int = 0
+    authors: list[str] = []
+    started: datetime
+    ended: datetime | None = None
+
+
+class ConductorState(BaseModel):
+    """Everything the conductor knows; carried whole across continue-as-new."""
+
+    paused: bool = False
+    frozen: str | None = Field(None, description="the reason, while frozen")
+    head: str | None = Field(None, description="newest commit seen on the branch")
+    last_deployed: str | None = None
+    failed: list[str] = Field([], description="shas whose train did not succeed; never retried on their own")
+    running: TrainRecord | None = None
+    trains: list[TrainRecord] = Field([], description="the most recent trains, newest last")
+    poll_error: str | None = None
+    events: list[Event] = []
+
+
+class ConductorInput(BaseModel):
+    pipeline: PipelineSettings
+    state: ConductorState = ConductorState()
+
+
+class ConductorStatus(BaseModel):
+    pipeline: str
+    queued: str | None = Field(None, description="the commit the next train will deploy")
+    state: ConductorState

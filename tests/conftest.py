@@ -19,7 +19,7 @@ from airagent import example
 from airagent.client import AirAgent
 from airagent.devserver import binary, register_search_attributes
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.models import TrainStatus
+from airagent.models import ConductorStatus, TrainStatus
 from worker.main import ACTIVITIES, WORKFLOWS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,15 @@ class Drive:
             await self.env.sleep(step)
         raise AssertionError(f"{wf_id} never got there; last status: {status}")
 
+    async def pipeline_until(self, name: str, predicate, step: timedelta = timedelta(seconds=20),
+                             steps: int = 500) -> ConductorStatus:
+        for _ in range(steps):
+            status = await self.agent.pipeline_status(name)
+            if predicate(status):
+                return status
+            await self.env.sleep(step)
+        raise AssertionError(f"pipeline {name} never got there; last status: {status}")
+
     async def finish(self, wf_id: str) -> TrainStatus:
         return await self.until(wf_id, lambda s: s.state.finished, step=timedelta(minutes=1))
 
@@ -94,6 +103,7 @@ def monorepo(tmp_path):
 
 def make_pipeline(repo, envs_dir: Path, soak: str = "0s", probe_interval: str = "10s",
                   **settings) -> PipelineSettings:
+    """The example's pipeline, `main`, with staging and prod under `envs_dir`."""
     return PipelineSettings(
         name="main",
         repo=str(repo.working_tree_dir),

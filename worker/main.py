@@ -13,15 +13,17 @@ from temporalio.worker import Worker
 
 from activities.build import build
 from activities.diff import diff
+from activities.poll import poll_branch
 from activities.roll import roll, rollback
 from activities.soak import soak_check
 from activities.validate import validate
 from airagent.connection import connect, task_queue
 from worker.telemetry import tracing_interceptors
+from workflows.conductor import Conductor
 from workflows.train import DeployTrain
 
-WORKFLOWS = [DeployTrain]
-ACTIVITIES = [diff, build, validate, roll, rollback, soak_check]
+WORKFLOWS = [DeployTrain, Conductor]
+ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8

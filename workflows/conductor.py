@@ -1,0 +1,218 @@
+"""Conductor: one per pipeline, for ever. It watches the branch and runs one train at a time.
+
+Commits that land while a train runs ride the next one, which deploys the branch head
+and so carries them all; the head only moves forward, so order is never inverted. A
+commit whose train failed is not tried again on its own; a newer commit is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.poll import poll_branch
+    from airagent.models import (
+        ConductorInput,
+        ConductorStatus,
+        Control,
+        ControlAck,
+        Event,
+        Notify,
+        PollInput,
+        TrainInput,
+        TrainRecord,
+        TrainState,
+        TrainStatus,
+        train_id,
+    )
+    from workflows.train import DeployTrain
+
+KEEP_TRAINS = 20
+KEEP_FAILED = 100
+KEEP_EVENTS = 50
+# Well under Temporal's limits; continue-as-new also follows the server's own suggestion.
+MAX_HISTORY = 5_000
+POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=3))
+
+
+@workflow.defn(name="Conductor")
+class Conductor:
+    @workflow.init
+    def __init__(self, input: ConductorInput) -> None:
+        self.pipeline = input.pipeline
+        self.state = input.state
+        self.wake = False
+
+    @workflow.run
+    async def run(self, input: ConductorInput) -> None:
+        while True:
+            await self._poll()
+            while self._next() is not None:
+                await self._run_train(self._next())
+                await self._poll()  # whatever landed meanwhile rides the next train
+            if self._history_is_long():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(ConductorInput(pipeline=self.pipeline, state=self.state))
+            self.wake = False
+            try:
+                await workflow.wait_condition(lambda: self.wake, timeout=self.pipeline.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+
+    def _queued(self) -> str | None:
+        """The commit the next train will deploy: a head not yet deployed, tried, or being deployed."""
+        s = self.state
+        waiting = s.head not in (None, s.last_deployed) and s.head not in s.failed
+        return s.head if waiting and not (s.running and s.running.sha == s.head) else None
+
+    def _next(self) -> str | None:
+        """The queued commit, when a train may start now."""
+        return None if self.state.paused or self.state.frozen else self._queued()
+
+    async def _poll(self) -> None:
+        try:
+            result = await workflow.execute_activity(poll_branch, PollInput(pipeline=self.pipeline), **POLL)
+        except ActivityError as err:
+            self.state.poll_error = str(err.cause or err)
+            return
+        self.state.head, self.state.poll_error = result.head, None
+
+    async def _run_train(self, sha: str) -> None:
+        record = TrainRecord(id=train_id(self.pipeline.name, sha), sha=sha, started=workflow.now())
+        self.state.running = record
+        try:
+            status: TrainStatus = await workflow.execute_child_workflow(
+                DeployTrain.run,
+                TrainInput(pipeline=self.pipeline, target=sha),
+                id=record.id,
+                static_summary=f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
+            )
+            record.state, record.reason = status.state.value, status.reason
+            record.commits = len(status.commits)
+            record.authors = sorted({c.author for c in status.commits})
+        except ChildWorkflowError as err:
+            record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
+        record.ended = workflow.now()
+        if record.state in (TrainState.succeeded, TrainState.noop):
+            self.state.last_deployed = sha
+        else:
+            self.state.failed = [*self.state.failed, sha][-KEEP_FAILED:]
+        self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
+        self.state.running = None
+
+    def _history_is_long(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY
+
+    # --- controls -----------------------------------------------------------------------
+
+    def _refusal(self, name: str, control: Control) -> str | None:
+        s = self.state
+        if name == "pause" and s.paused:
+            return "already paused"
+        if name == "resume" and not s.paused:
+            return "not paused"
+        if name == "freeze" and not control.reason:
+            return "a freeze needs a reason, so whoever unfreezes knows what to check"
+        if name == "unfreeze" and not s.frozen:
+            return "not frozen"
+        return None
+
+    def _apply(self, name: str, control: Control | None) -> ControlAck:
+        control = control or Control()
+        refusal = self._refusal(name, control)
+        message = refusal or {
+            "pause": "no new trains will start; a running train goes on",
+            "resume": "trains flow again",
+            "freeze": f"frozen: {control.reason}",
+            "unfreeze": "unfrozen; trains flow again",
+        }[name]
+        if refusal is None:
+            if name in ("pause", "resume"):
+                self.state.paused = name == "pause"
+            else:
+                self.state.frozen = control.reason if name == "freeze" else None
+            self.wake = True
+        self._log(name, control, refusal is None, message)
+        return ControlAck(accepted=refusal is None, message=message)
+
+    def _log(self, name: str, control: Control, accepted: bool, message: str) -> None:
+        event = Event(at=workflow.now(), control=name, by=control.by, reason=control.reason,
+                      environment=control.environment, accepted=accepted, message=message)
+        self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
+
+    def _reject(self, name: str, control: Control | None) -> None:
+        refusal = self._refusal(name, control or Control())
+        if refusal:
+            raise ApplicationError(refusal, type="ControlRejected", non_retryable=True)
+
+    @workflow.signal(name="notify")
+    def notify(self, notice: Notify | None = None) -> None:
+        self._notify(notice)
+
+    @workflow.update(name="notify")
+    def notify_update(self, notice: Notify | None = None) -> ControlAck:
+        return self._notify(notice)
+
+    def _notify(self, notice: Notify | None) -> ControlAck:
+        notice = notice or Notify()
+        self.wake = True
+        message = f"looking at {self.pipeline.branch} now" + (f" for {notice.sha[:12]}" if notice.sha else "")
+        return ControlAck(accepted=True, message=message)
+
+    @workflow.signal(name="pause")
+    def pause(self, control: Control | None = None) -> None:
+        self._apply("pause", control)
+
+    @workflow.signal(name="resume")
+    def resume(self, control: Control | None = None) -> None:
+        self._apply("resume", control)
+
+    @workflow.signal(name="freeze")
+    def freeze(self, control: Control | None = None) -> None:
+        self._apply("freeze", control)
+
+    @workflow.signal(name="unfreeze")
+    def unfreeze(self, control: Control | None = None) -> None:
+        self._apply("unfreeze", control)
+
+    @workflow.update(name="pause")
+    def pause_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("pause", control)
+
+    @pause_update.validator
+    def _pause_allowed(self, control: Control | None = None) -> None:
+        self._reject("pause", control)
+
+    @workflow.update(name="resume")
+    def resume_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("resume", control)
+
+    @resume_update.validator
+    def _resume_allowed(self, control: Control | None = None) -> None:
+        self._reject("resume", control)
+
+    @workflow.update(name="freeze")
+    def freeze_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("freeze", control)
+
+    @freeze_update.validator
+    def _freeze_allowed(self, control: Control | None = None) -> None:
+        self._reject("freeze", control)
+
+    @workflow.update(name="unfreeze")
+    def unfreeze_update(self, control: Control | None = None) -> ControlAck:
+        return self._apply("unfreeze", control)
+
+    @unfreeze_update.validator
+    def _unfreeze_allowed(self, control: Control | None = None) -> None:
+        self._reject("unfreeze", control)
+
+    @workflow.query(name="status")
+    def query_status(self) -> ConductorStatus:
+        return ConductorStatus(pipeline=self.pipeline.name, queued=self._queued(), state=self.state)
