@@ -1,9 +1,10 @@
 """`make demo`: the whole embedded default, end to end, checked as it goes.
 
-Starts (or finds) the dev server, starts a worker, makes the example monorepo,
-deploys its head through staging and prod, then commits a broken DAG and shows that
-train stop at `validate` with both environments untouched. Every step is checked:
-the exit code is non-zero if anything did not behave as described.
+Starts (or finds) the dev server, starts a worker, makes the example monorepo and
+starts its pipeline's conductor, which deploys the head through staging and prod; then
+commits a broken DAG, notifies the conductor as CI would, and shows that train stop at
+`validate` with both environments untouched. Every step is checked: the exit code is
+non-zero if anything did not behave as described.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from rich.console import Console
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent, TrainRunning
+from airagent.client import AirAgent
 from airagent.config import PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
 from airagent.display import follow
-from airagent.models import TrainState
+from airagent.models import TrainState, TrainStatus, train_id
 
 console = Console()
 TRAIN_TIMEOUT = timedelta(minutes=15)
@@ -86,9 +87,11 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     agent = await AirAgent.connect()
     await register_search_attributes(agent.client)
 
-    console.rule("1. deploy the head of main through staging and prod")
-    status = await deploy(agent, pipeline)
-    head = status.target
+    console.rule("1. the conductor deploys the head of main through staging and prod")
+    conductor = await agent.start_pipeline(pipeline)
+    console.print(f"[bold]{conductor.id}[/bold] running: every commit on {pipeline.branch} deploys itself")
+    head = git.Repo(repo).head.commit.hexsha
+    status = await train_for(agent, pipeline, head)
     checks.expect(status.state in (TrainState.succeeded, TrainState.noop), f"train ended {status.state.value}")
     for env in pipeline.environments:
         live = LocalEnvironment(env.target.path).live()
@@ -98,12 +101,13 @@ async def scenario(state: Path, given: Path | None) -> Checks:
         console.print("(a repository was given: the broken-commit step runs only on the example)")
         return checks
 
-    console.rule("2. commit a broken DAG: the train must stop at validate")
-    git_repo = git.Repo(repo)
+    console.rule("2. commit a broken DAG: its train must stop at validate")
     before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
-    example.commit(git_repo, {example.BROKEN_PATH: example.BROKEN_DAG},
-                   "marketing: orders_hourly reads the new orders feed", "marketing")
-    status = await deploy(agent, pipeline)
+    broken = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.BROKEN_DAG},
+                            "marketing: orders_hourly reads the new orders feed", "marketing")
+    ack = await agent.notify(pipeline, broken, by="demo (as CI would after a merge)")
+    console.print(f"notified the conductor: {ack.message}")
+    status = await train_for(agent, pipeline, broken)
     checks.expect(status.state == TrainState.failed and status.stage == "validate",
                   f"train ended {status.state.value} at {status.stage}")
     checks.expect(example.BROKEN_PATH in status.reason and "pandas_but_misspelled" in status.reason,
@@ -114,17 +118,21 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     return checks
 
 
-async def deploy(agent: AirAgent, pipeline: PipelineSettings):
-    """Deploy the branch head; a train left running by an earlier demo is followed to its end first."""
-    while True:
-        try:
-            handle = await agent.deploy(pipeline)
-            break
-        except TrainRunning as running:
-            console.print(f"an earlier train is still running: {running.running}; following it first")
-            await follow(agent, running.running, timeout=TRAIN_TIMEOUT)
-    console.print(f"[bold]{handle.id}[/bold]")
-    return await follow(agent, handle.id, timeout=TRAIN_TIMEOUT)
+async def train_for(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> TrainStatus:
+    """Follow, stage by stage, the conductor's train that deploys `sha`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TRAIN_TIMEOUT.total_seconds()
+    wf_id = train_id(pipeline.name, sha)
+    while loop.time() < deadline:
+        state = (await agent.pipeline_status(pipeline.name)).state
+        if (state.running and state.running.sha == sha) or any(t.sha == sha for t in state.trains):
+            console.print(f"[bold]{wf_id}[/bold]")
+            return await follow(agent, wf_id, timeout=TRAIN_TIMEOUT)
+        if state.running:
+            console.print(f"an earlier train is still running: {state.running.id}; following it first")
+            await follow(agent, state.running.id, timeout=TRAIN_TIMEOUT)
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the conductor started no train for {sha[:12]} within {TRAIN_TIMEOUT}")
 
 
 def prepare_example(root: Path) -> Path:
@@ -145,10 +153,13 @@ def prepare_example(root: Path) -> Path:
 def hints(server: DevServer) -> None:
     console.rule("explore")
     console.print(f"""Web UI:  http://localhost:{server.ui_port}   (filter: AiragentPipeline = "main")
+airagent pipeline status --pipeline main   # the conductor: running, queued, recent trains
 airagent history --pipeline main
 airagent status --pipeline main            # latest train; add --json for machines
-airagent deploy --pipeline main --wait -c {home() / 'demo' / 'repo' / 'airagent.yaml'}
+airagent pipeline pause --pipeline main --reason "hold on"   # or freeze / unfreeze / resume
+airagent notify --pipeline main -c {home() / 'demo' / 'repo' / 'airagent.yaml'}   # after a commit there
 airagent pause TRAIN --reason "looking"    # then: resume, abort, rollback, approve
 temporal workflow list --query 'AiragentPipeline="main"'
+temporal workflow signal -w pipeline/main --name notify
 temporal workflow query  -w TRAIN --type status
 temporal workflow signal -w TRAIN --name pause --input '{{"by": "you", "reason": "why"}}'""")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -37,8 +38,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class DevServer:
     """`temporal server start-dev` with its database on disk, so a restart resumes every train."""
 
-    def __init__(self, state_dir: Path, port: int = 7233, ui_port: int = 8233):
+    def __init__(self, state_dir: Path, port: int = 7233, ui_port: int = 8233,
+                 dynamic_config: dict[str, object] | None = None):
         self.state_dir = state_dir
+        self.dynamic_config = dynamic_config or {}
         self.db = state_dir / "temporal.db"
         self.log = state_dir / "temporal.log"
         self.port, self.ui_port = port, ui_port
@@ -53,6 +56,8 @@ class DevServer:
                "--port", str(self.port), "--ui-port", str(self.ui_port), "--log-level", "warn"]
         for key in search_attributes.ALL:
             cmd += ["--search-attribute", f"{key.name}=Keyword"]
+        for name, value in self.dynamic_config.items():
+            cmd += ["--dynamic-config-value", f"{name}={json.dumps(value)}"]
         return cmd
 
     def start(self, timeout: float = 60) -> bool:

@@ -16,10 +16,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent, TrainRunning
+from airagent.client import AirAgent, NotFound, TrainRunning
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
-from airagent.models import TrainState
+from airagent.models import TrainState, train_id
 
 pytestmark = pytest.mark.devserver
 
@@ -84,9 +84,13 @@ def airagent(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    status = None
     while loop.time() < deadline:
-        status = await agent.status(wf_id)
-        if predicate(status):
+        try:
+            status = await agent.status(wf_id)
+        except NotFound:
+            status = None  # not started yet
+        if status and predicate(status):
             return status
         await asyncio.sleep(0.2)
     raise AssertionError(f"{wf_id} never got there; last status {status}")
@@ -167,3 +171,74 @@ def test_cli_bad_input_is_named(cli_env, tmp_path):
     bad_sha = airagent("deploy", "--pipeline", "main", "--sha", "deadbeef", "-c", config, env=cli_env)
     assert bad_sha.returncode == 2 and "deadbeef is not in" in bad_sha.stderr
     assert "Traceback" not in unknown.stderr + bad_sha.stderr
+
+
+async def test_worker_killed_while_a_conductor_train_runs_both_resume(agent, worker, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s")
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    await agent.start_pipeline(pipeline)
+    head = repo.head.commit.hexsha
+    await until(agent, train_id("main", head), lambda s: s.stage == "soak")
+
+    worker.kill()
+    worker.start()
+    newer = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    await agent.notify(pipeline, newer)
+    status = await until_pipeline(agent, lambda s: s.state.last_deployed == newer and s.state.running is None)
+
+    assert [(t.sha, t.state) for t in status.state.trains] == [(head, "succeeded"), (newer, "succeeded")]
+    for env in pipeline.environments:
+        history = LocalEnvironment(env.target.path).manifest().history
+        assert [h.commit for h in history] == [head, newer]
+    await agent.client.get_workflow_handle("pipeline/main").terminate("test over")
+
+
+@pytest.fixture(scope="module")
+def short_history_server(tmp_path_factory):
+    server = DevServer(tmp_path_factory.mktemp("temporal-short"), port=free_port(), ui_port=free_port(),
+                       dynamic_config={"limit.historyCount.suggestContinueAsNew": 40})
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_conductor_continues_as_new_keeping_its_state(short_history_server, tmp_path):
+    env = {**os.environ, "TEMPORAL_ADDRESS": short_history_server.address, "AIRAGENT_TASK_QUEUE": "can"}
+    client = await Client.connect(short_history_server.address, data_converter=pydantic_data_converter)
+    agent = AirAgent(client, "can")
+    w = WorkerProcess(env, tmp_path / "worker.log")
+    w.start()
+    try:
+        repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+        pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+        handle = await agent.start_pipeline(pipeline)
+        first_run = (await handle.describe()).run_id
+        shas = [repo.head.commit.hexsha]
+        for i in range(3):
+            await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+            shas.append(example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)},
+                                       f"fx {i}", "finance"))
+            await agent.notify(pipeline, shas[-1])
+        status = await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+
+        assert (await client.get_workflow_handle("pipeline/main").describe()).run_id != first_run
+        assert [t.sha for t in status.state.trains] == shas
+        assert status.state.head == shas[-1]
+    finally:
+        await client.get_workflow_handle("pipeline/main").terminate("test over")
+        w.stop()
+
+
+async def until_pipeline(agent: AirAgent, predicate, timeout: float = 300):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    status = None
+    while loop.time() < deadline:
+        try:
+            status = await agent.pipeline_status("main")
+        except NotFound:
+            status = None  # between runs, across continue-as-new
+        if status and predicate(status):
+            return status
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"pipeline main never got there; last status {status}")
