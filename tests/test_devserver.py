@@ -8,10 +8,12 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
@@ -242,3 +244,45 @@ async def until_pipeline(agent: AirAgent, predicate, timeout: float = 300):
             return status
         await asyncio.sleep(0.3)
     raise AssertionError(f"pipeline main never got there; last status {status}")
+
+
+def set_current_version(server: DevServer, deployment: str, build_id: str) -> None:
+    """The operator's step of a rollout, through the `temporal` CLI as docs/upgrading.md shows it."""
+    for _ in range(100):
+        done = subprocess.run([binary("temporal"), "worker", "deployment", "set-current-version",
+                               "--address", server.address, "--deployment-name", deployment,
+                               "--build-id", build_id, "--yes"], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        time.sleep(0.3)  # the version exists once its worker has polled
+    raise AssertionError(done.stderr)
+
+
+async def test_a_running_train_stays_on_its_worker_version(dev_server, agent, cli_env, tmp_path):
+    deployment = f"airagent-{tmp_path.name}"
+    workers = []
+    try:
+        for build_id in ("v1", "v2"):
+            w = WorkerProcess({**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
+                              tmp_path / f"worker-{build_id}.log")
+            workers.append(w)
+            if build_id == "v1":
+                w.start()
+                set_current_version(dev_server, deployment, "v1")
+                example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+                pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+                pipeline.environments[1].require_approval = True
+                handle = await agent.deploy(pipeline)
+                await until(agent, handle.id, lambda s: s.stage == "approve")
+            else:
+                w.start()
+                set_current_version(dev_server, deployment, "v2")
+
+        assert (await agent.control(handle.id, "approve")).accepted
+        assert (await agent.wait(handle.id)).state == TrainState.succeeded
+        info = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
+        assert info.behavior == VersioningBehavior.PINNED.value
+        assert info.deployment_version.build_id == "v1"
+    finally:
+        for w in workers:
+            w.stop()

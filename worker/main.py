@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerDeploymentConfig, WorkerDeploymentVersion
 
 from activities.build import build
 from activities.diff import diff
@@ -29,6 +30,19 @@ GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8
 
 
+def deployment() -> WorkerDeploymentConfig | None:
+    """Worker Versioning, on when AIRAGENT_DEPLOYMENT names the deployment (see docs/upgrading.md)."""
+    name = os.environ.get("AIRAGENT_DEPLOYMENT")
+    if not name:
+        return None
+    build_id = os.environ.get("AIRAGENT_BUILD_ID")
+    if not build_id:
+        raise SystemExit("AIRAGENT_DEPLOYMENT is set but AIRAGENT_BUILD_ID is not; set it to this worker's "
+                         "version, e.g. the git sha of the airagent release")
+    return WorkerDeploymentConfig(version=WorkerDeploymentVersion(deployment_name=name, build_id=build_id),
+                                  use_worker_versioning=True)
+
+
 def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Worker:
     return Worker(
         client,
@@ -38,6 +52,7 @@ def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Work
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        deployment_config=deployment(),
     )
 
 
@@ -50,7 +65,9 @@ async def serve(queue: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         worker = new_worker(client, queue, executor)
-        logging.getLogger("airagent").info("worker polling task queue %s", queue)
+        version = worker.config().get("deployment_config")
+        logging.getLogger("airagent").info("worker polling task queue %s%s", queue,
+                                           f" as {version.version}" if version else " (unversioned)")
         async with worker:
             await stop.wait()
             logging.getLogger("airagent").info("stopping: waiting for running activities")

@@ -11,7 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
@@ -40,7 +40,8 @@ MAX_HISTORY = 5_000
 POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=3))
 
 
-@workflow.defn(name="Conductor")
+# The conductor runs for ever: it moves to each new worker version at its next workflow task.
+@workflow.defn(name="Conductor", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
 class Conductor:
     @workflow.init
     def __init__(self, input: ConductorInput) -> None:
