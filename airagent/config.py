@@ -6,6 +6,7 @@ snapshot in a train's input means the same thing on every worker of the host.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from datetime import timedelta
@@ -48,6 +49,14 @@ def _relative(value: Any) -> Any:
     if path.is_absolute() or ".." in path.parts:
         raise ValueError(f"{value!r} must be a path inside the repository, like 'dags'")
     return path.as_posix()
+
+
+class Notification(Model):
+    """A receiver of train outcomes. Its URL is a secret, so the file names where to read it, never the URL."""
+
+    type: Literal["webhook", "slack"] = "webhook"
+    url_env: str = Field(description="environment variable, on the worker, holding the URL")
+    on: list[Literal["succeeded", "failed", "rolled_back", "aborted"]] = ["succeeded", "failed", "rolled_back"]
 
 
 # Names end up in workflow ids and visibility queries: keep them plain.
@@ -104,6 +113,8 @@ class _Pipeline(Model):
     poll_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0),
                                     description="how often the conductor looks for new commits on the branch")
     environments: list[EnvironmentSettings]
+    notifications: list[Notification] = []
+    teams: dict[str, list[str]] = Field({}, description="team -> globs of the paths it owns, to name who broke what")
 
     @field_validator("environments")
     @classmethod
@@ -129,6 +140,10 @@ class PipelineSettings(_Pipeline):
     name: Name
     classification: Classification = Classification()
     runtime: Runtime = Runtime()
+
+    def teams_of(self, paths: list[str]) -> list[str]:
+        return sorted({team for team, globs in self.teams.items()
+                       for path in paths if any(fnmatch.fnmatchcase(path, g) for g in globs)})
 
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:
@@ -169,6 +184,8 @@ class AirAgentConfig(Model):
             allow_history_rewrite=decl.allow_history_rewrite,
             poll_interval=decl.poll_interval,
             environments=envs,
+            notifications=decl.notifications,
+            teams=decl.teams,
             classification=decl.classification or self.classification,
             runtime=decl.runtime or self.runtime,
         )

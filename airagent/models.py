@@ -288,6 +288,16 @@ def conductor_id(pipeline: str) -> str:
     return f"pipeline/{pipeline}"
 
 
+class Announcement(BaseModel):
+    """One delivery: which receiver of the pipeline, and the train as it ended."""
+
+    pipeline: PipelineSettings
+    receiver: int = Field(description="index into the pipeline's notifications")
+    status: TrainStatus
+    changed: list[str] = Field([], description="repository paths this train changed")
+    broken: list[str] = Field([], description="repository paths validation found broken")
+
+
 class TrainSummary(BaseModel):
     """One row of `airagent history`, read from visibility rather than from each train."""
 

@@ -12,6 +12,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker, WorkerDeploymentConfig, WorkerDeploymentVersion
 
+from activities.announce import announce
 from activities.build import build
 from activities.diff import diff
 from activities.poll import poll_branch
@@ -24,7 +25,7 @@ from workflows.conductor import Conductor
 from workflows.train import DeployTrain
 
 WORKFLOWS = [DeployTrain, Conductor]
-ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch]
+ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, announce]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8

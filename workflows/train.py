@@ -16,6 +16,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.build import build
+    from activities.announce import announce
     from activities.diff import diff
     from activities.roll import roll, rollback
     from activities.soak import soak_check
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from airagent import search_attributes as sa
     from airagent.config import EnvironmentSettings
     from airagent.models import (
+        Announcement,
         BuildInput,
         Control,
         ControlAck,
@@ -41,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         TrainState,
         TrainStatus,
         ValidateInput,
+        ValidationReport,
     )
 
 # Activities that may run long heartbeat every few seconds: a lost worker shows within HEARTBEAT.
@@ -50,6 +53,9 @@ LONG = dict(start_to_close_timeout=timedelta(minutes=45), heartbeat_timeout=HEAR
             retry_policy=RetryPolicy(maximum_attempts=3))
 ROLL = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(maximum_attempts=5))
+# Deliveries retry for a few minutes, then give up: a notification never holds a train.
+ANNOUNCE = dict(start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)))
 # A rollback is how an environment gets well again: keep trying for longer.
 ROLLBACK = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
                 retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)))
@@ -84,12 +90,20 @@ class DeployTrain:
         self.touched: list[str] = []  # environments whose roll began, in order
         self.before: dict[str, EnvironmentChange] = {}  # what each touched environment ran before
         self.release: Release | None = None
+        self.report: ValidationReport | None = None
+        self.changed: list[str] = []
         self._published: tuple | None = None
 
     @workflow.run
     async def run(self, input: TrainInput) -> TrainStatus:
         workflow.upsert_search_attributes([sa.PIPELINE.value_set(input.pipeline.name),
                                            sa.GIT_SHA.value_set(input.target)])
+        await self._journey(input)
+        if workflow.patched("announce") and self.status.state != TrainState.noop:
+            await self._announce()
+        return self.status
+
+    async def _journey(self, input: TrainInput) -> TrainStatus:
         try:
             change = await self._diff(input)
             if change.empty:
@@ -119,12 +133,28 @@ class DeployTrain:
                 reason += await self._rollback([failure.environment])
             return self._finish(TrainState.failed, reason)
 
+    async def _announce(self) -> None:
+        """Tell each configured receiver how the train ended; a receiver that stays down never fails the train."""
+        broken = [f.path for f in self.report.broken] if self.report else []
+        for index, receiver in enumerate(self.pipeline.notifications):
+            if self.status.state.value not in receiver.on:
+                continue
+            try:
+                await workflow.execute_activity(
+                    announce, Announcement(pipeline=self.pipeline, receiver=index, status=self.status,
+                                           changed=self.changed, broken=broken), **ANNOUNCE)
+            except ActivityError as err:
+                self.status.events.append(Event(
+                    at=workflow.now(), control="notify", accepted=False,
+                    message=f"{receiver.type} notification not delivered: {_cause(err)}"))
+
     # --- stages -----------------------------------------------------------------------
 
     async def _diff(self, input: TrainInput) -> DiffResult:
         change: DiffResult = await self._activity("diff", None, diff, DiffInput(pipeline=input.pipeline,
                                                                                target=input.target), QUICK)
         self.status.target = change.target
+        self.changed = sorted({f.path for e in change.environments for f in e.files})
         self.status.commits = change.commits
         self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
         modes = [e.mode for e in change.environments if e.mode]
@@ -144,6 +174,7 @@ class DeployTrain:
 
     async def _validate(self, release: Release) -> None:
         report = await self._activity("validate", None, validate, ValidateInput(release=release), LONG)
+        self.report = report
         self.status.validation = report.summary()
         if not report.ok:
             self._end(self._stages[-1], Outcome.failed, report.summary())

@@ -1,0 +1,75 @@
+"""Train outcomes reach a real local HTTP receiver; a receiver that is down never fails a train."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from airagent import example
+from airagent.config import Notification
+from airagent.models import TrainState
+from tests.conftest import make_pipeline
+
+
+class Receiver:
+    """An HTTP server on loopback that keeps what it is sent, or answers 500 when told to fail."""
+
+    def __init__(self, fail: bool = False):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(500 if fail else 204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receivers(monkeypatch):
+    webhook, slack, down = Receiver(), Receiver(), Receiver(fail=True)
+    monkeypatch.setenv("HOOK_URL", webhook.url)
+    monkeypatch.setenv("SLACK_URL", slack.url)
+    monkeypatch.setenv("DOWN_URL", down.url)
+    yield webhook, slack, down
+    for r in (webhook, slack, down):
+        r.close()
+
+
+async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, drive, monorepo, tmp_path, receivers):
+    webhook, slack, down = receivers
+    pipeline = make_pipeline(monorepo, tmp_path / "envs",
+                             notifications=[Notification(type="webhook", url_env="HOOK_URL"),
+                                            Notification(type="slack", url_env="SLACK_URL", on=["failed"]),
+                                            Notification(type="webhook", url_env="DOWN_URL")],
+                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+
+    good = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    assert good.state == TrainState.succeeded
+    assert webhook.received[-1]["state"] == "succeeded"
+    assert webhook.received[-1]["authors"] == ["Ada Lovelace", "Grace Hopper", "Linus Ops"]
+    assert slack.received == []  # only failures go to this one
+    assert len(down.received) == 5  # retried, then given up
+    assert "not delivered" in good.events[-1].message and "DOWN_URL" in good.events[-1].message
+    assert down.url not in good.model_dump_json()  # the URL is a secret: never in history
+
+    sha = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "orders v2", "marketing")
+    bad = await drive.finish((await agent.start(pipeline, sha)).id)
+    assert bad.state == TrainState.failed
+    failed = webhook.received[-1]
+    assert failed["state"] == "failed" and failed["broken"] == [example.BROKEN_PATH]
+    assert failed["teams"] == ["marketing"] and failed["authors"] == ["Ada Lovelace"]
+    text = slack.received[-1]["text"]
+    assert "failed" in text and "owning team: marketing" in text and "orders v2 — Ada Lovelace" in text
