@@ -22,7 +22,8 @@ test: setup
 	$(BIN)/pytest -q
 
 bench: setup
-	$(BIN)/python bench/orchestration.py
+	$(BIN)/python -m bench.orchestration
+	$(BIN)/python -m bench.throughput
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info

@@ -12,8 +12,10 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_FILE = "airagent.yaml"
@@ -57,6 +59,33 @@ class Notification(Model):
     type: Literal["webhook", "slack"] = "webhook"
     url_env: str = Field(description="environment variable, on the worker, holding the URL")
     on: list[Literal["succeeded", "failed", "rolled_back", "aborted"]] = ["succeeded", "failed", "rolled_back"]
+
+
+class DeployWindow(Model):
+    """From each time `cron` fires (in `timezone`), for `duration`. A deny window wins over any allow window;
+    when a pipeline has allow windows, trains start only inside one."""
+
+    kind: Literal["allow", "deny"]
+    cron: str = Field(description="when the window opens, e.g. '0 9 * * 1-5'")
+    duration: Duration = Field(gt=timedelta(0))
+    timezone: str = "UTC"
+    name: str | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression; use five fields, like '0 9 * * 1-5'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone; use an IANA name like 'Europe/Berlin'") from None
+        return value
 
 
 # Names end up in workflow ids and visibility queries: keep them plain.
@@ -113,6 +142,7 @@ class _Pipeline(Model):
     poll_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0),
                                     description="how often the conductor looks for new commits on the branch")
     environments: list[EnvironmentSettings]
+    windows: list[DeployWindow] = Field([], description="when trains may start; none means always")
     notifications: list[Notification] = []
     teams: dict[str, list[str]] = Field({}, description="team -> globs of the paths it owns, to name who broke what")
 
@@ -184,6 +214,7 @@ class AirAgentConfig(Model):
             allow_history_rewrite=decl.allow_history_rewrite,
             poll_interval=decl.poll_interval,
             environments=envs,
+            windows=decl.windows,
             notifications=decl.notifications,
             teams=decl.teams,
             classification=decl.classification or self.classification,

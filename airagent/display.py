@@ -80,6 +80,7 @@ def render_pipeline(status: ConductorStatus) -> Table:
     table = Table(title=f"pipeline {status.pipeline}: [bold]{mode}[/bold]", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    table.add_row("window", f"{'open' if status.window_open else 'closed'}: {status.window}")
     table.add_row("head", (s.head or "-")[:12])
     table.add_row("last deployed", (s.last_deployed or "-")[:12])
     table.add_row("running", s.running.id if s.running else "-")

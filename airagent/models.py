@@ -361,4 +361,6 @@ class ConductorInput(BaseModel):
 class ConductorStatus(BaseModel):
     pipeline: str
     queued: str | None = Field(None, description="the commit the next train will deploy")
+    window_open: bool = True
+    window: str = ""
     state: ConductorState

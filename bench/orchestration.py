@@ -3,7 +3,7 @@
 Runs TRAINS trains, one after another, on a real dev server against the local target,
 with a tiny repo and soak 0, each train carrying one DAG change.
 
-    .venv/bin/python bench/orchestration.py [TRAINS]
+    .venv/bin/python -m bench.orchestration [TRAINS]
 """
 
 from __future__ import annotations

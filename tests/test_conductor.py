@@ -9,6 +9,7 @@ from temporalio.service import RPCError
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
+from airagent.config import DeployWindow
 from airagent.models import Control
 from tests.conftest import make_pipeline
 
@@ -106,3 +107,21 @@ async def test_pause_and_freeze_hold_new_trains_while_the_running_one_finishes(a
     ]
 
 
+
+
+async def test_a_deny_window_delays_the_train_until_it_closes(agent, drive, monorepo, tmp_path):
+    now = await drive.env.get_current_time()
+    opened = now - timedelta(minutes=1)
+    deny = DeployWindow(kind="deny", name="change freeze", cron=f"{opened.minute} {opened.hour} * * *",
+                        duration="2h")
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="10m", windows=[deny])
+    await agent.start_pipeline(pipeline)
+
+    held = await drive.pipeline_until("main", lambda s: s.queued == monorepo.head.commit.hexsha)
+    assert not held.window_open and "change freeze" in held.window and held.state.trains == []
+    await drive.env.sleep(timedelta(minutes=90))
+    assert (await agent.pipeline_status("main")).state.trains == []
+
+    done = await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha), step=timedelta(minutes=5))
+    assert done.window_open
+    assert done.state.trains[0].started >= opened.replace(second=0, microsecond=0) + timedelta(hours=2)

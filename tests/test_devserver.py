@@ -258,31 +258,36 @@ def set_current_version(server: DevServer, deployment: str, build_id: str) -> No
     raise AssertionError(done.stderr)
 
 
-async def test_a_running_train_stays_on_its_worker_version(dev_server, agent, cli_env, tmp_path):
+async def test_trains_stay_on_their_version_and_the_conductor_moves_on(dev_server, agent, cli_env, tmp_path):
     deployment = f"airagent-{tmp_path.name}"
-    workers = []
+    workers = [WorkerProcess({**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
+                             tmp_path / f"worker-{build_id}.log") for build_id in ("v1", "v2")]
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    pipeline.environments[1].require_approval = True
+    conductor = agent.client.get_workflow_handle("pipeline/main")
     try:
-        for build_id in ("v1", "v2"):
-            w = WorkerProcess({**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
-                              tmp_path / f"worker-{build_id}.log")
-            workers.append(w)
-            if build_id == "v1":
-                w.start()
-                set_current_version(dev_server, deployment, "v1")
-                example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
-                pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
-                pipeline.environments[1].require_approval = True
-                handle = await agent.deploy(pipeline)
-                await until(agent, handle.id, lambda s: s.stage == "approve")
-            else:
-                w.start()
-                set_current_version(dev_server, deployment, "v2")
+        workers[0].start()
+        set_current_version(dev_server, deployment, "v1")
+        await agent.start_pipeline(pipeline)
+        train = agent.client.get_workflow_handle(train_id("main", repo.head.commit.hexsha))
+        await until(agent, train.id, lambda s: s.stage == "approve")
 
-        assert (await agent.control(handle.id, "approve")).accepted
-        assert (await agent.wait(handle.id)).state == TrainState.succeeded
-        info = (await handle.describe()).raw_description.workflow_execution_info.versioning_info
-        assert info.behavior == VersioningBehavior.PINNED.value
-        assert info.deployment_version.build_id == "v1"
+        workers[1].start()
+        set_current_version(dev_server, deployment, "v2")
+        assert (await agent.control(train.id, "approve")).accepted
+        assert (await agent.wait(train.id)).state == TrainState.succeeded
+
+        pinned = (await train.describe()).raw_description.workflow_execution_info.versioning_info
+        assert pinned.behavior == VersioningBehavior.PINNED.value and pinned.deployment_version.build_id == "v1"
+        for _ in range(100):
+            moved = (await conductor.describe()).raw_description.workflow_execution_info.versioning_info
+            if moved.deployment_version.build_id == "v2":
+                break
+            await asyncio.sleep(0.3)
+        assert moved.deployment_version.build_id == "v2"
+        assert (await agent.pipeline_status("main")).state.last_deployed == repo.head.commit.hexsha
     finally:
+        await conductor.terminate("test over")
         for w in workers:
             w.stop()

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior
 from temporalio.worker import Worker, WorkerDeploymentConfig, WorkerDeploymentVersion
 
 from activities.announce import announce
@@ -40,8 +41,10 @@ def deployment() -> WorkerDeploymentConfig | None:
     if not build_id:
         raise SystemExit("AIRAGENT_DEPLOYMENT is set but AIRAGENT_BUILD_ID is not; set it to this worker's "
                          "version, e.g. the git sha of the airagent release")
+    # Pinned: a train finishes on the code it started with; the conductor moves between trains
+    # by continuing as new on the current version.
     return WorkerDeploymentConfig(version=WorkerDeploymentVersion(deployment_name=name, build_id=build_id),
-                                  use_worker_versioning=True)
+                                  use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED)
 
 
 def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Worker:

@@ -11,11 +11,13 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.workflow import ContinueAsNewVersioningBehavior
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
     from activities.poll import poll_branch
+    from airagent import windows
     from airagent.models import (
         ConductorInput,
         ConductorStatus,
@@ -40,8 +42,7 @@ MAX_HISTORY = 5_000
 POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=3))
 
 
-# The conductor runs for ever: it moves to each new worker version at its next workflow task.
-@workflow.defn(name="Conductor", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+@workflow.defn(name="Conductor")
 class Conductor:
     @workflow.init
     def __init__(self, input: ConductorInput) -> None:
@@ -56,12 +57,14 @@ class Conductor:
             while self._next() is not None:
                 await self._run_train(self._next())
                 await self._poll()  # whatever landed meanwhile rides the next train
-            if self._history_is_long():
+            if self._time_for_a_new_run():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(ConductorInput(pipeline=self.pipeline, state=self.state))
+                # Runs are pinned to a worker version; the next one starts on the current version.
+                workflow.continue_as_new(ConductorInput(pipeline=self.pipeline, state=self.state),
+                                         initial_versioning_behavior=ContinueAsNewVersioningBehavior.AUTO_UPGRADE)
             self.wake = False
             try:
-                await workflow.wait_condition(lambda: self.wake, timeout=self.pipeline.poll_interval)
+                await workflow.wait_condition(lambda: self.wake, timeout=self._nap())
             except asyncio.TimeoutError:
                 pass
 
@@ -73,7 +76,19 @@ class Conductor:
 
     def _next(self) -> str | None:
         """The queued commit, when a train may start now."""
-        return None if self.state.paused or self.state.frozen else self._queued()
+        if self.state.paused or self.state.frozen or not self._window().open:
+            return None
+        return self._queued()
+
+    def _window(self) -> windows.WindowState:
+        return windows.state(self.pipeline.windows, workflow.now())
+
+    def _nap(self) -> timedelta:
+        """Until the next poll, or sooner when a closed window with a commit waiting opens."""
+        window = self._window()
+        if self._queued() and not window.open and window.until:
+            return max(timedelta(seconds=1), min(self.pipeline.poll_interval, window.until - workflow.now()))
+        return self.pipeline.poll_interval
 
     async def _poll(self) -> None:
         try:
@@ -106,9 +121,11 @@ class Conductor:
         self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
         self.state.running = None
 
-    def _history_is_long(self) -> bool:
+    def _time_for_a_new_run(self) -> bool:
+        """Between trains: when history grows long, or when a new airagent version became current."""
         info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY
+        return (info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY
+                or info.is_target_worker_deployment_version_changed())
 
     # --- controls -----------------------------------------------------------------------
 
@@ -216,4 +233,6 @@ class Conductor:
 
     @workflow.query(name="status")
     def query_status(self) -> ConductorStatus:
-        return ConductorStatus(pipeline=self.pipeline.name, queued=self._queued(), state=self.state)
+        window = self._window()
+        return ConductorStatus(pipeline=self.pipeline.name, queued=self._queued(), window_open=window.open,
+                               window=window.reason, state=self.state)

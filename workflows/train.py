@@ -11,7 +11,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, VersioningBehavior
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -71,8 +71,7 @@ class _Failed(Exception):
         self.stage, self.detail, self.environment = stage, detail, environment
 
 
-# A train finishes on the code it started with, even when a new worker version rolls out meanwhile.
-@workflow.defn(name="DeployTrain", versioning_behavior=VersioningBehavior.PINNED)
+@workflow.defn(name="DeployTrain")
 class DeployTrain:
     @workflow.init
     def __init__(self, input: TrainInput) -> None:

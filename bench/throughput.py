@@ -1,0 +1,102 @@
+"""Sustained trains per day per pipeline, and the lag from commit to live in prod.
+
+PIPELINES conductors on one worker and a real dev server, local target, tiny repos,
+soak 0. Every pipeline gets a commit (plus a CI notify) every INTERVAL seconds for
+SECONDS; trains batch what arrives while they run.
+
+    .venv/bin/python bench/throughput.py [SECONDS] [PIPELINES] [INTERVAL]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from airagent import example
+from airagent.client import AirAgent
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.devserver import DevServer
+from airagent.models import conductor_id
+from bench.orchestration import free_port
+from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
+
+
+def pipeline(name: str, root: Path) -> PipelineSettings:
+    return PipelineSettings(
+        name=name, repo=str(root / "repo"), poll_interval="1h",
+        environments=[EnvironmentSettings(name=env, target=LocalTarget(path=root / "envs" / env))
+                      for env in ("staging", "prod")],
+    )
+
+
+async def main(seconds: float, count: int, interval: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="airagent-throughput-") as scratch:
+        root = Path(scratch)
+        server = DevServer(root / "temporal", port=free_port(), ui_port=free_port())
+        server.start()
+        try:
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            queue = f"throughput-{uuid.uuid4()}"
+            agent = AirAgent(client, queue)
+            pipelines = {f"p{i}": pipeline(f"p{i}", root / f"p{i}") for i in range(count)}
+            repos = {name: example.create(root / name / "repo", root / name / "envs") for name in pipelines}
+            committed: dict[str, list[tuple[str, float]]] = {name: [] for name in pipelines}
+            with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
+                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
+                                  activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS):
+                    for p in pipelines.values():
+                        await agent.start_pipeline(p)
+                    started = time.time()
+                    n = 0
+                    while time.time() - started < seconds:
+                        for name, repo in repos.items():
+                            sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + n % 5, note=f"v{n}")},
+                                                 f"fx v{n}", "finance")
+                            committed[name].append((sha, time.time()))
+                            await agent.notify(pipelines[name], sha, by="bench")
+                        n += 1
+                        await asyncio.sleep(interval)
+                    window = time.time() - started
+                    # Let the last commits land, so each has a lag.
+                    for name in pipelines:
+                        while (await agent.pipeline_status(name)).state.last_deployed != committed[name][-1][0]:
+                            await asyncio.sleep(0.5)
+                    statuses = {name: await agent.pipeline_status(name) for name in pipelines}
+                    for name in pipelines:
+                        await client.get_workflow_handle(conductor_id(name)).terminate("bench over")
+        finally:
+            server.stop()
+
+    lags, per_pipeline = [], []
+    for name, status in statuses.items():
+        trains = status.state.trains
+        assert all(t.state == "succeeded" for t in trains), [(t.id, t.reason) for t in trains]
+        in_window = [t for t in trains if t.ended.timestamp() <= started + window]
+        per_pipeline.append(len(in_window) / window * 86400)
+        order = [sha for sha, _ in committed[name]]
+        for sha, at in committed[name]:
+            carrier = next(t for t in trains if t.sha in order and order.index(t.sha) >= order.index(sha))
+            lags.append(carrier.ended.timestamp() - at)
+    lags.sort()
+    print(f"pipelines: {count} count")
+    print(f"commits: {sum(len(c) for c in committed.values())} count")
+    print(f"trains: {sum(len(s.state.trains) for s in statuses.values())} count")
+    print(f"lag_median: {statistics.median(lags):.1f} s")
+    print(f"lag_p95: {lags[int(0.95 * (len(lags) - 1))]:.1f} s")
+    print(f"trains_per_day_per_pipeline: {statistics.mean(per_pipeline):.0f} trains/day")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    asyncio.run(main(float(args[0]) if args else 180, int(args[1]) if len(args) > 1 else 10,
+                     float(args[2]) if len(args) > 2 else 2.0))
