@@ -7,7 +7,8 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
 from activities.targets.local import LocalEnvironment
-from airagent.models import RollbackInput, RollInput, RollResult
+from airagent.config import EnvironmentSettings
+from airagent.models import Marker, RollbackInput, RollInput, RollResult
 
 
 @activity.defn(name="roll")
@@ -29,6 +30,16 @@ def rollback(input: RollbackInput) -> RollResult:
     except FileNotFoundError as err:
         raise ApplicationError(str(err), type="NothingToRollBackTo", non_retryable=True) from None
     return _result(input.environment.name, manifest, changed)
+
+
+@activity.defn(name="read_marker")
+def read_marker(environment: EnvironmentSettings) -> Marker:
+    manifest = LocalEnvironment(environment.target.path).manifest()
+    return Marker(
+        live=manifest.live.id if manifest.live else None,
+        previous=manifest.previous.id if manifest.previous else None,
+        rolled=list(dict.fromkeys(s.release for s in manifest.history if s.release)),
+    )
 
 
 def _result(name, manifest, changed) -> RollResult:

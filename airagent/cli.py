@@ -17,7 +17,16 @@ from rich.console import Console
 from rich.table import Table
 
 from airagent import config as config_module
-from airagent.client import CONTROLS, EXIT_TIMEOUT, PIPELINE_CONTROLS, AirAgent, NotFound, TrainRunning, exit_code
+from airagent.client import (
+    CONTROLS,
+    EXIT_TIMEOUT,
+    PIPELINE_CONTROLS,
+    AirAgent,
+    NotFound,
+    RollbackRefused,
+    TrainRunning,
+    exit_code,
+)
 from airagent.config import ConfigError
 from airagent.display import follow, render, render_pipeline, timestamp
 from airagent.models import Control, conductor_id
@@ -45,7 +54,7 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RepoError, TrainRunning, NotFound, KeyError) as err:
+        except (ConfigError, RepoError, TrainRunning, NotFound, RollbackRefused, KeyError) as err:
             err_console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}")
             raise typer.Exit(2) from None
         except RuntimeError as err:
@@ -189,7 +198,38 @@ def _control_command(name: str):
 
 
 for _name in CONTROLS:
-    app.command(name=_name)(_control_command(_name))
+    if _name != "rollback":
+        app.command(name=_name)(_control_command(_name))
+_rollback_train = _control_command("rollback")
+
+
+@app.command()
+@friendly
+def rollback(
+    train: Annotated[str | None, typer.Argument(help="a running train to roll back")] = None,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="without TRAIN: the pipeline")] = None,
+    env: Annotated[str | None, typer.Option(help="environment (with TRAIN: only this one)")] = None,
+    to: Annotated[str | None, typer.Option(help="without TRAIN: release id (default: the one before)")] = None,
+    reason: Annotated[str | None, typer.Option(help="why; kept in the event log")] = None,
+    by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll back a running train (TRAIN), or put an environment back on an earlier release
+    (--pipeline --env [--to]) and freeze the pipeline so the next train does not undo it."""
+    if train:
+        return _rollback_train(train, reason=reason, by=by, env=env, as_json=as_json)
+    if not (pipeline and env):
+        raise typer.BadParameter("give a TRAIN, or --pipeline and --env")
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> None:
+        result = await (await AirAgent.connect()).rollback_environment(settings, env, to, by or _user(), reason)
+        _emit(result.model_dump(), as_json,
+              f"[green]{env} back on {result.live} (was {result.replaced}); pipeline frozen: {result.frozen}[/green]\n"
+              f"unfreeze with `airagent pipeline unfreeze --pipeline {pipeline} --reason ...`")
+
+    run(go())
 
 
 @app.command()

@@ -11,7 +11,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError
 
@@ -21,6 +27,8 @@ from airagent.connection import connect, task_queue
 from airagent.models import (
     ConductorInput,
     ConductorStatus,
+    EnvironmentRollbackInput,
+    EnvironmentRollbackResult,
     Control,
     ControlAck,
     Notify,
@@ -29,10 +37,12 @@ from airagent.models import (
     TrainStatus,
     TrainSummary,
     conductor_id,
+    rollback_id,
     train_id,
 )
 from airagent.repo import open_repository, resolve
 from workflows.conductor import Conductor
+from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
 CONTROLS = ("pause", "resume", "abort", "rollback", "approve")
@@ -52,10 +62,14 @@ def exit_code(status: TrainStatus) -> int:
 
 
 class TrainRunning(Exception):
-    def __init__(self, pipeline: str, running: str):
-        super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; "
-                         f"wait for it (`airagent status {running} --watch`) or abort it")
+    def __init__(self, pipeline: str, running: str, hint: str = "wait for it or abort it"):
+        super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; {hint} "
+                         f"(`airagent status {running} --watch`)")
         self.running = running
+
+
+class RollbackRefused(Exception):
+    pass
 
 
 class NotFound(Exception):
@@ -153,6 +167,26 @@ class AirAgent:
         """What CI calls after a merge: start the conductor if needed and have it look at the branch now."""
         handle = await self.start_pipeline(pipeline)
         return await handle.execute_update(Conductor.notify_update, Notify(sha=sha, by=by))
+
+    async def rollback_environment(self, pipeline: PipelineSettings, environment: str, to_release: str | None = None,
+                                   by: str | None = None, reason: str | None = None) -> EnvironmentRollbackResult:
+        """Put an environment back on an earlier release outside any train, and freeze the pipeline."""
+        pipeline.environment(environment)  # a clear KeyError for an unknown name
+        running = await self.running_train(pipeline.name)
+        if running:
+            raise TrainRunning(pipeline.name, running, hint="abort it: that rolls back what it changed")
+        try:
+            return await self.client.execute_workflow(
+                EnvironmentRollback.run,
+                EnvironmentRollbackInput(pipeline=pipeline, environment=environment, to_release=to_release,
+                                         by=by, reason=reason),
+                id=rollback_id(pipeline.name, environment),
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                static_summary=f"Roll {environment} of {pipeline.name} back to {to_release or 'the previous release'}",
+            )
+        except WorkflowFailureError as err:
+            raise RollbackRefused(getattr(err.cause, "message", None) or str(err.cause or err)) from None
 
     async def pipeline_status(self, name: str) -> ConductorStatus:
         handle = self.client.get_workflow_handle(conductor_id(name))

@@ -215,6 +215,14 @@ class RollbackInput(BaseModel):
     to_release: str | None = Field(description="None puts the environment back to running nothing")
 
 
+class Marker(BaseModel):
+    """What an environment's own record says runs there, and what ran before."""
+
+    live: str | None
+    previous: str | None
+    rolled: list[str] = Field([], description="every release ever rolled there, oldest first")
+
+
 class RollResult(BaseModel):
     environment: str
     live: str | None
@@ -364,3 +372,25 @@ class ConductorStatus(BaseModel):
     window_open: bool = True
     window: str = ""
     state: ConductorState
+
+
+# --- rollback outside a train ---------------------------------------------------------
+
+
+class EnvironmentRollbackInput(BaseModel):
+    pipeline: PipelineSettings
+    environment: str
+    to_release: str | None = Field(None, description="default: the release live before the current one")
+    by: str | None = None
+    reason: str | None = None
+
+
+class EnvironmentRollbackResult(BaseModel):
+    environment: str
+    live: str | None
+    replaced: str | None
+    frozen: str = Field(description="the reason the pipeline was frozen with")
+
+
+def rollback_id(pipeline: str, environment: str) -> str:
+    return f"rollback/{pipeline}/{environment}"

@@ -17,16 +17,17 @@ from activities.announce import announce
 from activities.build import build
 from activities.diff import diff
 from activities.poll import poll_branch
-from activities.roll import roll, rollback
+from activities.roll import read_marker, roll, rollback
 from activities.soak import soak_check
 from activities.validate import validate
 from airagent.connection import connect, task_queue
 from worker.telemetry import tracing_interceptors
 from workflows.conductor import Conductor
+from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
-WORKFLOWS = [DeployTrain, Conductor]
-ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, announce]
+WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
+ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, announce, read_marker]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8

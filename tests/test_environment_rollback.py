@@ -1,0 +1,66 @@
+"""Rolling an environment back outside any train: no rebuild, the pipeline frozen so nothing undoes it."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import WorkflowFailureError
+
+from activities.targets.local import LocalEnvironment
+from airagent import example
+from airagent.models import Control, EnvironmentRollbackInput
+from tests.conftest import make_pipeline
+from workflows.environment_rollback import EnvironmentRollback
+
+
+async def roll_back(agent, pipeline, env: str, **kwargs):
+    return await agent.client.execute_workflow(
+        EnvironmentRollback.run, EnvironmentRollbackInput(pipeline=pipeline, environment=env, **kwargs),
+        id=f"rollback/main/{env}", task_queue=agent.task_queue)
+
+
+async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(agent, drive, monorepo, tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="1h")
+    await agent.start_pipeline(pipeline)
+    first = await drive.pipeline_until("main", lambda s: s.state.last_deployed == monorepo.head.commit.hexsha)
+    bad = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=9)}, "fx", "finance")
+    await agent.notify(pipeline, bad)
+    await drive.pipeline_until("main", lambda s: s.state.last_deployed == bad)
+    prod = LocalEnvironment(pipeline.environment("prod").target.path)
+    good_release = prod.manifest().previous.id
+
+    result = await roll_back(agent, pipeline, "prod", by="oncall", reason="numbers look off")
+
+    assert result.live == good_release and prod.live().commit == first.state.last_deployed
+    assert [s.action for s in prod.manifest().history] == ["roll", "roll", "rollback"]
+    assert LocalEnvironment(pipeline.environment("staging").target.path).live().commit == bad
+    frozen = await agent.pipeline_status("main")
+    assert "prod rolled back" in frozen.state.frozen and "oncall" in frozen.state.frozen
+    assert "numbers look off" in frozen.state.frozen
+
+    newer = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3)}, "fix", "finance")
+    await agent.notify(pipeline, newer)
+    held = await drive.pipeline_until("main", lambda s: s.queued == newer)
+    assert held.state.running is None and len(held.state.trains) == 2
+
+    assert (await agent.control("pipeline/main", "unfreeze", Control(by="oncall", reason="fixed"))).accepted
+    done = await drive.pipeline_until("main", lambda s: s.state.last_deployed == newer)
+    assert done.state.trains[-1].state == "succeeded" and prod.live().commit == newer
+    await agent.client.get_workflow_handle("pipeline/main").terminate("test over")
+
+
+async def test_rollback_to_a_release_never_live_there_is_refused(agent, drive, pipeline, monorepo):
+    await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    with pytest.raises(WorkflowFailureError) as refused:
+        await roll_back(agent, pipeline, "prod", to_release="0123456789ab-deadbeef")
+    assert "was never live on prod" in refused.value.cause.message
+    with pytest.raises(WorkflowFailureError) as nothing:
+        await roll_back(agent, pipeline, "staging")
+    assert "no earlier release" in nothing.value.cause.message
+
+
+async def test_rollback_without_a_conductor_still_rolls(agent, drive, pipeline, monorepo):
+    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=9)}, "fx", "finance")
+    await drive.finish((await agent.start(pipeline, sha)).id)
+    result = await roll_back(agent, pipeline, "prod")
+    assert result.live == first.release and result.replaced != first.release
