@@ -80,6 +80,10 @@ def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s") ->
             repo: .
             branch: main
             dag_folder: dags
+            poll_interval: 30s
+            teams:
+              marketing: ["dags/marketing/*"]
+              finance: ["dags/finance/*"]
             environments:
               - name: staging
                 target: {{type: local, path: {envs / 'staging'}}}
