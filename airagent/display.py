@@ -87,6 +87,8 @@ def render_pipeline(status: ConductorStatus) -> Table:
     table.add_row("queued", (status.queued or "-")[:12])
     if s.poll_error:
         table.add_row("poll error", s.poll_error)
+    if s.blocked:
+        table.add_row("blocked", s.blocked)
     for t in reversed(s.trains):
         took = f" in {(t.ended - t.started).total_seconds():.0f}s" if t.ended else ""
         table.add_row("train", f"{t.id} {t.state}{took}, {t.commits} commits by {', '.join(t.authors) or '-'}")

@@ -358,6 +358,7 @@ class ConductorState(BaseModel):
     running: TrainRecord | None = None
     trains: list[TrainRecord] = Field([], description="the most recent trains, newest last")
     poll_error: str | None = None
+    blocked: str | None = Field(None, description="why the queued commit's train cannot start now")
     events: list[Event] = []
 
 

@@ -125,3 +125,22 @@ async def test_a_deny_window_delays_the_train_until_it_closes(agent, drive, mono
     done = await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha), step=timedelta(minutes=5))
     assert done.window_open
     assert done.state.trains[0].started >= opened.replace(second=0, microsecond=0) + timedelta(hours=2)
+
+
+async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_conductor(agent, drive, monorepo,
+                                                                                        tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="5m")
+    pipeline.environments[0].require_approval = True
+    head = monorepo.head.commit.hexsha
+    by_hand = await agent.start(pipeline, head)
+    await drive.until(by_hand.id, lambda s: s.stage == "approve")
+
+    await agent.start_pipeline(pipeline)
+    waiting = await drive.pipeline_until("main", lambda s: s.state.blocked is not None)
+    assert "started outside the conductor" in waiting.state.blocked and waiting.state.trains == []
+
+    assert (await agent.control(by_hand.id, "approve")).accepted
+    await drive.finish(by_hand.id)
+    # The conductor's own train for that commit then finds nothing left to do.
+    done = await drive.pipeline_until("main", settled(head), step=timedelta(minutes=1))
+    assert [t.state for t in done.state.trains] == ["noop"]

@@ -13,7 +13,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.workflow import ContinueAsNewVersioningBehavior
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.poll import poll_branch
@@ -55,7 +55,8 @@ class Conductor:
         while True:
             await self._poll()
             while self._next() is not None:
-                await self._run_train(self._next())
+                if not await self._run_train(self._next()):
+                    break
                 await self._poll()  # whatever landed meanwhile rides the next train
             if self._time_for_a_new_run():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -98,16 +99,25 @@ class Conductor:
             return
         self.state.head, self.state.poll_error = result.head, None
 
-    async def _run_train(self, sha: str) -> None:
+    async def _run_train(self, sha: str) -> bool:
+        """Run the train for `sha` to its end; False when one for it is already running outside the conductor."""
         record = TrainRecord(id=train_id(self.pipeline.name, sha), sha=sha, started=workflow.now())
         self.state.running = record
         try:
-            status: TrainStatus = await workflow.execute_child_workflow(
+            handle = await workflow.start_child_workflow(
                 DeployTrain.run,
                 TrainInput(pipeline=self.pipeline, target=sha),
                 id=record.id,
                 static_summary=f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
             )
+        except WorkflowAlreadyStartedError:
+            # Someone ran `airagent deploy` for this commit; look again after the next nap.
+            self.state.running = None
+            self.state.blocked = f"{record.id} was started outside the conductor; waiting for it to end"
+            return False
+        self.state.blocked = None
+        try:
+            status: TrainStatus = await handle
             record.state, record.reason = status.state.value, status.reason
             record.commits = len(status.commits)
             record.authors = sorted({c.author for c in status.commits})
@@ -120,6 +130,7 @@ class Conductor:
             self.state.failed = [*self.state.failed, sha][-KEEP_FAILED:]
         self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
         self.state.running = None
+        return True
 
     def _time_for_a_new_run(self) -> bool:
         """Between trains: when history grows long, or when a new airagent version became current."""
