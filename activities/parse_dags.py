@@ -7,9 +7,10 @@ it may import only the standard library and Airflow.
 
 Safe mode is off and every `.py` file is parsed, so a broken file cannot hide by
 lacking the words "airflow" and "dag". Each file is parsed in a process of its own,
-forked from this one once Airflow is imported (so no file pays for that import again),
-WORKERS at a time: a file that hangs past TIMEOUT (Airflow's dagbag_import_timeout by
-default), exits, segfaults or runs out of memory fails alone, with the reason.
+by WORKERS processes forked from this one once Airflow is imported and warmed up (so no
+file pays for that again): a file that hangs past TIMEOUT (Airflow's dagbag_import_timeout
+by default), exits, segfaults or runs out of memory fails alone, with the reason, and a
+fresh worker takes its place.
 """
 
 import json
@@ -17,6 +18,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -25,6 +27,15 @@ MAX_TRACEBACK_LINES = 30
 # What nearly every DAG file imports: loaded once here, inherited by every fork.
 WARM_MODULES = ("airflow.sdk", "airflow.providers.standard.operators.empty",
                 "airflow.providers.standard.operators.python", "airflow.providers.standard.operators.bash")
+# Parsed once before forking, so what Airflow sets up lazily on a first DAG (policies,
+# plugins, providers) is set up once, not in every child.
+WARM_DAG = """
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow.providers.standard.operators.empty import EmptyOperator
+with DAG("airagent_warm_up", start_date=datetime(2024, 1, 1), schedule=None):
+    EmptyOperator(task_id="warm")
+"""
 
 
 def python_files(folder: Path) -> list[Path]:
@@ -64,55 +75,112 @@ def failed(folder: Path, path: Path, error: str, seconds: float) -> dict:
             "parse_seconds": round(seconds, 4)}
 
 
-def fork_parser(folder: Path, path: Path) -> tuple[int, int]:
-    """Start a child that parses `path` and writes its JSON result to a pipe; returns (pid, read end)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            result = parse_file(folder, path)
-        except BaseException:
-            result = failed(folder, path, trim(traceback.format_exc()), 0.0)
-        with os.fdopen(write, "wb") as out:
-            out.write(json.dumps(result).encode())
+class Worker:
+    """A forked parser that takes file paths one at a time (JSON lines in) and answers with reports (JSON lines out).
+
+    Files share its interpreter, as they share a DagBag's, so common modules load once;
+    when a file hangs or kills it, only that file fails and a fresh worker takes over.
+    """
+
+    parent_ends: set[int] = set()  # every worker's pipe ends held here, which no other worker may keep open
+
+    def __init__(self, folder: Path):
+        jobs_read, jobs_write = os.pipe()
+        results_read, results_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            # Holding a sibling's pipe ends would hide that sibling's end-of-file from the parent.
+            for fd in (jobs_write, results_read, *Worker.parent_ends):
+                os.close(fd)
+            self._serve(folder, jobs_read, results_write)
+        os.close(jobs_read)
+        os.close(results_write)
+        Worker.parent_ends |= {jobs_write, results_read}
+        self.jobs = os.fdopen(jobs_write, "w")
+        self.results = results_read
+        self.path: Path | None = None
+        self.started = 0.0
+        self.buffer = b""
+
+    @staticmethod
+    def _serve(folder: Path, jobs_fd: int, results_fd: int) -> None:
+        with os.fdopen(jobs_fd) as jobs, os.fdopen(results_fd, "w") as results:
+            for line in jobs:
+                path = Path(json.loads(line))
+                try:
+                    report = parse_file(folder, path)
+                except BaseException:
+                    report = failed(folder, path, trim(traceback.format_exc()), 0.0)
+                results.write(json.dumps(report) + "\n")
+                results.flush()
         os._exit(0)
-    os.close(write)
-    return pid, read
+
+    def give(self, path: Path) -> None:
+        self.path, self.started, self.buffer = path, time.monotonic(), b""
+        self.jobs.write(json.dumps(str(path)) + "\n")
+        self.jobs.flush()
+
+    def read(self) -> dict | None:
+        """The finished report, if one is complete; raises EOFError when the worker died."""
+        chunk = os.read(self.results, 1 << 16)
+        if not chunk:
+            raise EOFError
+        self.buffer += chunk
+        if not self.buffer.endswith(b"\n"):
+            return None
+        self.path = None
+        return json.loads(self.buffer)
+
+    def kill(self) -> int:
+        if self.path is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        Worker.parent_ends -= {self.jobs.fileno(), self.results}
+        for closing in (self.jobs.close, lambda: os.close(self.results)):
+            try:
+                closing()
+            except OSError:
+                pass
+        return os.waitpid(self.pid, 0)[1]
 
 
 def parse_all(folder: Path, files: list[Path], workers: int, timeout: float) -> list[dict]:
-    pending, running, results = list(files), {}, {}
-    while pending or running:
-        while pending and len(running) < workers:
-            path = pending.pop(0)
-            pid, fd = fork_parser(folder, path)
-            running[fd] = {"pid": pid, "path": path, "started": time.monotonic(), "data": b""}
-        ready, _, _ = select.select(list(running), [], [], 0.05)
-        for fd in ready:
-            chunk = os.read(fd, 1 << 16)
-            if chunk:
-                running[fd]["data"] += chunk
-                continue
-            job = running.pop(fd)
-            os.close(fd)
-            _, status = os.waitpid(job["pid"], 0)
-            took = time.monotonic() - job["started"]
-            if job["data"] and os.waitstatus_to_exitcode(status) == 0:
-                results[job["path"]] = json.loads(job["data"])
-            else:
-                results[job["path"]] = failed(folder, job["path"], died(status), took)
-        now = time.monotonic()
-        for fd, job in list(running.items()):
-            if now - job["started"] > timeout:
-                os.kill(job["pid"], signal.SIGKILL)
-                os.waitpid(job["pid"], 0)
-                os.close(fd)
-                del running[fd]
-                results[job["path"]] = failed(
-                    folder, job["path"],
-                    f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not block "
-                    "at import: move network, database and long work into tasks", now - job["started"])
+    pending, results = list(files), {}
+    pool = [Worker(folder) for _ in range(min(workers, len(files)) or 1)]
+    try:
+        while pending or any(w.path for w in pool):
+            for w in pool:
+                if w.path is None and pending:
+                    w.give(pending.pop(0))
+            busy = {w.results: w for w in pool if w.path is not None}
+            ready, _, _ = select.select(list(busy), [], [], 0.05)
+            for fd in ready:
+                w = busy[fd]
+                path = w.path
+                try:
+                    report = w.read()
+                except EOFError:
+                    results[path] = failed(folder, path, died(w.kill()), time.monotonic() - w.started)
+                    pool[pool.index(w)] = Worker(folder)
+                    continue
+                if report is not None:
+                    results[path] = report
+            now = time.monotonic()
+            for i, w in enumerate(pool):
+                if w.path is not None and now - w.started > timeout:
+                    path = w.path
+                    w.kill()
+                    results[path] = failed(
+                        folder, path,
+                        f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not block "
+                        "at import: move network, database and long work into tasks", now - w.started)
+                    pool[i] = Worker(folder)
+    finally:
+        for w in pool:
+            w.path = None
+            w.kill()
     return [results[p] for p in files]
 
 
@@ -130,6 +198,10 @@ def main(folder: Path, out: Path, workers: int, timeout: float | None) -> None:
 
     for module in WARM_MODULES:
         __import__(module)
+    with tempfile.TemporaryDirectory() as scratch:
+        warm = Path(scratch) / "warm_up.py"
+        warm.write_text(WARM_DAG)
+        parse_file(Path(scratch), warm)
     # As Airflow's DAG processor does for a bundle: modules beside the DAGs are importable.
     sys.path.append(str(folder))
     timeout = timeout or conf.getfloat("core", "dagbag_import_timeout")

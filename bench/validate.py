@@ -1,0 +1,141 @@
+"""Full DAG validation of a generated 1,000-file monorepo against one plain Airflow DagBag.
+
+Both run in the same Airflow runtime over the same folder, each as a whole process
+(what a person waits for), in one run of this script.
+
+    .venv/bin/python -m bench.validate [FILES] [WORKERS]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from textwrap import dedent
+
+from activities.build import ensure_runtime
+from activities.validate import PARSER
+from airagent.config import Runtime
+
+HELPERS = {
+    "common/__init__.py": "",
+    "common/defaults.py": dedent('''\
+        from datetime import datetime, timedelta
+        DEFAULT_ARGS = {"owner": "data", "retries": 2, "retry_delay": timedelta(minutes=5)}
+        START = datetime(2024, 1, 1)
+        '''),
+    "common/factory.py": dedent('''\
+        from airflow.sdk import DAG
+        from airflow.providers.standard.operators.bash import BashOperator
+        from airflow.providers.standard.operators.empty import EmptyOperator
+        from airflow.providers.standard.operators.python import PythonOperator
+        from common.defaults import DEFAULT_ARGS, START
+
+
+        def noop(**_):
+            return None
+
+
+        def build(dag_id, steps, schedule="@daily", tags=()):
+            with DAG(dag_id, start_date=START, schedule=schedule, catchup=False, default_args=DEFAULT_ARGS,
+                     tags=list(tags)) as dag:
+                start = EmptyOperator(task_id="start")
+                previous = start
+                for i in range(steps):
+                    if i % 3 == 0:
+                        task = PythonOperator(task_id=f"transform_{i}", python_callable=noop)
+                    elif i % 3 == 1:
+                        task = BashOperator(task_id=f"load_{i}", bash_command="echo load")
+                    else:
+                        task = EmptyOperator(task_id=f"check_{i}")
+                    previous >> task
+                    previous = task
+            return dag
+        '''),
+}
+
+
+def dag_file(team: int, n: int) -> str:
+    kind = n % 20
+    if kind == 0:  # a dynamic factory: several DAGs from one file
+        return dedent(f'''\
+            from common.factory import build
+
+            for region in ("us", "eu", "apac", "latam", "mea"):
+                globals()[f"dag_{{region}}"] = build(f"t{team}_f{n}_{{region}}", steps=6, tags=["team{team}", region])
+            ''')
+    if kind == 1:  # a heavy import and some top-level work
+        return dedent(f'''\
+            import decimal, sqlite3, xml.etree.ElementTree
+            import sqlalchemy.dialects.postgresql
+            from common.factory import build
+
+            RATES = {{i: decimal.Decimal(i) / 7 for i in range(20000)}}
+            dag = build("t{team}_d{n}", steps=12, tags=["team{team}", "heavy"])
+            ''')
+    return dedent(f'''\
+        from common.factory import build
+
+        dag = build("t{team}_d{n}", steps={4 + n % 9}, schedule="@hourly" if {n} % 2 else "@daily", tags=["team{team}"])
+        ''')
+
+
+def generate(root: Path, files: int) -> Path:
+    dags = root / "dags"
+    for name, text in HELPERS.items():
+        (dags / name).parent.mkdir(parents=True, exist_ok=True)
+        (dags / name).write_text(text)
+    for i in range(files - len(HELPERS)):
+        path = dags / f"team_{i % 20:02d}" / f"dag_{i:04d}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dag_file(i % 20, i))
+    return dags
+
+
+DAGBAG = dedent('''\
+    import sys
+    from pathlib import Path
+    folder = Path(sys.argv[1])
+    sys.path.append(str(folder))
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=str(folder), safe_mode=False, bundle_path=folder)
+    print(len(bag.dags), len(bag.import_errors))
+    ''')
+
+
+def timed(args: list, env: dict) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run([str(a) for a in args], env=env, capture_output=True, text=True, check=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def main(files: int, workers: int) -> None:
+    _, runtime = ensure_runtime(Runtime(), None)
+    python = runtime / "bin" / "python"
+    with tempfile.TemporaryDirectory(prefix="airagent-validate-") as scratch:
+        root = Path(scratch)
+        dags = generate(root, files)
+        env = {"PATH": os.environ["PATH"], "HOME": scratch, "AIRFLOW_HOME": str(root / "home"),
+               "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+               "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"}
+        timed([python, "-c", "import airflow.dag_processing.dagbag"], env)  # warm the runtime's bytecode cache
+        dagbag_seconds, out = timed([python, "-c", DAGBAG, dags], env)
+        dagbag_dags, dagbag_errors = map(int, out.split())
+        ours_seconds, _ = timed([python, PARSER, dags, root / "report.json", workers], env)
+        report = json.loads((root / "report.json").read_text())
+    ours_dags = sum(len(f["dag_ids"]) for f in report["files"])
+    assert (ours_dags, sum(1 for f in report["files"] if f["error"])) == (dagbag_dags, dagbag_errors), \
+        (ours_dags, dagbag_dags)
+    print(f"files: {files} count", file=sys.stderr)
+    print(f"dags: {ours_dags} count")
+    print(f"dagbag_seconds: {dagbag_seconds:.2f} s")
+    print(f"parallel_seconds: {ours_seconds:.2f} s")
+    print(f"full_validation_vs_dagbag: {ours_seconds / dagbag_seconds:.2f} ratio")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else os.cpu_count() or 1)
