@@ -24,6 +24,7 @@ test: setup
 bench: setup
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.throughput
+	$(BIN)/python -m bench.validate
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info
