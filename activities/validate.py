@@ -17,26 +17,29 @@ PARSE_TIMEOUT = 900.0
 
 
 def parse_release(release: Release) -> ValidationReport:
-    """Run parse_dags.py with the runtime's interpreter, in a throwaway AIRFLOW_HOME."""
-    bundle = Path(release.bundle)
+    return parse_tree(Path(release.runtime), Path(release.bundle), release.dag_folder, release.plugins_folder)
+
+
+def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str) -> ValidationReport:
+    """Run parse_dags.py with the runtime's interpreter over a tree of files, in a throwaway AIRFLOW_HOME."""
     with tempfile.TemporaryDirectory(prefix="airagent-parse-") as scratch:
         report = Path(scratch) / "report.json"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": scratch,
             "AIRFLOW_HOME": scratch,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(bundle / release.dag_folder),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(bundle / release.plugins_folder),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(bundle / dag_folder),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(bundle / plugins_folder),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         }
         try:
-            process.run([Path(release.runtime) / "bin" / "python", PARSER, bundle / release.dag_folder, report],
+            process.run([runtime / "bin" / "python", PARSER, bundle / dag_folder, report],
                         env=env, cwd=bundle, timeout=PARSE_TIMEOUT)
         except process.ProcessFailed as err:
             raise ApplicationError(f"the DAG parser itself failed: {err.output[-3000:]}",
                                    type="ParserFailed") from None
-        return _from_repo_root(ValidationReport.model_validate_json(report.read_text()), release.dag_folder)
+        return _from_repo_root(ValidationReport.model_validate_json(report.read_text()), dag_folder)
 
 
 def _from_repo_root(report: ValidationReport, dag_folder: str) -> ValidationReport:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 from activities import process
@@ -40,3 +41,17 @@ def test_a_file_that_hangs_exits_or_dies_fails_alone(tmp_path):
     assert "exit code 7" in files["exits.py"]["error"]
     assert "killed by SIGKILL" in files["killed.py"]["error"]
     assert "safe mode would have skipped me" in files["no_words.py"]["error"]
+
+
+def test_cli_validate_checks_a_working_tree_before_merge(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    airagent = [str(Path(os.sys.executable).with_name("airagent")), "validate", str(tmp_path / "repo")]
+
+    ok = subprocess.run([*airagent, "--json"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert sum(len(f["dag_ids"]) for f in json.loads(ok.stdout)["files"]) == 4
+
+    (Path(repo.working_tree_dir) / example.BROKEN_PATH).write_text(example.BROKEN_DAG)  # not even committed
+    broken = subprocess.run(airagent, capture_output=True, text=True, timeout=300)
+    assert broken.returncode == 3
+    assert f"{example.BROKEN_PATH}: ModuleNotFoundError: No module named 'pandas_but_misspelled'" in broken.stdout
