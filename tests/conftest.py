@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -69,23 +69,19 @@ class Drive:
     def __init__(self, env: WorkflowEnvironment, agent: AirAgent):
         self.env, self.agent = env, agent
 
-    async def until(self, wf_id: str, predicate, step: timedelta = timedelta(seconds=20),
-                    steps: int = 500) -> TrainStatus:
-        for _ in range(steps):
-            status = await self.agent.status(wf_id)
-            if predicate(status):
-                return status
-            await self.env.sleep(step)
-        raise AssertionError(f"{wf_id} never got there; last status: {status}")
+    async def until(self, wf_id: str, predicate, step: timedelta = timedelta(seconds=20)) -> TrainStatus:
+        return await self._poll(lambda: self.agent.status(wf_id), predicate, step, wf_id)
 
-    async def pipeline_until(self, name: str, predicate, step: timedelta = timedelta(seconds=20),
-                             steps: int = 500) -> ConductorStatus:
+    async def pipeline_until(self, name: str, predicate, step: timedelta = timedelta(seconds=20)) -> ConductorStatus:
+        return await self._poll(lambda: self.agent.pipeline_status(name), predicate, step, f"pipeline {name}")
+
+    async def _poll(self, read, predicate, step: timedelta, what: str, steps: int = 500):
         for _ in range(steps):
-            status = await self.agent.pipeline_status(name)
+            status = await read()
             if predicate(status):
                 return status
             await self.env.sleep(step)
-        raise AssertionError(f"pipeline {name} never got there; last status: {status}")
+        raise AssertionError(f"{what} never got there; last status: {status}")
 
     async def finish(self, wf_id: str) -> TrainStatus:
         return await self.until(wf_id, lambda s: s.state.finished, step=timedelta(minutes=1))

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.models import Control, Outcome, TrainState, TrainStatus
+from airagent.models import Control, Outcome, TrainState
 from tests.conftest import make_pipeline
 
 

@@ -13,7 +13,9 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.workflow import ContinueAsNewVersioningBehavior
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
+
+from workflows.controls import Controlled
 
 with workflow.unsafe.imports_passed_through():
     from activities.poll import poll_branch
@@ -23,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
         ConductorStatus,
         Control,
         ControlAck,
-        Event,
         Notify,
         PollInput,
         TrainInput,
@@ -43,7 +44,7 @@ POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolic
 
 
 @workflow.defn(name="Conductor")
-class Conductor:
+class Conductor(Controlled):
     @workflow.init
     def __init__(self, input: ConductorInput) -> None:
         self.pipeline = input.pipeline
@@ -167,18 +168,9 @@ class Conductor:
             else:
                 self.state.frozen = control.reason if name == "freeze" else None
             self.wake = True
-        self._log(name, control, refusal is None, message)
-        return ControlAck(accepted=refusal is None, message=message)
-
-    def _log(self, name: str, control: Control, accepted: bool, message: str) -> None:
-        event = Event(at=workflow.now(), control=name, by=control.by, reason=control.reason,
-                      environment=control.environment, accepted=accepted, message=message)
+        event = self._event(name, control, refusal is None, message)
         self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
-
-    def _reject(self, name: str, control: Control | None) -> None:
-        refusal = self._refusal(name, control or Control())
-        if refusal:
-            raise ApplicationError(refusal, type="ControlRejected", non_retryable=True)
+        return ControlAck(accepted=refusal is None, message=message)
 
     @workflow.signal(name="notify")
     def notify(self, notice: Notify | None = None) -> None:

@@ -14,6 +14,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.controls import Controlled
+
 with workflow.unsafe.imports_passed_through():
     from activities.build import build
     from activities.announce import announce
@@ -32,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         DiffResult,
         EnvironmentChange,
         EnvironmentStatus,
-        Event,
         Outcome,
         Release,
         RollbackInput,
@@ -72,7 +73,7 @@ class _Failed(Exception):
 
 
 @workflow.defn(name="DeployTrain")
-class DeployTrain:
+class DeployTrain(Controlled):
     @workflow.init
     def __init__(self, input: TrainInput) -> None:
         self.pipeline = input.pipeline
@@ -143,9 +144,8 @@ class DeployTrain:
                     announce, Announcement(pipeline=self.pipeline, receiver=index, status=self.status,
                                            changed=self.changed, broken=broken), **ANNOUNCE)
             except ActivityError as err:
-                self.status.events.append(Event(
-                    at=workflow.now(), control="notify", accepted=False,
-                    message=f"{receiver.type} notification not delivered: {_cause(err)}"))
+                self.status.events.append(self._event(
+                    "notify", Control(), False, f"{receiver.type} notification not delivered: {_cause(err)}"))
 
     # --- stages -----------------------------------------------------------------------
 
@@ -314,10 +314,7 @@ class DeployTrain:
         refusal = self._refusal(name, control)
         if refusal is None:
             message = self._act(name, control)
-        self.status.events.append(Event(
-            at=workflow.now(), control=name, by=control.by, reason=control.reason,
-            environment=control.environment, accepted=refusal is None, message=refusal or message,
-        ))
+        self.status.events.append(self._event(name, control, refusal is None, refusal or message))
         self._publish()
         return ControlAck(accepted=refusal is None, message=refusal or message)
 
@@ -335,11 +332,6 @@ class DeployTrain:
         if name == "abort":
             return f"aborting; rolling back {', '.join(reversed(self.touched)) or 'nothing'}"
         return f"rolling back {control.environment or ', '.join(reversed(self.touched))}"
-
-    def _reject(self, name: str, control: Control | None) -> None:
-        refusal = self._refusal(name, control or Control())
-        if refusal:
-            raise ApplicationError(refusal, type="ControlRejected", non_retryable=True)
 
     @workflow.signal(name="pause")
     def pause(self, control: Control | None = None) -> None:

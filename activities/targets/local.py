@@ -11,7 +11,6 @@ rolls twice.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
