@@ -1,22 +1,35 @@
-"""Parse every Python file of a DAG folder with Airflow's own DagBag; write a JSON report.
+"""Parse Python files of a DAG folder with Airflow's own DagBag; write a JSON report.
 
-Runs as a script by a release runtime's interpreter, never imported by the deployer:
-it may import only the standard library and Airflow.
+Runs as a script by a release runtime's interpreter: it may import only the standard
+library and Airflow. (The deployer imports it only for `python_files` and
+`imported_names`, which are plain standard library, so both sides agree on what a DAG
+file is and what it imports.)
 
-    python parse_dags.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS]
+    python parse_dags.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
+
+SETTINGS_JSON (written by the deployer, never pasted into a command line) may hold
+`files`: the paths, relative to DAG_FOLDER, to parse (default: every file), and
+`placeholders`: {"enabled", "variables", "connections", "env"} for what DAG files look
+up at parse time.
 
 Safe mode is off and every `.py` file is parsed, so a broken file cannot hide by
 lacking the words "airflow" and "dag". Each file is parsed in a process of its own,
 by WORKERS processes forked from this one once Airflow is imported and warmed up (so no
 file pays for that again): a file that hangs past TIMEOUT (Airflow's dagbag_import_timeout
 by default), exits, segfaults or runs out of memory fails alone, with the reason, and a
-fresh worker takes its place.
+fresh worker takes its place. Network and database access at parse time fails the file
+with the reason instead of hanging it.
 """
 
+from __future__ import annotations
+
+import argparse
+import ast
 import json
 import os
 import select
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -24,6 +37,7 @@ import traceback
 from pathlib import Path
 
 MAX_TRACEBACK_LINES = 30
+PLACEHOLDER = "airagent-placeholder"
 # What nearly every DAG file imports: loaded once here, inherited by every fork.
 WARM_MODULES = ("airflow.sdk", "airflow.providers.standard.operators.empty",
                 "airflow.providers.standard.operators.python", "airflow.providers.standard.operators.bash")
@@ -36,6 +50,19 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 with DAG("airagent_warm_up", start_date=datetime(2024, 1, 1), schedule=None):
     EmptyOperator(task_id="warm")
 """
+MOVE_IT = "read it inside a task, where it runs per run instead of on every parse"
+
+
+class NetworkAtParseTime(RuntimeError):
+    """A DAG file reached for the network while being parsed."""
+
+
+class DatabaseAtParseTime(RuntimeError):
+    """A DAG file opened a database connection while being parsed."""
+
+
+class MissingPlaceholder(LookupError):
+    """A lookup at parse time with placeholders off and no value configured for it."""
 
 
 def python_files(folder: Path) -> list[Path]:
@@ -45,34 +72,241 @@ def python_files(folder: Path) -> list[Path]:
     )
 
 
+def syntax_tree(source: str | bytes) -> ast.AST | None:
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None  # the parse itself reports it
+
+
+def imported_names(tree: ast.AST | None) -> list[tuple[int, str, list[str]]]:
+    """Every import statement anywhere in the module, as (level, module, names)."""
+    found = []
+    if tree is None:
+        return found
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", [alias.name for alias in node.names]))
+    return found
+
+
+def absolute_imports(source: str) -> list[str]:
+    """Modules a file imports by absolute name; `from a import b` counts as `a` and `a.b`."""
+    names = set()
+    for level, module, members in imported_names(syntax_tree(source)):
+        if level or not module:
+            continue
+        names.add(module)
+        names.update(f"{module}.{m}" for m in members if m != "*")
+    return sorted(names)
+
+
 def trim(text: str) -> str:
     lines = text.rstrip().splitlines()
     return "\n".join(lines[-MAX_TRACEBACK_LINES:])
 
 
-def parse_file(folder: Path, path: Path) -> dict:
-    from airflow.dag_processing.dagbag import DagBag
+# --- what a DAG file sees at parse time ------------------------------------------------
 
-    rel = path.relative_to(folder).as_posix()
-    started = time.perf_counter()
-    # A bag per file, as Airflow's DAG processor does, so duplicates are ours to report.
-    bag = DagBag(dag_folder=str(folder), collect_dags=False, bundle_path=folder, safe_mode=False)
-    try:
-        dags = bag.process_file(str(path), only_if_updated=False, safe_mode=False)
-        error = bag.import_errors.get(rel) or bag.import_errors.get(str(path))
-    except Exception:
-        dags, error = [], traceback.format_exc()
+
+class Lookups:
+    """Placeholders for Variables, Connections and environment variables, and the guards on network and database.
+
+    Installed in the parent after the warm-up, so every forked worker inherits them and
+    Airflow's own start-up is not affected.
+    """
+
+    def __init__(self, folder: Path, settings: dict):
+        self.folder = str(folder) + os.sep
+        self.enabled = settings.get("enabled", True)
+        self.variables = settings.get("variables", {})
+        self.connections = settings.get("connections", {})
+        self.env = settings.get("env", {})
+        self.used: set[str] = set()
+
+    def variable(self, key: str, default, deserialize_json: bool, no_default):
+        if key in self.variables:
+            value = self.variables[key]
+            return json.loads(value) if deserialize_json and isinstance(value, str) else value
+        if default is not no_default:
+            return default
+        if not self.enabled:
+            raise MissingPlaceholder(
+                f"Variable.get({key!r}) at parse time, and validation.placeholders.variables has no {key!r} "
+                f"(placeholders are off); give it a value there, or {MOVE_IT}")
+        self.used.add(f"variable {key}")
+        return {} if deserialize_json else f"{PLACEHOLDER}-{key}"
+
+    def connection(self, conn_id: str, cls):
+        if conn_id in self.connections:
+            given = self.connections[conn_id]
+            if isinstance(given, str):
+                return cls.from_uri(given, conn_id=conn_id) if hasattr(cls, "from_uri") else cls(conn_id=conn_id,
+                                                                                                  uri=given)
+            return cls(conn_id=conn_id, **given)
+        if not self.enabled:
+            raise MissingPlaceholder(
+                f"connection {conn_id!r} looked up at parse time, and validation.placeholders.connections has no "
+                f"{conn_id!r} (placeholders are off); give it a value there, or {MOVE_IT}")
+        self.used.add(f"connection {conn_id}")
+        return cls(conn_id=conn_id, conn_type="generic", host=f"{PLACEHOLDER}.invalid", login=PLACEHOLDER,
+                   password=PLACEHOLDER, schema=PLACEHOLDER, port=1)
+
+    def getenv(self, real, key, default=None):
+        if not sys._getframe(2).f_code.co_filename.startswith(self.folder):
+            return real(key, default)  # Airflow's own reads see the real environment
+        if key in self.env:
+            return self.env[key]
+        value = real(key, None)
+        if value is not None or default is not None or not self.enabled:
+            return value if value is not None else default
+        self.used.add(f"env {key}")
+        return f"{PLACEHOLDER}-{key}"
+
+    def install(self) -> None:
+        from airflow.models.connection import Connection as ModelConnection
+        from airflow.models.variable import Variable as ModelVariable
+        from airflow.sdk.definitions.connection import Connection
+        from airflow.sdk.definitions.variable import Variable
+
+        lookups, unset = self, object()
+
+        def sdk_variable(cls, key, default=unset, deserialize_json=False):
+            return lookups.variable(key, default, deserialize_json, unset)
+
+        def model_variable(cls, key, default_var=unset, deserialize_json=False, team_name=None):
+            return lookups.variable(key, default_var, deserialize_json, unset)
+
+        Variable.get = classmethod(sdk_variable)
+        ModelVariable.get = classmethod(model_variable)
+        Connection.get = classmethod(lambda cls, conn_id: lookups.connection(conn_id, Connection))
+        ModelConnection.get_connection_from_secrets = classmethod(
+            lambda cls, conn_id, team_name=None: lookups.connection(conn_id, ModelConnection))
+
+        real_getenv, real_get = os.getenv, type(os.environ).get
+        os.getenv = lambda key, default=None: lookups.getenv(real_getenv, key, default)
+        type(os.environ).get = lambda env, key, default=None: lookups.getenv(
+            lambda k, d: real_get(env, k, d), key, default)
+        self._guard_network_and_database()
+
+    @staticmethod
+    def _guard_network_and_database() -> None:
+        def network(*args, **kwargs):
+            where = next((a for a in args if isinstance(a, tuple)), args[0] if args else "")
+            raise NetworkAtParseTime(
+                f"this DAG file reached for the network ({where!r}) while being parsed; the validator blocks it "
+                f"because the DAG processor parses every file every few seconds: {MOVE_IT}")
+
+        def database(*args, **kwargs):
+            raise DatabaseAtParseTime(
+                "this DAG file opened a database connection while being parsed; the validator blocks it because "
+                f"the DAG processor parses every file every few seconds and has no database in Airflow 3: {MOVE_IT}")
+
+        for name in ("connect", "connect_ex"):
+            setattr(socket.socket, name, lambda self, address, _n=network: _n(address))
+        socket.create_connection = network
+        socket.getaddrinfo = network
+        import sqlite3
+        sqlite3.connect = database
+        try:
+            from sqlalchemy.engine import Engine
+        except ImportError:
+            return
+        Engine.connect = database
+        Engine.raw_connection = database
+
+
+class DagCounter:
+    """Counts the DAG objects a file creates: DagBag keeps only the last of two with one dag_id, silently."""
+
+    created: list[str] = []
+
+    @classmethod
+    def install(cls) -> None:
+        from airflow.sdk.definitions.dag import DAG
+
+        original = DAG.__init__
+
+        def counting(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            cls.created.append(self.dag_id)
+
+        DAG.__init__ = counting
+
+
+def facts(dag) -> dict:
+    """What the deployer's policies look at, so they can be checked without Airflow."""
     return {
-        "path": rel,
-        "dag_ids": sorted(d.dag_id for d in dags),
-        "error": trim(error) if error else None,
-        "parse_seconds": round(time.perf_counter() - started, 4),
+        "dag_id": dag.dag_id,
+        "owners": sorted({str(t.owner) for t in dag.tasks}),
+        "tags": sorted(str(t) for t in dag.tags),
+        "schedule": schedule_of(dag.schedule),
+        "retries": {t.task_id: int(t.retries or 0) for t in dag.tasks},
     }
 
 
+def schedule_of(schedule) -> str | None:
+    """A schedule as people write it: '@daily', a cron line, None; 'assets' or a class name otherwise."""
+    if schedule is None or isinstance(schedule, str):
+        return schedule
+    if hasattr(schedule, "total_seconds"):
+        return f"every {schedule}"
+    if isinstance(schedule, (list, tuple)) or type(schedule).__module__.startswith("airflow.sdk.definitions.asset"):
+        return "assets"
+    return type(schedule).__name__
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+
+class Parser:
+    """One DagBag per worker process, emptied between files, so a file is parsed exactly as DagBag would."""
+
+    def __init__(self, folder: Path, lookups: Lookups | None):
+        from airflow.dag_processing.dagbag import DagBag
+
+        self.folder, self.lookups = folder, lookups
+        self.bag = DagBag(dag_folder=str(folder), collect_dags=False, bundle_path=folder, safe_mode=False)
+
+    def parse(self, path: Path) -> dict:
+        rel = path.relative_to(self.folder).as_posix()
+        self.bag.dags.clear()
+        self.bag.import_errors.clear()
+        DagCounter.created.clear()
+        if self.lookups:
+            self.lookups.used.clear()
+        started = time.perf_counter()
+        try:
+            self.bag.process_file(str(path), only_if_updated=False, safe_mode=False)
+            error = self.bag.import_errors.get(rel) or self.bag.import_errors.get(str(path))
+        except Exception:
+            self.bag.dags.clear()
+            error = traceback.format_exc()
+        seconds = time.perf_counter() - started
+        created = DagCounter.created
+        try:
+            imports = absolute_imports(path.read_text(errors="replace"))
+        except OSError:
+            imports = []
+        return {
+            "path": rel,
+            "dag_ids": sorted(self.bag.dags),
+            "error": trim(error) if error else None,
+            "parse_seconds": round(seconds, 4),
+            "dags": [facts(self.bag.dags[d]) for d in sorted(self.bag.dags)],
+            "imports": imports,
+            "same_file_duplicates": sorted({d for d in created if created.count(d) > 1}),
+            "placeholders": sorted(self.lookups.used) if self.lookups else [],
+            "transient": False,
+        }
+
+
 def failed(folder: Path, path: Path, error: str, seconds: float) -> dict:
+    """A file whose worker hung or died: not cached, as the next try may go otherwise."""
     return {"path": path.relative_to(folder).as_posix(), "dag_ids": [], "error": error,
-            "parse_seconds": round(seconds, 4)}
+            "parse_seconds": round(seconds, 4), "transient": True}
 
 
 class Worker:
@@ -84,7 +318,7 @@ class Worker:
 
     parent_ends: set[int] = set()  # every worker's pipe ends held here, which no other worker may keep open
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, lookups: Lookups | None):
         jobs_read, jobs_write = os.pipe()
         results_read, results_write = os.pipe()
         self.pid = os.fork()
@@ -92,7 +326,7 @@ class Worker:
             # Holding a sibling's pipe ends would hide that sibling's end-of-file from the parent.
             for fd in (jobs_write, results_read, *Worker.parent_ends):
                 os.close(fd)
-            self._serve(folder, jobs_read, results_write)
+            self._serve(folder, lookups, jobs_read, results_write)
         os.close(jobs_read)
         os.close(results_write)
         Worker.parent_ends |= {jobs_write, results_read}
@@ -103,12 +337,13 @@ class Worker:
         self.buffer = b""
 
     @staticmethod
-    def _serve(folder: Path, jobs_fd: int, results_fd: int) -> None:
+    def _serve(folder: Path, lookups: Lookups | None, jobs_fd: int, results_fd: int) -> None:
+        parser = Parser(folder, lookups)
         with os.fdopen(jobs_fd) as jobs, os.fdopen(results_fd, "w") as results:
             for line in jobs:
                 path = Path(json.loads(line))
                 try:
-                    report = parse_file(folder, path)
+                    report = parser.parse(path)
                 except BaseException:
                     report = failed(folder, path, trim(traceback.format_exc()), 0.0)
                 results.write(json.dumps(report) + "\n")
@@ -146,9 +381,10 @@ class Worker:
         return os.waitpid(self.pid, 0)[1]
 
 
-def parse_all(folder: Path, files: list[Path], workers: int, timeout: float) -> list[dict]:
+def parse_all(folder: Path, files: list[Path], workers: int, timeout: float,
+              lookups: Lookups | None = None) -> list[dict]:
     pending, results = list(files), {}
-    pool = [Worker(folder) for _ in range(min(workers, len(files)) or 1)]
+    pool = [Worker(folder, lookups) for _ in range(min(workers, len(files)) or 1)]
     try:
         while pending or any(w.path for w in pool):
             for w in pool:
@@ -163,7 +399,7 @@ def parse_all(folder: Path, files: list[Path], workers: int, timeout: float) -> 
                     report = w.read()
                 except EOFError:
                     results[path] = failed(folder, path, died(w.kill()), time.monotonic() - w.started)
-                    pool[pool.index(w)] = Worker(folder)
+                    pool[pool.index(w)] = Worker(folder, lookups)
                     continue
                 if report is not None:
                     results[path] = report
@@ -176,7 +412,7 @@ def parse_all(folder: Path, files: list[Path], workers: int, timeout: float) -> 
                         folder, path,
                         f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not block "
                         "at import: move network, database and long work into tasks", now - w.started)
-                    pool[i] = Worker(folder)
+                    pool[i] = Worker(folder, lookups)
     finally:
         for w in pool:
             w.path = None
@@ -193,7 +429,7 @@ def died(status: int) -> str:
     return f"importing this file ended the process with exit code {code}; a DAG file must not call exit()"
 
 
-def main(folder: Path, out: Path, workers: int, timeout: float | None) -> None:
+def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:
     from airflow.configuration import conf
 
     for module in WARM_MODULES:
@@ -201,21 +437,26 @@ def main(folder: Path, out: Path, workers: int, timeout: float | None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         warm = Path(scratch) / "warm_up.py"
         warm.write_text(WARM_DAG)
-        parse_file(Path(scratch), warm)
+        Parser(Path(scratch), None).parse(warm)
+    lookups = Lookups(folder, settings.get("placeholders", {}))
+    lookups.install()
+    DagCounter.install()
     # As Airflow's DAG processor does for a bundle: modules beside the DAGs are importable.
     sys.path.append(str(folder))
     timeout = timeout or conf.getfloat("core", "dagbag_import_timeout")
-    files = parse_all(folder, python_files(folder), workers, timeout)
-    owners = {}
-    for f in files:
-        for dag_id in f["dag_ids"]:
-            owners.setdefault(dag_id, []).append(f["path"])
-    duplicates = {dag_id: paths for dag_id, paths in owners.items() if len(paths) > 1}
-    out.write_text(json.dumps({"files": files, "duplicates": duplicates}))
+    chosen = settings.get("files")
+    files = python_files(folder) if chosen is None else [folder / f for f in chosen]
+    out.write_text(json.dumps({"files": parse_all(folder, files, workers, timeout, lookups)}))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    main(Path(sys.argv[1]).resolve(), Path(sys.argv[2]),
-         workers=int(sys.argv[3]) if len(sys.argv) > 3 else os.cpu_count() or 1,
-         timeout=float(sys.argv[4]) if len(sys.argv) > 4 else None)
+    cli = argparse.ArgumentParser(description="Parse DAG files with Airflow's DagBag; write a JSON report.")
+    cli.add_argument("folder", type=Path)
+    cli.add_argument("out", type=Path)
+    cli.add_argument("workers", type=int, nargs="?", default=os.cpu_count() or 1)
+    cli.add_argument("timeout", type=float, nargs="?", default=None)
+    cli.add_argument("--settings", type=Path, help="JSON file: files to parse, placeholders")
+    args = cli.parse_args()
+    main(args.folder.resolve(), args.out, args.workers, args.timeout,
+         json.loads(args.settings.read_text()) if args.settings else {})

@@ -258,26 +258,22 @@ def history(
 @app.command()
 @friendly
 def validate(
-    path: Annotated[Path, typer.Argument(help="a working tree of the monorepo")] = Path("."),
+    path: Annotated[Path, typer.Argument(help="the root of a working tree of the monorepo")] = Path("."),
+    sha: Annotated[str | None, typer.Option(help="check this commit instead of the files on disk")] = None,
     pipeline: Annotated[str | None, typer.Option("--pipeline", "-p", help="default: the only pipeline")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="default: PATH/airagent.yaml")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Parse the DAGs of a working tree exactly as the validate stage does, before you merge. Exit 3 when broken."""
-    from activities.build import ensure_runtime
-    from activities.validate import parse_tree
+    """Run the validate stage on a working tree (or --sha) before you merge: parse, policies, removed DAGs
+    since the branch point, owners. Exit 3 when it would stop a train."""
+    from activities.validate import check_tree
 
     cfg, base = config_module.load(config or path / config_module.DEFAULT_FILE)
     if pipeline is None and len(cfg.pipelines) != 1:
         raise ConfigError(f"{len(cfg.pipelines)} pipelines declared; pick one with --pipeline "
                           f"({', '.join(cfg.pipelines)})")
     settings = cfg.pipeline(pipeline or next(iter(cfg.pipelines)), base)
-    root = path.resolve()
-    dags = (root / settings.dag_folder).resolve()
-    if not dags.is_dir() or not dags.is_relative_to(root):
-        raise ConfigError(f"{root / settings.dag_folder} is not a folder inside {root}; check dag_folder")
-    _, runtime = ensure_runtime(settings.runtime, root / settings.runtime.requirements)
-    report = parse_tree(runtime, root, settings.dag_folder, settings.plugins_folder)
+    report = check_tree(settings, path.resolve(), sha)
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

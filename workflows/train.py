@@ -111,7 +111,9 @@ class DeployTrain(Controlled):
             await self._checkpoint()
             self.release = await self._build(input)
             await self._checkpoint()
-            await self._validate(self.release)
+            await self._validate(ValidateInput(
+                release=self.release, pipeline=input.pipeline,
+                live_commits=[e.live_commit for e in change.environments if e.live_commit]))
             for env in input.pipeline.environments:
                 await self._checkpoint()
                 env_change = change.for_environment(env.name)
@@ -171,8 +173,8 @@ class DeployTrain(Controlled):
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
 
-    async def _validate(self, release: Release) -> None:
-        report = await self._activity("validate", None, validate, ValidateInput(release=release), LONG)
+    async def _validate(self, request: ValidateInput) -> None:
+        report = await self._activity("validate", None, validate, request, LONG)
         self.report = report
         self.status.validation = report.summary()
         if not report.ok:

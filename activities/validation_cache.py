@@ -1,0 +1,146 @@
+"""Incremental validation: a DAG file is parsed again only when something it can depend on changed.
+
+A file's result is stored under a key made of everything that can change it:
+
+- the file's own content, and the content of every module in the DAG folder it imports,
+  transitively, found with `ast` (every import statement, also inside functions, and
+  every name an import could resolve to, so a new `helpers.py` that now shadows or
+  satisfies an import changes the key too);
+- when a file or one of its modules imports by a computed name (`importlib`,
+  `__import__`, `exec`, `runpy`...), the content of every Python file in the DAG folder;
+- the runtime, the parser script and the placeholder and timeout settings;
+- every other file of the tree that is not declared `ignored` by the classification:
+  plugins, config, data files a DAG might read (`open()` cannot be traced, so any of
+  them changing invalidates every result).
+
+Results live under `home()/validation-cache/files/`, content-addressed, so releases,
+pipelines and working trees share them safely.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from activities.parse_dags import imported_names, python_files, syntax_tree
+from airagent.config import home
+
+PARSER = Path(__file__).with_name("parse_dags.py")
+# Calls that import or run code by a name `ast` cannot see.
+DYNAMIC = {"import_module", "__import__", "exec", "eval", "run_path", "run_module", "load_source",
+           "spec_from_file_location", "SourceFileLoader", "load_module"}
+_modules: dict[str, tuple[list[tuple[int, str, list[str]]], bool]] = {}  # content digest -> (imports, dynamic)
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _module_info(content_digest: str, data: bytes) -> tuple[list[tuple[int, str, list[str]]], bool]:
+    if content_digest not in _modules:
+        tree = syntax_tree(data)
+        dynamic = tree is not None and any(
+            isinstance(node, ast.Call) and (getattr(node.func, "id", None) or getattr(node.func, "attr", None))
+            in DYNAMIC for node in ast.walk(tree))
+        _modules[content_digest] = (imported_names(tree), dynamic)
+    return _modules[content_digest]
+
+
+def _candidates(rel: str, level: int, module: str, members: list[str]) -> set[str]:
+    """Paths, relative to the DAG folder, that an import statement in `rel` could load."""
+    here = Path(rel).parent
+    if level:
+        base = here
+        for _ in range(level - 1):
+            base = base.parent
+        roots = [base]
+    else:
+        # The DAG folder is on sys.path; the file's own folder too, to be safe.
+        roots = [Path("."), here]
+    dotted = [module] if module else []
+    names = [f"{module}.{m}" if module else m for m in members if m != "*"] + dotted
+    found = set()
+    for root in roots:
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                stem = root.joinpath(*parts[:i])
+                found |= {(stem / "__init__.py").as_posix(), stem.with_suffix(".py").as_posix()}
+    return {p for p in found if not p.startswith("..")}
+
+
+def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[str] = ()) -> dict[str, str]:
+    """The cache key of every Python file of the DAG folder (paths relative to it)."""
+    dags = (bundle / dag_folder).resolve()
+    contents = {p.relative_to(dags).as_posix(): p.read_bytes() for p in python_files(dags)}
+    digests = {rel: digest(data) for rel, data in contents.items()}
+    edges, dynamic = {}, set()
+    for rel, data in contents.items():
+        imports, is_dynamic = _module_info(digests[rel], data)
+        if is_dynamic:
+            dynamic.add(rel)
+        edges[rel] = {c for statement in imports for c in _candidates(rel, *statement) if c in digests and c != rel}
+    everything = digest(json.dumps(sorted(digests.items())).encode())
+    shared = digest(json.dumps({
+        "parser": digest(PARSER.read_bytes()),
+        "context": context,
+        "others": _other_files(bundle, dags, list(ignored)),
+    }, sort_keys=True).encode())
+    keys = {}
+    for rel in digests:
+        closure, stack = {rel}, [rel]
+        while stack:
+            for dep in edges[stack.pop()] - closure:
+                closure.add(dep)
+                stack.append(dep)
+        parts = {"shared": shared, "file": rel, "modules": sorted((m, digests[m]) for m in closure)}
+        if closure & dynamic:
+            parts["everything"] = everything
+        keys[rel] = digest(json.dumps(parts).encode())
+    return keys
+
+
+def _other_files(bundle: Path, dags: Path, ignored: list[str]) -> str:
+    """One digest of every file outside the DAG folder's Python modules that the classification does not ignore."""
+    bundle = bundle.resolve()
+    entries = []
+    for folder, subdirs, names in os.walk(bundle):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
+        here = Path(folder)
+        for name in sorted(names):
+            path = here / name
+            rel = path.relative_to(bundle).as_posix()
+            if name.endswith(".pyc") or any(fnmatch.fnmatchcase(rel, g) for g in ignored):
+                continue
+            if name.endswith(".py") and path.is_relative_to(dags):
+                continue  # tracked one by one
+            try:
+                entries.append((rel, digest(path.read_bytes())))
+            except OSError:
+                entries.append((rel, "unreadable"))
+    return digest(json.dumps(entries).encode())
+
+
+def _entry(key: str) -> Path:
+    return home() / "validation-cache" / "files" / key[:2] / f"{key}.json"
+
+
+def load(key: str) -> dict | None:
+    try:
+        return json.loads(_entry(key).read_text())
+    except (OSError, ValueError):
+        return None  # absent or half-written by a crashed writer: parse again
+
+
+def store(key: str, result: dict) -> None:
+    path = _entry(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
