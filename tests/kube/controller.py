@@ -1,0 +1,229 @@
+"""A test controller: moves Deployment and StatefulSet status the way kube-controller-manager does.
+
+It writes straight into the emulator's store (as the real controllers write through
+their own connection), so its writes are not counted as the driver's requests, but
+every one of them is a watch event the driver sees.
+
+- A Deployment whose template changed gets a new ReplicaSet (named by the template's
+  hash) with all its pods at once; old pods go when the new ones are all ready
+  (maxUnavailable 0). Past `progress_deadline` without finishing it reports
+  Progressing=False, reason ProgressDeadlineExceeded.
+- A StatefulSet replaces pods one at a time from the highest ordinal, each only once
+  the others are ready, and moves currentRevision to updateRevision at the end.
+- A pod becomes ready `delay` seconds after it is made, unless a fault says otherwise:
+  `crash(name)` (CrashLoopBackOff), an image on a `.invalid` registry (ErrImagePull,
+  then ImagePullBackOff), `stick(name)` (ContainerCreating forever).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import threading
+import time
+import uuid
+
+from tests.kube.emulator import ApiError, Store
+
+
+def template_hash(template: dict) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class Controller:
+    def __init__(self, store: Store, delay: float = 0.1, progress_deadline: float = 2.0):
+        self.store = store
+        self.delay = delay
+        self.progress_deadline = progress_deadline
+        self.crashing: set[str] = set()
+        self.stuck: set[str] = set()
+        self._born: dict[tuple[str, str], tuple[float, str]] = {}  # pod -> (made at, fate)
+        self._progress: dict[tuple[str, str], tuple[int, float]] = {}  # deployment -> (generation, since)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kube-controller", daemon=True)
+
+    def crash(self, workload: str) -> None:
+        """Pods made for `workload` from now on crash-loop."""
+        self.crashing.add(workload)
+
+    def stick(self, workload: str) -> None:
+        """Pods made for `workload` from now on never start."""
+        self.stuck.add(workload)
+
+    def heal(self) -> None:
+        self.crashing.clear()
+        self.stuck.clear()
+
+    def __enter__(self) -> Controller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self.store.changed:
+                self.store.changed.wait(timeout=0.03)
+            try:
+                for d in self.store.list("deployments")[0]:
+                    self._deployment(d)
+                for s in self.store.list("statefulsets")[0]:
+                    self._statefulset(s)
+                self._pods()
+            except ApiError:
+                continue  # raced with a client write; the next pass sees the new version
+
+    # --- deployments ---------------------------------------------------------------------
+
+    def _deployment(self, d: dict) -> None:
+        meta, spec = d["metadata"], d["spec"]
+        ns, name, replicas = meta["namespace"], meta["name"], spec.get("replicas", 1)
+        h = template_hash(spec["template"])
+        sets = [rs for rs in self.store.list("replicasets", ns)[0] if _owned(rs, d)]
+        new = next((rs for rs in sets if rs["metadata"]["labels"].get("pod-template-hash") == h), None)
+        if new is None:
+            template = copy.deepcopy(spec["template"])
+            template["metadata"].setdefault("labels", {})["pod-template-hash"] = h
+            new = self.store.create("replicasets", {
+                "metadata": {"name": f"{name}-{h}", "namespace": ns, "labels": template["metadata"]["labels"],
+                             "ownerReferences": [_owner(d)]},
+                "spec": {"replicas": replicas, "selector": spec["selector"], "template": template}})
+            sets.append(new)
+        pods = self.store.list("pods", ns)[0]
+        owned = {rs["metadata"]["name"]: [p for p in pods if _owned(p, rs)] for rs in sets}
+        fresh = owned[new["metadata"]["name"]]
+        for _ in range(replicas - len(fresh)):
+            fresh.append(self._make_pod(ns, f"{new['metadata']['name']}-{uuid.uuid4().hex[:5]}", new,
+                                        new["spec"]["template"], name, {}))
+        ready = [p for p in fresh if _ready(p)]
+        if len(ready) >= replicas:  # the new set is up: retire the old ones
+            for rs in sets:
+                if rs is not new:
+                    for p in owned[rs["metadata"]["name"]]:
+                        self._delete_pod(p)
+                    if rs["spec"]["replicas"]:
+                        self.store.replace("replicasets", {**rs, "spec": {**rs["spec"], "replicas": 0}})
+        alive = [p for ps in owned.values() for p in ps if self.store.get("pods", ns, p["metadata"]["name"])]
+        generation = meta.get("generation", 1)
+        since = self._progress.setdefault((ns, name), (generation, time.monotonic()))
+        if since[0] != generation:
+            since = self._progress[(ns, name)] = (generation, time.monotonic())
+        complete = len(ready) >= replicas and len(alive) == replicas
+        if complete:
+            progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+                           "message": f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.'}
+        elif time.monotonic() - since[1] > self.progress_deadline:
+            progressing = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                           "message": f'ReplicaSet "{new["metadata"]["name"]}" has timed out progressing.'}
+        else:
+            progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+                           "message": f'ReplicaSet "{new["metadata"]["name"]}" is progressing.'}
+        available = sum(_ready(p) for p in alive)
+        status = {
+            "observedGeneration": generation, "replicas": len(alive), "updatedReplicas": len(fresh),
+            "readyReplicas": available, "availableReplicas": available,
+            "unavailableReplicas": max(0, replicas - available),
+            "conditions": [{"type": "Available", "status": "True" if available >= replicas else "False"}, progressing],
+        }
+        self._set_status("deployments", d, status)
+
+    # --- statefulsets --------------------------------------------------------------------
+
+    def _statefulset(self, s: dict) -> None:
+        meta, spec = s["metadata"], s["spec"]
+        ns, name, replicas = meta["namespace"], meta["name"], spec.get("replicas", 1)
+        revision = f"{name}-{template_hash(spec['template'])}"
+        pods = {p["metadata"]["name"]: p for p in self.store.list("pods", ns)[0] if _owned(p, s)}
+        for i in range(replicas):
+            if f"{name}-{i}" not in pods:
+                pods[f"{name}-{i}"] = self._make_pod(ns, f"{name}-{i}", s, spec["template"], name,
+                                                     {"controller-revision-hash": revision,
+                                                      "statefulset.kubernetes.io/pod-name": f"{name}-{i}"})
+        ordered = [pods[f"{name}-{i}"] for i in range(replicas)]
+        stale = [p for p in ordered if p["metadata"]["labels"]["controller-revision-hash"] != revision]
+        if stale and all(_ready(p) for p in ordered):
+            self._delete_pod(stale[-1])  # highest ordinal first; recreated with the new revision next pass
+            ordered.remove(stale.pop())
+        ready = sum(_ready(p) for p in ordered)
+        updated = len(ordered) - len(stale)
+        current = s.get("status", {}).get("currentRevision")
+        if (updated == replicas and ready == replicas) or current is None:
+            current = revision if not stale else current
+        status = {"observedGeneration": meta.get("generation", 1), "replicas": len(ordered),
+                  "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": updated,
+                  "currentReplicas": sum(p["metadata"]["labels"]["controller-revision-hash"] == current
+                                         for p in ordered),
+                  "updateRevision": revision}
+        if current:
+            status["currentRevision"] = current
+        self._set_status("statefulsets", s, status)
+
+    # --- pods ----------------------------------------------------------------------------
+
+    def _make_pod(self, ns, name, owner, template, workload, labels) -> dict:
+        spec = copy.deepcopy(template["spec"])
+        images = [c["image"] for c in spec["containers"]]
+        fate = ("crash" if workload in self.crashing else "pull" if any(".invalid/" in i for i in images)
+                else "stuck" if workload in self.stuck else "ok")
+        pod = self.store.create("pods", {
+            "metadata": {"name": name, "namespace": ns,
+                         "labels": {**template["metadata"].get("labels", {}), **labels},
+                         "annotations": dict(template["metadata"].get("annotations", {})),
+                         "ownerReferences": [_owner(owner)]},
+            "spec": spec,
+            "status": _pod_status(spec, "ContainerCreating", 0)})
+        self._born[(ns, name)] = (time.monotonic(), fate)
+        return pod
+
+    def _delete_pod(self, pod: dict) -> None:
+        meta = pod["metadata"]
+        self._born.pop((meta["namespace"], meta["name"]), None)
+        try:
+            self.store.delete("pods", meta["namespace"], meta["name"])
+        except ApiError:
+            pass  # already gone
+
+    def _pods(self) -> None:
+        now = time.monotonic()
+        for pod in self.store.list("pods")[0]:
+            key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
+            born, fate = self._born.get(key, (now, "ok"))
+            if now - born < self.delay or fate == "stuck":
+                continue
+            waiting = {"ok": None, "crash": "CrashLoopBackOff",
+                       "pull": "ErrImagePull" if now - born < 3 * self.delay else "ImagePullBackOff"}[fate]
+            status = _pod_status(pod["spec"], waiting, 3 if fate == "crash" else 0)
+            if pod.get("status") != status:
+                self.store.replace("pods", {**pod, "status": status})
+
+    def _set_status(self, resource: str, obj: dict, status: dict) -> None:
+        if obj.get("status") != status:
+            self.store.replace(resource, {**obj, "status": status}, obj["metadata"]["resourceVersion"])
+
+
+def _pod_status(spec: dict, waiting: str | None, restarts: int) -> dict:
+    state = {"waiting": {"reason": waiting, "message": f"{waiting} (emulated)"}} if waiting else \
+        {"running": {"startedAt": "2025-01-01T00:00:00Z"}}
+    ready = waiting is None
+    return {
+        "phase": "Running" if ready or waiting == "CrashLoopBackOff" else "Pending",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready,
+                               "restartCount": restarts, "state": state} for c in spec["containers"]],
+    }
+
+
+def _ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def _owner(obj: dict) -> dict:
+    return {"apiVersion": obj.get("apiVersion", "apps/v1"), "kind": obj.get("kind"), "name": obj["metadata"]["name"],
+            "uid": obj["metadata"]["uid"], "controller": True}
+
+
+def _owned(child: dict, parent: dict) -> bool:
+    return any(o["uid"] == parent["metadata"]["uid"] for o in child["metadata"].get("ownerReferences", []))
