@@ -26,10 +26,12 @@ from airagent.models import BuildInput, Release
 from airagent.repo import RepoError, open_repository, resolve
 
 UV = Path(sys.executable).with_name("uv")
+# gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT).
+RUNTIME_EXTRAS = ["gunicorn"]
 
 
 def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
-    spec = {"python": runtime.python, "airflow": runtime.airflow,
+    spec = {"python": runtime.python, "airflow": runtime.airflow, "extras": RUNTIME_EXTRAS,
             "requirements": hashlib.sha256(requirements).hexdigest()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -46,7 +48,7 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
         install = [_uv(), "pip", "install", "--quiet", "--python", tmp / "bin" / "python",
-                   f"apache-airflow=={runtime.airflow}"]
+                   f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
         if reqs:
             install += ["-r", requirements]
         process.run(install, timeout=1800)

@@ -95,6 +95,34 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 class LocalTarget(Model):
     type: Literal["local"] = "local"
     path: Path = Field(description="directory holding releases/, the `current` symlink and manifest.json")
+    airflow: bool = Field(True, description="run Airflow's components here (api-server, scheduler, dag-processor, "
+                                            "triggerer); false leaves only the files, for an Airflow run elsewhere")
+    port: int = Field(8080, ge=1024, le=65530,
+                      description="the api-server's port; the environment also uses the next four ports")
+    database_url_env: str | None = Field(
+        None, description="environment variable, on the worker, holding the metadata database URL; "
+                          "default: SQLite in the environment's folder")
+    drain_timeout: Duration = Field(timedelta(minutes=10), ge=timedelta(0),
+                                    description="how long a restart waits for running tasks to finish")
+    live_timeout: Duration = Field(timedelta(minutes=2), gt=timedelta(0),
+                                   description="how long a roll waits for new DAG code to be parsed, "
+                                               "or for components to be healthy")
+
+    @property
+    def ports(self) -> range:
+        return range(self.port, self.port + 5)
+
+
+class Probes(Model):
+    """What soak holds an environment to; any failing probe rolls it back."""
+
+    failure_rate_tolerance: float = Field(
+        0.1, ge=0, le=1, description="fail when the share of failed task instances during soak rises more than "
+                                     "this above the share before the roll")
+    min_failed_tasks: int = Field(1, ge=1, description="...and at least this many failed during soak")
+    baseline_window: Duration = Field(timedelta(hours=1), gt=timedelta(0),
+                                      description="how far back before the roll the failure rate is measured")
+    timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0), description="per API request")
 
 
 class EnvironmentSettings(Model):
@@ -103,6 +131,7 @@ class EnvironmentSettings(Model):
     soak: Duration = Field(timedelta(0), ge=timedelta(0), description="how long to watch the environment after a roll")
     probe_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0), description="how often soak checks")
     require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
+    probes: Probes = Probes()
 
 
 class Classification(Model):
@@ -211,6 +240,12 @@ class _Pipeline(Model):
             raise ValueError("a pipeline needs at least one environment")
         if len(set(names)) != len(names):
             raise ValueError(f"environment names must be unique, got {names}")
+        running = [e for e in envs if e.target.airflow]
+        for i, a in enumerate(running):
+            for b in running[i + 1:]:
+                if set(a.target.ports) & set(b.target.ports):
+                    raise ValueError(f"{a.name} and {b.name} share ports (each uses port to port+4: "
+                                     f"{a.target.port} and {b.target.port}); give them ports at least 5 apart")
         return envs
 
 

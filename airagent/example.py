@@ -52,7 +52,7 @@ BROKEN_PATH = "dags/marketing/orders_hourly.py"
 FILES = {
     "README.md": "# Airflow monorepo\n\nDAGs per team under `dags/`, deployed by airagent.\n",
     "requirements.txt": "# Extra Python packages for the Airflow runtime, one per line.\n",
-    "config/airflow.cfg": "[core]\nload_examples = False\n\n[dag_processor]\nrefresh_interval = 5\n",
+    "config/airflow.cfg": "[core]\nload_examples = False\ndags_are_paused_at_creation = False\n\n[dag_processor]\nrefresh_interval = 5\n",
     "plugins/example_plugin.py": dedent('''\
         from airflow.plugins_manager import AirflowPlugin
 
@@ -69,7 +69,12 @@ FILES = {
 }
 
 
-def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s") -> str:
+def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s", airflow: bool = True,
+                  port: int = 28080) -> str:
+    def target(name: str, offset: int) -> str:
+        where = f"type: local, path: {envs / name}"
+        return f"{{{where}, port: {port + offset}}}" if airflow else f"{{{where}, airflow: false}}"
+
     return dedent(f"""\
         # airagent: every commit on main goes to staging, then prod.
         runtime:
@@ -86,24 +91,24 @@ def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s") ->
               finance: ["dags/finance/*"]
             environments:
               - name: staging
-                target: {{type: local, path: {envs / 'staging'}}}
+                target: {target('staging', 0)}
                 soak: {soak}
                 probe_interval: {probe_interval}
               - name: prod
-                target: {{type: local, path: {envs / 'prod'}}}
+                target: {target('prod', 10)}
                 soak: {soak}
                 probe_interval: {probe_interval}
         """)
 
 
-def create(path: Path, envs: Path, soak: str = "20s", probe_interval: str = "10s") -> git.Repo:
+def create(path: Path, envs: Path, soak: str = "20s", probe_interval: str = "10s", airflow: bool = True) -> git.Repo:
     """A fresh monorepo at `path`, its environments to live under `envs`, history by three authors."""
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as cfg:
         cfg.set_value("user", "name", AUTHORS["platform"][0])
         cfg.set_value("user", "email", AUTHORS["platform"][1])
     commit(repo, {**{k: v for k, v in FILES.items() if not k.startswith("dags/")},
-                  "airagent.yaml": airagent_yaml(envs, soak, probe_interval)},
+                  "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow)},
            "platform: runtime, plugins and airagent config", "platform")
     commit(repo, {k: v for k, v in FILES.items() if k.startswith("dags/common") or k.startswith("dags/finance")},
            "finance: ledger and fx DAGs", "finance")

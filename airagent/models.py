@@ -288,6 +288,8 @@ class RollInput(BaseModel):
     environment: EnvironmentSettings
     release: Release
     mode: RolloutMode
+    dags: dict[str, list[str]] = Field({}, description="repository path -> dag_ids validation found there; "
+                                                      "a dags-only roll is done once Airflow serves them")
 
 
 class RollbackInput(BaseModel):
@@ -303,21 +305,45 @@ class Marker(BaseModel):
     rolled: list[str] = Field([], description="every release ever rolled there, oldest first")
 
 
+class Baseline(BaseModel):
+    """How the environment was just before a roll: what soak compares against."""
+
+    at: datetime
+    import_errors: list[str] = Field([], description="files with import errors before the roll")
+    failed: int = Field(0, description="task instances failed in the window before the roll")
+    finished: int = Field(0, description="task instances finished (success or failed) in that window")
+
+
+class ProbeReading(BaseModel):
+    probe: str
+    ok: bool
+    reading: str = Field(description="what the probe saw")
+    threshold: str = Field(description="what it was held to")
+    at: datetime
+
+    def line(self) -> str:
+        return f"{self.probe}: {self.reading} ({'ok' if self.ok else 'FAILED'}; threshold: {self.threshold})"
+
+
 class RollResult(BaseModel):
     environment: str
     live: str | None
     previous: str | None
     changed: bool = Field(description="False when the environment was already there (a retried activity)")
+    detail: str = Field("", description="what the roll did: drain, restarts, confirmation")
+    baseline: Baseline | None = None
 
 
 class SoakCheckInput(BaseModel):
     environment: EnvironmentSettings
     release: Release
+    baseline: Baseline | None = None
 
 
 class SoakCheckResult(BaseModel):
     healthy: bool
     detail: str
+    readings: list[ProbeReading] = []
 
 
 # --- the train ------------------------------------------------------------------------
@@ -344,6 +370,7 @@ class EnvironmentStatus(BaseModel):
     live_commit: str | None = None
     mode: RolloutMode | None = None
     state: str = "pending"
+    probes: dict[str, list[ProbeReading]] = Field({}, description="each probe's latest readings, newest last")
 
 
 class TrainStatus(BaseModel):

@@ -34,7 +34,7 @@ from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
 def pipeline(name: str, root: Path) -> PipelineSettings:
     return PipelineSettings(
         name=name, repo=str(root / "repo"), poll_interval="1h",
-        environments=[EnvironmentSettings(name=env, target=LocalTarget(path=root / "envs" / env))
+        environments=[EnvironmentSettings(name=env, target=LocalTarget(path=root / "envs" / env, airflow=False))
                       for env in ("staging", "prod")],
     )
 

@@ -98,15 +98,19 @@ def monorepo(tmp_path):
 
 
 def make_pipeline(repo, envs_dir: Path, soak: str = "0s", probe_interval: str = "10s",
-                  **settings) -> PipelineSettings:
-    """The example's pipeline, `main`, with staging and prod under `envs_dir`."""
+                  environments: tuple[str, ...] = ("staging", "prod"), **settings) -> PipelineSettings:
+    """The example's pipeline, `main`, with its environments under `envs_dir`.
+
+    They are files only (no Airflow components), which is all the orchestration tests need;
+    tests/test_local_airflow.py and tests/test_soak.py run real Airflow.
+    """
     return PipelineSettings(
         name="main",
         repo=str(repo.working_tree_dir),
         environments=[
-            EnvironmentSettings(name=name, target=LocalTarget(path=envs_dir / name), soak=soak,
+            EnvironmentSettings(name=name, target=LocalTarget(path=envs_dir / name, airflow=False), soak=soak,
                                 probe_interval=probe_interval)
-            for name in ("staging", "prod")
+            for name in environments
         ],
         **settings,
     )

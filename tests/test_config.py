@@ -26,7 +26,7 @@ pipelines:
         target: {type: local, path: envs/staging}
         soak: 5m
       - name: prod
-        target: {type: local, path: /srv/airflow/prod}
+        target: {type: local, path: /srv/airflow/prod, port: 8090}
         require_approval: true
 """
 
@@ -209,3 +209,11 @@ def test_cli_config_schema_prints_json_schema():
     assert "pipelines" in schema["properties"] and schema["required"] == ["pipelines"]
     assert schema["additionalProperties"] is False
     assert {"EnvironmentSettings", "Classification", "LocalTarget"} <= set(schema["$defs"])
+
+
+def test_environments_running_airflow_on_one_host_need_their_own_ports(tmp_path):
+    clash = GOOD.replace("port: 8090", "port: 8082")
+    with pytest.raises(ConfigError) as err:
+        load(write(tmp_path, clash))
+    assert "airagent.yaml:5: pipelines.main.environments" in str(err.value)
+    assert "staging and prod share ports" in str(err.value) and "at least 5 apart" in str(err.value)

@@ -99,7 +99,7 @@ async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300):
 
 
 async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(agent, worker, tmp_path):
-    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s")
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     handle = await agent.deploy(pipeline)
     await until(agent, handle.id, lambda s: s.stage == "soak" and s.environment == "staging")
@@ -115,7 +115,7 @@ async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(ag
 
 
 async def test_one_train_at_a_time_per_pipeline(agent, worker, tmp_path):
-    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     pipeline.environments[0].require_approval = True
     first = await agent.deploy(pipeline)
@@ -138,7 +138,7 @@ async def test_one_train_at_a_time_per_pipeline(agent, worker, tmp_path):
 
 
 async def test_cli_deploy_wait_exit_codes_and_controls(worker, cli_env, tmp_path):
-    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     config = str(tmp_path / "repo" / "airagent.yaml")
 
     ok = airagent("deploy", "--pipeline", "main", "--wait", "-c", config, env=cli_env)
@@ -163,7 +163,7 @@ async def test_cli_deploy_wait_exit_codes_and_controls(worker, cli_env, tmp_path
 
 
 def test_cli_bad_input_is_named(cli_env, tmp_path):
-    example.create(tmp_path / "repo", tmp_path / "envs")
+    example.create(tmp_path / "repo", tmp_path / "envs", airflow=False)
     config = str(tmp_path / "repo" / "airagent.yaml")
 
     unknown = airagent("deploy", "--pipeline", "nope", "-c", config, env=cli_env)
@@ -176,7 +176,7 @@ def test_cli_bad_input_is_named(cli_env, tmp_path):
 
 
 async def test_worker_killed_while_a_conductor_train_runs_both_resume(agent, worker, tmp_path):
-    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s")
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     await agent.start_pipeline(pipeline)
     head = repo.head.commit.hexsha
@@ -211,7 +211,7 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
     w = WorkerProcess(env, tmp_path / "worker.log")
     w.start()
     try:
-        repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+        repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
         pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
         handle = await agent.start_pipeline(pipeline)
         first_run = (await handle.describe()).run_id
@@ -262,7 +262,7 @@ async def test_trains_stay_on_their_version_and_the_conductor_moves_on(dev_serve
     deployment = f"airagent-{tmp_path.name}"
     workers = [WorkerProcess({**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
                              tmp_path / f"worker-{build_id}.log") for build_id in ("v1", "v2")]
-    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s")
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     pipeline.environments[1].require_approval = True
     conductor = agent.client.get_workflow_handle("pipeline/main")

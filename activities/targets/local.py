@@ -11,8 +11,10 @@ rolls twice.
 
 from __future__ import annotations
 
+import filecmp
 import os
 import shutil
+import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,10 +73,10 @@ class LocalEnvironment:
         live_id = manifest.live.id if manifest.live else None
         if live_id == to and self.linked() == to:
             return manifest, False
-        target = self._recorded(to) if to else None
+        target = self.recorded(to) if to else None
         return self._swap(manifest, target, action="rollback"), True
 
-    def _recorded(self, release_id: str) -> Release:
+    def recorded(self, release_id: str) -> Release:
         record = self.releases / release_id / "release.json"
         if not record.exists():
             raise FileNotFoundError(f"release {release_id} was never rolled to {self.path}; nothing to roll back to")
@@ -101,12 +103,13 @@ class LocalEnvironment:
         if release is None:
             self.current.unlink(missing_ok=True)
         elif self.linked() != release.id:
+            self._mark_changed(self.releases / release.id)
             link = self.path / f".current.{uuid.uuid4().hex[:8]}"
             link.symlink_to(Path("releases") / release.id)
             os.replace(link, self.current)
         replaced = manifest.live
         manifest = Manifest(
-            live=self._recorded(release.id) if release else None,
+            live=self.recorded(release.id) if release else None,
             previous=replaced,
             history=[
                 *manifest.history,
@@ -121,6 +124,21 @@ class LocalEnvironment:
         )
         self._write(manifest)
         return manifest
+
+    def _mark_changed(self, incoming: Path) -> None:
+        """Give the files that differ from the live release a fresh mtime.
+
+        Airflow's DAG processor re-parses a file early only when its mtime is newer than its
+        last parse; files from git keep their commit time, and a rollback brings back old ones.
+        """
+        live = self.current.resolve() if self.current.is_symlink() else None
+        now = time.time()
+        for path in incoming.rglob("*"):
+            if not path.is_file() or "__pycache__" in path.parts:
+                continue
+            before = live / path.relative_to(incoming) if live else None
+            if before is None or not before.is_file() or not filecmp.cmp(path, before, shallow=False):
+                os.utime(path, (now, now))
 
     def _write(self, manifest: Manifest) -> None:
         tmp = self.path / f".manifest.{uuid.uuid4().hex[:8]}"

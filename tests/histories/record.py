@@ -33,7 +33,7 @@ HERE = Path(__file__).parent
 def pipeline(root: Path, soak: str) -> PipelineSettings:
     return PipelineSettings(
         name="main", repo=str(root / "repo"), poll_interval="1m",
-        environments=[EnvironmentSettings(name=n, target=LocalTarget(path=root / "envs" / n), soak=soak,
+        environments=[EnvironmentSettings(name=n, target=LocalTarget(path=root / "envs" / n, airflow=False), soak=soak,
                                           probe_interval="10m") for n in ("staging", "prod")],
     )
 

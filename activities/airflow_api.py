@@ -1,0 +1,111 @@
+"""Airflow's REST API (v2), as much of it as rolling and soaking need, with the simple auth manager's JWT.
+
+The password is read by whoever builds the client (from the environment or a secret
+file) and only ever travels in the token request's body; the token only in a header.
+Neither is logged: httpx logs methods and URLs, never bodies or headers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+PAGE = 100  # Airflow's default maximum page size
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"Credentials(username={self.username!r}, password=***)"
+
+    @classmethod
+    def load(cls, secret_file: Path, username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
+             password_env: str = "AIRAGENT_AIRFLOW_PASSWORD") -> Credentials:
+        """The environment wins; otherwise the secret file holds `username:password` on one line."""
+        if os.environ.get(password_env):
+            return cls(os.environ.get(username_env) or "airagent", os.environ[password_env])
+        try:
+            username, _, password = secret_file.read_text().strip().partition(":")
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no Airflow credentials: set {password_env} or create {secret_file} "
+                                    "(`airagent env up` creates it)") from None
+        return cls(username, password)
+
+
+class AirflowApi:
+    def __init__(self, base_url: str, credentials: Credentials, timeout: float = 10.0):
+        self.base_url = base_url.rstrip("/")
+        self.credentials = credentials
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self._token: str | None = None
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> AirflowApi:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def health(self) -> dict[str, Any]:
+        """Needs no token: answers even when auth is what broke."""
+        response = self.http.get("/api/v2/monitor/health")
+        response.raise_for_status()
+        return response.json()
+
+    def dags(self) -> list[dict[str, Any]]:
+        return self._all("/api/v2/dags", "dags", {"exclude_stale": "true"})
+
+    def import_errors(self) -> list[dict[str, Any]]:
+        return self._all("/api/v2/importErrors", "import_errors")
+
+    def task_instances(self, states: list[str], ended_after: datetime | None = None,
+                       ended_before: datetime | None = None) -> int:
+        """How many task instances, across every DAG and run, are in these states (and ended in the window)."""
+        params: dict[str, Any] = {"state": states, "limit": 1}
+        if ended_after:
+            params["end_date_gte"] = ended_after.isoformat()
+        if ended_before:
+            params["end_date_lte"] = ended_before.isoformat()
+        return self._get("/api/v2/dags/~/dagRuns/~/taskInstances", params)["total_entries"]
+
+    def running(self) -> list[str]:
+        """The task instances running now, as `dag.task (run)`."""
+        body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances", {"state": ["running"], "limit": PAGE})
+        return [f"{t['dag_id']}.{t['task_id']} ({t['dag_run_id']})" for t in body["task_instances"]]
+
+    def _all(self, path: str, key: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        while True:
+            body = self._get(path, {**(params or {}), "limit": PAGE, "offset": len(items)})
+            items += body[key]
+            if not body[key] or len(items) >= body["total_entries"]:
+                return items
+
+    def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.get(path, params=params, headers=self._auth())
+        if response.status_code == 401:  # the token expired: one fresh try
+            self._token = None
+            response = self.http.get(path, params=params, headers=self._auth())
+        response.raise_for_status()
+        return response.json()
+
+    def _auth(self) -> dict[str, str]:
+        if self._token is None:
+            response = self.http.post("/auth/token", json={"username": self.credentials.username,
+                                                           "password": self.credentials.password})
+            if response.status_code in (401, 403):
+                raise PermissionError(f"{self.base_url} refused airagent's credentials "
+                                      f"(user {self.credentials.username!r}); check the secret")
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}

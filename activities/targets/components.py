@@ -1,0 +1,104 @@
+"""Components: the Airflow processes of a local environment, each detached, each with a record.
+
+    <env>/run/<name>.json   pid, the kernel's start time of that pid, the release it started on
+    <env>/logs/<name>.log   its output
+
+A component is started through launch.py, so it is no child of the worker: the worker
+can die and restart and find every component as it was, by its record. The kernel's
+start time tells a live component from a recycled pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+LAUNCHER = Path(__file__).with_name("launch.py")
+
+
+class Process(BaseModel):
+    name: str
+    pid: int
+    ticks: int = 0
+    started: datetime
+    release: str | None = None
+    port: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return _start_ticks(self.pid) == self.ticks
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The pid's start time in clock ticks since boot, None when no live process has it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie or a corpse is not running
+        return None
+    return int(fields[19])
+
+
+class Components:
+    def __init__(self, root: Path):
+        self.run = root / "run"
+        self.logs = root / "logs"
+
+    def record(self, name: str) -> Process | None:
+        path = self.run / f"{name}.json"
+        if not path.exists():
+            return None
+        return Process.model_validate_json(path.read_text())
+
+    def records(self) -> list[Process]:
+        if not self.run.exists():
+            return []
+        return sorted((Process.model_validate_json(p.read_text()) for p in self.run.glob("*.json")),
+                      key=lambda p: p.name)
+
+    def start(self, name: str, argv: Sequence[str | Path], env: Mapping[str, str], cwd: Path,
+              release: str | None = None, port: int | None = None) -> Process:
+        self.run.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        launched = subprocess.run(
+            [sys.executable, LAUNCHER, self.logs / f"{name}.log", cwd, "--", *map(str, argv)],
+            env=dict(env), capture_output=True, text=True, timeout=60)
+        if launched.returncode != 0:
+            raise RuntimeError(f"could not start {name}: {launched.stderr.strip()}")
+        pid = int(launched.stdout)
+        process = Process(name=name, pid=pid, ticks=_start_ticks(pid) or 0, started=datetime.now(UTC),
+                          release=release, port=port)
+        self._write(process)
+        return process
+
+    def stop(self, process: Process, timeout: float) -> None:
+        """SIGTERM and wait, so a scheduler can let its running tasks finish; then kill what is left."""
+        if process.alive:
+            os.kill(process.pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while process.alive and time.monotonic() < deadline:
+                time.sleep(0.2)
+        # The component leads its own process group: its helpers (log servers, workers) go with it.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        (self.run / f"{process.name}.json").unlink(missing_ok=True)
+
+    def forget(self, name: str) -> None:
+        (self.run / f"{name}.json").unlink(missing_ok=True)
+
+    def _write(self, process: Process) -> None:
+        tmp = self.run / f".{process.name}.{os.getpid()}"
+        tmp.write_text(process.model_dump_json(indent=2))
+        os.replace(tmp, self.run / f"{process.name}.json")

@@ -1,0 +1,425 @@
+"""A local environment that runs real Airflow: its files (LocalEnvironment) plus its components.
+
+    <env>/airflow/     AIRFLOW_HOME: the SQLite metadata database, task logs
+    <env>/secrets/     the JWT secret the components share and airagent's API login, mode 0600
+    <env>/run/, logs/  the components' records and output (components.py)
+    <env>/baseline.json  how the environment was before the roll in progress (soak compares against it)
+
+The components read DAGs through `current`, so a dags-only roll is a swap of the link
+and nothing restarts. Plugins, config and the runtime are read at start: a `restart`
+or `rebuild` drains running tasks, restarts the scheduler, dag-processor and triggerer,
+and brings a new api-server up beside the old one on a shared port (SO_REUSEPORT) before
+the old one leaves, so the API never stops answering.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from activities import probes, process
+from activities.airflow_api import AirflowApi, Credentials
+from activities.targets.components import Components, Process
+from activities.targets.local import LocalEnvironment, Manifest
+from airagent.config import LocalTarget, Probes
+from airagent.models import Baseline, ProbeReading, Release, RolloutMode
+
+WORKERS = ("scheduler", "dag-processor", "triggerer")
+API_SLOTS = ("api-server-1", "api-server-2")
+USER = "airagent"
+# Settings airagent chooses unless the release's airflow.cfg chooses otherwise.
+DEFAULTS = {
+    ("core", "executor"): "LocalExecutor",
+    ("core", "load_examples"): "False",
+    ("core", "simple_auth_manager_users"): f"{USER}:admin",
+    ("dag_processor", "refresh_interval"): "5",
+    ("api", "workers"): "1",
+}
+CONFIG_FILES = ("config/airflow.cfg", "airflow.cfg")
+
+
+class EnvironmentDown(Exception):
+    """The environment's components are not all running: bring it up before rolling."""
+
+
+class NotLive(Exception):
+    """The new release did not become live in time; the reason says what was missing."""
+
+
+class LocalAirflow:
+    def __init__(self, name: str, target: LocalTarget, probes: Probes = Probes()):
+        self.name, self.target, self.settings = name, target, probes
+        self.files = LocalEnvironment(target.path)
+        self.components = Components(target.path)
+        self.home = target.path / "airflow"
+        self.secrets = target.path / "secrets"
+        self.baseline_file = target.path / "baseline.json"
+
+    # --- what runs ----------------------------------------------------------------------
+
+    def processes(self) -> dict[str, Process]:
+        """Each component's record; the api-server is whichever slot is live."""
+        records = {p.name: p for p in self.components.records()}
+        apis = [records.pop(slot) for slot in API_SLOTS if slot in records]
+        live_api = next((p for p in apis if p.alive), apis[0] if apis else None)
+        if live_api:
+            records["api-server"] = live_api
+        return records
+
+    def running(self) -> bool:
+        found = self.processes()
+        return all(name in found and found[name].alive for name in (*WORKERS, "api-server"))
+
+    def api(self, timeout: float | None = None) -> AirflowApi:
+        return AirflowApi(f"http://127.0.0.1:{self.target.port}", Credentials.load(self.secrets / "api-login"),
+                          timeout=timeout or self.settings.timeout.total_seconds())
+
+    # --- up and down ----------------------------------------------------------------------
+
+    def up(self, runtime: Path | None = None) -> str:
+        """Start whatever component is not running, on the live release (or `runtime`, before the first roll)."""
+        release = self.files.live()
+        if release is None and runtime is None:
+            raise EnvironmentDown(f"{self.name} has no release yet; give a runtime to start it empty")
+        self._ensure_secrets()
+        python = Path(release.runtime if release else runtime) / "bin" / "python"
+        self._migrate(python, release)
+        found = self.processes()
+        started = []
+        for name in WORKERS:
+            if not (name in found and found[name].alive):
+                self._start(name, python, release)
+                started.append(name)
+        if not ("api-server" in found and found["api-server"].alive):
+            self._start_api(API_SLOTS[0], python, release)
+            started.append("api-server")
+        self.wait_healthy()
+        return f"started {', '.join(started)}" if started else "already running"
+
+    def down(self) -> str:
+        found = self.processes()
+        for name in WORKERS:
+            if name in found:
+                self.components.stop(found[name], self._grace(name))
+        for slot in API_SLOTS:
+            if record := self.components.record(slot):
+                self.components.stop(record, 30)
+        return f"stopped {', '.join(found) or 'nothing'}"
+
+    # --- roll and rollback ----------------------------------------------------------------------
+
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> tuple[Manifest, bool, str]:
+        """Make `release` live and confirm Airflow runs it; returns the manifest, whether it changed, what was done."""
+        if not self.target.airflow:
+            manifest, changed = self.files.roll(release)
+            return manifest, changed, "files swapped"
+        if not self.running():
+            raise EnvironmentDown(self._down_message())
+        self._keep_baseline(release.id)
+        before, swapped = self.files.live(), datetime.now(UTC)
+        manifest, changed = self.files.roll(release)
+        installed = manifest.live
+        if mode == RolloutMode.dags_only and self._same_components(installed):
+            return manifest, changed, self.confirm_dags(installed, dags, before, swapped)
+        return manifest, changed, self.restart(installed)
+
+    def rollback(self, to: str | None) -> tuple[Manifest, bool, str]:
+        """Put back an earlier release, restarting components only where it needs other plugins, config or runtime."""
+        if not self.target.airflow:
+            manifest, changed = self.files.rollback(to)
+            return manifest, changed, "files swapped"
+        before, swapped = self.files.live(), datetime.now(UTC)
+        manifest, changed = self.files.rollback(to)
+        if manifest.live is None:
+            return manifest, changed, self.down()
+        if self.running() and self._same_components(manifest.live):
+            return manifest, changed, self.confirm_dags(manifest.live, {}, before, swapped)
+        return manifest, changed, self.restart(manifest.live)
+
+    def baseline(self) -> Baseline | None:
+        if not self.baseline_file.exists():
+            return None
+        return Baseline.model_validate_json(self.baseline_file.read_text())
+
+    def _keep_baseline(self, release_id: str) -> None:
+        """Taken once per release, before anything changes: a retried roll keeps the first reading."""
+        current = self.baseline()
+        if current and self.baseline_file.with_suffix(".release").read_text() == release_id:
+            return
+        with self.api() as api:
+            baseline = probes.take_baseline(api, self.settings)
+        _write(self.baseline_file, baseline.model_dump_json(indent=2))
+        _write(self.baseline_file.with_suffix(".release"), release_id)
+
+    def _same_components(self, release: Release) -> bool:
+        """Whether the running components were started on a release with this one's plugins, config and runtime."""
+        key = _restart_key(release)
+        for process_ in self.processes().values():
+            started_on = self.files.recorded(process_.release) if process_.release else None
+            if not process_.alive or started_on is None or _restart_key(started_on) != key:
+                return False
+        return True
+
+    # --- dags-only: confirm the new code is what Airflow serves ----------------------------------
+
+    def confirm_dags(self, release: Release, dags: dict[str, list[str]], before: Release | None,
+                     swapped: datetime) -> str:
+        """Done when every DAG of the release is served and each changed file was parsed after the swap."""
+        fresh = self._changed_files(before, release) if before else None
+        expected = {dag_id: path for path, ids in dags.items() for dag_id in ids}
+        must_reparse = {d for d, path in expected.items() if fresh is None or path in fresh}
+        baseline = self.baseline()
+        deadline = time.monotonic() + self.target.live_timeout.total_seconds()
+        missing: list[str] = []
+        with self.api() as api:
+            while True:
+                try:
+                    served = {d["dag_id"]: d for d in api.dags()}
+                    errors = {str(e.get("filename")) for e in api.import_errors()}
+                except httpx.HTTPError as err:
+                    missing = [f"an answer from the API ({type(err).__name__})"]
+                else:
+                    new_errors = errors - set(baseline.import_errors if baseline else [])
+                    missing = [f"import error in {f}" for f in sorted(new_errors)]
+                    missing += [f"{d} (not served)" for d in expected if d not in served]
+                    missing += [f"{d} (not parsed since the swap)" for d in sorted(must_reparse)
+                                if d in served and not _parsed_after(served[d], swapped)]
+                    if not missing:
+                        return (f"dags-only: {len(expected)} DAGs served, {len(must_reparse)} re-parsed after "
+                                f"the swap, no new import errors; nothing restarted")
+                if time.monotonic() > deadline:
+                    raise NotLive(f"new DAG code not live within {self.target.live_timeout}: still waiting for "
+                                  f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+                time.sleep(1)
+
+    def _changed_files(self, before: Release, after: Release) -> set[str]:
+        """Repository paths whose content differs between two installed releases."""
+        old, new = _digests(Path(before.bundle)), _digests(Path(after.bundle))
+        return {p for p in old.keys() | new.keys() if old.get(p) != new.get(p)}
+
+    # --- restart and rebuild ----------------------------------------------------------------------
+
+    def restart(self, release: Release) -> str:
+        """Drain, restart the workers, swap the api-server without a gap, and wait for health."""
+        self._ensure_secrets()
+        python = Path(release.runtime) / "bin" / "python"
+        drained = self.drain()
+        found = self.processes()
+        if "scheduler" in found:  # the scheduler lets the tasks it runs finish before it exits
+            self.components.stop(found["scheduler"], self._grace("scheduler"))
+        for name in ("dag-processor", "triggerer"):
+            if name in found:
+                self.components.stop(found[name], self._grace(name))
+        self._migrate(python, release)
+        for name in WORKERS:
+            self._start(name, python, release)
+        self._swap_api(python, release)
+        self.wait_healthy()
+        return f"{drained}; restarted {', '.join(WORKERS)} and the api-server on {release.id}; healthy"
+
+    def drain(self) -> str:
+        """Wait for running task instances to finish, up to the drain timeout; say what was waited for."""
+        limit = self.target.drain_timeout.total_seconds()
+        started = time.monotonic()
+        first: list[str] = []
+        try:
+            with self.api() as api:
+                while running := api.running():
+                    first = first or running
+                    if time.monotonic() - started >= limit:
+                        return (f"drain gave up after {limit:.0f}s with {len(running)} still running "
+                                f"({', '.join(running[:5])}); the scheduler finishes them before it exits")
+                    time.sleep(1)
+        except (httpx.HTTPError, PermissionError) as err:
+            return f"drain skipped: the API did not answer ({type(err).__name__}); the scheduler finishes its tasks"
+        if not first:
+            return "drain: no task was running"
+        return (f"drained {len(first)} running task instance{'s' if len(first) > 1 else ''} "
+                f"({', '.join(first[:5])}) in {time.monotonic() - started:.0f}s")
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.target.live_timeout.total_seconds()
+        last = "no answer yet"
+        with self.api(timeout=5) as api:
+            while True:
+                try:
+                    verdict = probes.health(api.health())
+                    if verdict.ok:
+                        return
+                    last = verdict.reading
+                except httpx.HTTPError as err:
+                    last = f"no answer ({type(err).__name__})"
+                dead = [name for name, p in self.processes().items() if not p.alive]
+                if dead or time.monotonic() > deadline:
+                    why = f"{', '.join(dead)} exited (see {self.components.logs})" if dead else \
+                        f"not healthy within {self.target.live_timeout}"
+                    raise NotLive(f"{self.name}: {why}; health: {last}")
+                time.sleep(0.5)
+
+    def _swap_api(self, python: Path, release: Release) -> None:
+        """Start the new api-server in the free slot; stop the old only once the new one answers."""
+        old = [r for slot in API_SLOTS if (r := self.components.record(slot))]
+        live_old = [r for r in old if r.alive]
+        slot = next(s for s in API_SLOTS if s not in {r.name for r in live_old}) if len(live_old) < 2 else \
+            next(r.name for r in live_old if r.release != release.id)
+        if record := self.components.record(slot):
+            self.components.stop(record, 30)  # a leftover of an interrupted swap
+        new = self._start_api(slot, python, release)
+        self._wait_answers(new)
+        for record in old:
+            if record.name != slot:
+                self.components.stop(record, 30)
+
+    def _wait_answers(self, process_: Process) -> None:
+        deadline = time.monotonic() + self.target.live_timeout.total_seconds()
+        url = f"http://127.0.0.1:{process_.port}/api/v2/monitor/health"
+        while time.monotonic() < deadline:
+            if not process_.alive:
+                raise NotLive(f"{self.name}: the new api-server exited at start (see {self.components.logs})")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise NotLive(f"{self.name}: the new api-server did not answer within {self.target.live_timeout}")
+
+    # --- probes ----------------------------------------------------------------------
+
+    def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
+        baseline = baseline or Baseline(at=datetime.now(UTC))
+        found = self.processes()
+        readings = [probes.components(found, [*WORKERS, "api-server"])]
+        try:
+            api = self.api()
+        except FileNotFoundError as err:
+            return readings + [probes.reading("health", False, str(err), "an answer")]
+        with api:
+            return readings + probes.airflow_probes(api, baseline, self.settings)
+
+    # --- starting components ----------------------------------------------------------------------
+
+    def _start(self, name: str, python: Path, release: Release | None) -> Process:
+        return self.components.start(name, [python.with_name("airflow"), name], self._env(python, release),
+                                     cwd=self.home, release=release.id if release else None)
+
+    def _start_api(self, slot: str, python: Path, release: Release | None) -> Process:
+        port = self.target.port + API_SLOTS.index(slot) + 1
+        env = self._env(python, release)
+        # Both slots listen on the shared port; each also on its own, so airagent can ask the new one directly.
+        env["GUNICORN_CMD_ARGS"] = (f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
+                                    f"--control-socket {self.components.run / (slot + '.ctl')}")
+        argv = [python.with_name("airflow"), "api-server", "--port", str(self.target.port)]
+        return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None,
+                                     port=port)
+
+    def _migrate(self, python: Path, release: Release | None) -> None:
+        """`airflow db migrate` is idempotent and quick; a new runtime may bring a new schema."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        process.run([python.with_name("airflow"), "db", "migrate"], env=self._env(python, release),
+                    cwd=self.home, timeout=600)
+
+    def _env(self, python: Path, release: Release | None) -> dict[str, str]:
+        port = self.target.port
+        live = self.target.path / "current"
+        env = {
+            "PATH": f"{python.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "HOME": os.environ.get("HOME", str(self.home)),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(live / (release.dag_folder if release else "dags")),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(live / (release.plugins_folder if release else "plugins")),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._database_url(),
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API__SERVER_TYPE": "gunicorn",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 3),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 4),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.secrets / "passwords.json"),
+            "AIRFLOW__API_AUTH__JWT_SECRET": (self.secrets / "jwt-secret").read_text().strip(),
+            "AIRFLOW__API__SECRET_KEY": (self.secrets / "jwt-secret").read_text().strip(),
+        }
+        config = _config_file(release)
+        chosen = configparser.RawConfigParser()
+        if config:
+            env["AIRFLOW_CONFIG"] = str(config)
+            chosen.read(config)
+        for (section, key), value in DEFAULTS.items():
+            if not chosen.has_option(section, key):
+                env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = value
+        return env
+
+    def _database_url(self) -> str:
+        name = self.target.database_url_env
+        if name:
+            if not os.environ.get(name):
+                raise EnvironmentDown(f"{self.name}: target.database_url_env names {name}, which is not set on "
+                                      "this worker; export it or remove the setting to use SQLite")
+            return os.environ[name]
+        return f"sqlite:///{self.home / 'airflow.db'}"
+
+    def _ensure_secrets(self) -> None:
+        """A JWT secret the components share, and airagent's own login, made once and kept private."""
+        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
+        jwt = self.secrets / "jwt-secret"
+        if not jwt.exists():
+            _write(jwt, secrets.token_urlsafe(32), private=True)
+        login = self.secrets / "api-login"
+        if not login.exists():
+            password = secrets.token_urlsafe(24)
+            _write(self.secrets / "passwords.json", '{"%s": "%s"}' % (USER, password), private=True)
+            _write(login, f"{USER}:{password}", private=True)
+
+    def _grace(self, name: str) -> float:
+        # The scheduler may still be finishing tasks the drain gave up on; the others stop quickly.
+        return max(self.target.drain_timeout.total_seconds(), 30.0) if name == "scheduler" else 30.0
+
+    def _down_message(self) -> str:
+        found = self.processes()
+        down = [n for n in (*WORKERS, "api-server") if not (n in found and found[n].alive)]
+        return (f"{self.name} is not running ({', '.join(down)} down); start it with "
+                f"`airagent env up {self.name}` before deploying")
+
+
+def _config_file(release: Release | None) -> Path | None:
+    if release is None:
+        return None
+    return next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
+
+
+def _restart_key(release: Release) -> str:
+    """What the components read only at start: the runtime and every file outside the DAG folder."""
+    digest = hashlib.sha256(release.runtime_hash.encode())
+    for path, content in sorted(_digests(Path(release.bundle)).items()):
+        if not (path + "/").startswith(release.dag_folder.rstrip("/") + "/") and path != "release.json":
+            digest.update(f"{path}\0{content}\0".encode())
+    return digest.hexdigest()
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """Content hashes of a release's own files; Python's bytecode caches written beside them are not its own."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*")
+            if p.is_file() and p.name != "release.json" and "__pycache__" not in p.parts}
+
+
+def _parsed_after(dag: dict, moment: datetime) -> bool:
+    parsed = dag.get("last_parsed_time")
+    return bool(parsed) and datetime.fromisoformat(parsed.replace("Z", "+00:00")) >= moment
+
+
+def _write(path: Path, text: str, private: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    if private:
+        tmp.chmod(0o600)
+    os.replace(tmp, path)

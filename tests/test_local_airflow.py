@@ -1,0 +1,182 @@
+"""A local environment running real Airflow 3, driven directly: up, dags-only and restart rolls, probes, down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from textwrap import dedent
+
+import httpx
+import pytest
+
+from activities.build import build, ensure_runtime
+from activities.targets.local_airflow import LocalAirflow
+from activities.validate import parse_release
+from airagent import example
+from airagent.config import LocalTarget
+from airagent.models import BuildInput, Release, RolloutMode
+from tests.conftest import make_pipeline
+
+pytestmark = pytest.mark.airflow
+
+SLEEPER = dedent('''\
+    from datetime import datetime
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    with DAG("sleeper", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+        BashOperator(task_id="nap", bash_command="sleep 12")
+    ''')
+
+
+def free_ports(count: int = 5) -> int:
+    """The first of `count` consecutive free ports."""
+    for start in range(20000, 60000, 17):
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+    raise RuntimeError("no free ports")
+
+
+def target(path, **settings) -> LocalTarget:
+    return LocalTarget(path=path, port=free_ports(), drain_timeout="60s", live_timeout="90s", **settings)
+
+
+def built(pipeline, sha: str) -> tuple[Release, dict[str, list[str]]]:
+    release = build(BuildInput(pipeline=pipeline, target=sha))
+    return release, {f.path: f.dag_ids for f in parse_release(release).files}
+
+
+def trigger(env: LocalAirflow, dag_id: str) -> str:
+    with env.api() as api:
+        headers = api._auth()
+        api.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}, headers=headers).raise_for_status()
+        response = api.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=headers)
+        response.raise_for_status()
+        return response.json()["dag_run_id"]
+
+
+def task_state(env: LocalAirflow, dag_id: str, run_id: str, task_id: str) -> str | None:
+    with env.api() as api:
+        response = api.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
+                                headers=api._auth())
+        return response.json().get("state") if response.status_code == 200 else None
+
+
+def wait_for(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {seconds}s")
+
+
+def pids(env: LocalAirflow) -> dict[str, int]:
+    return {name: p.pid for name, p in env.processes().items()}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """One running environment for the module, with the example's head live."""
+    root = tmp_path_factory.mktemp("airflow-env")
+    repo = example.create(root / "repo", root / "envs")
+    example.commit(repo, {"dags/platform/sleeper.py": SLEEPER}, "platform: a DAG that naps", "platform")
+    pipeline = make_pipeline(repo, root / "envs")
+    env = LocalAirflow("staging", target(root / "envs" / "staging"))
+    _, runtime = ensure_runtime(pipeline.runtime, None)
+    env.up(runtime)
+    release, dags = built(pipeline, repo.head.commit.hexsha)
+    env.roll(release, RolloutMode.restart, dags)
+    yield env, repo, pipeline
+    env.down()
+
+
+def test_up_is_found_by_a_new_driver_and_up_again_starts_nothing(live):
+    env, _, _ = live
+    again = LocalAirflow(env.name, env.target)  # as a restarted worker would see it
+    assert again.running() and pids(again) == pids(env)
+    assert again.up() == "already running"
+    assert pids(again) == pids(env)
+    assert all(r.ok for r in again.probe(again.files.live(), again.baseline())), again.probe(again.files.live(), None)
+
+
+def test_dags_only_roll_is_live_without_restarting_anything(live):
+    env, repo, pipeline = live
+    before = pids(env)
+    sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates_v2", tasks=2)},
+                         "finance: fx rates, second version", "finance")
+    release, dags = built(pipeline, sha)
+
+    manifest, changed, detail = env.roll(release, RolloutMode.dags_only, dags)
+
+    assert changed and manifest.live.id == release.id
+    assert "nothing restarted" in detail and "1 re-parsed" in detail, detail
+    assert pids(env) == before
+    with env.api() as api:
+        assert "fx_rates_v2" in {d["dag_id"] for d in api.dags()}
+
+
+def test_restart_roll_drains_a_running_task_before_restarting(live):
+    env, repo, pipeline = live
+    run_id = trigger(env, "sleeper")
+    wait_for(lambda: task_state(env, "sleeper", run_id, "nap") == "running", 90, "the nap task running")
+    before = pids(env)
+    sha = example.commit(repo, {"plugins/example_plugin.py": example.FILES["plugins/example_plugin.py"] + "# v2\n"},
+                         "platform: touch the plugin", "platform")
+    release, dags = built(pipeline, sha)
+
+    _, _, detail = env.roll(release, RolloutMode.restart, dags)
+
+    assert "drained 1 running task instance (sleeper.nap" in detail, detail
+    assert task_state(env, "sleeper", run_id, "nap") == "success"
+    after = pids(env)
+    assert all(after[name] != before[name] for name in before), (before, after)
+    assert {p.release for p in env.processes().values()} == {release.id}
+
+
+def test_api_answers_throughout_a_restart(live):
+    env, repo, pipeline = live
+    sha = example.commit(repo, {"config/airflow.cfg": example.FILES["config/airflow.cfg"] + "\n# tuned\n"},
+                         "platform: tune config", "platform")
+    release, dags = built(pipeline, sha)
+    url = f"http://127.0.0.1:{env.target.port}/api/v2/monitor/health"
+    answers: list[bool] = []
+    done = threading.Event()
+
+    def poll():
+        with httpx.Client(timeout=2) as http:
+            while not done.is_set():
+                try:
+                    answers.append(http.get(url).status_code == 200)
+                except httpx.HTTPError:
+                    answers.append(False)
+                time.sleep(0.1)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        env.roll(release, RolloutMode.restart, dags)
+    finally:
+        done.set()
+        poller.join()
+    assert len(answers) > 20 and all(answers), f"{answers.count(False)} of {len(answers)} failed"
+
+
+def test_a_killed_component_fails_the_components_probe(live):
+    env, _, _ = live
+    triggerer = env.processes()["triggerer"]
+    os.kill(triggerer.pid, signal.SIGKILL)
+    wait_for(lambda: not triggerer.alive, 10, "the triggerer gone")
+    readings = {r.probe: r for r in env.probe(env.files.live(), env.baseline())}
+    assert not readings["components"].ok and "triggerer" in readings["components"].reading
+    assert not env.running()
+    assert "started triggerer" == env.up()
+    assert env.running()
