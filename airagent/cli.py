@@ -37,6 +37,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or prin
 app.add_typer(config_app, name="config")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed.")
 app.add_typer(pipeline_app, name="pipeline")
+env_app = typer.Typer(no_args_is_help=True, help="Start, stop and show a local environment's Airflow components.")
+app.add_typer(env_app, name="env")
 console = Console()
 # Soft wrap keeps `file:line: field` messages whole for grep and CI logs.
 err_console = Console(stderr=True, soft_wrap=True)
@@ -356,6 +358,97 @@ def notify(
 # --- config ---------------------------------------------------------------------------
 
 
+# --- local environments ------------------------------------------------------------
+
+
+EnvArg = Annotated[str, typer.Argument(help="environment name from airagent.yaml")]
+EnvPipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
+
+
+def _local(pipeline: str, environment: str, config: Path):
+    from activities.targets.local_airflow import LocalAirflow
+
+    settings = config_module.load_pipeline(pipeline, config)
+    env = settings.environment(environment)
+    if not env.target.airflow:
+        raise ConfigError(f"{config}: environment {environment} has `airflow: false`: airagent runs no Airflow there")
+    return LocalAirflow(env.name, env.target, env.probes), settings
+
+
+def _env_command(fn):
+    """Environment commands report a component that will not start as one line and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from activities.targets.local_airflow import EnvironmentDown, NotLive
+
+        try:
+            return fn(*args, **kwargs)
+        except (EnvironmentDown, NotLive, RuntimeError) as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from None
+
+    return friendly(wrapper)
+
+
+@env_app.command("up")
+@_env_command
+def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Start the environment's components that are not running, and wait until Airflow is healthy.
+
+    They run detached: stopping or restarting the worker never stops them."""
+    from activities.build import ensure_runtime
+
+    env, settings = _local(pipeline, environment, config)
+    runtime = None if env.files.live() else ensure_runtime(settings.runtime, None)[1]
+    message = env.up(runtime)
+    console.print(f"{environment}: {message}; API http://127.0.0.1:{env.target.port} "
+                  f"(login in {env.secrets / 'api-login'})", soft_wrap=True)
+
+
+@env_app.command("down")
+@_env_command
+def env_down(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Stop the components; the scheduler first lets running tasks finish (up to the drain timeout)."""
+    env, _ = _local(pipeline, environment, config)
+    console.print(f"{environment}: {env.down()}")
+
+
+@env_app.command("status")
+@_env_command
+def env_status(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG,
+               as_json: JsonOpt = False) -> None:
+    """What runs there: the live release, each component, and Airflow's own health. Exit 1 when not all run."""
+    env, _ = _local(pipeline, environment, config)
+    live = env.files.live()
+    processes = env.processes()
+    try:
+        with env.api(timeout=3) as api:
+            health = api.health()
+    except Exception as err:  # noqa: BLE001 - any failure to answer is what status reports
+        health = {"error": f"{type(err).__name__}: {err}"}
+    data = {
+        "environment": environment,
+        "live": live.id if live else None,
+        "commit": live.commit if live else None,
+        "running": env.running(),
+        "components": {name: {**p.model_dump(mode="json"), "alive": p.alive} for name, p in processes.items()},
+        "health": health,
+    }
+    if as_json:
+        print(json.dumps(data))
+    else:
+        table = Table("component", "pid", "state", "started on", "since")
+        for name, p in sorted(processes.items()):
+            table.add_row(name, str(p.pid), "[green]running[/green]" if p.alive else "[red]down[/red]",
+                          p.release or "(empty)", timestamp(p.started))
+        console.print(f"[bold]{environment}[/bold]: live {data['live'] or 'nothing'}, "
+                      f"API http://127.0.0.1:{env.target.port}")
+        console.print(table)
+        console.print(f"health: {json.dumps(health)}", soft_wrap=True)
+    raise typer.Exit(0 if data["running"] else 1)
+
+
 @config_app.command("check")
 @friendly
 def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
@@ -364,7 +457,7 @@ def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     for name in cfg.pipelines:
         p = cfg.pipeline(name, base)
         console.print(f"[green]ok[/green] pipeline {name}: {p.repo} @ {p.branch} → "
-                      f"{' → '.join(e.name for e in p.environments)}")
+                      f"{' → '.join(e.name for e in p.environments)}", soft_wrap=True)
 
 
 @config_app.command("schema")

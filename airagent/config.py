@@ -240,12 +240,6 @@ class _Pipeline(Model):
             raise ValueError("a pipeline needs at least one environment")
         if len(set(names)) != len(names):
             raise ValueError(f"environment names must be unique, got {names}")
-        running = [e for e in envs if e.target.airflow]
-        for i, a in enumerate(running):
-            for b in running[i + 1:]:
-                if set(a.target.ports) & set(b.target.ports):
-                    raise ValueError(f"{a.name} and {b.name} share ports (each uses port to port+4: "
-                                     f"{a.target.port} and {b.target.port}); give them ports at least 5 apart")
         return envs
 
 
@@ -254,6 +248,18 @@ class PipelineDeclaration(_Pipeline):
 
     classification: Classification | None = None
     runtime: Runtime | None = None
+
+    @field_validator("environments")
+    @classmethod
+    def _own_ports(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
+        """Checked where the file is read, not where a train's snapshot is: history must always decode."""
+        running = [e for e in envs if e.target.airflow]
+        for i, a in enumerate(running):
+            for b in running[i + 1:]:
+                if set(a.target.ports) & set(b.target.ports):
+                    raise ValueError(f"{a.name} and {b.name} share ports (each uses port to port+4: "
+                                     f"{a.target.port} and {b.target.port}); give them ports at least 5 apart")
+        return envs
 
 
 class PipelineSettings(_Pipeline):

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from airagent.config import EnvironmentSettings
     from airagent.models import (
         Announcement,
+        Baseline,
         BuildInput,
         Control,
         ControlAck,
@@ -67,9 +68,10 @@ class _Stop(Exception):
 
 
 class _Failed(Exception):
-    def __init__(self, stage: str, detail: str, environment: str | None = None):
+    def __init__(self, stage: str, detail: str, environment: str | None = None,
+                 state: TrainState = TrainState.failed, kind: str | None = None):
         super().__init__(detail)
-        self.stage, self.detail, self.environment = stage, detail, environment
+        self.stage, self.detail, self.environment, self.state, self.kind = stage, detail, environment, state, kind
 
 
 @workflow.defn(name="DeployTrain")
@@ -92,6 +94,7 @@ class DeployTrain(Controlled):
         self.release: Release | None = None
         self.report: ValidationReport | None = None
         self.changed: list[str] = []
+        self.baselines: dict[str, Baseline | None] = {}  # how each environment was before its roll
         self._published: tuple | None = None
 
     @workflow.run
@@ -131,9 +134,8 @@ class DeployTrain(Controlled):
             return await self._stopped()
         except _Failed as failure:
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
-            if failure.environment:
-                reason += await self._rollback([failure.environment])
-            return self._finish(TrainState.failed, reason)
+            problems = await self._rollback([failure.environment]) if failure.environment else ""
+            return self._finish(TrainState.failed if problems else failure.state, reason + problems)
 
     async def _announce(self) -> None:
         """Tell each configured receiver how the train ended; a receiver that stays down never fails the train."""
@@ -199,17 +201,25 @@ class DeployTrain(Controlled):
         self.before[env.name] = change
         status = self._env(env.name)
         status.state = "rolling"
+        dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
         try:
-            result = await self._activity("roll", env.name, roll,
-                                          RollInput(environment=env, release=self.release, mode=change.mode), ROLL)
+            result = await self._activity("roll", env.name, roll, RollInput(
+                environment=env, release=self.release, mode=change.mode, dags=dags), ROLL)
         except _Failed as failure:
-            failure.environment = env.name
+            if failure.kind == "EnvironmentDown":  # refused before changing anything: nothing to undo
+                self.touched.remove(env.name)
+                status.state = "down"
+            else:
+                failure.environment = env.name
             raise
+        self.baselines[env.name] = result.baseline
         status.live, status.live_commit, status.state = result.live, self.release.commit, "soaking"
-        self._stages[-1].detail = f"{change.live_release or 'nothing'} → {result.live} ({change.mode})"
+        self._stages[-1].detail = f"{change.live_release or 'nothing'} → {result.live} ({change.mode})" + (
+            f": {result.detail}" if result.detail else "")
 
     async def _soak(self, env: EnvironmentSettings) -> None:
-        """Watch for the configured time; paused time does not count."""
+        """Probe on an interval for the configured time. Paused time does not count, but probes go on:
+        an environment getting worse is rolled back whether or not someone is looking."""
         assert self.release is not None
         status = self._env(env.name)
         record = self._begin("soak", env.name)
@@ -219,30 +229,42 @@ class DeployTrain(Controlled):
             return
         remaining, checks = env.soak, 0
         while remaining > timedelta(0):
-            await self._checkpoint(record)
-            started = workflow.now()
+            await self._checkpoint(record, hold=False)
+            paused, started = self.paused, workflow.now()
             try:
-                await workflow.wait_condition(lambda: self.paused or self.stop is not None,
+                await workflow.wait_condition(lambda: self.paused != paused or self.stop is not None,
                                               timeout=min(env.probe_interval, remaining))
             except asyncio.TimeoutError:
                 pass
-            remaining -= workflow.now() - started
-            if self.paused or self.stop:
+            if not paused:
+                remaining -= workflow.now() - started
+            self._show_paused(record, remaining)
+            if self.stop or self.paused != paused:
                 continue
             try:
-                check = await workflow.execute_activity(
-                    soak_check, SoakCheckInput(environment=env, release=self.release), **LONG)
+                check = await workflow.execute_activity(soak_check, SoakCheckInput(
+                    environment=env, release=self.release, baseline=self.baselines.get(env.name)), **LONG)
             except ActivityError as err:
                 self._end(record, Outcome.failed, _cause(err))
                 raise _Failed("soak", _cause(err), env.name) from None
             checks += 1
+            for reading in check.readings:
+                status.probes[reading.probe] = [*status.probes.get(reading.probe, []), reading][-READINGS_KEPT:]
             if not check.healthy:
                 self._end(record, Outcome.failed, check.detail)
-                raise _Failed("soak", check.detail, env.name)
+                raise _Failed("soak", check.detail, env.name, state=TrainState.rolled_back)
             record.detail = f"{checks} checks healthy; {_short(remaining)} to go"
             self._publish()
         status.state = "live"
         self._end(record, Outcome.ok, f"healthy for {_short(env.soak)} ({checks} checks)")
+
+    def _show_paused(self, record: StageRecord, remaining: timedelta) -> None:
+        state = TrainState.paused if self.paused else TrainState.running
+        if state != self.status.state:
+            self.status.state = state
+            if self.paused:
+                record.detail = f"paused with {_short(remaining)} to go: the clock stopped, probes go on"
+            self._publish()
 
     async def _rollback(self, environments: list[str]) -> str:
         """Put each environment back on what it ran before this train; returns what went wrong, if anything."""
@@ -274,9 +296,9 @@ class DeployTrain(Controlled):
 
     # --- safe points --------------------------------------------------------------------
 
-    async def _checkpoint(self, record: StageRecord | None = None) -> None:
-        """Hold while paused; leave for the stop path when an abort or rollback was accepted."""
-        if self.paused and not self.stop:
+    async def _checkpoint(self, record: StageRecord | None = None, hold: bool = True) -> None:
+        """Hold while paused (unless told not to); leave for the stop path when an abort or rollback was accepted."""
+        if hold and self.paused and not self.stop:
             self.status.state = TrainState.paused
             self._publish()
             await workflow.wait_condition(lambda: not self.paused or self.stop is not None)
@@ -414,7 +436,8 @@ class DeployTrain(Controlled):
             result = await workflow.execute_activity(fn, arg, **options)
         except ActivityError as err:
             self._end(record, Outcome.failed, _cause(err))
-            raise _Failed(stage, _cause(err)) from None
+            root = _root(err)
+            raise _Failed(stage, _cause(err), kind=root.type if isinstance(root, ApplicationError) else None) from None
         self._end(record, Outcome.ok)
         return result
 
@@ -451,13 +474,19 @@ class DeployTrain(Controlled):
 
 
 _MODE_ORDER = ["dags-only", "restart", "rebuild"]
+READINGS_KEPT = 10
 
 
-def _cause(err: ActivityError) -> str:
+def _root(err: ActivityError) -> BaseException | None:
+    """The ApplicationError an activity raised, under the retry and timeout wrappers."""
     cause = err.cause
     while cause is not None and not isinstance(cause, ApplicationError) and cause.cause is not None:
         cause = cause.cause
-    return str(cause or err)
+    return cause
+
+
+def _cause(err: ActivityError) -> str:
+    return str(_root(err) or err)
 
 
 def _short(delta: timedelta) -> str:

@@ -1,0 +1,116 @@
+"""Soak against real Airflow: on the dev server, with the worker as a real process that can be killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+from textwrap import dedent
+
+import pytest
+
+from activities.build import ensure_runtime
+from activities.targets.local_airflow import LocalAirflow
+from airagent import example
+from airagent.config import EnvironmentSettings, LocalTarget
+from airagent.models import TrainState, train_id
+from tests.conftest import make_pipeline
+from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401 - fixtures
+from tests.test_local_airflow import free_ports, wait_for
+
+pytestmark = [pytest.mark.airflow, pytest.mark.devserver]
+
+FAILING = dedent('''\
+    """orders_feed_check: parses fine, but the feed it reads is not there when it runs."""
+    from datetime import datetime
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    with DAG("orders_feed_check", start_date=datetime(2024, 1, 1), schedule="@continuous", max_active_runs=1,
+             catchup=False, default_args={"retries": 0}):
+        BashOperator(task_id="read_feed", bash_command="test -e /nonexistent/orders_feed.csv")
+    ''')
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A monorepo and one real, running Airflow environment (staging) for the module."""
+    root = tmp_path_factory.mktemp("soak")
+    repo = example.create(root / "repo", root / "envs")
+    settings = EnvironmentSettings(
+        name="staging", soak="45s", probe_interval="3s",
+        target=LocalTarget(path=root / "envs" / "staging", port=free_ports(), drain_timeout="30s", live_timeout="90s"))
+    pipeline = make_pipeline(repo, root / "envs").model_copy(update={"environments": [settings]})
+    env = LocalAirflow("staging", settings.target, settings.probes)
+    env.up(ensure_runtime(pipeline.runtime, None)[1])
+    yield repo, pipeline, env
+    env.down()
+
+
+@pytest.fixture
+def worker(cli_env, tmp_path):  # noqa: F811 - one worker per test, killed by some
+    w = WorkerProcess(cli_env, tmp_path / "worker.log")
+    w.start()
+    yield w
+    w.stop()
+
+
+async def deploy(agent, pipeline, sha, predicate=lambda s: s.state.finished, timeout=400):  # noqa: F811
+    await agent.deploy(pipeline, sha)
+    return await until(agent, train_id(pipeline.name, sha), predicate, timeout=timeout)
+
+
+def rolls_of(env: LocalAirflow, release: str) -> int:
+    return sum(1 for s in env.files.manifest().history if s.action == "roll" and s.release == release)
+
+
+async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(agent, worker, world):  # noqa: F811
+    repo, pipeline, env = world
+    first = await deploy(agent, pipeline, repo.head.commit.hexsha)
+    assert first.state == TrainState.succeeded, first.reason
+    good = env.files.live()
+
+    sha = example.commit(repo, {"dags/marketing/orders_feed_check.py": FAILING},
+                         "marketing: check the orders feed", "marketing")
+    status = await deploy(agent, pipeline, sha)
+
+    assert status.state == TrainState.rolled_back, status.reason
+    assert status.reason.startswith("soak staging: task_failure_rate:") and "threshold" in status.reason
+    assert env.files.live().id == good.id
+    staging = status.environment_status("staging")
+    assert staging.state == "rolled_back" and not staging.probes["task_failure_rate"][-1].ok
+    assert staging.probes["health"][-1].ok and staging.probes["components"][-1].ok
+    assert env.running()
+    repo.git.revert("HEAD", no_edit=True)
+
+
+async def test_a_component_killed_during_soak_rolls_back(agent, worker, world):  # noqa: F811
+    repo, pipeline, env = world
+    before = env.files.live()
+    sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)}, "fx", "finance")
+    await deploy(agent, pipeline, sha, lambda s: s.stage == "soak")
+    os.kill(env.processes()["triggerer"].pid, signal.SIGKILL)
+
+    status = await until(agent, train_id("main", sha), lambda s: s.state.finished, timeout=300)
+
+    assert status.state == TrainState.rolled_back, status.reason
+    assert "components: not running: triggerer" in status.reason
+    assert env.files.live().id == before.id
+    assert env.running(), "the rollback brings every component back"
+
+
+async def test_worker_killed_during_soak_resumes_and_rolls_once(agent, worker, world):  # noqa: F811
+    repo, pipeline, env = world
+    sha = example.commit(repo, {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=6)},
+                         "ledger", "finance")
+    soaking = await deploy(agent, pipeline, sha, lambda s: s.stage == "soak" and s.state == TrainState.running)
+    pids = {name: p.pid for name, p in env.processes().items()}
+    worker.kill()
+    assert env.running(), "Airflow does not depend on the worker"
+    worker.start()
+
+    status = await until(agent, train_id("main", sha), lambda s: s.state.finished, timeout=300)
+
+    assert status.state == TrainState.succeeded, status.reason
+    assert rolls_of(env, soaking.release) == 1
+    assert {name: p.pid for name, p in env.processes().items()} == pids
+    wait_for(env.running, 5, "components still running")
