@@ -1,11 +1,12 @@
 """Parse Python files of a DAG folder with Airflow's own DagBag; write a JSON report.
 
 Runs as a script by a release runtime's interpreter: it may import only the standard
-library and Airflow. (The deployer imports it only for `python_files` and
+library and Airflow. (The deployer imports it only for `relative_python_files` and
 `imported_names`, which are plain standard library, so both sides agree on what a DAG
 file is and what it imports.)
 
     python parse_dags.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
+    python parse_dags.py --serve DIRECTORY [--idle SECONDS]
 
 SETTINGS_JSON (written by the deployer, never pasted into a command line) may hold
 `files`: the paths, relative to DAG_FOLDER, to parse (default: every file), and
@@ -19,12 +20,16 @@ file pays for that again): a file that hangs past TIMEOUT (Airflow's dagbag_impo
 by default), exits, segfaults or runs out of memory fails alone, with the reason, and a
 fresh worker takes its place. Network and database access at parse time fails the file
 with the reason instead of hanging it.
+
+With --serve, one warmed-up process per runtime stays up and forks a child per request
+(see `serve`), so a validation of one changed file does not pay for starting Airflow.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import json
 import os
 import select
@@ -66,10 +71,18 @@ class MissingPlaceholder(LookupError):
 
 
 def python_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*.py")
-        if "__pycache__" not in p.parts and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return [folder / rel for rel in relative_python_files(folder)]
+
+
+def relative_python_files(folder: Path) -> list[str]:
+    """Every `.py` file under `folder`, as a sorted posix path relative to it, outside hidden and cache folders."""
+    found = []
+    for here, subdirs, names in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".") and d != "__pycache__"]
+        prefix = os.path.relpath(here, folder).replace(os.sep, "/") + "/"
+        prefix = "" if prefix == "./" else prefix
+        found += [prefix + name for name in names if name.endswith(".py") and not name.startswith(".")]
+    return sorted(found, key=lambda rel: rel.split("/"))  # the order of sorted Paths
 
 
 def syntax_tree(source: str | bytes) -> ast.AST | None:
@@ -316,7 +329,9 @@ class Worker:
     when a file hangs or kills it, only that file fails and a fresh worker takes over.
     """
 
-    parent_ends: set[int] = set()  # every worker's pipe ends held here, which no other worker may keep open
+    # Descriptors no worker may keep open: every worker's pipe ends, and a warm request's
+    # connection, whose end-of-file the client waits for.
+    held: set[int] = set()
 
     def __init__(self, folder: Path, lookups: Lookups | None):
         jobs_read, jobs_write = os.pipe()
@@ -324,12 +339,12 @@ class Worker:
         self.pid = os.fork()
         if self.pid == 0:
             # Holding a sibling's pipe ends would hide that sibling's end-of-file from the parent.
-            for fd in (jobs_write, results_read, *Worker.parent_ends):
+            for fd in (jobs_write, results_read, *Worker.held):
                 os.close(fd)
             self._serve(folder, lookups, jobs_read, results_write)
         os.close(jobs_read)
         os.close(results_write)
-        Worker.parent_ends |= {jobs_write, results_read}
+        Worker.held |= {jobs_write, results_read}
         self.jobs = os.fdopen(jobs_write, "w")
         self.results = results_read
         self.path: Path | None = None
@@ -372,7 +387,7 @@ class Worker:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        Worker.parent_ends -= {self.jobs.fileno(), self.results}
+        Worker.held -= {self.jobs.fileno(), self.results}
         for closing in (self.jobs.close, lambda: os.close(self.results)):
             try:
                 closing()
@@ -429,15 +444,21 @@ def died(status: int) -> str:
     return f"importing this file ended the process with exit code {code}; a DAG file must not call exit()"
 
 
-def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:
-    from airflow.configuration import conf
-
+def warm_up() -> None:
+    """Load and set up what every DAG file needs once, so no forked worker pays for it."""
     for module in WARM_MODULES:
         __import__(module)
     with tempfile.TemporaryDirectory() as scratch:
         warm = Path(scratch) / "warm_up.py"
         warm.write_text(WARM_DAG)
         Parser(Path(scratch), None).parse(warm)
+    gc.freeze()  # forks then share these objects' pages instead of copying them when the collector runs
+
+
+def parse_folder(folder: Path, workers: int, timeout: float | None, settings: dict) -> list[dict]:
+    """Parse in a warmed-up process, which this call changes for good: fork before calling it again."""
+    from airflow.configuration import conf
+
     lookups = Lookups(folder, settings.get("placeholders", {}))
     lookups.install()
     DagCounter.install()
@@ -446,17 +467,134 @@ def main(folder: Path, out: Path, workers: int, timeout: float | None, settings:
     timeout = timeout or conf.getfloat("core", "dagbag_import_timeout")
     chosen = settings.get("files")
     files = python_files(folder) if chosen is None else [folder / f for f in chosen]
-    out.write_text(json.dumps({"files": parse_all(folder, files, workers, timeout, lookups)}))
+    return parse_all(folder, files, workers, timeout, lookups)
+
+
+def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:
+    warm_up()
+    out.write_text(json.dumps({"files": parse_folder(folder, workers, timeout, settings)}))
+
+
+# --- warm: one process per runtime, forked per request ---------------------------------
+
+
+def serve(directory: Path, idle: float) -> None:
+    """Answer parse requests on DIRECTORY/socket, each in a child forked from this warmed-up process.
+
+    So a validation skips starting the interpreter and importing Airflow. The server ends
+    when its socket is removed or replaced (a newer server took over), when the process
+    that started it ends, or after IDLE seconds without a request; clients that connected
+    before that are still answered.
+    """
+    warm_up()
+    launcher, path = os.getppid(), directory / "socket"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = directory / f"socket.{os.getpid()}"
+    staging.unlink(missing_ok=True)
+    listener.bind(str(staging))
+    listener.listen(64)
+    os.replace(staging, path)  # clients see the old socket or this one, never none
+    mine = path.stat().st_ino
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the launcher stops reading; each request keeps its own output
+    os.close(devnull)
+    children: set[int] = set()
+    last = time.monotonic()
+    while True:
+        if select.select([listener], [], [], 1.0)[0]:
+            children.add(_answer_in_child(listener))
+        while children and (pid := os.waitpid(-1, os.WNOHANG)[0]):
+            children.discard(pid)
+        now = time.monotonic()
+        if children:
+            last = now
+        try:
+            replaced = path.stat().st_ino != mine
+        except FileNotFoundError:
+            replaced = True
+        if replaced or os.getppid() != launcher or now - last > idle:
+            break
+    if not replaced:
+        path.unlink(missing_ok=True)
+    listener.setblocking(False)
+    while True:
+        try:
+            _answer_in_child(listener)
+        except BlockingIOError:
+            break
+
+
+def _answer_in_child(listener: socket.socket) -> int:
+    connection, _ = listener.accept()
+    pid = os.fork()
+    if pid:
+        connection.close()
+        return pid
+    listener.close()
+    code = 0
+    try:
+        connection.setblocking(True)
+        _answer(connection)
+    except BaseException:
+        code = 1
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _answer(connection: socket.socket) -> None:
+    """One request: JSON in until end-of-file ({folder, plugins_folder, cwd, files, placeholders, workers,
+    timeout}), {"files": [...]} or {"error": ...} back."""
+    with connection, tempfile.TemporaryFile() as output:
+        # The DAG files' prints and warnings, as a cold run's output file holds them.
+        os.dup2(output.fileno(), 1)
+        os.dup2(output.fileno(), 2)
+        chunks = []
+        while chunk := connection.recv(1 << 16):
+            chunks.append(chunk)
+        if not chunks:
+            return  # the client connected, then found nothing to parse
+        Worker.held.add(connection.fileno())
+        try:
+            request = json.loads(b"".join(chunks))
+            folder = Path(request["folder"]).resolve()
+            _enter(request["cwd"], folder, request["plugins_folder"])
+            answer = {"files": parse_folder(folder, request["workers"], request["timeout"], request)}
+        except Exception:
+            sys.stderr.flush()
+            output.seek(0)
+            tail = output.read()[-3000:].decode(errors="replace")
+            answer = {"error": tail + traceback.format_exc()}
+        connection.sendall(json.dumps(answer).encode())
+
+
+def _enter(cwd: str, folder: Path, plugins_folder: str) -> None:
+    """What a cold run gets from its working directory and environment: this bundle's DAG and plugins folders."""
+    from airflow import settings
+
+    os.chdir(cwd)
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
+    os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = plugins_folder
+    sys.path[:] = [p for p in sys.path if p != settings.PLUGINS_FOLDER] + [plugins_folder]
+    settings.DAGS_FOLDER, settings.PLUGINS_FOLDER = str(folder), plugins_folder
 
 
 if __name__ == "__main__":
     os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
     cli = argparse.ArgumentParser(description="Parse DAG files with Airflow's DagBag; write a JSON report.")
-    cli.add_argument("folder", type=Path)
-    cli.add_argument("out", type=Path)
+    cli.add_argument("folder", type=Path, nargs="?")
+    cli.add_argument("out", type=Path, nargs="?")
     cli.add_argument("workers", type=int, nargs="?", default=os.cpu_count() or 1)
     cli.add_argument("timeout", type=float, nargs="?", default=None)
     cli.add_argument("--settings", type=Path, help="JSON file: files to parse, placeholders")
+    cli.add_argument("--serve", type=Path, metavar="DIRECTORY", help="answer requests on DIRECTORY/socket instead")
+    cli.add_argument("--idle", type=float, default=600.0, help="seconds without a request before --serve ends")
     args = cli.parse_args()
-    main(args.folder.resolve(), args.out, args.workers, args.timeout,
-         json.loads(args.settings.read_text()) if args.settings else {})
+    if args.serve:
+        serve(args.serve, args.idle)
+    elif args.folder and args.out:
+        main(args.folder.resolve(), args.out, args.workers, args.timeout,
+             json.loads(args.settings.read_text()) if args.settings else {})
+    else:
+        cli.error("give FOLDER and OUT, or --serve DIRECTORY")

@@ -19,7 +19,7 @@ from codeowners import CodeOwners
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import policies, process, validation_cache
+from activities import parser_service, policies, validation_cache
 from airagent.config import Classification, PipelineSettings, ValidationSettings, home
 from airagent.models import Commit, FileReport, Release, RemovedDag, ValidateInput, ValidationReport
 from airagent.repo import RepoError, open_repository
@@ -37,7 +37,7 @@ def parse_release(release: Release, pipeline: PipelineSettings | None = None) ->
 
 def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str,
                pipeline: PipelineSettings | None = None, timeout: float | None = None) -> ValidationReport:
-    """Parse what changed with the runtime's interpreter, in a throwaway AIRFLOW_HOME; the rest from the cache.
+    """Parse what changed with the runtime's warm parser (see parser_service); the rest from the cache.
 
     Then apply the pipeline's rules and name owners, so a report means the same
     whether a file was parsed now or came from the cache.
@@ -48,7 +48,8 @@ def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str
                "placeholders": settings.placeholders.model_dump(mode="json"),
                "dag_folder": dag_folder, "plugins_folder": plugins_folder}
     keys = validation_cache.file_keys(bundle, dag_folder, context, ignored)
-    results = {rel: validation_cache.load(key) for rel, key in keys.items()}
+    found = validation_cache.load(keys.values())
+    results = {rel: found.get(key) for rel, key in keys.items()}
     todo = sorted(rel for rel, result in results.items() if result is None)
     if todo:
         for result in _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout):
@@ -78,28 +79,13 @@ def _read(path: Path) -> str:
 
 def _run_parser(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str, files: list[str],
                 settings: ValidationSettings, timeout: float | None) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="airagent-parse-") as scratch:
-        report = Path(scratch) / "report.json"
-        request = Path(scratch) / "settings.json"
-        request.write_text(json.dumps({"files": files, "placeholders": settings.placeholders.model_dump(mode="json")}))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": scratch,
-            "AIRFLOW_HOME": scratch,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(bundle / dag_folder),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(bundle / plugins_folder),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
-        }
-        args = [runtime / "bin" / "python", PARSER, bundle / dag_folder, report, str(os.cpu_count() or 1)]
-        if timeout:
-            args.append(str(timeout))
-        try:
-            process.run([*args, "--settings", request], env=env, cwd=bundle, timeout=PARSE_TIMEOUT)
-        except process.ProcessFailed as err:
-            raise ApplicationError(f"the DAG parser itself failed: {err.output[-3000:]}",
-                                   type="ParserFailed") from None
-        return json.loads(report.read_text())["files"]
+    request = {"folder": str(bundle / dag_folder), "plugins_folder": str(bundle / plugins_folder), "cwd": str(bundle),
+               "files": files, "placeholders": settings.placeholders.model_dump(mode="json"),
+               "workers": os.cpu_count() or 1, "timeout": timeout}
+    try:
+        return parser_service.parse(runtime, request, PARSE_TIMEOUT)
+    except parser_service.ParserFailed as err:
+        raise ApplicationError(f"the DAG parser itself failed: {str(err)[-3000:]}", type="ParserFailed") from None
 
 
 def _from_root(dag_folder: str, path: str) -> str:

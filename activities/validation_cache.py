@@ -14,21 +14,24 @@ A file's result is stored under a key made of everything that can change it:
   them changing invalidates every result).
 
 Results live under `home()/validation-cache/files/`, content-addressed, so releases,
-pipelines and working trees share them safely.
+pipelines and working trees share them safely; a process keeps the ones it read or wrote
+in memory too, as a result never goes stale under its key.
 """
 
 from __future__ import annotations
 
 import ast
 import fnmatch
+import functools
 import hashlib
 import json
 import os
+import posixpath
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.parse_dags import imported_names, python_files, syntax_tree
+from activities.parse_dags import imported_names, relative_python_files, syntax_tree
 from airagent.config import home
 
 PARSER = Path(__file__).with_name("parse_dags.py")
@@ -36,6 +39,8 @@ PARSER = Path(__file__).with_name("parse_dags.py")
 DYNAMIC = {"import_module", "__import__", "exec", "eval", "run_path", "run_module", "load_source",
            "spec_from_file_location", "SourceFileLoader", "load_module"}
 _modules: dict[str, tuple[list[tuple[int, str, list[str]]], bool]] = {}  # content digest -> (imports, dynamic)
+REMEMBERED = 20_000
+_remembered: dict[tuple[Path, str], dict] = {}  # (cache folder, key) -> result; never stale, keys are content
 
 
 def digest(data: bytes) -> str:
@@ -52,17 +57,18 @@ def _module_info(content_digest: str, data: bytes) -> tuple[list[tuple[int, str,
     return _modules[content_digest]
 
 
-def _candidates(rel: str, level: int, module: str, members: list[str]) -> set[str]:
+@functools.lru_cache(maxsize=1 << 16)
+def _candidates(rel: str, level: int, module: str, members: tuple[str, ...]) -> frozenset[str]:
     """Paths, relative to the DAG folder, that an import statement in `rel` could load."""
-    here = Path(rel).parent
+    here = posixpath.dirname(rel)
     if level:
         base = here
         for _ in range(level - 1):
-            base = base.parent
+            base = posixpath.dirname(base)
         roots = [base]
     else:
         # The DAG folder is on sys.path; the file's own folder too, to be safe.
-        roots = [Path("."), here]
+        roots = ["", here]
     dotted = [module] if module else []
     names = [f"{module}.{m}" if module else m for m in members if m != "*"] + dotted
     found = set()
@@ -70,22 +76,26 @@ def _candidates(rel: str, level: int, module: str, members: list[str]) -> set[st
         for name in names:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):
-                stem = root.joinpath(*parts[:i])
-                found |= {(stem / "__init__.py").as_posix(), stem.with_suffix(".py").as_posix()}
-    return {p for p in found if not p.startswith("..")}
+                stem = posixpath.join(root, *parts[:i])
+                found |= {f"{stem}/__init__.py", f"{stem}.py"}
+    return frozenset(p for p in found if not p.startswith(".."))
 
 
 def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[str] = ()) -> dict[str, str]:
     """The cache key of every Python file of the DAG folder (paths relative to it)."""
     dags = (bundle / dag_folder).resolve()
-    contents = {p.relative_to(dags).as_posix(): p.read_bytes() for p in python_files(dags)}
+    contents = {}
+    for rel in relative_python_files(dags):
+        with open(os.path.join(dags, rel), "rb") as f:
+            contents[rel] = f.read()
     digests = {rel: digest(data) for rel, data in contents.items()}
     edges, dynamic = {}, set()
     for rel, data in contents.items():
         imports, is_dynamic = _module_info(digests[rel], data)
         if is_dynamic:
             dynamic.add(rel)
-        edges[rel] = {c for statement in imports for c in _candidates(rel, *statement) if c in digests and c != rel}
+        edges[rel] = {c for level, module, members in imports for c in _candidates(rel, level, module, tuple(members))
+                      if c in digests and c != rel}
     everything = digest(json.dumps(sorted(digests.items())).encode())
     shared = digest(json.dumps({
         "parser": digest(PARSER.read_bytes()),
@@ -108,39 +118,59 @@ def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[st
 
 def _other_files(bundle: Path, dags: Path, ignored: list[str]) -> str:
     """One digest of every file outside the DAG folder's Python modules that the classification does not ignore."""
-    bundle = bundle.resolve()
+    root, dags_root = str(bundle.resolve()), str(dags)
     entries = []
-    for folder, subdirs, names in os.walk(bundle):
+    for folder, subdirs, names in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith(".") and d != "__pycache__")
-        here = Path(folder)
+        prefix = os.path.relpath(folder, root).replace(os.sep, "/") + "/"
+        prefix = "" if prefix == "./" else prefix
+        in_dags = folder == dags_root or folder.startswith(dags_root + os.sep)
         for name in sorted(names):
-            path = here / name
-            rel = path.relative_to(bundle).as_posix()
+            if name.endswith(".py") and in_dags:
+                continue  # tracked one by one
+            rel = prefix + name
             if name.endswith(".pyc") or any(fnmatch.fnmatchcase(rel, g) for g in ignored):
                 continue
-            if name.endswith(".py") and path.is_relative_to(dags):
-                continue  # tracked one by one
             try:
-                entries.append((rel, digest(path.read_bytes())))
+                with open(os.path.join(folder, name), "rb") as f:
+                    entries.append((rel, digest(f.read())))
             except OSError:
                 entries.append((rel, "unreadable"))
     return digest(json.dumps(entries).encode())
 
 
-def _entry(key: str) -> Path:
-    return home() / "validation-cache" / "files" / key[:2] / f"{key}.json"
-
-
-def load(key: str) -> dict | None:
-    try:
-        return json.loads(_entry(key).read_text())
-    except (OSError, ValueError):
-        return None  # absent or half-written by a crashed writer: parse again
+def load(keys: Iterable[str]) -> dict[str, dict]:
+    """The stored results among `keys`; absent or half-written ones (a crashed writer) are parsed again."""
+    files, found = _files(), {}
+    for key in keys:
+        if (files, key) in _remembered:
+            found[key] = _remembered[files, key]
+            continue
+        try:
+            with open(files / key[:2] / f"{key}.json", "rb") as f:
+                found[key] = _remember(files, key, json.loads(f.read()))
+        except (OSError, ValueError):
+            pass
+    return found
 
 
 def store(key: str, result: dict) -> None:
-    path = _entry(key)
+    files = _files()
+    path = files / key[:2] / f"{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
     tmp.write_text(json.dumps(result))
     tmp.replace(path)
+    _remember(files, key, result)
+
+
+def _files() -> Path:
+    return home() / "validation-cache" / "files"
+
+
+def _remember(files: Path, key: str, result: dict) -> dict:
+    """Results stay in memory too, so a long-lived worker reads each from disk once; the oldest go first."""
+    _remembered[files, key] = result
+    while len(_remembered) > REMEMBERED:
+        del _remembered[next(iter(_remembered))]
+    return result

@@ -8,9 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import git
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from activities import parser_service
 from activities.build import ensure_runtime
 from activities.validate import parse_tree
 from airagent.config import Runtime
@@ -19,6 +21,13 @@ from tests.conftest import make_pipeline
 
 HEAD = ("from datetime import datetime\nfrom airflow.sdk import DAG\n"
         "from airflow.providers.standard.operators.empty import EmptyOperator\n")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stop_parsers():
+    """The warm parsers these tests start end with them."""
+    yield
+    parser_service.stop()
 
 
 def dag_file(name: str, source: str) -> str:

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 import git
+import pytest
 
-from activities import process
+from activities import parser_service, process
 from activities.build import build, ensure_runtime
 from activities.validate import PARSER, parse_tree, validate
 from airagent import example
@@ -19,6 +20,13 @@ from tests.conftest import make_pipeline
 
 GOOD = example.dag_file("fine").replace("from common.naming import task_name\n", "").replace(
     'task_name("step", i)', 'f"step_{i}"')
+
+
+@pytest.fixture(autouse=True, scope="module")
+def stop_parsers():
+    """The warm parsers these tests start end with them."""
+    yield
+    parser_service.stop()
 
 
 def parse(folder: Path, tmp_path: Path, timeout: float = 3) -> dict[str, dict]:

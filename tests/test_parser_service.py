@@ -1,0 +1,113 @@
+"""The warm DAG parser: it isolates bad files as a cold run does, comes back when it dies, serves several
+validations at once, and ends by itself."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from activities import parser_service
+from activities.build import ensure_runtime
+from activities.validate import PARSER, parse_tree
+from airagent.config import Runtime
+from tests.test_validate import GOOD, dag, settings, tree
+
+
+@pytest.fixture
+def runtime(monkeypatch) -> Path:
+    """The shared runtime, with a home of its own (short, as a socket path must be), so this test's parsers are
+    the only ones it talks to; stopped after."""
+    _, built = ensure_runtime(Runtime(), None)
+    with tempfile.TemporaryDirectory(prefix="aa-") as home:
+        monkeypatch.setenv("AIRAGENT_HOME", home)
+        try:
+            yield built
+        finally:
+            parser_service.stop()
+
+
+def socket_of(runtime: Path) -> int:
+    """Which server listens now: a new one binds a new socket file."""
+    return (parser_service.server_dir(runtime) / "socket").stat().st_ino
+
+
+def test_the_warm_parser_fails_a_file_that_hangs_exits_or_dies_alone_and_keeps_serving(runtime, tmp_path):
+    root = tree(tmp_path / "repo", {
+        "dags/fine.py": GOOD,
+        "dags/hangs.py": "import time\ntime.sleep(600)\n",
+        "dags/exits.py": "import os\nos._exit(7)\n",
+        "dags/killed.py": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+    })
+
+    report = parse_tree(runtime, root, "dags", "plugins", timeout=3)
+    server = socket_of(runtime)
+
+    files = {f.path: f for f in report.files}
+    assert files["dags/fine.py"].dag_ids == ["fine"] and files["dags/fine.py"].error is None
+    assert "longer than 3s" in files["dags/hangs.py"].error
+    assert "exit code 7" in files["dags/exits.py"].error
+    assert "killed by SIGKILL" in files["dags/killed.py"].error
+
+    (root / "dags" / "fine.py").write_text(GOOD.replace('"fine"', '"fine_again"'))
+    again = parse_tree(runtime, root, "dags", "plugins", timeout=3)
+    assert {f.path: f.dag_ids for f in again.files}["dags/fine.py"] == ["fine_again"]
+    assert socket_of(runtime) == server
+
+
+def test_a_parser_that_died_is_started_again(runtime, tmp_path):
+    root = tree(tmp_path / "repo", {"dags/one.py": dag("one")})
+    parse_tree(runtime, root, "dags", "plugins")
+    server = socket_of(runtime)
+    os.kill(parser_service._started[parser_service.server_dir(runtime)].pid, signal.SIGKILL)
+
+    (root / "dags" / "two.py").write_text(dag("two"))
+    report = parse_tree(runtime, root, "dags", "plugins")
+
+    assert sorted(d for f in report.files for d in f.dag_ids) == ["one", "two"]
+    assert socket_of(runtime) != server
+
+
+def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_settings(runtime, tmp_path):
+    roots = [tree(tmp_path / f"repo{i}", {
+        f"dags/d{i}.py": dag(f"d{i}", body="from airflow.sdk import Variable\nv = Variable.get('name')\n"
+                                           ).replace(f"DAG('d{i}'", f"DAG(f'd{i}_{{v}}'"),
+        "plugins/helper.py": f"NAME = 'p{i}'\n",
+        f"dags/uses_plugin_{i}.py": dag(f"u{i}", body="from helper import NAME\n").replace(
+            f"DAG('u{i}'", "DAG(f'u_{NAME}'"),
+    }) for i in range(3)]
+
+    def validate(i: int):
+        pipeline = settings(tmp_path / f"s{i}", placeholders={"enabled": False, "variables": {"name": f"v{i}"}})
+        return parse_tree(runtime, roots[i], "dags", "plugins", pipeline)
+
+    with ThreadPoolExecutor(3) as pool:
+        reports = list(pool.map(validate, range(3)))
+
+    for i, report in enumerate(reports):
+        assert sorted(d for f in report.files for d in f.dag_ids) == [f"d{i}_v{i}", f"u_p{i}"]
+    assert len(parser_service._started) == 1
+
+
+@pytest.mark.parametrize("ending", ["idle", "socket removed"])
+def test_a_server_ends_by_itself(runtime, ending):
+    server = parser_service.server_dir(runtime)
+    process = subprocess.Popen([runtime / "bin" / "python", PARSER, "--serve", server,
+                                "--idle", "1" if ending == "idle" else "600"],
+                               stdout=subprocess.PIPE, env={"PATH": os.environ["PATH"], "HOME": str(server),
+                                                            "AIRFLOW_HOME": str(server / "airflow")})
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        if ending == "socket removed":
+            (server / "socket").unlink()
+        assert process.wait(timeout=120) == 0
+        assert not (server / "socket").exists()
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
