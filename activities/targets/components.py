@@ -89,10 +89,16 @@ class Components:
             while process.alive and time.monotonic() < deadline:
                 time.sleep(0.2)
         # The component leads its own process group: its helpers (log servers, workers) go with it.
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        for kill in (os.killpg, os.kill) if process.alive else (os.killpg,):
+            try:
+                kill(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + 10
+        while process.alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process.alive:
+            raise RuntimeError(f"{process.name} (pid {process.pid}) survived SIGKILL; stop it by hand")
         (self.run / f"{process.name}.json").unlink(missing_ok=True)
 
     def forget(self, name: str) -> None:

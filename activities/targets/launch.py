@@ -20,6 +20,7 @@ def main(log_file: str, cwd: str, argv: list[str]) -> int:
         os.setsid()
         if os.fork() == 0:
             try:
+                os.setpgid(0, 0)  # leads its own group, so stopping it can take its helpers along
                 os.chdir(cwd)
                 null = os.open(os.devnull, os.O_RDONLY)
                 log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
