@@ -20,7 +20,9 @@ from pathlib import Path
 import git
 from rich.console import Console
 
+from activities.build import ensure_runtime
 from activities.targets.local import LocalEnvironment
+from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.client import AirAgent
 from airagent.config import PipelineSettings, home, load_pipeline
@@ -87,6 +89,13 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     agent = await AirAgent.connect()
     await register_search_attributes(agent.client)
 
+    console.rule("0. staging and prod: real Airflow, running on their own")
+    for env in pipeline.environments:
+        if env.target.airflow:
+            local = LocalAirflow(env.name, env.target, env.probes)
+            runtime = None if local.files.live() else ensure_runtime(pipeline.runtime, None)[1]
+            console.print(f"{env.name}: {local.up(runtime)} (API http://127.0.0.1:{env.target.port})")
+
     console.rule("1. the conductor deploys the head of main through staging and prod")
     conductor = await agent.start_pipeline(pipeline)
     console.print(f"[bold]{conductor.id}[/bold] running: every commit on {pipeline.branch} deploys itself")
@@ -112,10 +121,31 @@ async def scenario(state: Path, given: Path | None) -> Checks:
                   f"train ended {status.state.value} at {status.stage}")
     checks.expect(example.BROKEN_PATH in status.reason and "pandas_but_misspelled" in status.reason,
                   f"the reason names {example.BROKEN_PATH} and its error")
+    untouched(checks, pipeline, before)
+
+    console.rule("3. repair it, and add a DAG whose task fails when it runs: staging must roll back by itself")
+    before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
+    failing = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.dag_file("orders_hourly", schedule="@hourly"),
+                                              example.FAILING_PATH: example.FAILING_DAG},
+                             "marketing: repair orders_hourly; check the new orders feed", "marketing")
+    await agent.notify(pipeline, failing, by="demo (as CI would after a merge)")
+    status = await train_for(agent, pipeline, failing)
+    staging, prod = pipeline.environments[0].name, pipeline.environments[-1].name
+    checks.expect(status.state == TrainState.rolled_back and status.environment == staging,
+                  f"train ended {status.state.value} in {status.environment}")
+    checks.expect("task_failure_rate" in status.reason, f"the reason names the probe: {status.reason}")
+    untouched(checks, pipeline, before)
+    checks.expect(all(not e.target.airflow or LocalAirflow(e.name, e.target).running() for e in pipeline.environments),
+                  f"{staging} and {prod} still running")
+    return checks
+
+
+def untouched(checks: Checks, pipeline: PipelineSettings, before: dict) -> None:
+    """Each environment runs what it ran before, by its own record."""
     for env in pipeline.environments:
         after = LocalEnvironment(env.target.path).manifest()
-        checks.expect(after == before[env.name], f"{env.name} untouched, still on {after.live.id if after.live else '-'}")
-    return checks
+        live = after.live.id if after.live else "-"
+        checks.expect(after.live == before[env.name].live, f"{env.name} runs what it ran before: {live}")
 
 
 async def train_for(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> TrainStatus:
@@ -145,7 +175,8 @@ def prepare_example(root: Path) -> Path:
     repo = git.Repo(path)
     version = sum(1 for _ in repo.iter_commits())
     good = example.dag_file("orders_hourly", tasks=3 + version % 3, schedule="@hourly", note=f"orders by hour, v{version}")
-    example.commit(repo, {example.BROKEN_PATH: good}, f"marketing: orders_hourly v{version}", "marketing")
+    example.commit(repo, {example.BROKEN_PATH: good, example.FAILING_PATH: None}, f"marketing: orders_hourly "
+                   f"v{version}, without the feed check", "marketing")
     console.print(f"reusing the example monorepo at {path} (committed a fresh change to deploy)")
     return path
 
@@ -159,6 +190,8 @@ airagent status --pipeline main            # latest train; add --json for machin
 airagent pipeline pause --pipeline main --reason "hold on"   # or freeze / unfreeze / resume
 airagent notify --pipeline main -c {home() / 'demo' / 'repo' / 'airagent.yaml'}   # after a commit there
 airagent pause TRAIN --reason "looking"    # then: resume, abort, rollback, approve
+airagent env status staging -c {home() / 'demo' / 'repo' / 'airagent.yaml'}   # components, health
+airagent env down staging -c ...           # the environments keep running after the demo; this stops one
 temporal workflow list --query 'AiragentPipeline="main"'
 temporal workflow signal -w pipeline/main --name notify
 temporal workflow query  -w TRAIN --type status

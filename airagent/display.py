@@ -57,6 +57,11 @@ def render(wf_id: str, s: TrainStatus) -> Table:
     table.add_row("stage", f"{s.stage or '-'}{' ' + s.environment if s.environment else ''}")
     for e in s.environments:
         table.add_row(f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})")
+        for readings in e.probes.values():
+            last = readings[-1]
+            table.add_row(f"  {last.probe}", f"[{'green' if last.ok else 'red'}]{last.reading}[/] "
+                                           f"[dim]({timestamp(last.at)}, {len(readings)} kept; "
+                                           f"threshold: {last.threshold})[/dim]")
     for c in s.commits[:10]:
         table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
     if s.validation:

@@ -49,6 +49,21 @@ BROKEN_DAG = dedent('''\
 
 BROKEN_PATH = "dags/marketing/orders_hourly.py"
 
+# Parses fine, so validation passes; its task fails whenever it runs, which only soak can see.
+FAILING_DAG = dedent('''\
+    """orders_feed_check: checks the new orders feed is there, every time the last check ends."""
+    from datetime import datetime
+
+    from airflow.sdk import DAG
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    with DAG("orders_feed_check", start_date=datetime(2024, 1, 1), schedule="@continuous", max_active_runs=1,
+             catchup=False, default_args={"retries": 0}):
+        BashOperator(task_id="read_feed", bash_command="test -e /nonexistent/orders_feed.csv")
+    ''')
+
+FAILING_PATH = "dags/marketing/orders_feed_check.py"
+
 FILES = {
     "README.md": "# Airflow monorepo\n\nDAGs per team under `dags/`, deployed by airagent.\n",
     "requirements.txt": "# Extra Python packages for the Airflow runtime, one per line.\n",
@@ -69,7 +84,7 @@ FILES = {
 }
 
 
-def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s", airflow: bool = True,
+def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True,
                   port: int = 28080) -> str:
     def target(name: str, offset: int) -> str:
         where = f"type: local, path: {envs / name}"
@@ -101,7 +116,7 @@ def airagent_yaml(envs: Path, soak: str = "20s", probe_interval: str = "10s", ai
         """)
 
 
-def create(path: Path, envs: Path, soak: str = "20s", probe_interval: str = "10s", airflow: bool = True) -> git.Repo:
+def create(path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True) -> git.Repo:
     """A fresh monorepo at `path`, its environments to live under `envs`, history by three authors."""
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as cfg:
@@ -123,7 +138,8 @@ def commit(repo: git.Repo, files: dict[str, str | None], message: str, team: str
     for name, content in files.items():
         path = root / name
         if content is None:
-            repo.index.remove([name], working_tree=True)
+            if path.exists():
+                repo.index.remove([name], working_tree=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content)

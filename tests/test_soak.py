@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-from textwrap import dedent
 
 import pytest
 
@@ -18,18 +17,6 @@ from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server, unti
 from tests.test_local_airflow import free_ports, wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.devserver]
-
-FAILING = dedent('''\
-    """orders_feed_check: parses fine, but the feed it reads is not there when it runs."""
-    from datetime import datetime
-    from airflow.sdk import DAG
-    from airflow.providers.standard.operators.bash import BashOperator
-
-    with DAG("orders_feed_check", start_date=datetime(2024, 1, 1), schedule="@continuous", max_active_runs=1,
-             catchup=False, default_args={"retries": 0}):
-        BashOperator(task_id="read_feed", bash_command="test -e /nonexistent/orders_feed.csv")
-    ''')
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
@@ -69,7 +56,7 @@ async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(
     assert first.state == TrainState.succeeded, first.reason
     good = env.files.live()
 
-    sha = example.commit(repo, {"dags/marketing/orders_feed_check.py": FAILING},
+    sha = example.commit(repo, {example.FAILING_PATH: example.FAILING_DAG},
                          "marketing: check the orders feed", "marketing")
     status = await deploy(agent, pipeline, sha)
 

@@ -509,6 +509,10 @@ def details_markdown(status: TrainStatus) -> str:
         lines += ["", f"> {status.reason}"]
     lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
     lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
+    probes = [(e.name, r[-1]) for e in status.environments for r in e.probes.values()]
+    if probes:
+        lines += ["", "| environment | probe | reading | threshold |", "|---|---|---|---|"]
+        lines += [f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {r.reading} | {r.threshold} |" for env, r in probes]
     if status.commits:
         lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
         lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
