@@ -25,6 +25,7 @@ bench: setup
 	$(BIN)/python -m bench.orchestration
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.validate
+	$(BIN)/python -m bench.lead_time
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info

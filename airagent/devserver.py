@@ -29,6 +29,19 @@ def binary(name: str) -> str:
     return found
 
 
+def free_ports(count: int = 1, first: int = 20000) -> int:
+    """The first of `count` consecutive ports nothing listens on (a local environment uses five)."""
+    for start in range(first, 60000, count + 7):
+        try:
+            for port in range(start, start + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return start
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

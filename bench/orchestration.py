@@ -59,7 +59,7 @@ async def main(trains: int) -> None:
         server = DevServer(root / "temporal", port=free_port(), ui_port=free_port())
         server.start()
         try:
-            repo = example.create(root / "repo", root / "envs", soak="0s")
+            repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
             pipeline = load_pipeline("main", root / "repo" / "airagent.yaml")
             client = await Client.connect(server.address, data_converter=pydantic_data_converter)
             queue = f"bench-{uuid.uuid4()}"

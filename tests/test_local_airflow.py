@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from textwrap import dedent
@@ -17,6 +16,7 @@ from activities.targets.local_airflow import LocalAirflow
 from activities.validate import parse_release
 from airagent import example
 from airagent.config import LocalTarget
+from airagent.devserver import free_ports
 from airagent.models import BuildInput, Release, RolloutMode
 from tests.conftest import make_pipeline
 
@@ -32,21 +32,8 @@ SLEEPER = dedent('''\
     ''')
 
 
-def free_ports(count: int = 5) -> int:
-    """The first of `count` consecutive free ports."""
-    for start in range(20000, 60000, 17):
-        try:
-            for port in range(start, start + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return start
-        except OSError:
-            continue
-    raise RuntimeError("no free ports")
-
-
 def target(path, **settings) -> LocalTarget:
-    return LocalTarget(path=path, port=free_ports(), drain_timeout="60s", live_timeout="90s", **settings)
+    return LocalTarget(path=path, port=free_ports(5), drain_timeout="60s", live_timeout="90s", **settings)
 
 
 def built(pipeline, sha: str) -> tuple[Release, dict[str, list[str]]]:

@@ -1,0 +1,136 @@
+"""Lead time of a DAG-only change, commit to live in prod, and API availability through a restart roll.
+
+A monorepo of 100 DAGs, staging and prod as real local Airflow environments, soak 0, a
+dev server with the worker in this process. Set-up (runtime, environments, the first
+train) is not measured. Then, in one run:
+
+- one DAG file changes; seconds from the commit to the train's end, when prod serves
+  the new code, and per stage;
+- a plugin changes (a `restart` roll); while it runs, staging's api-server health
+  endpoint is asked every 100 ms: the share of answers that succeeded, the longest gap.
+
+    .venv/bin/python -m bench.lead_time [DAGS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities.build import ensure_runtime
+from activities.targets.local_airflow import LocalAirflow
+from airagent import example
+from airagent.client import AirAgent
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.devserver import DevServer, free_ports, register_search_attributes
+from airagent.models import TrainState, TrainStatus
+from worker.main import ACTIVITIES, WORKFLOWS
+
+
+class HealthPoller:
+    """Asks one URL every 100 ms from a thread; counts answers and the longest time without a good one."""
+
+    def __init__(self, url: str):
+        self.url, self.ok, self.asked, self.gap = url, 0, 0, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HealthPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        last_good = time.monotonic()
+        with httpx.Client(timeout=2) as http:
+            while not self._stop.is_set():
+                self.asked += 1
+                try:
+                    good = http.get(self.url).status_code == 200
+                except httpx.HTTPError:
+                    good = False
+                now = time.monotonic()
+                self.gap = max(self.gap, now - last_good)
+                if good:
+                    self.ok += 1
+                    last_good = now
+                time.sleep(0.1)
+
+
+async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> TrainStatus:
+    handle = await agent.deploy(pipeline, sha)
+    status = await agent.wait(handle.id)
+    if status.state != TrainState.succeeded:
+        raise SystemExit(f"train {handle.id} ended {status.state.value}: {status.reason}")
+    return status
+
+
+async def main(dags: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="airagent-lead-") as tmp:
+        root = Path(tmp)
+        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
+        server.start()
+        envs: list[LocalAirflow] = []
+        try:
+            repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
+            example.commit(repo, {f"dags/generated/dag_{i:03}.py": example.dag_file(f"generated_{i:03}")
+                                  for i in range(dags)}, f"{dags} generated DAGs", "platform")
+            settings = [EnvironmentSettings(name=name, target=LocalTarget(
+                path=root / "envs" / name, port=free_ports(5, first=22000 + 100 * i), live_timeout="120s"))
+                for i, name in enumerate(("staging", "prod"))]
+            pipeline = PipelineSettings(name="lead", repo=str(repo.working_tree_dir), environments=settings)
+            _, runtime = ensure_runtime(pipeline.runtime, None)
+            envs = [LocalAirflow(e.name, e.target, e.probes) for e in settings]
+            for env in envs:
+                env.up(runtime)
+
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            await register_search_attributes(client)
+            queue = f"bench-{uuid.uuid4()}"
+            with ThreadPoolExecutor(max_workers=8) as executor:
+                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
+                                  activity_executor=executor):
+                    agent = AirAgent(client, queue)
+                    await deploy(agent, pipeline, repo.head.commit.hexsha)  # first train: restarts, unmeasured
+
+                    sha = example.commit(repo, {"dags/generated/dag_042.py": example.dag_file("generated_042", 5)},
+                                         "one DAG changes", "finance")
+                    started = time.monotonic()
+                    status = await deploy(agent, pipeline, sha)
+                    total = time.monotonic() - started
+
+                    plugin = example.FILES["plugins/example_plugin.py"] + "# restart me\n"
+                    sha = example.commit(repo, {"plugins/example_plugin.py": plugin}, "plugin change", "platform")
+                    with HealthPoller(f"http://127.0.0.1:{envs[0].target.port}/api/v2/monitor/health") as poll:
+                        restarted = await deploy(agent, pipeline, sha)
+        finally:
+            for env in envs:
+                env.down()
+            server.stop()
+
+    assert status.mode == "dags-only" and restarted.mode == "restart", (status.mode, restarted.mode)
+    for stage in status.stages:
+        name = f"{stage.name}_{stage.environment}" if stage.environment else stage.name
+        print(f"stage_{name}: {(stage.ended - stage.started).total_seconds():.2f} s")
+    print(f"restart_health_answers: {poll.asked} count")
+    print(f"restart_health_success: {100 * poll.ok / poll.asked:.1f} %")
+    print(f"restart_longest_gap: {poll.gap:.2f} s")
+    print(f"lead_time_total: {total:.2f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 100))
