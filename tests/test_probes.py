@@ -1,0 +1,185 @@
+"""Probe verdicts on answers recorded from a real Airflow 3.3 api-server, and on broken, slow and malformed ones.
+
+The recordings in tests/airflow_api/ were taken from the demo's staging environment. The
+API-level tests replay them over real HTTP from a small server that can also stall,
+garble or refuse, so the client code runs exactly as against Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from activities import probes
+from activities.airflow_api import AirflowApi, Credentials
+from activities.targets.components import Process, _start_ticks
+from airagent.config import Probes
+from airagent.models import Baseline
+
+RECORDED = Path(__file__).parent / "airflow_api"
+
+
+def recorded(name: str):
+    return json.loads((RECORDED / f"{name}.json").read_text())
+
+
+def baseline(**fields) -> Baseline:
+    return Baseline(at=datetime.now(UTC) - timedelta(minutes=1), **fields)
+
+
+# --- verdicts on recorded answers ---------------------------------------------------------
+
+
+def test_health_reads_each_part_of_the_json_not_the_status_code():
+    assert probes.health(recorded("health")).ok
+    down = probes.health(recorded("health_triggerer_down"))  # Airflow answered 200 for this
+    assert not down.ok and "triggerer unhealthy" in down.reading and "scheduler healthy" in down.reading
+
+
+@pytest.mark.parametrize("answer, seen", [
+    (["not", "a", "mapping"], "malformed answer"),
+    ({"metadatabase": {"status": "healthy"}}, "scheduler missing"),
+    ({**recorded("health"), "dag_processor": {"status": None}}, "dag_processor missing"),
+    ({**recorded("health"), "scheduler": "healthy"}, "scheduler missing"),
+])
+def test_malformed_health_answers_fail_with_what_was_wrong(answer, seen):
+    verdict = probes.health(answer)
+    assert not verdict.ok and seen in verdict.reading
+
+
+def test_only_import_errors_new_since_the_roll_fail():
+    errors = recorded("import_errors_one")["import_errors"]
+    new = probes.import_errors(errors, baseline())
+    assert not new.ok and "zz_broken.py" in new.reading and "ModuleNotFoundError" in new.reading
+    assert probes.import_errors(errors, baseline(import_errors=["zz_broken.py"])).ok
+    assert probes.import_errors(recorded("import_errors")["import_errors"], baseline()).ok
+
+
+def test_failure_rate_against_the_rate_before_the_roll():
+    failed = recorded("task_instances_failed")["total_entries"]
+    finished = recorded("task_instances_finished")["total_entries"]
+    settings = Probes(failure_rate_tolerance=0.1)
+    assert failed and finished > failed
+    verdict = probes.failure_rate(failed, finished, baseline(), settings)
+    assert not verdict.ok and f"{failed} of {finished} task instances failed" in verdict.reading
+    assert "before the roll 0%" in verdict.threshold
+    # The same share failing before the roll is no worse.
+    assert probes.failure_rate(failed, finished, baseline(failed=failed, finished=finished), settings).ok
+    assert probes.failure_rate(0, 0, baseline(), settings).ok
+    assert probes.failure_rate(1, 1, baseline(), Probes(min_failed_tasks=2)).ok
+
+
+def test_components_fail_when_one_is_gone_or_its_pid_was_reused():
+    me = Process(name="scheduler", pid=os.getpid(), ticks=_start_ticks(os.getpid()), started=datetime.now(UTC))
+    reused = me.model_copy(update={"name": "triggerer", "ticks": me.ticks - 1})
+    verdict = probes.components({"scheduler": me, "triggerer": reused}, ["scheduler", "triggerer", "api-server"])
+    assert not verdict.ok
+    assert "not running: triggerer, api-server" in verdict.reading and f"scheduler {os.getpid()}" in verdict.reading
+    assert probes.components({"scheduler": me}, ["scheduler"]).ok
+
+
+# --- over HTTP: slow, garbled and refusing answers ------------------------------------------
+
+
+class Replay(BaseHTTPRequestHandler):
+    """Serves the recordings by path; `mode` makes every answer slow, garbled, failing or refused."""
+
+    mode = "ok"
+    routes = {
+        "/api/v2/monitor/health": "health",
+        "/api/v2/importErrors": "import_errors_one",
+        "/api/v2/dags": "dags",
+    }
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.mode == "refuse" or body != {"username": "airagent", "password": "s3cret"}:
+            return self._send(401, {"detail": "Invalid credentials"})
+        self._send(201, {"access_token": "token"})
+
+    def do_GET(self):  # noqa: N802
+        url = urlparse(self.path)
+        if self.mode == "slow":
+            time.sleep(1.5)
+        if self.mode == "garbled":
+            return self._send(200, b"<html>proxy error</html>")
+        if self.mode == "error":
+            return self._send(503, {"detail": "unavailable"})
+        if url.path != "/api/v2/monitor/health" and self.headers.get("Authorization") != "Bearer token":
+            return self._send(401, {"detail": "Not authenticated"})
+        if url.path.endswith("/taskInstances"):
+            states = parse_qs(url.query)["state"]
+            return self._send(200, recorded("task_instances_failed" if states == ["failed"] else
+                                            "task_instances_finished"))
+        self._send(200, recorded(self.routes[url.path]))
+
+    def _send(self, code: int, body) -> None:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def airflow():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    Replay.mode = "ok"
+
+
+def api(server, password: str = "s3cret") -> AirflowApi:
+    return AirflowApi(f"http://127.0.0.1:{server.server_port}", Credentials("airagent", password), timeout=0.5)
+
+
+def test_recorded_answers_over_http(airflow):
+    with api(airflow) as client:
+        readings = {r.probe: r for r in probes.airflow_probes(client, baseline(), Probes())}
+    assert readings["health"].ok
+    assert not readings["import_errors"].ok and "zz_broken.py" in readings["import_errors"].reading
+    assert not readings["task_failure_rate"].ok
+
+
+@pytest.mark.parametrize("mode, seen", [
+    ("slow", "no answer within the timeout"),
+    ("garbled", "malformed answer"),
+    ("error", "HTTP 503 from /api/v2/monitor/health"),
+])
+def test_slow_garbled_and_failing_answers_are_failing_readings_not_crashes(airflow, mode, seen):
+    Replay.mode = mode
+    with api(airflow) as client:
+        readings = probes.airflow_probes(client, baseline(), Probes())
+    assert [r.probe for r in readings] == ["health", "import_errors", "task_failure_rate"]
+    assert all(not r.ok for r in readings)
+    assert seen in readings[0].reading
+
+
+def test_refused_credentials_name_the_user_and_never_the_password(airflow):
+    with api(airflow, password="wrong-password") as client:
+        readings = probes.airflow_probes(client, baseline(), Probes())
+    refused = readings[1]
+    assert not refused.ok and "refused airagent's credentials (user 'airagent')" in refused.reading
+    assert all("wrong-password" not in r.model_dump_json() for r in readings)
+    assert "wrong-password" not in repr(Credentials("airagent", "wrong-password"))
+
+
+def test_nothing_listening_is_a_clear_failing_reading():
+    client = AirflowApi("http://127.0.0.1:9", Credentials("airagent", "x"), timeout=0.5)
+    with client:
+        readings = probes.airflow_probes(client, baseline(), Probes())
+    assert "cannot reach the api-server" in readings[0].reading
