@@ -6,13 +6,14 @@ import os
 import signal
 import threading
 import time
+from datetime import timedelta
 from textwrap import dedent
 
 import httpx
 import pytest
 
 from activities.build import build, ensure_runtime
-from activities.targets.local_airflow import LocalAirflow
+from activities.targets.local_airflow import LocalAirflow, NotLive
 from activities.validate import parse_release
 from airagent import example
 from airagent.config import LocalTarget
@@ -127,6 +128,18 @@ def test_restart_roll_drains_a_running_task_before_restarting(live):
     after = pids(env)
     assert all(after[name] != before[name] for name in before), (before, after)
     assert {p.release for p in env.processes().values()} == {release.id}
+
+
+def test_a_dags_only_roll_that_does_not_go_live_in_time_fails(live):
+    env, repo, pipeline = live
+    impatient = LocalAirflow(env.name, env.target.model_copy(update={"live_timeout": timedelta(seconds=3)}))
+    sha = example.commit(repo, {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=2)},
+                         "finance: shorter ledger", "finance")
+    release, dags = built(pipeline, sha)
+    dags["dags/finance/ledger_daily.py"].append("never_defined")  # a DAG Airflow will never serve
+
+    with pytest.raises(NotLive, match=r"not live within 0:00:03: still waiting for .*never_defined \(not served\)"):
+        impatient.roll(release, RolloutMode.dags_only, dags)
 
 
 def test_api_answers_throughout_a_restart(live):

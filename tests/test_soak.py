@@ -68,6 +68,9 @@ async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(
     assert staging.state == "rolled_back" and not staging.probes["task_failure_rate"][-1].ok
     assert staging.probes["health"][-1].ok and staging.probes["components"][-1].ok
     assert env.running()
+    history = (await agent.client.get_workflow_handle(train_id("main", sha)).fetch_history()).to_json()
+    for secret in ("api-login", "jwt-secret"):
+        assert (env.secrets / secret).read_text().split(":")[-1].strip() not in history
     repo.git.revert("HEAD", no_edit=True)
 
 

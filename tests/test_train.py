@@ -123,6 +123,25 @@ async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, d
     assert paused.events[0].reason == "investigating"
 
 
+async def test_probes_go_on_while_paused_and_still_roll_back(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="5m")
+    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    await drive.until(handle.id, soaking("staging"))
+    assert (await agent.control(handle.id, "pause", Control(by="ops"))).accepted
+    await drive.until(handle.id, lambda s: s.state == TrainState.paused)
+    await drive.env.sleep(timedelta(minutes=20))
+    held = await agent.status(handle.id)
+    assert len(held.environment_status("staging").probes["marker"]) >= 3, "probes ran while paused"
+
+    LocalEnvironment(pipeline.environment("staging").target.path).current.unlink()  # staging breaks
+    status = await drive.finish(handle.id)
+
+    assert status.state == TrainState.rolled_back, status.reason
+    assert status.reason.startswith("soak staging: marker: `current` → None") and "threshold" in status.reason
+    assert status.environment_status("staging").state == "rolled_back"
+    assert live_commit(pipeline, "prod") is None
+
+
 async def test_abort_during_prod_soak_rolls_back_prod_and_staging(agent, pipeline, monorepo, tmp_path, drive):
     first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
     soaky = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
