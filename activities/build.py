@@ -1,4 +1,4 @@
-"""The `build` stage for the local target: a release directory and the runtime venv it runs in.
+"""The `build` stage: a release directory, the runtime venv it runs in, and for kubernetes its image.
 
 The release's files come straight out of git (`git archive` of the commit), so no
 shared working tree can race. The runtime is keyed by the hash of its inputs and
@@ -20,7 +20,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import process
+from activities import images, process
 from airagent.config import PipelineSettings, Runtime, home
 from airagent.models import BuildInput, Release
 from airagent.repo import RepoError, open_repository, resolve
@@ -123,11 +123,16 @@ def build(input: BuildInput) -> Release:
                 type="BadInput", non_retryable=True,
             )
         digest, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
+        if pipeline.image is not None:
+            dockerfile = inside(bundle, pipeline.image.dockerfile, "image.dockerfile", sha)
+            digest = images.image_hash(digest, dockerfile.read_bytes() if dockerfile.is_file() else b"")
+        image = images.image_for(pipeline, digest, sha, input.image)
         release_id = f"{sha[:12]}-{digest[:8]}"
         final = releases / release_id
         release = Release(
             id=release_id, commit=sha, runtime_hash=digest, runtime=str(runtime),
             bundle=str(final / "bundle"), dag_folder=pipeline.dag_folder, plugins_folder=pipeline.plugins_folder,
+            image=image,
         )
         if not (final / "release.json").exists():
             (scratch / "release.json").write_text(release.model_dump_json(indent=2))

@@ -9,7 +9,7 @@ import git
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.targets.local import LocalEnvironment
+from activities.targets.drivers import environment
 from airagent.config import Classification
 from airagent.models import ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, Kind, RolloutMode
 from airagent.repo import RepoError, commit_exists, open_repository, resolve
@@ -75,10 +75,10 @@ def diff(input: DiffInput) -> DiffResult:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
     changes = []
     for env in pipeline.environments:
-        live = LocalEnvironment(env.target.path).live()
-        live_commit = live.commit if live else None
+        live = environment(env).marker()
+        live_commit = live.live_commit
         if live_commit == target:
-            changes.append(EnvironmentChange(environment=env.name, live_commit=live_commit, live_release=live.id))
+            changes.append(EnvironmentChange(environment=env.name, live_commit=live_commit, live_release=live.live))
             continue
         if live_commit is not None:
             _check_ancestry(repo, pipeline.name, pipeline.allow_history_rewrite, env.name, live_commit, target)
@@ -88,7 +88,7 @@ def diff(input: DiffInput) -> DiffResult:
         changes.append(EnvironmentChange(
             environment=env.name,
             live_commit=live_commit,
-            live_release=live.id if live else None,
+            live_release=live.live,
             files=files,
             mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
         ))

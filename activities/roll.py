@@ -1,4 +1,4 @@
-"""The `roll` stage and its undo, for the local target: swap what an environment runs, and confirm it runs."""
+"""The `roll` stage and its undo, for any target: swap what an environment runs, and confirm it runs."""
 
 from __future__ import annotations
 
@@ -6,60 +6,52 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
-from activities.targets.local import LocalEnvironment
-from activities.targets.local_airflow import EnvironmentDown, LocalAirflow, NotLive
+from activities.targets.drivers import Rolled, environment
+from activities.targets.kube_rollout import RolloutFailed
+from activities.targets.local_airflow import EnvironmentDown, NotLive
 from airagent.config import EnvironmentSettings
 from airagent.models import Marker, RollbackInput, RollInput, RollResult
 
 
-def environment(settings: EnvironmentSettings) -> LocalAirflow:
-    return LocalAirflow(settings.name, settings.target, settings.probes)
-
-
 @activity.defn(name="roll")
 def roll(input: RollInput) -> RollResult:
-    env = environment(input.environment)
+    env = environment(input.environment, input.pipeline)
     try:
         with keep_alive(f"roll {input.environment.name}"):
-            manifest, changed, detail = env.roll(input.release, input.mode, input.dags)
+            warnings = env.preflight()
+            rolled = env.roll(input.release, input.mode, input.dags)
     except EnvironmentDown as err:
         raise ApplicationError(str(err), type="EnvironmentDown", non_retryable=True) from None
     except NotLive as err:
         raise ApplicationError(str(err), type="NotLive", non_retryable=True) from None
-    activity.logger.info("%s: %s %s: %s", input.environment.name, "rolled to" if changed else "already on",
-                         input.release.id, detail)
-    return _result(input.environment.name, manifest, changed, detail) \
-        .model_copy(update={"baseline": env.baseline()})
+    except RolloutFailed as err:  # a crash-looping pod or a passed deadline: waiting again will not help
+        raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from None
+    except LookupError as err:  # a workload or ConfigMap the target names is not there
+        raise ApplicationError(str(err), type="BadTarget", non_retryable=True) from None
+    activity.logger.info("%s: %s %s: %s", input.environment.name, "rolled to" if rolled.changed else "already on",
+                         input.release.id, rolled.detail)
+    return _result(input.environment.name, rolled).model_copy(
+        update={"baseline": env.baseline(), "warnings": warnings})
 
 
 @activity.defn(name="rollback")
 def rollback(input: RollbackInput) -> RollResult:
-    env = environment(input.environment)
+    env = environment(input.environment, input.pipeline)
     try:
         with keep_alive(f"rollback {input.environment.name}"):
-            manifest, changed, detail = env.rollback(input.to_release)
-    except FileNotFoundError as err:
+            rolled = env.rollback(input.to_release)
+    except (FileNotFoundError, LookupError) as err:
         raise ApplicationError(str(err), type="NothingToRollBackTo", non_retryable=True) from None
-    except NotLive as err:  # retried: a rollback is how an environment gets well again
-        raise ApplicationError(str(err), type="NotLive") from None
-    return _result(input.environment.name, manifest, changed, detail)
+    except (NotLive, RolloutFailed) as err:  # retried: a rollback is how an environment gets well again
+        raise ApplicationError(str(err), type=type(err).__name__) from None
+    return _result(input.environment.name, rolled)
 
 
 @activity.defn(name="read_marker")
-def read_marker(environment: EnvironmentSettings) -> Marker:
-    manifest = LocalEnvironment(environment.target.path).manifest()
-    return Marker(
-        live=manifest.live.id if manifest.live else None,
-        previous=manifest.previous.id if manifest.previous else None,
-        rolled=list(dict.fromkeys(s.release for s in manifest.history if s.release)),
-    )
+def read_marker(settings: EnvironmentSettings) -> Marker:
+    return environment(settings).marker()
 
 
-def _result(name, manifest, changed, detail) -> RollResult:
-    return RollResult(
-        environment=name,
-        live=manifest.live.id if manifest.live else None,
-        previous=manifest.previous.id if manifest.previous else None,
-        changed=changed,
-        detail=detail,
-    )
+def _result(name: str, rolled: Rolled) -> RollResult:
+    return RollResult(environment=name, live=rolled.live, previous=rolled.previous, changed=rolled.changed,
+                      detail=rolled.detail)

@@ -126,6 +126,8 @@ def demo(
 def deploy(
     pipeline: PipelineOpt,
     sha: Annotated[str | None, typer.Option(help="commit to deploy (default: head of the branch)")] = None,
+    image: Annotated[str | None, typer.Option(help="runtime image CI built for the commit, tagged with its "
+                                                   "runtime hash (kubernetes, builder external)")] = None,
     wait: Annotated[bool, typer.Option(help="wait for the train to end; exit code tells how it ended")] = False,
     timeout: Annotated[float | None, typer.Option(help="seconds to wait, with --wait")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -136,7 +138,7 @@ def deploy(
 
     async def go() -> int:
         agent = await AirAgent.connect()
-        handle = await agent.deploy(settings, sha)
+        handle = await agent.deploy(settings, sha, image)
         if not wait:
             _emit({"train": handle.id}, as_json, f"started {handle.id}")
             return 0

@@ -85,21 +85,24 @@ class AirAgent:
     async def connect(cls, profile: str | None = None, queue: str | None = None) -> AirAgent:
         return cls(await connect(profile), queue)
 
-    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None) -> WorkflowHandle:
-        """Start a train for `sha` (default: the branch head); the same sha twice is the same train."""
+    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None,
+                     image: str | None = None) -> WorkflowHandle:
+        """Start a train for `sha` (default: the branch head); the same sha twice is the same train.
+
+        `image` is the runtime image CI built for it, for kubernetes environments with the external builder."""
         target = resolve(open_repository(pipeline), pipeline, sha)
         running = await self.running_train(pipeline.name)
         if running and running != train_id(pipeline.name, target):
             raise TrainRunning(pipeline.name, running)
-        return await self.start(pipeline, target)
+        return await self.start(pipeline, target, image)
 
-    async def start(self, pipeline: PipelineSettings, target: str) -> WorkflowHandle:
+    async def start(self, pipeline: PipelineSettings, target: str, image: str | None = None) -> WorkflowHandle:
         """Start the train for a resolved sha, without the one-per-pipeline check `deploy` makes."""
         wf_id = train_id(pipeline.name, target)
         envs = " → ".join(e.name for e in pipeline.environments)
         return await self.client.start_workflow(
             DeployTrain.run,
-            TrainInput(pipeline=pipeline, target=target),
+            TrainInput(pipeline=pipeline, target=target, image=image),
             id=wf_id,
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -16,7 +16,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_FILE = "airagent.yaml"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -113,6 +123,94 @@ class LocalTarget(Model):
         return range(self.port, self.port + 5)
 
 
+def _dns_name(value: str) -> str:
+    if not value or len(value) > 253 or not all(c.isalnum() and c.islower() or c.isdigit() or c in "-." for c in value):
+        raise ValueError(f"{value!r} is not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
+    return value
+
+
+class KubernetesTarget(Model):
+    """Where an environment runs in Kubernetes and how airagent may move it.
+
+    Workload names default to what the official Airflow chart makes for a release called
+    `airflow`; set `release` to match `helm install <release>`.
+    """
+
+    type: Literal["kubernetes"] = "kubernetes"
+    namespace: str = Field(description="namespace the chart is installed in")
+    release: str = Field("airflow", description="Helm release name; workload names derive from it")
+    deployments: list[str] | None = Field(
+        None, description="Deployments to roll; default <release>-scheduler, -api-server, -dag-processor, -triggerer")
+    statefulsets: list[str] | None = Field(None, description="StatefulSets to roll; default <release>-worker")
+    config_map: str | None = Field("", description="the chart's Airflow config ConfigMap; default <release>-config, "
+                                                   "null when config is not managed through one")
+    workers: list[str] | None = Field(None, description="workloads whose pods run tasks and must drain; "
+                                                        "default the StatefulSets")
+    worker_drain: Duration = Field(timedelta(minutes=5), gt=timedelta(0),
+                                   description="time a worker needs to finish its tasks when asked to stop")
+    dag_ref: str = Field("airagent/{env}", description="git ref the GitDagBundle tracks; {env} is the environment")
+    dag_remote: str | None = Field(None, description="git URL the GitDagBundle clones, where the ref is pushed; "
+                                                     "default the pipeline's repo when it is a URL")
+    rollout_deadline: Duration = Field(timedelta(minutes=15), gt=timedelta(0),
+                                       description="how long a roll or rollback may take to become ready")
+    api_url: str | None = Field(None, description="the Airflow api-server's URL as the worker reaches it; without "
+                                                  "it a roll is confirmed by the pods only and soak probes only pods")
+    credentials_file: Path | None = Field(
+        None, description="file holding `username:password` for the API (a mounted Secret); "
+                          "AIRAGENT_AIRFLOW_PASSWORD on the worker wins")
+    live_timeout: Duration = Field(timedelta(minutes=5), gt=timedelta(0),
+                                   description="how long a roll waits for Airflow to serve the new DAG version")
+    context: str | None = Field(None, description="kubeconfig context; default the current one")
+    kubeconfig: Path | None = Field(None, description="kubeconfig file; default $KUBECONFIG, ~/.kube/config "
+                                                      "or the in-cluster service account")
+
+    @field_validator("namespace", "release")
+    @classmethod
+    def _names(cls, value: str) -> str:
+        return _dns_name(value)
+
+    @field_validator("dag_ref")
+    @classmethod
+    def _ref(cls, value: str) -> str:
+        if value.startswith("-") or " " in value or ".." in value:
+            raise ValueError(f"{value!r} is not a usable git ref; use something like 'airagent/{{env}}'")
+        return value
+
+    @field_validator("dag_remote")
+    @classmethod
+    def _remote(cls, value: str | None) -> str | None:
+        return _no_option(value)
+
+    def workloads(self) -> list[tuple[str, str]]:
+        """(API plural, name) of every workload airagent rolls."""
+        r = self.release
+        deployments = self.deployments if self.deployments is not None else [
+            f"{r}-scheduler", f"{r}-api-server", f"{r}-dag-processor", f"{r}-triggerer"]
+        statefulsets = self.statefulsets if self.statefulsets is not None else [f"{r}-worker"]
+        return [("deployments", n) for n in deployments] + [("statefulsets", n) for n in statefulsets]
+
+    @property
+    def chart_config(self) -> str | None:
+        return f"{self.release}-config" if self.config_map == "" else self.config_map
+
+    @property
+    def drained(self) -> list[str]:
+        return self.workers if self.workers is not None else [n for k, n in self.workloads() if k == "statefulsets"]
+
+
+def _target_type(value: Any) -> str:
+    # Payloads and files from before `kubernetes` existed carry no type: they are local.
+    if isinstance(value, dict):
+        return value.get("type", "local")
+    return getattr(value, "type", "local")
+
+
+TARGET_TYPES = ("local", "kubernetes")
+Target = Annotated[Annotated[LocalTarget, Tag("local")] | Annotated[KubernetesTarget, Tag("kubernetes")],
+                   Discriminator(_target_type, custom_error_type="target_type",
+                                 custom_error_message="target type must be 'local' or 'kubernetes'")]
+
+
 class Probes(Model):
     """What soak holds an environment to; any failing probe rolls it back."""
 
@@ -127,7 +225,7 @@ class Probes(Model):
 
 class EnvironmentSettings(Model):
     name: Name
-    target: LocalTarget
+    target: Target
     soak: Duration = Field(timedelta(0), ge=timedelta(0), description="how long to watch the environment after a roll")
     probe_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0), description="how often soak checks")
     require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
@@ -218,6 +316,37 @@ class ValidationSettings(Model):
                         "'Airagent-Allow-Dag-Removal: <dag_id>' commit trailer")
 
 
+class ImageSettings(Model):
+    """The runtime image of kubernetes environments: tagged by the runtime hash, so it is built once per runtime."""
+
+    repository: str = Field(description="image repository, e.g. registry.example.com/data/airflow; "
+                                        "the tag is always the runtime hash")
+    builder: Literal["external", "kaniko"] = Field(
+        "external", description="external: CI builds and pushes, and passes the image with deploy/notify; "
+                                "kaniko: a Job in the cluster builds it from the commit and pushes")
+    dockerfile: RepoPath = "Dockerfile"
+    context: str | None = Field(None, description="git URL kaniko clones the commit from; default the pipeline's "
+                                                  "repo when it is a URL")
+    namespace: str | None = Field(None, description="namespace of the build Job; default the first kubernetes "
+                                                    "environment's")
+    push_secret: str | None = Field(None, description="Secret (kubernetes.io/dockerconfigjson) kaniko pushes with")
+    kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
+    build_deadline: Duration = Field(timedelta(minutes=30), gt=timedelta(0))
+
+    @field_validator("repository")
+    @classmethod
+    def _untagged(cls, value: str) -> str:
+        last = value.split("/")[-1]
+        if value.startswith("-") or any(c.isspace() for c in value) or "@" in last or ":" in last:
+            raise ValueError(f"{value!r}: give the repository without tag or digest, like registry.example.com/airflow")
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _context(cls, value: str | None) -> str | None:
+        return _no_option(value)
+
+
 class _Pipeline(Model):
     repo: Ref = Field(".", description="path of a git repository, or a URL to clone")
     branch: Ref = "main"
@@ -231,6 +360,7 @@ class _Pipeline(Model):
     notifications: list[Notification] = []
     teams: dict[str, list[str]] = Field({}, description="team -> globs of the paths it owns, to name who broke what")
     validation: ValidationSettings = ValidationSettings()
+    image: ImageSettings | None = Field(None, description="how kubernetes environments get their runtime image")
 
     @field_validator("environments")
     @classmethod
@@ -253,7 +383,7 @@ class PipelineDeclaration(_Pipeline):
     @classmethod
     def _own_ports(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
         """Checked where the file is read, not where a train's snapshot is: history must always decode."""
-        running = [e for e in envs if e.target.airflow]
+        running = [e for e in envs if isinstance(e.target, LocalTarget) and e.target.airflow]
         for i, a in enumerate(running):
             for b in running[i + 1:]:
                 if set(a.target.ports) & set(b.target.ports):
@@ -299,10 +429,7 @@ class AirAgentConfig(Model):
             raise ConfigError(f"unknown pipeline {name!r}; declared pipelines: {', '.join(self.pipelines)}")
         decl = self.pipelines[name]
         repo = decl.repo if is_url(decl.repo) else str((base / decl.repo).resolve())
-        envs = [
-            e.model_copy(update={"target": e.target.model_copy(update={"path": (base / e.target.path.expanduser()).resolve()})})
-            for e in decl.environments
-        ]
+        envs = [_resolved(e, base) for e in decl.environments]
         return PipelineSettings(
             name=name,
             repo=repo,
@@ -316,9 +443,22 @@ class AirAgentConfig(Model):
             notifications=decl.notifications,
             teams=decl.teams,
             validation=decl.validation,
+            image=decl.image,
             classification=decl.classification or self.classification,
             runtime=decl.runtime or self.runtime,
         )
+
+
+def _resolved(env: EnvironmentSettings, base: Path) -> EnvironmentSettings:
+    """Relative paths of a target mean the file's folder; a kubernetes target's names mean the cluster."""
+    target = env.target
+    if isinstance(target, LocalTarget):
+        target = target.model_copy(update={"path": (base / target.path.expanduser()).resolve()})
+    else:
+        paths = {f: (base / p.expanduser()).resolve() for f in ("kubeconfig", "credentials_file")
+                 if (p := getattr(target, f)) is not None}
+        target = target.model_copy(update=paths)
+    return env.model_copy(update={"target": target})
 
 
 class ConfigError(Exception):
@@ -355,12 +495,17 @@ def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSetting
 def _describe(err: ValidationError, path: Path, text: str) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(e["loc"])
+        loc = _untagged(tuple(e["loc"]))
         field = ".".join(str(p) for p in loc) or "(top level)"
         line = _line_of(text, loc)
         where = f"{path}:{line}" if line else str(path)
         lines.append(f"{where}: {field}: {e['msg']}{_hint(e)}")
     return "\n".join(lines)
+
+
+def _untagged(loc: tuple) -> tuple:
+    """A target's location without the union's tag: people wrote `target.namespace`."""
+    return tuple(p for i, p in enumerate(loc) if not (p in TARGET_TYPES and i and loc[i - 1] == "target"))
 
 
 def _hint(error: dict) -> str:

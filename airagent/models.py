@@ -143,6 +143,7 @@ class DiffResult(BaseModel):
 class BuildInput(BaseModel):
     pipeline: PipelineSettings
     target: str
+    image: str | None = Field(None, description="the runtime image CI built, for the `external` image builder")
 
 
 class Release(BaseModel):
@@ -155,6 +156,8 @@ class Release(BaseModel):
     bundle: str = Field(description="path of the files at the commit on this host")
     dag_folder: str = Field(description="DAG folder, relative to the bundle")
     plugins_folder: str = Field(description="plugins folder, relative to the bundle")
+    image: str | None = Field(None, description="runtime image, `<repository>:<runtime hash>`, for kubernetes "
+                                                "environments")
 
 
 # --- validate -------------------------------------------------------------------------
@@ -290,11 +293,14 @@ class RollInput(BaseModel):
     mode: RolloutMode
     dags: dict[str, list[str]] = Field({}, description="repository path -> dag_ids validation found there; "
                                                       "a dags-only roll is done once Airflow serves them")
+    pipeline: PipelineSettings | None = Field(None, description="whose repository a kubernetes environment's DAG "
+                                                                "ref is moved in")
 
 
 class RollbackInput(BaseModel):
     environment: EnvironmentSettings
     to_release: str | None = Field(description="None puts the environment back to running nothing")
+    pipeline: PipelineSettings | None = Field(None, description="as in RollInput")
 
 
 class Marker(BaseModel):
@@ -303,6 +309,7 @@ class Marker(BaseModel):
     live: str | None
     previous: str | None
     rolled: list[str] = Field([], description="every release ever rolled there, oldest first")
+    live_commit: str | None = None
 
 
 class Baseline(BaseModel):
@@ -312,6 +319,7 @@ class Baseline(BaseModel):
     import_errors: list[str] = Field([], description="files with import errors before the roll")
     failed: int = Field(0, description="task instances failed in the window before the roll")
     finished: int = Field(0, description="task instances finished (success or failed) in that window")
+    restarts: dict[str, int] = Field({}, description="kubernetes: container restarts per pod before the roll")
 
 
 class ProbeReading(BaseModel):
@@ -332,6 +340,7 @@ class RollResult(BaseModel):
     changed: bool = Field(description="False when the environment was already there (a retried activity)")
     detail: str = Field("", description="what the roll did: drain, restarts, confirmation")
     baseline: Baseline | None = None
+    warnings: list[str] = Field([], description="pre-flight warnings read before the roll")
 
 
 class SoakCheckInput(BaseModel):
@@ -352,6 +361,7 @@ class SoakCheckResult(BaseModel):
 class TrainInput(BaseModel):
     pipeline: PipelineSettings
     target: str
+    image: str | None = Field(None, description="the runtime image CI built for this commit (`external` builder)")
 
 
 class StageRecord(BaseModel):
@@ -371,6 +381,7 @@ class EnvironmentStatus(BaseModel):
     mode: RolloutMode | None = None
     state: str = "pending"
     probes: dict[str, list[ProbeReading]] = Field({}, description="each probe's latest readings, newest last")
+    warnings: list[str] = Field([], description="pre-flight: what a roll here could drop, and the fix")
 
 
 class TrainStatus(BaseModel):
@@ -441,6 +452,7 @@ class Notify(BaseModel):
 
     sha: str | None = None
     by: str | None = None
+    image: str | None = Field(None, description="the runtime image CI built for `sha` (`external` builder)")
 
 
 class TrainRecord(BaseModel):

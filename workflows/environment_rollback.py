@@ -43,7 +43,8 @@ class EnvironmentRollback:
         frozen = (f"{env.name} rolled back from {marker.live} to {target}"
                   f"{' by ' + input.by if input.by else ''}{': ' + input.reason if input.reason else ''}")
         await self._freeze(input, frozen)
-        result = await workflow.execute_activity(rollback, RollbackInput(environment=env, to_release=target),
+        result = await workflow.execute_activity(rollback, RollbackInput(environment=env, to_release=target,
+                                                                               pipeline=input.pipeline),
                                                  **ROLLBACK)
         return EnvironmentRollbackResult(environment=env.name, live=result.live, replaced=marker.live, frozen=frozen)
 

@@ -169,8 +169,8 @@ class DeployTrain(Controlled):
         return change
 
     async def _build(self, input: TrainInput) -> Release:
-        release: Release = await self._activity("build", None, build, BuildInput(pipeline=input.pipeline,
-                                                                                 target=self.status.target), LONG)
+        release: Release = await self._activity("build", None, build, BuildInput(
+            pipeline=input.pipeline, target=self.status.target, image=input.image), LONG)
         self.status.release = release.id
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
@@ -204,7 +204,7 @@ class DeployTrain(Controlled):
         dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
         try:
             result = await self._activity("roll", env.name, roll, RollInput(
-                environment=env, release=self.release, mode=change.mode, dags=dags), ROLL)
+                environment=env, release=self.release, mode=change.mode, dags=dags, pipeline=self.pipeline), ROLL)
         except _Failed as failure:
             if failure.kind == "EnvironmentDown":  # refused before changing anything: nothing to undo
                 self.touched.remove(env.name)
@@ -213,6 +213,7 @@ class DeployTrain(Controlled):
                 failure.environment = env.name
             raise
         self.baselines[env.name] = result.baseline
+        status.warnings = result.warnings
         status.live, status.live_commit, status.state = result.live, self.release.commit, "soaking"
         self._stages[-1].detail = f"{change.live_release or 'nothing'} → {result.live} ({change.mode})" + (
             f": {result.detail}" if result.detail else "")
@@ -273,7 +274,8 @@ class DeployTrain(Controlled):
             before = self.before[name]
             try:
                 result = await self._activity("rollback", name, rollback, RollbackInput(
-                    environment=self.pipeline.environment(name), to_release=before.live_release), ROLLBACK)
+                    environment=self.pipeline.environment(name), to_release=before.live_release,
+                    pipeline=self.pipeline), ROLLBACK)
             except _Failed as failure:
                 problems.append(f"rollback of {name} failed: {failure.detail}")
                 continue

@@ -32,85 +32,24 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Protocol
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from activities.targets import kube_rollout
 from activities.targets.kube_rollout import RELEASE_ANNOTATION, RolloutFailed, RolloutTimeout, Workload
-from airagent.config import Duration, Model
-from airagent.models import RolloutMode
+from airagent.config import KubernetesTarget
+from airagent.models import Baseline, RolloutMode
 
 __all__ = ["KubernetesTarget", "KubernetesEnvironment", "Rollout", "RollReport", "Record", "Snapshot",
            "DagRef", "GitRef", "RolloutFailed", "RolloutTimeout", "connect"]
 
 RECORD_KEY = "record.json"
 KEEP_SNAPSHOTS = 5  # a ConfigMap holds 1 MiB; five sets of templates fit with room to spare
-
-
-def _dns_name(value: str) -> str:
-    if not value or len(value) > 253 or not all(c.isalnum() and c.islower() or c.isdigit() or c in "-." for c in value):
-        raise ValueError(f"{value!r} is not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
-    return value
-
-
-class KubernetesTarget(Model):
-    """Where an environment runs in Kubernetes and how airagent may move it.
-
-    Workload names default to what the official Airflow chart makes for a release called
-    `airflow`; set `release` to match `helm install <release>`.
-    """
-
-    type: Literal["kubernetes"] = "kubernetes"
-    namespace: str = Field(description="namespace the chart is installed in")
-    release: str = Field("airflow", description="Helm release name; workload names derive from it")
-    deployments: list[str] | None = Field(
-        None, description="Deployments to roll; default <release>-scheduler, -api-server, -dag-processor, -triggerer")
-    statefulsets: list[str] | None = Field(None, description="StatefulSets to roll; default <release>-worker")
-    config_map: str | None = Field("", description="the chart's Airflow config ConfigMap; default <release>-config, "
-                                                   "null when config is not managed through one")
-    workers: list[str] | None = Field(None, description="workloads whose pods run tasks and must drain; "
-                                                        "default the StatefulSets")
-    worker_drain: Duration = Field(timedelta(minutes=5), gt=timedelta(0),
-                                   description="time a worker needs to finish its tasks when asked to stop")
-    dag_ref: str = Field("airagent/{env}", description="git ref the GitDagBundle tracks; {env} is the environment")
-    rollout_deadline: Duration = Field(timedelta(minutes=15), gt=timedelta(0),
-                                       description="how long a roll or rollback may take to become ready")
-    context: str | None = Field(None, description="kubeconfig context; default the current one")
-    kubeconfig: Path | None = Field(None, description="kubeconfig file; default $KUBECONFIG, ~/.kube/config "
-                                                      "or the in-cluster service account")
-
-    @field_validator("namespace", "release")
-    @classmethod
-    def _names(cls, value: str) -> str:
-        return _dns_name(value)
-
-    @field_validator("dag_ref")
-    @classmethod
-    def _ref(cls, value: str) -> str:
-        if value.startswith("-") or " " in value or ".." in value:
-            raise ValueError(f"{value!r} is not a usable git ref; use something like 'airagent/{{env}}'")
-        return value
-
-    def workloads(self) -> list[tuple[str, str]]:
-        """(API plural, name) of every workload airagent rolls."""
-        r = self.release
-        deployments = self.deployments if self.deployments is not None else [
-            f"{r}-scheduler", f"{r}-api-server", f"{r}-dag-processor", f"{r}-triggerer"]
-        statefulsets = self.statefulsets if self.statefulsets is not None else [f"{r}-worker"]
-        return [("deployments", n) for n in deployments] + [("statefulsets", n) for n in statefulsets]
-
-    @property
-    def chart_config(self) -> str | None:
-        return f"{self.release}-config" if self.config_map == "" else self.config_map
-
-    @property
-    def drained(self) -> list[str]:
-        return self.workers if self.workers is not None else [n for k, n in self.workloads() if k == "statefulsets"]
 
 
 class Rollout(BaseModel):
@@ -149,6 +88,7 @@ class Record(BaseModel):
                                                   "'' for a rollback to before airagent")
     snapshots: list[Snapshot] = []
     history: list[Swap] = []
+    baseline: Baseline | None = Field(None, description="how Airflow was before the roll in progress or last done")
 
     def snapshot(self, release: str | None) -> Snapshot | None:
         return next((s for s in reversed(self.snapshots) if s.release == release), None)
@@ -196,6 +136,8 @@ class GitRef:
 
 # Asked, once the release should be live, whether Airflow serves it: (release id, commit) -> raises if not.
 Confirm = Callable[[str | None, str | None], None]
+# Asked once per roll, before anything changes: how the environment is, for soak to compare against.
+Observe = Callable[[], Baseline]
 
 
 def connect(target: KubernetesTarget) -> client.ApiClient:
@@ -215,8 +157,9 @@ class KubernetesEnvironment:
     """One environment in a namespace. Knows nothing of Temporal: a test drives it directly."""
 
     def __init__(self, name: str, target: KubernetesTarget, api: client.ApiClient, ref: DagRef,
-                 confirm: Confirm | None = None):
+                 confirm: Confirm | None = None, observe: Observe | None = None):
         self.name, self.target, self.api, self.ref, self.confirm = name, target, api, ref, confirm
+        self.observe = observe
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
         self.record_name = f"airagent-{name}"
 
@@ -261,6 +204,7 @@ class KubernetesEnvironment:
         config_cm = self._read_config()
         if record.pending is None:  # a fresh roll: remember how things are before touching them
             record.snapshots = [*record.snapshots, self._snapshot(record.live, workloads, config_cm)][-KEEP_SNAPSHOTS:]
+            record.baseline = self.observe() if self.observe else None
         record.pending = rollout.release
         rv = self._write_record(record, rv)
         patched: list[str] = []

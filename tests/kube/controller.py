@@ -10,6 +10,7 @@ every one of them is a watch event the driver sees.
   Progressing=False, reason ProgressDeadlineExceeded.
 - A StatefulSet replaces pods one at a time from the highest ordinal, each only once
   the others are ready, and moves currentRevision to updateRevision at the end.
+- A Job succeeds `delay` seconds after it is made (its image on a `.invalid` registry: it fails).
 - A pod becomes ready `delay` seconds after it is made, unless a fault says otherwise:
   `crash(name)` (CrashLoopBackOff), an image on a `.invalid` registry (ErrImagePull,
   then ImagePullBackOff), `stick(name)` (ContainerCreating forever).
@@ -72,6 +73,8 @@ class Controller:
                     self._deployment(d)
                 for s in self.store.list("statefulsets")[0]:
                     self._statefulset(s)
+                for j in self.store.list("jobs")[0]:
+                    self._job(j)
                 self._pods()
             except ApiError:
                 continue  # raced with a client write; the next pass sees the new version
@@ -160,6 +163,21 @@ class Controller:
         if current:
             status["currentRevision"] = current
         self._set_status("statefulsets", s, status)
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def _job(self, j: dict) -> None:
+        key = (j["metadata"]["namespace"], f"job/{j['metadata']['name']}")
+        born = self._born.setdefault(key, (time.monotonic(), "ok"))[0]
+        if j.get("status") or time.monotonic() - born < self.delay:
+            return
+        images = [c["image"] for c in j["spec"]["template"]["spec"]["containers"]]
+        if any(".invalid/" in i for i in images):
+            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                   "message": "Job has reached the specified backoff limit"}]}
+        else:
+            status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        self._set_status("jobs", j, status)
 
     # --- pods ----------------------------------------------------------------------------
 

@@ -3,7 +3,7 @@
 No kube-apiserver runs on these machines, so the real `kubernetes` client talks HTTP to
 this instead. It speaks the wire protocol the driver uses, and nothing more:
 
-- core/v1 pods, configmaps and apps/v1 deployments, statefulsets, replicasets in namespaces
+- core/v1 pods, configmaps, apps/v1 deployments, statefulsets, replicasets and batch/v1 jobs in namespaces
 - GET one, LIST (labelSelector `k=v,k!=v,k`, fieldSelector `metadata.name=`), POST,
   PATCH as JSON patch (RFC 6902) or JSON merge patch (RFC 7386), DELETE
 - a global resourceVersion, `metadata.generation` bumped on spec changes
@@ -36,6 +36,7 @@ RESOURCES = {  # plural -> (group/version path, kind, apiVersion)
     "deployments": ("/apis/apps/v1", "Deployment", "apps/v1"),
     "statefulsets": ("/apis/apps/v1", "StatefulSet", "apps/v1"),
     "replicasets": ("/apis/apps/v1", "ReplicaSet", "apps/v1"),
+    "jobs": ("/apis/batch/v1", "Job", "batch/v1"),
 }
 # Where a spec change bumps metadata.generation, as the real server does for these kinds.
 GENERATIONS = {"deployments", "statefulsets", "replicasets"}

@@ -1,0 +1,121 @@
+"""Runtime images for kubernetes environments: `<repository>:<runtime hash>`, so an unchanged runtime is never rebuilt.
+
+For a pipeline with `image:` settings the runtime hash also covers the Dockerfile, so
+changing it makes a new tag. Two builders:
+
+- `external`: CI built and pushed the image and passed it with deploy/notify; the build
+  stage only checks that its tag is the runtime hash of the commit.
+- `kaniko`: a Job in the cluster clones the commit and pushes the image. A tag built
+  once is recorded under AIRAGENT_HOME and never built again; the Job is named by the
+  tag, so a retried activity finds the Job it started instead of starting another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+from temporalio.exceptions import ApplicationError
+
+from activities.heartbeat import keep_alive
+from activities.targets.kubernetes import connect
+from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings, home
+
+
+def image_hash(runtime_digest: str, dockerfile: bytes) -> str:
+    """The runtime hash of an image: the venv's inputs plus the Dockerfile that builds it."""
+    return hashlib.sha256(f"{runtime_digest}\n".encode() + dockerfile).hexdigest()[:16]
+
+
+def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str | None) -> str | None:
+    """The image of this runtime for the pipeline's kubernetes environments; None when there are none."""
+    settings = pipeline.image
+    targets = [e.target for e in pipeline.environments if isinstance(e.target, KubernetesTarget)]
+    if settings is None or not targets:
+        return None
+    wanted = f"{settings.repository}:{digest}"
+    if settings.builder == "external":
+        if given is None:
+            return None  # a roll that needs it says so, naming the tag
+        if given != wanted:
+            raise ApplicationError(
+                f"image {given!r} is not this commit's runtime: expected {wanted!r} (the tag is the runtime hash of "
+                f"commit {commit[:12]}); build and push that tag in CI, then deploy with it",
+                type="BadInput", non_retryable=True)
+        return given
+    if not _built(wanted):
+        with keep_alive(f"kaniko {wanted}"):
+            kaniko(settings, targets[0], pipeline, commit, wanted, digest)
+        _record(wanted)
+    return wanted
+
+
+def kaniko_job(settings: ImageSettings, context: str, branch: str, commit: str, image: str, digest: str) -> dict:
+    """A Job that builds `image` from `commit` with kaniko and pushes it; arguments, never a shell line."""
+    container = {"name": "kaniko", "image": settings.kaniko_image,
+                 "args": [f"--context={context}#refs/heads/{branch}#{commit}", f"--dockerfile={settings.dockerfile}",
+                          f"--destination={image}"]}
+    spec = {"restartPolicy": "Never", "containers": [container]}
+    if settings.push_secret:
+        container["volumeMounts"] = [{"name": "push", "mountPath": "/kaniko/.docker"}]
+        spec["volumes"] = [{"name": "push", "secret": {"secretName": settings.push_secret,
+                                                       "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}]
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": f"airagent-build-{digest[:16]}", "labels": {"app.kubernetes.io/managed-by": "airagent"}},
+            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": int(settings.build_deadline.total_seconds()),
+                     "ttlSecondsAfterFinished": 86400, "template": {"spec": spec}}}
+
+
+def kaniko(settings: ImageSettings, target: KubernetesTarget, pipeline: PipelineSettings, commit: str, image: str,
+           digest: str) -> None:
+    context = settings.context or (pipeline.repo if pipeline.repo_is_url else None)
+    if context is None:
+        raise ApplicationError(f"pipeline {pipeline.name!r}: kaniko clones the commit from a URL, and `repo` is a "
+                               "local path; set image.context to the repository's git URL",
+                               type="BadInput", non_retryable=True)
+    context = "git://" + context.split("://", 1)[-1]  # kaniko's spelling of a git context, cloned over https
+    namespace = settings.namespace or target.namespace
+    job = kaniko_job(settings, context, pipeline.branch, commit, image, digest)
+    with connect(target) as api:
+        batch = client.BatchV1Api(api)
+        try:
+            batch.create_namespaced_job(namespace, job, _preload_content=False)
+        except ApiException as err:
+            if err.status != 409:  # 409: this tag's Job exists already, started by an earlier attempt
+                raise
+        _wait(batch, namespace, job["metadata"]["name"], settings.build_deadline.total_seconds() + 60)
+
+
+def _wait(batch: client.BatchV1Api, namespace: str, name: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stream = watch.Watch().stream(batch.list_namespaced_job, namespace, field_selector=f"metadata.name={name}",
+                                      timeout_seconds=min(60, max(1, int(deadline - time.monotonic()))))
+        for event in stream:
+            status = event["raw_object"].get("status") or {}
+            if status.get("succeeded"):
+                return
+            failed = next((c for c in status.get("conditions") or []
+                           if c.get("type") == "Failed" and c.get("status") == "True"), None)
+            if failed:
+                raise ApplicationError(f"building the image failed ({failed.get('reason')}: {failed.get('message')}); "
+                                       f"see `kubectl logs -n {namespace} job/{name}`",
+                                       type="ImageBuildFailed", non_retryable=True)
+    raise TimeoutError(f"image build job {name} still running after {timeout:.0f}s")
+
+
+def _marker(image: str):
+    return home() / "images" / f"{hashlib.sha256(image.encode()).hexdigest()[:24]}.json"
+
+
+def _built(image: str) -> bool:
+    return _marker(image).exists()
+
+
+def _record(image: str) -> None:
+    path = _marker(image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"image": image}))

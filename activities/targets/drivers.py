@@ -1,0 +1,99 @@
+"""What every target's driver offers, so the roll and soak stages do not care which target an environment is.
+
+A driver rolls, rolls back, reads its environment's own record (the marker), probes,
+and hands back the baseline it took before its roll in progress. `environment()` picks
+the driver by the target's type.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from activities.targets.local_airflow import LocalAirflow
+from activities.validate import parse_release
+from activities.probes import reading
+from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
+from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
+
+
+class Rolled(NamedTuple):
+    live: str | None
+    previous: str | None
+    changed: bool
+    detail: str
+
+
+class Driver(Protocol):
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled: ...
+
+    def rollback(self, to: str | None) -> Rolled: ...
+
+    def marker(self) -> Marker: ...
+
+    def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]: ...
+
+    def baseline(self) -> Baseline | None: ...
+
+    def preflight(self) -> list[str]: ...
+
+
+def environment(settings: EnvironmentSettings, pipeline: PipelineSettings | None = None) -> Driver:
+    """The driver for `settings`; `pipeline`'s repository is where a kubernetes environment's DAG ref moves."""
+    if isinstance(settings.target, KubernetesTarget):
+        from activities.targets.kube_airflow import KubernetesAirflow  # the kubernetes client loads only when used
+
+        return KubernetesAirflow(settings, pipeline)
+    return LocalDriver(settings)
+
+
+class LocalDriver:
+    """The local target: files and a `current` symlink, and Airflow's processes unless `airflow: false`."""
+
+    def __init__(self, settings: EnvironmentSettings):
+        self.airflow = LocalAirflow(settings.name, settings.target, settings.probes)
+        self.files, self.runs_airflow = self.airflow.files, settings.target.airflow
+
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled:
+        return _rolled(*self.airflow.roll(release, mode, dags))
+
+    def rollback(self, to: str | None) -> Rolled:
+        return _rolled(*self.airflow.rollback(to))
+
+    def marker(self) -> Marker:
+        manifest = self.files.manifest()
+        return Marker(
+            live=manifest.live.id if manifest.live else None,
+            previous=manifest.previous.id if manifest.previous else None,
+            rolled=list(dict.fromkeys(s.release for s in manifest.history if s.release)),
+            live_commit=manifest.live.commit if manifest.live else None,
+        )
+
+    def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
+        readings = [self._marker(release.id)]
+        if readings[0].ok:
+            live = self.files.live()
+            readings += self.airflow.probe(live, baseline) if self.runs_airflow else [_parses(live)]
+        return readings
+
+    def baseline(self) -> Baseline | None:
+        return self.airflow.baseline()
+
+    def preflight(self) -> list[str]:
+        return []
+
+    def _marker(self, expected: str) -> ProbeReading:
+        """The environment's own record still says the release is live."""
+        linked, live = self.files.linked(), self.files.live()
+        ok = linked == expected and live is not None and live.id == expected
+        return reading("marker", ok, f"`current` → {linked}, manifest → {live and live.id}", f"both {expected}")
+
+
+def _rolled(manifest, changed: bool, detail: str) -> Rolled:
+    return Rolled(manifest.live.id if manifest.live else None, manifest.previous.id if manifest.previous else None,
+                  changed, detail)
+
+
+def _parses(live: Release) -> ProbeReading:
+    """Without Airflow components here, the live DAG folder parsing is what can be checked."""
+    report = parse_release(live)
+    return reading("parse", report.ok, report.summary().splitlines()[0], "every DAG file parses")

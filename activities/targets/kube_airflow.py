@@ -1,0 +1,215 @@
+"""A kubernetes environment as the roll and soak stages see it: the driver (kubernetes.py) plus Airflow's API.
+
+The driver moves pod templates, the chart's ConfigMap and the DAG ref; this module gives
+it what it needs from the train's world: the git ref in the pipeline's repository, a
+`confirm` that asks the api-server whether it serves the release's commit (every DAG's
+`bundle_version`, which GitDagBundle sets to the commit it parsed), and a baseline read
+before the roll. Probes are the API's (health, import errors, task failure rate) and the
+pods' (crash loops, restarts since the roll).
+
+Without `api_url` on the target the API is not asked: a roll is done when the pods are,
+and soak watches the pods only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from activities import probes
+from activities.airflow_api import AirflowApi, Credentials
+from activities.targets.drivers import Rolled
+from activities.targets.kube_rollout import FATAL_WAITING, RolloutFailed
+from activities.targets.kubernetes import GitRef, KubernetesEnvironment, Rollout, RollReport, connect
+from activities.targets.local_airflow import CONFIG_FILES, NotLive
+from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
+from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
+from airagent.repo import open_repository
+
+NO_CREDENTIALS = Path("/nonexistent/airagent-credentials")
+
+
+class KubernetesAirflow:
+    def __init__(self, settings: EnvironmentSettings, pipeline: PipelineSettings | None = None):
+        assert isinstance(settings.target, KubernetesTarget)
+        self.name, self.target, self.settings = settings.name, settings.target, settings.probes
+        self.pipeline = pipeline
+        self.dags: dict[str, list[str]] = {}
+        self.env = KubernetesEnvironment(self.name, self.target, connect(self.target), _LazyRef(self),
+                                         confirm=self._confirm, observe=self._observe)
+
+    # --- roll and rollback -----------------------------------------------------------------
+
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled:
+        if mode == RolloutMode.rebuild and not release.image:
+            raise RolloutFailed(f"release {release.id} changes the runtime but has no image; give the pipeline "
+                                f"`image:` settings (builder external: pass the image CI built, tagged "
+                                f"{release.runtime_hash}, to deploy or notify)", reason="NoImage")
+        self.dags = dags
+        config = None if mode == RolloutMode.dags_only else self._config(release)
+        report = self.env.roll(Rollout(release=release.id, commit=release.commit, mode=mode,
+                                       image=release.image if mode == RolloutMode.rebuild else None, config=config))
+        return _rolled(report, mode.value)
+
+    def rollback(self, to: str | None) -> Rolled:
+        self.dags = {}
+        return _rolled(self.env.rollback(to), "rollback")
+
+    def preflight(self) -> list[str]:
+        return self.env.preflight()
+
+    def _config(self, release: Release) -> dict[str, str] | None:
+        """The chart ConfigMap's data with the release's airflow.cfg; None when the release has none."""
+        found = next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
+        current = self.env._read_config()
+        if found is None or current is None:
+            return None
+        return {**(current.get("data") or {}), "airflow.cfg": found.read_text()}
+
+    # --- the record ------------------------------------------------------------------------
+
+    def marker(self) -> Marker:
+        record = self.env.record()
+        return Marker(live=record.live, previous=record.previous, live_commit=record.live_commit,
+                      rolled=list(dict.fromkeys(s.release for s in record.history if s.release)))
+
+    def baseline(self) -> Baseline | None:
+        return self.env.record().baseline
+
+    # --- confirm and baseline through the API --------------------------------------------
+
+    def api(self) -> AirflowApi | None:
+        if not self.target.api_url:
+            return None
+        return AirflowApi(self.target.api_url, Credentials.load(self.target.credentials_file or NO_CREDENTIALS),
+                          timeout=self.settings.timeout.total_seconds())
+
+    def _observe(self) -> Baseline:
+        baseline = Baseline(at=datetime.now(UTC), restarts=self._restarts())
+        api = self.api()
+        if api is None:
+            return baseline
+        with api:
+            taken = probes.take_baseline(api, self.settings)
+        return taken.model_copy(update={"restarts": baseline.restarts})
+
+    def _confirm(self, release: str | None, commit: str | None) -> None:
+        """Done when each DAG of the release is served at `commit` and no new import error appeared."""
+        api = self.api()
+        if api is None or commit is None:
+            return
+        expected = {dag_id for ids in self.dags.values() for dag_id in ids}
+        known = self.baseline()
+        deadline = time.monotonic() + self.target.live_timeout.total_seconds()
+        with api:
+            while True:
+                try:
+                    missing = not_live(api.dags(), api.import_errors(), expected, commit, known)
+                except (httpx.HTTPError, ValueError, KeyError) as err:
+                    missing = [f"an answer from the API ({type(err).__name__})"]
+                if not missing:
+                    return
+                if time.monotonic() > deadline:
+                    raise NotLive(f"{self.name}: release {release} (commit {commit[:12]}) not served within "
+                                  f"{self.target.live_timeout}: still waiting for {', '.join(missing[:10])}")
+                time.sleep(2)
+
+    # --- probes ----------------------------------------------------------------------------
+
+    def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
+        record = self.env.record()
+        ok = record.live == release.id and record.pending is None
+        readings = [probes.reading("marker", ok, f"record: live {record.live}, pending {record.pending}",
+                                   f"live {release.id}, nothing pending")]
+        if not ok:
+            return readings
+        baseline = baseline or record.baseline or Baseline(at=datetime.now(UTC))
+        readings.append(pods(self._pods(), baseline))
+        api = self.api()
+        if api is not None:
+            with api:
+                readings += probes.airflow_probes(api, baseline, self.settings)
+        return readings
+
+    def _pods(self) -> list[dict]:
+        """The pods of the workloads airagent rolls, matched by each workload's selector."""
+        selectors = [obj["spec"]["selector"].get("matchLabels") or {} for obj in self.env._read_workloads().values()]
+        listed = json.loads(self.env.core.list_namespaced_pod(self.target.namespace, _preload_content=False).data)
+        return [p for p in listed["items"]
+                if any(all((p["metadata"].get("labels") or {}).get(k) == v for k, v in s.items()) for s in selectors)]
+
+    def _restarts(self) -> dict[str, int]:
+        return {p["metadata"]["name"]: _restart_count(p) for p in self._pods()}
+
+
+class _LazyRef:
+    """The DAG ref, opened only when a roll first needs it: reading the record needs no repository."""
+
+    def __init__(self, owner: KubernetesAirflow):
+        self.owner, self._ref = owner, None
+
+    def _open(self) -> GitRef:
+        if self._ref is None:
+            pipeline = self.owner.pipeline
+            if pipeline is None:
+                raise LookupError(f"{self.owner.name}: moving the DAG ref needs the pipeline's repository; "
+                                  "this request came without it (a train started by an older worker): retry it "
+                                  "from a new train")
+            repo = open_repository(pipeline, fetch=False)
+            remote = self.owner.target.dag_remote or (pipeline.repo if pipeline.repo_is_url else None)
+            self._ref = GitRef(repo.working_tree_dir or repo.git_dir,
+                               self.owner.target.dag_ref.format(env=self.owner.name), remote=remote)
+        return self._ref
+
+    def read(self) -> str | None:
+        return self._open().read()
+
+    def move(self, commit: str) -> None:
+        self._open().move(commit)
+
+
+def not_live(dags: list[dict], errors: list[dict], expected: set[str], commit: str,
+             baseline: Baseline | None) -> list[str]:
+    """What is still missing for `commit` to be live: unserved DAGs, DAGs at another commit, new import errors."""
+    served = {d["dag_id"]: d for d in dags}
+    checked = expected or set(served)
+    missing = [f"{d} (not served)" for d in sorted(checked) if d not in served]
+    missing += [f"{d} (at {str(served[d].get('bundle_version'))[:12]})" for d in sorted(checked)
+                if d in served and served[d].get("bundle_version") != commit]
+    before = set(baseline.import_errors) if baseline else set()
+    missing += [f"import error in {f}" for f in sorted({str(e.get("filename")) for e in errors} - before)]
+    return missing
+
+
+def pods(found: list[dict], baseline: Baseline) -> ProbeReading:
+    """No pod of the rolled workloads crash-looping or unable to start, and none restarted since the roll."""
+    threshold = f"no pod in {', '.join(sorted(FATAL_WAITING))}, no container restart since the roll"
+    stuck, restarted = [], []
+    for pod in found:
+        name = pod["metadata"]["name"]
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        reasons = {((c.get("state") or {}).get("waiting") or {}).get("reason") for c in statuses} & FATAL_WAITING
+        if reasons:
+            stuck.append(f"{name} {'/'.join(sorted(reasons))}")
+        if (more := _restart_count(pod) - baseline.restarts.get(name, 0)) > 0:
+            restarted.append(f"{name} +{more}")
+    if stuck or restarted:
+        return probes.reading("pods", False, "; ".join(filter(None, [", ".join(stuck), ", ".join(restarted)])),
+                              threshold)
+    return probes.reading("pods", True, f"{len(found)} pods running, no restarts", threshold)
+
+
+def _restart_count(pod: dict) -> int:
+    return sum(c.get("restartCount", 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _rolled(report: RollReport, what: str) -> Rolled:
+    if not report.changed:
+        return Rolled(report.live, report.previous, False, "already live")
+    patched = f"patched {', '.join(report.patched)}" if report.patched else "no pod template patched"
+    return Rolled(report.live, report.previous, True, f"{what}: {patched}"
+                  + (f"; {'; '.join(report.rollout)}" if report.rollout else ""))

@@ -1,0 +1,47 @@
+"""The worker as a real process, SIGKILLed in the middle of a kubernetes roll and started again: the roll resumes
+from the environment's record and no pod template is patched twice (the emulator counts the PATCH requests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from airagent import example
+from airagent.models import TrainState
+from tests.kube import cluster as kube
+from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
+from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, kubeconfig
+
+pytestmark = pytest.mark.devserver
+
+
+async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_env, tmp_path):  # noqa: F811
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    # Slow pods: the roll is still waiting on them when the worker dies.
+    with kube.emulated(delay=2.0, progress_deadline=120) as cluster:
+        pipeline = kube_pipeline(repo, kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+        worker = WorkerProcess(cli_env, tmp_path / "worker.log")
+        worker.start()
+        try:
+            handle = await agent.start(pipeline, repo.head.commit.hexsha)
+            for _ in range(600):
+                if any(c.verb == "patch" and c.resource in ("deployments", "statefulsets")
+                       for c in cluster.emulator.calls):
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError(f"the roll never patched a template; see {tmp_path / 'worker.log'}")
+            worker.kill()
+            worker.start()
+            status = await agent.wait(handle.id)
+        finally:
+            worker.stop()
+        calls = cluster.emulator.calls
+
+    assert status.state == TrainState.succeeded, status.reason
+    patched = Counter(f"{c.resource}/{c.name}" for c in calls
+                      if c.verb == "patch" and c.resource in ("deployments", "statefulsets"))
+    assert sorted(patched) == sorted(WORKLOADS)
+    assert set(patched.values()) == {1}, patched  # each template patched exactly once across both attempts
