@@ -26,6 +26,7 @@ bench: setup
 	$(BIN)/python -m bench.throughput
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.lead_time
+	$(BIN)/python -m bench.kube_requests
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info

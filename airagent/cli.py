@@ -37,6 +37,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or prin
 app.add_typer(config_app, name="config")
 pipeline_app = typer.Typer(no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed.")
 app.add_typer(pipeline_app, name="pipeline")
+image_app = typer.Typer(no_args_is_help=True, help="The runtime image of kubernetes environments, for CI.")
+app.add_typer(image_app, name="image")
 env_app = typer.Typer(no_args_is_help=True, help="Start, stop and show a local environment's Airflow components.")
 app.add_typer(env_app, name="env")
 console = Console()
@@ -344,17 +346,43 @@ def notify(
     pipeline: PipelineOpt,
     sha: Annotated[str | None, typer.Option(help="the commit that was merged (a hint; the branch head is deployed)")] = None,
     by: Annotated[str | None, typer.Option(help="who or what sends this, e.g. the CI job")] = None,
+    image: Annotated[str | None, typer.Option(help="the runtime image CI built and pushed for --sha, named by "
+                                                   "`airagent image tag` (kubernetes, builder external)")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: JsonOpt = False,
 ) -> None:
     """For CI after a merge: have the conductor look at the branch now (starting it if needed)."""
     settings = config_module.load_pipeline(pipeline, config)
 
-    async def go() -> None:
-        ack = await (await AirAgent.connect()).notify(settings, sha, by)
-        _emit(ack.model_dump(), as_json, ack.message)
+    async def go() -> int:
+        ack = await (await AirAgent.connect()).notify(settings, sha, by, image)
+        _emit(ack.model_dump(), as_json, ack.message if ack.accepted else f"[red]notify rejected: {ack.message}[/red]")
+        return 0 if ack.accepted else 1
 
-    run(go())
+    raise typer.Exit(run(go()))
+
+
+@image_app.command("tag")
+@friendly
+def image_tag(
+    pipeline: PipelineOpt,
+    sha: Annotated[str | None, typer.Option(help="the commit (default: head of the branch)")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Print `<repository>:<runtime hash>` of a commit: the tag CI builds and pushes, then passes to notify
+    or deploy with --image. The same hash the build stage computes; nothing is built."""
+    from temporalio.exceptions import ApplicationError
+
+    from activities.build import image_tag as tag_of
+
+    settings = config_module.load_pipeline(pipeline, config)
+    if settings.image is None:
+        raise ConfigError(f"{config}: pipeline {pipeline} has no `image:` settings; add image.repository "
+                          "to give its kubernetes environments a runtime image")
+    try:
+        print(tag_of(settings, sha))
+    except ApplicationError as err:  # a commit whose Dockerfile path leaves the repository
+        raise ConfigError(err.message) from None
 
 
 # --- config ---------------------------------------------------------------------------
@@ -372,6 +400,9 @@ def _local(pipeline: str, environment: str, config: Path):
 
     settings = config_module.load_pipeline(pipeline, config)
     env = settings.environment(environment)
+    if env.target.type != "local":
+        raise ConfigError(f"{config}: environment {environment} is a {env.target.type} target: its Airflow runs "
+                          "as the cluster's workloads; `airagent env` starts and stops local environments")
     if not env.target.airflow:
         raise ConfigError(f"{config}: environment {environment} has `airflow: false`: airagent runs no Airflow there")
     return LocalAirflow(env.name, env.target, env.probes), settings
