@@ -27,16 +27,22 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
     @classmethod
-    def load(cls, secret_file: Path, username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
+    def load(cls, secret_file: Path | None, fix: str = "`airagent env up` creates it",
+             username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
              password_env: str = "AIRAGENT_AIRFLOW_PASSWORD") -> Credentials:
-        """The environment wins; otherwise the secret file holds `username:password` on one line."""
+        """The environment wins; otherwise the secret file holds `username:password` on one line.
+        `fix` says, in the error, where that file comes from for this kind of environment."""
         if os.environ.get(password_env):
             return cls(os.environ.get(username_env) or "airagent", os.environ[password_env])
         try:
-            username, _, password = secret_file.read_text().strip().partition(":")
+            text = secret_file.read_text() if secret_file else None
         except FileNotFoundError:
-            raise FileNotFoundError(f"no Airflow credentials: set {password_env} or create {secret_file} "
-                                    "(`airagent env up` creates it)") from None
+            text = None
+        if text is None:
+            where = f"create {secret_file}" if secret_file else "give a credentials file"
+            raise FileNotFoundError(f"no Airflow credentials: set {password_env} (and {username_env}) on the worker "
+                                    f"or {where} ({fix})")
+        username, _, password = text.strip().partition(":")
         return cls(username, password)
 
 

@@ -14,6 +14,7 @@ import json
 import shutil
 import sys
 import tarfile
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -102,6 +103,27 @@ def inside(root: Path, relative: str, what: str, sha: str) -> Path:
     return path
 
 
+def release_hash(pipeline: PipelineSettings, bundle: Path, sha: str) -> str:
+    """The runtime hash a release is known by: the venv's inputs, plus the Dockerfile when the pipeline has
+    `image:` (so it is also the image tag). One function, so CI's `airagent image tag` and the build agree."""
+    requirements = bundle / pipeline.runtime.requirements
+    digest = runtime_hash(pipeline.runtime, requirements.read_bytes() if requirements.is_file() else b"")
+    if pipeline.image is not None:
+        dockerfile = inside(bundle, pipeline.image.dockerfile, "image.dockerfile", sha)
+        digest = images.image_hash(digest, dockerfile.read_bytes() if dockerfile.is_file() else b"")
+    return digest
+
+
+def image_tag(pipeline: PipelineSettings, sha: str | None = None) -> str:
+    """`<repository>:<runtime hash>` of a commit (default the branch head), without building anything: the tag
+    CI must build and push for the `external` builder."""
+    assert pipeline.image is not None
+    commit = resolve(open_repository(pipeline), pipeline, sha)
+    with tempfile.TemporaryDirectory(prefix="airagent-tag-") as scratch:
+        export_commit(pipeline, commit, Path(scratch))
+        return f"{pipeline.image.repository}:{release_hash(pipeline, Path(scratch), commit)}"
+
+
 @activity.defn(name="build")
 def build(input: BuildInput) -> Release:
     pipeline = input.pipeline
@@ -122,10 +144,8 @@ def build(input: BuildInput) -> Release:
                 "fix `dag_folder` in airagent.yaml",
                 type="BadInput", non_retryable=True,
             )
-        digest, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
-        if pipeline.image is not None:
-            dockerfile = inside(bundle, pipeline.image.dockerfile, "image.dockerfile", sha)
-            digest = images.image_hash(digest, dockerfile.read_bytes() if dockerfile.is_file() else b"")
+        _, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
+        digest = release_hash(pipeline, bundle, sha)
         image = images.image_for(pipeline, digest, sha, input.image)
         release_id = f"{sha[:12]}-{digest[:8]}"
         final = releases / release_id

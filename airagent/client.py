@@ -166,10 +166,15 @@ class AirAgent:
                            f"{' → '.join(e.name for e in pipeline.environments)}",
         )
 
-    async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None) -> ControlAck:
-        """What CI calls after a merge: start the conductor if needed and have it look at the branch now."""
+    async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None,
+                     image: str | None = None) -> ControlAck:
+        """What CI calls after a merge: start the conductor if needed and have it look at the branch now.
+        `image` is the runtime image CI built for `sha` (external builder); the conductor's train for it rolls that."""
         handle = await self.start_pipeline(pipeline)
-        return await handle.execute_update(Conductor.notify_update, Notify(sha=sha, by=by))
+        try:
+            return await handle.execute_update(Conductor.notify_update, Notify(sha=sha, by=by, image=image))
+        except WorkflowUpdateFailedError as err:
+            return ControlAck(accepted=False, message=getattr(err.cause, "message", None) or str(err.cause or err))
 
     async def rollback_environment(self, pipeline: PipelineSettings, environment: str, to_release: str | None = None,
                                    by: str | None = None, reason: str | None = None) -> EnvironmentRollbackResult:

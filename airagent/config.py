@@ -414,6 +414,12 @@ class PipelineSettings(_Pipeline):
     def repo_is_url(self) -> bool:
         return is_url(self.repo)
 
+    @property
+    def image_from_ci(self) -> bool:
+        """Its trains roll the runtime image CI built: kubernetes environments with the `external` builder."""
+        return (self.image is not None and self.image.builder == "external"
+                and any(isinstance(e.target, KubernetesTarget) for e in self.environments))
+
 
 def is_url(repo: str) -> bool:
     return "://" in repo or repo.startswith("git@")

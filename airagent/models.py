@@ -478,6 +478,7 @@ class ConductorState(BaseModel):
     trains: list[TrainRecord] = Field([], description="the most recent trains, newest last")
     poll_error: str | None = None
     blocked: str | None = Field(None, description="why the queued commit's train cannot start now")
+    images: dict[str, str] = Field({}, description="sha -> runtime image CI announced for it, newest last")
     events: list[Event] = []
 
 

@@ -30,18 +30,21 @@ def test_everything_stays_in_one_namespace_with_no_cluster_rights():
     docs = [d for name in MANIFESTS for d in documents(name)]
     assert {d["metadata"]["namespace"] for d in docs} == {"airflow"}
     assert not {d["kind"] for d in docs} & {"ClusterRole", "ClusterRoleBinding", "Namespace"}
-    role = next(d for d in docs if d["kind"] == "Role")
-    for rule in role["rules"]:
+    for rule in (r for d in docs if d["kind"] == "Role" for r in d["rules"]):
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
         assert not set(rule["verbs"]) & {"escalate", "bind", "impersonate"}, rule
 
 
 def test_the_worker_runs_as_the_bound_service_account():
-    docs = {d["kind"]: d for name in MANIFESTS for d in documents(name)}
-    binding, account = docs["RoleBinding"], docs["ServiceAccount"]["metadata"]["name"]
-    assert binding["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
-    assert {"kind": "ServiceAccount", "name": account, "namespace": "airflow"} in binding["subjects"]
-    assert docs["Deployment"]["spec"]["template"]["spec"]["serviceAccountName"] == account
+    docs = [d for name in MANIFESTS for d in documents(name)]
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    roles = {d["metadata"]["name"] for d in docs if d["kind"] == "Role"}
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert {b["roleRef"]["name"] for b in bindings} == roles  # the rolls' Role and the Jobs' Role
+    for binding in bindings:
+        assert {"kind": "ServiceAccount", "name": account, "namespace": "airflow"} in binding["subjects"]
+    worker = next(d for d in docs if d["kind"] == "Deployment")
+    assert worker["spec"]["template"]["spec"]["serviceAccountName"] == account
 
 
 def test_worker_grace_period_outlasts_its_graceful_shutdown():

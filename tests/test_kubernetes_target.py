@@ -19,8 +19,12 @@ import yaml
 from kubernetes import client
 from pydantic import ValidationError
 
+from temporalio.exceptions import ApplicationError
+
+from activities import images
 from activities.targets.kube_rollout import RolloutFailed, RolloutTimeout, deployment_progress, statefulset_progress
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
+from airagent.config import EnvironmentSettings, ImageSettings, PipelineSettings
 from airagent.models import RolloutMode
 from tests.kube import cluster as kube
 
@@ -306,8 +310,33 @@ def test_rbac_role_grants_exactly_what_the_driver_calls(repo):
         env.rollback("r2")
         calls = cluster.emulator.since(mark)
 
+    # the record's name depends on the environment: the Role names the one for `staging`
+    assert_role_grants_exactly("airagent", calls, "the driver")
+
+
+def test_rbac_jobs_role_grants_exactly_what_the_kaniko_builder_calls(tmp_path):
+    """A build that succeeds and one that fails, each followed to its end, under Role airagent-jobs."""
+    with kube.emulated(delay=0.05, progress_deadline=0.8) as cluster:
+        config = kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host)
+        target = KubernetesTarget(namespace=cluster.namespace, kubeconfig=config)
+        pipeline = PipelineSettings(name="main", repo="https://git.example/monorepo.git",
+                                    environments=[EnvironmentSettings(name="staging", target=target)])
+        mark = len(cluster.emulator.calls)
+        images.kaniko(ImageSettings(repository="registry.example/airflow", builder="kaniko"), target, pipeline,
+                      "a" * 40, "registry.example/airflow:0123456789abcdef", "0123456789abcdef")
+        with pytest.raises(ApplicationError, match="building the image failed"):
+            images.kaniko(ImageSettings(repository="registry.example/airflow", builder="kaniko",
+                                        kaniko_image="registry.invalid/kaniko:1"), target, pipeline,
+                          "b" * 40, "registry.example/airflow:fedcba9876543210", "fedcba9876543210")
+        calls = cluster.emulator.since(mark)
+
+    assert_role_grants_exactly("airagent-jobs", calls, "the kaniko builder")
+
+
+def assert_role_grants_exactly(role_name: str, calls, caller: str) -> None:
+    """Every call is allowed by infra/rbac.yaml's Role `role_name`, and every grant of it is used by one."""
     docs = [d for d in yaml.safe_load_all((INFRA / "rbac.yaml").read_text()) if d]
-    role = next(d for d in docs if d["kind"] == "Role")
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == role_name)
     grants = {(verb, resource, name)
               for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]
               for name in rule.get("resourceNames") or [None]}
@@ -316,7 +345,19 @@ def test_rbac_role_grants_exactly_what_the_driver_calls(repo):
         named, anywhere = (c.verb, c.resource, c.name), (c.verb, c.resource, None)
         # create carries no name to RBAC; everything else is checked against resourceNames when the Role has them
         grant = anywhere if anywhere in grants or c.verb == "create" else named
-        assert grant in grants, f"the driver calls {c.verb} {c.resource}/{c.name} but the Role does not grant it"
+        assert grant in grants, f"{caller} calls {c.verb} {c.resource}/{c.name} but Role {role_name} does not grant it"
         used.add(grant)
-    # the record's name depends on the environment: the Role names the one for `staging`
-    assert grants - used == set(), f"the Role grants more than the driver uses: {sorted(grants - used, key=str)}"
+    assert grants - used == set(), f"Role {role_name} grants more than {caller} uses: {sorted(grants - used, key=str)}"
+
+
+def test_missing_api_credentials_name_the_kubernetes_settings(tmp_path, monkeypatch):
+    from activities.targets.kube_airflow import KubernetesAirflow
+
+    monkeypatch.delenv("AIRAGENT_AIRFLOW_PASSWORD", raising=False)
+    config = kube.kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
+    target = KubernetesTarget(namespace="airflow", kubeconfig=config, api_url="http://airflow-api-server:8080")
+    with pytest.raises(FileNotFoundError) as err:
+        KubernetesAirflow(EnvironmentSettings(name="staging", target=target)).api()
+    message = str(err.value)
+    assert "AIRAGENT_AIRFLOW_PASSWORD" in message and "credentials_file" in message and "staging" in message
+    assert "env up" not in message

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -19,17 +22,6 @@ from tests.kube import cluster as kube
 REGISTRY = "registry.example/data/airflow"
 WORKLOADS = ["deployments/airflow-scheduler", "deployments/airflow-api-server", "deployments/airflow-dag-processor",
              "deployments/airflow-triggerer", "statefulsets/airflow-worker"]
-
-
-def kubeconfig(path: Path, server: str) -> Path:
-    """What a person would point airagent at: a kubeconfig naming the cluster (here, the emulator)."""
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "airagent", "user": {}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "airagent"}}],
-    }))
-    return path
 
 
 def kube_pipeline(repo, config: Path) -> PipelineSettings:
@@ -50,7 +42,7 @@ def cluster():
 @pytest.fixture
 def world(cluster, monorepo, tmp_path):
     shutil.rmtree(home() / "images", ignore_errors=True)  # so kaniko builds in this test, whatever ran before
-    return kube_pipeline(monorepo, kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+    return kube_pipeline(monorepo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
 
 
 def templates(cluster) -> dict[str, dict]:
@@ -120,3 +112,57 @@ async def test_an_image_from_ci_must_carry_the_runtime_hash(agent, drive, world,
     assert status.state == TrainState.failed
     assert status.stages[-1].name == "build"
     assert f"expected '{REGISTRY}:" in status.reason and "runtime hash" in status.reason
+
+
+def write_config(path: Path, pipeline: PipelineSettings, image: bool = True) -> Path:
+    """airagent.yaml for the kube pipeline, as a platform team would write it (builder external)."""
+    target = pipeline.environments[0].target
+    declared = {"repo": pipeline.repo, "environments": [{"name": "staging", "target": {
+        "type": "kubernetes", "namespace": target.namespace, "kubeconfig": str(target.kubeconfig)}}]}
+    path.write_text(yaml.safe_dump({"pipelines": {"main": {**declared, **({"image": {"repository": REGISTRY}}
+                                                                         if image else {})}}}))
+    return path
+
+
+def airagent_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("airagent")), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, drive, world, monorepo, cluster,
+                                                                        tmp_path):
+    pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY)})  # builder: external
+    head = monorepo.head.commit.hexsha
+    await agent.start_pipeline(pipeline)
+    try:
+        waiting = await drive.pipeline_until("main", lambda s: s.state.blocked is not None)
+        assert f"waiting for CI to announce the image of {head[:12]}" in waiting.state.blocked
+        assert waiting.state.trains == []
+
+        # CI learns the tag without building anything, builds and pushes it, then tells the conductor.
+        told = airagent_cli("image", "tag", "-p", "main", "--sha", head[:12],
+                            "-c", str(write_config(tmp_path / "airagent.yaml", pipeline)))
+        assert told.returncode == 0, told.stderr
+        tag = told.stdout.strip()
+        assert tag.startswith(f"{REGISTRY}:")
+        rejected = await agent.notify(pipeline, None, by="ci", image=tag)
+        assert not rejected.accepted and "--sha" in rejected.message
+        ack = await agent.notify(pipeline, head[:12], by="ci", image=tag)
+        assert ack.accepted and tag in ack.message
+
+        done = await drive.pipeline_until("main", lambda s: s.state.last_deployed == head, step=timedelta(minutes=1))
+    finally:
+        await (await agent.start_pipeline(pipeline)).terminate("test over")
+
+    assert [t.state for t in done.state.trains] == ["succeeded"] and done.state.blocked is None
+    train = await agent.status(done.state.trains[0].id)
+    runtime = next(s for s in train.stages if s.name == "build").detail.split("runtime ")[1].rstrip(")")
+    assert tag == f"{REGISTRY}:{runtime}"  # the CLI's hash is the build stage's
+    assert all(t["spec"]["containers"][0]["image"] == tag for t in templates(cluster).values())
+    assert not [c for c in cluster.emulator.calls if c.resource == "jobs"]  # CI built it: no kaniko
+
+
+def test_image_tag_needs_image_settings(world, tmp_path):
+    path = write_config(tmp_path / "airagent.yaml", world, image=False)
+    told = airagent_cli("image", "tag", "-p", "main", "-c", str(path))
+    assert told.returncode == 2 and "no `image:` settings" in told.stderr and "Traceback" not in told.stderr

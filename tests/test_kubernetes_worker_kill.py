@@ -12,7 +12,7 @@ from airagent import example
 from airagent.models import TrainState
 from tests.kube import cluster as kube
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
-from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, kubeconfig
+from tests.test_kubernetes_train import WORKLOADS, kube_pipeline
 
 pytestmark = pytest.mark.devserver
 
@@ -21,7 +21,7 @@ async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
     # Slow pods: the roll is still waiting on them when the worker dies.
     with kube.emulated(delay=2.0, progress_deadline=120) as cluster:
-        pipeline = kube_pipeline(repo, kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+        pipeline = kube_pipeline(repo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
         worker = WorkerProcess(cli_env, tmp_path / "worker.log")
         worker.start()
         try:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.workflow import ContinueAsNewVersioningBehavior
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 
 from workflows.controls import Controlled
 
@@ -38,8 +38,10 @@ with workflow.unsafe.imports_passed_through():
 KEEP_TRAINS = 20
 KEEP_FAILED = 100
 KEEP_EVENTS = 50
+KEEP_IMAGES = 50
 # Well under Temporal's limits; continue-as-new also follows the server's own suggestion.
 MAX_HISTORY = 5_000
+NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
 POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=3))
 
 
@@ -80,7 +82,18 @@ class Conductor(Controlled):
         """The queued commit, when a train may start now."""
         if self.state.paused or self.state.frozen or not self._window().open:
             return None
-        return self._queued()
+        sha = self._queued()
+        # Without its image a rebuild would fail, and a failed commit is never retried: wait for CI instead.
+        if sha and self.pipeline.image_from_ci and self._image(sha) is None:
+            self.state.blocked = (f"waiting for CI to announce the image of {sha[:12]} "
+                                  f"(`airagent notify --sha {sha[:12]} --image <repository>:<runtime hash>`)")
+            return None
+        return sha
+
+    def _image(self, sha: str) -> str | None:
+        """The image CI announced for `sha`; CI may have sent the commit abbreviated."""
+        return next((image for announced, image in reversed(self.state.images.items()) if sha.startswith(announced)),
+                    None)
 
     def _window(self) -> windows.WindowState:
         return windows.state(self.pipeline.windows, workflow.now())
@@ -107,7 +120,7 @@ class Conductor(Controlled):
         try:
             handle = await workflow.start_child_workflow(
                 DeployTrain.run,
-                TrainInput(pipeline=self.pipeline, target=sha),
+                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha)),
                 id=record.id,
                 static_summary=f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
             )
@@ -180,10 +193,20 @@ class Conductor(Controlled):
     def notify_update(self, notice: Notify | None = None) -> ControlAck:
         return self._notify(notice)
 
+    @notify_update.validator
+    def _notify_allowed(self, notice: Notify | None = None) -> None:
+        if notice and notice.image and not notice.sha:
+            raise ApplicationError(NO_SHA, type="ControlRejected", non_retryable=True)
+
     def _notify(self, notice: Notify | None) -> ControlAck:
         notice = notice or Notify()
         self.wake = True
         message = f"looking at {self.pipeline.branch} now" + (f" for {notice.sha[:12]}" if notice.sha else "")
+        # A signal cannot be refused: an image without its commit is left out, the branch looked at anyway.
+        if notice.image and notice.sha:
+            images = {k: v for k, v in self.state.images.items() if k != notice.sha}
+            self.state.images = dict([*images.items(), (notice.sha, notice.image)][-KEEP_IMAGES:])
+            message += f" with image {notice.image}"
         return ControlAck(accepted=True, message=message)
 
     @workflow.signal(name="pause")

@@ -30,8 +30,6 @@ from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSetti
 from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
 from airagent.repo import open_repository
 
-NO_CREDENTIALS = Path("/nonexistent/airagent-credentials")
-
 
 class KubernetesAirflow:
     def __init__(self, settings: EnvironmentSettings, pipeline: PipelineSettings | None = None):
@@ -65,7 +63,7 @@ class KubernetesAirflow:
     def _config(self, release: Release) -> dict[str, str] | None:
         """The chart ConfigMap's data with the release's airflow.cfg; None when the release has none."""
         found = next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
-        current = self.env._read_config()
+        current = self.env.read_config()
         if found is None or current is None:
             return None
         return {**(current.get("data") or {}), "airflow.cfg": found.read_text()}
@@ -85,7 +83,9 @@ class KubernetesAirflow:
     def api(self) -> AirflowApi | None:
         if not self.target.api_url:
             return None
-        return AirflowApi(self.target.api_url, Credentials.load(self.target.credentials_file or NO_CREDENTIALS),
+        fix = (f"`credentials_file` of environment {self.name}'s target in airagent.yaml: a mounted Secret "
+               "holding username:password")
+        return AirflowApi(self.target.api_url, Credentials.load(self.target.credentials_file, fix),
                           timeout=self.settings.timeout.total_seconds())
 
     def _observe(self) -> Baseline:
@@ -137,7 +137,7 @@ class KubernetesAirflow:
 
     def _pods(self) -> list[dict]:
         """The pods of the workloads airagent rolls, matched by each workload's selector."""
-        selectors = [obj["spec"]["selector"].get("matchLabels") or {} for obj in self.env._read_workloads().values()]
+        selectors = [obj["spec"]["selector"].get("matchLabels") or {} for obj in self.env.read_workloads().values()]
         listed = json.loads(self.env.core.list_namespaced_pod(self.target.namespace, _preload_content=False).data)
         return [p for p in listed["items"]
                 if any(all((p["metadata"].get("labels") or {}).get(k) == v for k, v in s.items()) for s in selectors)]

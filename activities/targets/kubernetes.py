@@ -200,8 +200,8 @@ class KubernetesEnvironment:
         record, rv = self._read_record()
         if record.live == rollout.release and record.pending is None:
             return RollReport(live=record.live, previous=record.previous, changed=False)
-        workloads = self._read_workloads()
-        config_cm = self._read_config()
+        workloads = self.read_workloads()
+        config_cm = self.read_config()
         if record.pending is None:  # a fresh roll: remember how things are before touching them
             record.snapshots = [*record.snapshots, self._snapshot(record.live, workloads, config_cm)][-KEEP_SNAPSHOTS:]
             record.baseline = self.observe() if self.observe else None
@@ -238,8 +238,8 @@ class KubernetesEnvironment:
             known = [s.release for s in record.snapshots]
             raise LookupError(f"environment {self.name} has no snapshot of release {to!r} to roll back to; "
                               f"it has snapshots of {known}")
-        workloads = self._read_workloads()
-        config_cm = self._read_config()
+        workloads = self.read_workloads()
+        config_cm = self.read_config()
         if record.pending is None and record.snapshot(record.live) is None:
             record.snapshots = [*record.snapshots, self._snapshot(record.live, workloads, config_cm)][-KEEP_SNAPSHOTS:]
         record.pending = to or ""
@@ -271,7 +271,7 @@ class KubernetesEnvironment:
         """What would make a roll drop work or capacity, as sentences naming the workload and the fix."""
         warnings = []
         drain = self.target.worker_drain.total_seconds()
-        for key, obj in self._read_workloads().items():
+        for key, obj in self.read_workloads().items():
             kind, name = key.split("/")
             spec = obj["spec"]
             replicas = spec.get("replicas", 1)
@@ -305,7 +305,8 @@ class KubernetesEnvironment:
         """Call the client without its models, so templates round-trip exactly as the server holds them."""
         return json.loads(method(*args, _preload_content=False, **kwargs).data)
 
-    def _read_workloads(self) -> dict[str, dict]:
+    def read_workloads(self) -> dict[str, dict]:
+        """Every rolled workload as the server holds it, by `<plural>/<name>`: what rolls, probes and records read."""
         readers = {"deployments": self.apps.read_namespaced_deployment,
                    "statefulsets": self.apps.read_namespaced_stateful_set}
         out = {}
@@ -319,7 +320,8 @@ class KubernetesEnvironment:
                 raise
         return out
 
-    def _read_config(self) -> dict | None:
+    def read_config(self) -> dict | None:
+        """The chart's Airflow config ConfigMap as the server holds it; None when the target has none."""
         name = self.target.chart_config
         if not name:
             return None

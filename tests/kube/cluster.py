@@ -12,7 +12,9 @@ import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
+import yaml
 from kubernetes import client, config
 
 from tests.kube.controller import Controller
@@ -32,6 +34,17 @@ class Cluster:
     image: str
     emulator: Emulator | None = None
     controller: Controller | None = None
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    """What a person would point airagent at: a kubeconfig naming the cluster (here, the emulator)."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+        "users": [{"name": "airagent", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "airagent"}}],
+    }))
+    return path
 
 
 def workloads(image: str) -> list[tuple[str, dict]]:
