@@ -417,6 +417,8 @@ def _env_command(fn):
 
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:  # a RuntimeError too, but the command's own answer
+            raise
         except (EnvironmentDown, NotLive, RuntimeError) as err:
             err_console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from None

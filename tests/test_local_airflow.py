@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import threading
 import time
 from datetime import timedelta
@@ -17,7 +19,7 @@ from activities.targets.local_airflow import LocalAirflow, NotLive
 from activities.validate import parse_release
 from airagent import example
 from airagent.config import LocalTarget
-from airagent.devserver import free_ports
+from airagent.devserver import binary, free_ports
 from airagent.models import BuildInput, Release, RolloutMode
 from tests.conftest import make_pipeline
 
@@ -180,3 +182,29 @@ def test_a_killed_component_fails_the_components_probe(live):
     assert not env.running()
     assert "started triggerer" == env.up()
     assert env.running()
+
+
+def test_cli_env_status_and_up_on_a_running_environment(live, tmp_path):
+    env, repo, _ = live
+    config = tmp_path / "airagent.yaml"
+    config.write_text(dedent(f"""\
+        pipelines:
+          main:
+            repo: {repo.working_tree_dir}
+            environments:
+              - name: staging
+                target: {{type: local, path: {env.target.path}, port: {env.target.port}}}
+        """))
+    airagent = [binary("airagent")]
+
+    status = subprocess.run([*airagent, "env", "status", "staging", "-c", config, "--json"],
+                            capture_output=True, text=True, timeout=120)
+    up = subprocess.run([*airagent, "env", "up", "staging", "-c", config], capture_output=True, text=True, timeout=120)
+    missing = subprocess.run([*airagent, "env", "up", "qa", "-c", config], capture_output=True, text=True, timeout=120)
+
+    data = json.loads(status.stdout)
+    assert status.returncode == 0 and data["running"] and data["live"] == env.files.live().id
+    assert set(data["components"]) == {"scheduler", "dag-processor", "triggerer", "api-server"}
+    assert data["health"]["scheduler"]["status"] == "healthy"
+    assert up.returncode == 0 and "staging: already running" in up.stdout
+    assert missing.returncode == 2 and "no environment 'qa'" in missing.stderr

@@ -34,6 +34,7 @@ from airagent.models import Baseline, ProbeReading, Release, RolloutMode
 
 WORKERS = ("scheduler", "dag-processor", "triggerer")
 API_SLOTS = ("api-server-1", "api-server-2")
+COMPONENTS = (*WORKERS, "api-server")
 USER = "airagent"
 # Settings airagent chooses unless the release's airflow.cfg chooses otherwise.
 DEFAULTS = {
@@ -74,9 +75,13 @@ class LocalAirflow:
             records["api-server"] = live_api
         return records
 
-    def running(self) -> bool:
+    def stopped(self) -> list[str]:
+        """The components not running as the processes airagent started."""
         found = self.processes()
-        return all(name in found and found[name].alive for name in (*WORKERS, "api-server"))
+        return [name for name in COMPONENTS if not (name in found and found[name].alive)]
+
+    def running(self) -> bool:
+        return not self.stopped()
 
     def api(self, timeout: float | None = None) -> AirflowApi:
         return AirflowApi(f"http://127.0.0.1:{self.target.port}", Credentials.load(self.secrets / "api-login"),
@@ -91,18 +96,16 @@ class LocalAirflow:
             raise EnvironmentDown(f"{self.name} has no release yet; give a runtime to start it empty")
         self._ensure_secrets()
         python = Path(release.runtime if release else runtime) / "bin" / "python"
-        self._migrate(python, release)
-        found = self.processes()
-        started = []
-        for name in WORKERS:
-            if not (name in found and found[name].alive):
+        down = self.stopped()
+        if down:
+            self._migrate(python, release)
+        for name in down:
+            if name == "api-server":
+                self._start_api(API_SLOTS[0], python, release)
+            else:
                 self._start(name, python, release)
-                started.append(name)
-        if not ("api-server" in found and found["api-server"].alive):
-            self._start_api(API_SLOTS[0], python, release)
-            started.append("api-server")
         self.wait_healthy()
-        return f"started {', '.join(started)}" if started else "already running"
+        return f"started {', '.join(down)}" if down else "already running"
 
     def down(self) -> str:
         found = self.processes()
@@ -267,9 +270,10 @@ class LocalAirflow:
     def _swap_api(self, python: Path, release: Release) -> None:
         """Start the new api-server in the free slot; stop the old only once the new one answers."""
         old = [r for slot in API_SLOTS if (r := self.components.record(slot))]
-        live_old = [r for r in old if r.alive]
-        slot = next(s for s in API_SLOTS if s not in {r.name for r in live_old}) if len(live_old) < 2 else \
-            next(r.name for r in live_old if r.release != release.id)
+        busy = {r.name: r for r in old if r.alive}
+        free = [s for s in API_SLOTS if s not in busy]
+        # Both busy only after a swap was cut short: take the slot not serving this release.
+        slot = free[0] if free else next((n for n, r in busy.items() if r.release != release.id), API_SLOTS[0])
         if record := self.components.record(slot):
             self.components.stop(record, 30)  # a leftover of an interrupted swap
         new = self._start_api(slot, python, release)
@@ -297,7 +301,7 @@ class LocalAirflow:
     def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
         baseline = baseline or Baseline(at=datetime.now(UTC))
         found = self.processes()
-        readings = [probes.components(found, [*WORKERS, "api-server"])]
+        readings = [probes.components(found, list(COMPONENTS))]
         try:
             api = self.api()
         except FileNotFoundError as err:
@@ -384,9 +388,7 @@ class LocalAirflow:
         return max(self.target.drain_timeout.total_seconds(), 30.0) if name == "scheduler" else 30.0
 
     def _down_message(self) -> str:
-        found = self.processes()
-        down = [n for n in (*WORKERS, "api-server") if not (n in found and found[n].alive)]
-        return (f"{self.name} is not running ({', '.join(down)} down); start it with "
+        return (f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
                 f"`airagent env up {self.name}` before deploying")
 
 
