@@ -99,7 +99,10 @@ class LocalAirflow:
         down = self.stopped()
         if down:
             self._migrate(python, release)
+        found = self.processes()
         for name in down:
+            if name in found:  # a component that died may leave helpers running in its group
+                self.components.stop(found[name], 0)
             if name == "api-server":
                 self._start_api(API_SLOTS[0], python, release)
             else:
