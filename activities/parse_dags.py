@@ -6,6 +6,7 @@ library and Airflow. (The deployer imports it only for `relative_python_files` a
 file is and what it imports.)
 
     python parse_dags.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
+    (REPORT_JSON `-`: one line `airagent-report: {...}` on stdout)
     python parse_dags.py --serve DIRECTORY [--idle SECONDS]
 
 SETTINGS_JSON (written by the deployer, never pasted into a command line) may hold
@@ -42,6 +43,7 @@ import traceback
 from pathlib import Path
 
 MAX_TRACEBACK_LINES = 30
+REPORT_MARKER = "airagent-report: "
 PLACEHOLDER = "airagent-placeholder"
 # What nearly every DAG file imports: loaded once here, inherited by every fork.
 WARM_MODULES = ("airflow.sdk", "airflow.providers.standard.operators.empty",
@@ -472,7 +474,14 @@ def parse_folder(folder: Path, workers: int, timeout: float | None, settings: di
 
 def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:
     warm_up()
-    out.write_text(json.dumps({"files": parse_folder(folder, workers, timeout, settings)}))
+    report = json.dumps({"files": parse_folder(folder, workers, timeout, settings)})
+    if str(out) == "-":
+        # A pod's log is all that comes back from a validator Job, mixed with what DAG files printed:
+        # one marked line of its own.
+        sys.stdout.write(f"\n{REPORT_MARKER}{report}\n")
+        sys.stdout.flush()
+    else:
+        out.write_text(report)
 
 
 # --- warm: one process per runtime, forked per request ---------------------------------

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -37,22 +38,32 @@ def parse_release(release: Release, pipeline: PipelineSettings | None = None) ->
 
 def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str,
                pipeline: PipelineSettings | None = None, timeout: float | None = None) -> ValidationReport:
-    """Parse what changed with the runtime's warm parser (see parser_service); the rest from the cache.
+    """Parse what changed with the runtime's warm parser (see parser_service); the rest from the cache."""
+    settings = pipeline.validation if pipeline else ValidationSettings()
+    return parse_changed(
+        {"runtime": runtime.name, "runtime_json": _read(runtime / "runtime.json")}, bundle, dag_folder,
+        plugins_folder, pipeline, timeout,
+        lambda todo: _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout))
+
+
+def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: str,
+                  pipeline: PipelineSettings | None, timeout: float | None,
+                  parse: Callable[[list[str]], list[dict]]) -> ValidationReport:
+    """Files not in the cache go to `parse` (paths relative to the DAG folder); `runtime` names what parses them.
 
     Then apply the pipeline's rules and name owners, so a report means the same
-    whether a file was parsed now or came from the cache.
+    whether a file was parsed now or came from the cache, here or in a pod.
     """
     settings = pipeline.validation if pipeline else ValidationSettings()
     ignored = (pipeline.classification if pipeline else Classification()).ignored
-    context = {"runtime": runtime.name, "runtime_json": _read(runtime / "runtime.json"), "timeout": timeout,
-               "placeholders": settings.placeholders.model_dump(mode="json"),
+    context = {**runtime, "timeout": timeout, "placeholders": settings.placeholders.model_dump(mode="json"),
                "dag_folder": dag_folder, "plugins_folder": plugins_folder}
     keys = validation_cache.file_keys(bundle, dag_folder, context, ignored)
     found = validation_cache.load(keys.values())
     results = {rel: found.get(key) for rel, key in keys.items()}
     todo = sorted(rel for rel, result in results.items() if result is None)
     if todo:
-        for result in _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout):
+        for result in parse(todo):
             rel = result["path"]
             results[rel] = result
             if not result.get("transient"):
@@ -186,7 +197,12 @@ def review(report: ValidationReport, pipeline: PipelineSettings, repo: git.Repo 
 def validate(input: ValidateInput) -> ValidationReport:
     """Returns the report either way; the train decides, so the report reaches its status."""
     release, pipeline = input.release, input.pipeline
-    report = parse_release(release, pipeline)
+    if release.image and pipeline is not None:
+        from activities import validate_job  # the kubernetes client loads only when used
+
+        report = validate_job.parse_in_image(release, pipeline)
+    else:
+        report = parse_release(release, pipeline)
     if pipeline is None:
         return report
     if report.ok:

@@ -325,13 +325,19 @@ class ImageSettings(Model):
         "external", description="external: CI builds and pushes, and passes the image with deploy/notify; "
                                 "kaniko: a Job in the cluster builds it from the commit and pushes")
     dockerfile: RepoPath = "Dockerfile"
-    context: str | None = Field(None, description="git URL kaniko clones the commit from; default the pipeline's "
-                                                  "repo when it is a URL")
+    context: str | None = Field(None, description="git URL the cluster clones the commit from (kaniko, and the "
+                                                  "validator Job); default the pipeline's repo when it is a URL")
     namespace: str | None = Field(None, description="namespace of the build Job; default the first kubernetes "
                                                     "environment's")
     push_secret: str | None = Field(None, description="Secret (kubernetes.io/dockerconfigjson) kaniko pushes with")
     kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
     build_deadline: Duration = Field(timedelta(minutes=30), gt=timedelta(0))
+    git_sync_image: str = Field("registry.k8s.io/git-sync/git-sync:v4.4.0",
+                                description="clones the commit for the validator Job, as the chart's git-sync does")
+    git_secret: str | None = Field(None, description="Secret with GITSYNC_USERNAME and GITSYNC_PASSWORD for a "
+                                                     "private repository (the chart's dags.gitSync.credentialsSecret)")
+    validate_deadline: Duration = Field(timedelta(minutes=15), gt=timedelta(0),
+                                        description="how long the validator Job may run, image pull included")
 
     @field_validator("repository")
     @classmethod

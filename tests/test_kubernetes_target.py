@@ -314,8 +314,11 @@ def test_rbac_role_grants_exactly_what_the_driver_calls(repo):
     assert_role_grants_exactly("airagent", calls, "the driver")
 
 
-def test_rbac_jobs_role_grants_exactly_what_the_kaniko_builder_calls(tmp_path):
-    """A build that succeeds and one that fails, each followed to its end, under Role airagent-jobs."""
+def test_rbac_jobs_role_grants_exactly_what_the_kaniko_builder_and_the_validator_call(tmp_path):
+    """A build that succeeds and one that fails, each followed to its end, and validator Jobs that pass, cannot
+    pull their image and fail in git-sync (reading its log), under Role airagent-jobs."""
+    from tests.test_validate_job import Scripted, run_validator
+
     with kube.emulated(delay=0.05, progress_deadline=0.8) as cluster:
         config = kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host)
         target = KubernetesTarget(namespace=cluster.namespace, kubeconfig=config)
@@ -328,9 +331,16 @@ def test_rbac_jobs_role_grants_exactly_what_the_kaniko_builder_calls(tmp_path):
             images.kaniko(ImageSettings(repository="registry.example/airflow", builder="kaniko",
                                         kaniko_image="registry.invalid/kaniko:1"), target, pipeline,
                           "b" * 40, "registry.example/airflow:fedcba9876543210", "fedcba9876543210")
+        cluster.controller.kubelet = Scripted({"git-sync": (0, ""), "validate": (0, 'airagent-report: {"files": []}')})
+        run_validator(cluster, files=())
+        with pytest.raises(ApplicationError, match="ErrImagePull"):
+            run_validator(cluster, image="registry.invalid/airflow:0123456789abcdef")
+        cluster.controller.kubelet = Scripted({"git-sync": (1, "no such repository")})
+        with pytest.raises(ApplicationError, match="git-sync could not fetch"):
+            run_validator(cluster, files=("b.py",))
         calls = cluster.emulator.since(mark)
 
-    assert_role_grants_exactly("airagent-jobs", calls, "the kaniko builder")
+    assert_role_grants_exactly("airagent-jobs", calls, "the kaniko builder and the validator")
 
 
 def assert_role_grants_exactly(role_name: str, calls, caller: str) -> None:

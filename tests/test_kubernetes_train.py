@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,12 +15,15 @@ import pytest
 import yaml
 from kubernetes import client
 
+from activities.build import ensure_runtime
 from airagent import example
 from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings, home
 from airagent.models import TrainState
 from tests.kube import cluster as kube
+from tests.kube.controller import Kubelet
 
 REGISTRY = "registry.example/data/airflow"
+CONTEXT = "https://git.example/monorepo.git"  # where the cluster clones commits from (kaniko, the validator's git-sync)
 WORKLOADS = ["deployments/airflow-scheduler", "deployments/airflow-api-server", "deployments/airflow-dag-processor",
              "deployments/airflow-triggerer", "statefulsets/airflow-worker"]
 
@@ -29,8 +33,20 @@ def kube_pipeline(repo, config: Path) -> PipelineSettings:
     return PipelineSettings(
         name="main", repo=str(repo.working_tree_dir),
         environments=[EnvironmentSettings(name="staging", target=target)],
-        image=ImageSettings(repository=REGISTRY, builder="kaniko", context="https://git.example/monorepo.git"),
+        image=ImageSettings(repository=REGISTRY, builder="kaniko", context=CONTEXT),
     )
+
+
+def run_validator_jobs(cluster, pipeline: PipelineSettings, repo) -> None:
+    """Let the controller's kubelet stand-in run validator Jobs: the runtime the image is built from, the repo
+    the git-sync URL names."""
+    _, runtime = ensure_runtime(pipeline.runtime, Path(repo.working_tree_dir) / pipeline.runtime.requirements)
+    cluster.controller.kubelet = Kubelet(runtime, {CONTEXT: Path(repo.working_tree_dir)})
+
+
+def build_jobs(cluster) -> list[str]:
+    return [j["metadata"]["name"] for j in cluster.emulator.store.list("jobs")[0]
+            if j["metadata"]["name"].startswith("airagent-build-")]
 
 
 @pytest.fixture
@@ -42,7 +58,9 @@ def cluster():
 @pytest.fixture
 def world(cluster, monorepo, tmp_path):
     shutil.rmtree(home() / "images", ignore_errors=True)  # so kaniko builds in this test, whatever ran before
-    return kube_pipeline(monorepo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+    pipeline = kube_pipeline(monorepo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+    run_validator_jobs(cluster, pipeline, monorepo)
+    return pipeline
 
 
 def templates(cluster) -> dict[str, dict]:
@@ -67,8 +85,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
     assert first.mode == "rebuild"
     staging = first.environment_status("staging")
     assert any(w.startswith("airflow-worker: terminationGracePeriodSeconds is 600s") for w in staging.warnings)
-    jobs = [c for c in emulator.calls if c.resource == "jobs" and c.verb == "create"]
-    assert len(jobs) == 1  # kaniko built the runtime image once
+    assert len(build_jobs(cluster)) == 1  # kaniko built the runtime image once
     on_first = templates(cluster)
     image = on_first["deployments/airflow-scheduler"]["spec"]["containers"][0]["image"]
     runtime = next(s for s in first.stages if s.name == "build").detail.split("runtime ")[1].rstrip(")")
@@ -87,7 +104,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
     assert template_patches(emulator.since(mark)) == []
     assert templates(cluster) == on_first
     assert monorepo.heads["airagent/staging"].commit.hexsha == sha
-    assert not [c for c in emulator.since(mark) if c.resource == "jobs"]  # same runtime: nothing to build
+    assert len(build_jobs(cluster)) == 1  # same runtime: nothing to build
 
     cluster.controller.crash("airflow-scheduler")
     mark = len(emulator.calls)
@@ -105,7 +122,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
 
 
 async def test_an_image_from_ci_must_carry_the_runtime_hash(agent, drive, world, monorepo):
-    pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY)})  # builder: external
+    pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY, context=CONTEXT)})  # external
     handle = await agent.start(pipeline, monorepo.head.commit.hexsha, image=f"{REGISTRY}:latest")
     status = await drive.finish(handle.id)
 
@@ -131,7 +148,7 @@ def airagent_cli(*args: str) -> subprocess.CompletedProcess:
 
 async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, drive, world, monorepo, cluster,
                                                                         tmp_path):
-    pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY)})  # builder: external
+    pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY, context=CONTEXT)})  # external
     head = monorepo.head.commit.hexsha
     await agent.start_pipeline(pipeline)
     try:
@@ -159,10 +176,66 @@ async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, 
     runtime = next(s for s in train.stages if s.name == "build").detail.split("runtime ")[1].rstrip(")")
     assert tag == f"{REGISTRY}:{runtime}"  # the CLI's hash is the build stage's
     assert all(t["spec"]["containers"][0]["image"] == tag for t in templates(cluster).values())
-    assert not [c for c in cluster.emulator.calls if c.resource == "jobs"]  # CI built it: no kaniko
+    assert build_jobs(cluster) == []  # CI built it: no kaniko
 
 
 def test_image_tag_needs_image_settings(world, tmp_path):
     path = write_config(tmp_path / "airagent.yaml", world, image=False)
     told = airagent_cli("image", "tag", "-p", "main", "-c", str(path))
     assert told.returncode == 2 and "no `image:` settings" in told.stderr and "Traceback" not in told.stderr
+
+
+def validator_jobs(cluster) -> list[dict]:
+    return [j for j in cluster.emulator.store.list("jobs")[0] if j["metadata"]["name"].startswith("airagent-validate-")]
+
+
+def ref_and_record(cluster, monorepo) -> tuple:
+    record = cluster.emulator.store.get("configmaps", cluster.namespace, "airagent-staging")
+    return monorepo.heads["airagent/staging"].commit.hexsha, record["metadata"]["resourceVersion"]
+
+
+async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, monorepo, cluster):
+    """The validate stage of a release with an image is a Job in that image (run here by the kubelet stand-in with
+    the runtime the image is built from): a good commit passes on Airflow's own report, a broken DAG and an image
+    that cannot be pulled fail validate, and neither touches the environment."""
+    emulator = cluster.emulator
+    # A repository of its own: files parsed in an image are cached under it, and this test must see Jobs run.
+    world = world.model_copy(update={"image": world.image.model_copy(
+        update={"repository": f"registry.example/{uuid.uuid4().hex[:8]}/airflow"})})
+    first = await drive.finish((await agent.start(world, monorepo.head.commit.hexsha)).id)
+
+    assert first.state == TrainState.succeeded, first.reason
+    [job] = validator_jobs(cluster)
+    pod = job["spec"]["template"]["spec"]
+    runtime = next(s for s in first.stages if s.name == "build").detail.split("runtime ")[1].rstrip(")")
+    assert pod["containers"][0]["image"] == f"{world.image.repository}:{runtime}"  # the release image itself
+    assert pod["initContainers"][0]["args"][:2] == [f"--repo={CONTEXT}", f"--ref={monorepo.head.commit.hexsha}"]
+    [log] = [text for (_, name, container), text in emulator.store.logs.items() if container == "validate"]
+    report = json.loads(log.split("airagent-report: ", 1)[1])
+    assert sorted(d for f in report["files"] for d in f["dag_ids"]) == [
+        "campaigns", "fx_rates", "ledger_daily", "orders_hourly"]  # parsed by Airflow's DagBag
+    assert "6 files, 4 DAGs (6 parsed, 0 from cache): all parse" in first.validation
+
+    before = ref_and_record(cluster, monorepo)
+    mark = len(emulator.calls)
+    example.commit(monorepo, {"dags/marketing/campaigns.py": "import no_such_module\n"}, "marketing: oops",
+                   "marketing")
+    broken = await drive.finish((await agent.start(world, monorepo.head.commit.hexsha)).id)
+
+    assert broken.state == TrainState.failed and broken.stages[-1].name == "validate", broken.reason
+    assert "dags/marketing/campaigns.py" in broken.reason and "no_such_module" in broken.reason
+    assert "5 from cache" in broken.validation  # only the changed file went to the Job
+    assert len(validator_jobs(cluster)) == 2
+    assert template_patches(emulator.since(mark)) == [] and ref_and_record(cluster, monorepo) == before
+
+    example.commit(monorepo, {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=3)},
+                   "marketing: fixed", "marketing")
+    unpullable = world.model_copy(update={"image": world.image.model_copy(
+        update={"repository": "registry.invalid/data/airflow"})})
+    mark = len(emulator.calls)
+    pulled = await drive.finish((await agent.start(unpullable, monorepo.head.commit.hexsha)).id)
+
+    assert pulled.state == TrainState.failed and pulled.stages[-1].name == "validate", pulled.reason
+    assert "airagent-validate-" in pulled.reason and "ErrImagePull" in pulled.reason
+    assert "registry.invalid/data/airflow:" in pulled.reason
+    assert template_patches(emulator.since(mark)) == [] and ref_and_record(cluster, monorepo) == before

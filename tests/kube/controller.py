@@ -10,7 +10,9 @@ every one of them is a watch event the driver sees.
   Progressing=False, reason ProgressDeadlineExceeded.
 - A StatefulSet replaces pods one at a time from the highest ordinal, each only once
   the others are ready, and moves currentRevision to updateRevision at the end.
-- A Job succeeds `delay` seconds after it is made (its image on a `.invalid` registry: it fails).
+- A Job succeeds `delay` seconds after it is made (its image on a `.invalid` registry: it fails),
+  unless `kubelet` (a `Kubelet`) can run its pod: then the Job gets a pod, which the
+  kubelet stand-in runs on this host, and the Job ends as that pod does.
 - A pod becomes ready `delay` seconds after it is made, unless a fault says otherwise:
   `crash(name)` (CrashLoopBackOff), an image on a `.invalid` registry (ErrImagePull,
   then ImagePullBackOff), `stick(name)` (ContainerCreating forever).
@@ -20,10 +22,18 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
+import os
+import subprocess
+import tarfile
 import threading
 import time
 import uuid
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import git
 
 from tests.kube.emulator import ApiError, Store
 
@@ -41,6 +51,8 @@ class Controller:
         self.stuck: set[str] = set()
         self._born: dict[tuple[str, str], tuple[float, str]] = {}  # pod -> (made at, fate)
         self._progress: dict[tuple[str, str], tuple[int, float]] = {}  # deployment -> (generation, since)
+        self.kubelet: Kubelet | None = None
+        self._running: list[threading.Thread] = []  # Job pods the kubelet stand-in runs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kube-controller", daemon=True)
 
@@ -63,6 +75,8 @@ class Controller:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        for thread in self._running:
+            thread.join()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -167,6 +181,8 @@ class Controller:
     # --- jobs ----------------------------------------------------------------------------
 
     def _job(self, j: dict) -> None:
+        if self.kubelet is not None and self.kubelet.runs(j["spec"]["template"]["spec"]):
+            return self._job_with_pod(j)
         key = (j["metadata"]["namespace"], f"job/{j['metadata']['name']}")
         born = self._born.setdefault(key, (time.monotonic(), "ok"))[0]
         if j.get("status") or time.monotonic() - born < self.delay:
@@ -178,6 +194,51 @@ class Controller:
         else:
             status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
         self._set_status("jobs", j, status)
+
+    def _job_with_pod(self, j: dict) -> None:
+        """As the Job controller does: one pod (backoffLimit 0); the Job ends when the pod does."""
+        ns, name = j["metadata"]["namespace"], j["metadata"]["name"]
+        if (ns, f"job/{name}") in self._born:
+            return
+        self._born[(ns, f"job/{name}")] = (time.monotonic(), "pod")
+        pod = self._make_pod(ns, f"{name}-{uuid.uuid4().hex[:5]}", j, j["spec"]["template"], name, {"job-name": name})
+        key = (ns, pod["metadata"]["name"])
+        if self._born[key][1] == "pull":
+            return  # ErrImagePull, then ImagePullBackOff, until the Job's deadline: as in a cluster
+        self._born[key] = (self._born[key][0], "kubelet")
+        thread = threading.Thread(target=self._run_pod, args=(j, pod), name=f"kubelet {key[1]}", daemon=True)
+        self._running.append(thread)
+        thread.start()
+
+    def _run_pod(self, job: dict, pod: dict) -> None:
+        ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        with TemporaryDirectory(prefix="kubelet-") as scratch:
+            ran = self.kubelet.run(self.store, ns, pod["spec"], Path(scratch))
+        for container, (_, output) in ran.items():
+            self.store.logs[(ns, name, container)] = output
+        ok = all(code == 0 for code, _ in ran.values())
+
+        def state(container: dict) -> dict:
+            if container["name"] not in ran:
+                return {"waiting": {"reason": "PodInitializing"}}
+            code = ran[container["name"]][0]
+            return {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
+
+        def statuses(kind: str) -> list[dict]:
+            return [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
+                     "state": state(c)} for c in pod["spec"].get(kind, [])]
+
+        current = self.store.get("pods", ns, name)
+        if current is not None:
+            self.store.replace("pods", {**current, "status": {
+                "phase": "Succeeded" if ok else "Failed", "conditions": [{"type": "Ready", "status": "False"}],
+                "initContainerStatuses": statuses("initContainers"), "containerStatuses": statuses("containers")}})
+        done = ({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]} if ok else
+                {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                              "message": "Job has reached the specified backoff limit"}]})
+        current = self.store.get("jobs", job["metadata"]["namespace"], job["metadata"]["name"])
+        if current is not None:
+            self.store.replace("jobs", {**current, "status": done})
 
     # --- pods ----------------------------------------------------------------------------
 
@@ -209,7 +270,7 @@ class Controller:
         for pod in self.store.list("pods")[0]:
             key = (pod["metadata"]["namespace"], pod["metadata"]["name"])
             born, fate = self._born.get(key, (now, "ok"))
-            if now - born < self.delay or fate == "stuck":
+            if now - born < self.delay or fate in ("stuck", "kubelet"):
                 continue
             waiting = {"ok": None, "crash": "CrashLoopBackOff",
                        "pull": "ErrImagePull" if now - born < 3 * self.delay else "ImagePullBackOff"}[fate]
@@ -245,3 +306,91 @@ def _owner(obj: dict) -> dict:
 
 def _owned(child: dict, parent: dict) -> bool:
     return any(o["uid"] == parent["metadata"]["uid"] for o in child["metadata"].get("ownerReferences", []))
+
+
+class Kubelet:
+    """Stands in for the kubelet, which would pull a pod's images and run its containers; none can run here.
+
+    It runs a pod whose main container's command is `python ...` (the validator Job) on this
+    host, container by container: `python` is the given runtime's interpreter, each volume a
+    folder (a ConfigMap's keys as files), each mount path in commands, env and workingDir that
+    folder; git-sync is an export of the commit from the local repository its `--repo` URL
+    maps to. Output goes to the pod's log.
+    """
+
+    def __init__(self, runtime: Path, repos: dict[str, Path]):
+        self.runtime, self.repos = runtime, repos
+
+    @staticmethod
+    def runs(spec: dict) -> bool:
+        return (spec["containers"][0].get("command") or [None])[0] == "python"
+
+    def run(self, store: Store, namespace: str, spec: dict, scratch: Path) -> dict[str, tuple[int, str]]:
+        """Container name -> (exit code, output), for the containers that ran; the first failure ends the pod."""
+        volumes = {}
+        for volume in spec.get("volumes", []):
+            folder = volumes[volume["name"]] = scratch / volume["name"]
+            folder.mkdir()
+            if "configMap" in volume:
+                for key, text in self._config_map(store, namespace, volume["configMap"]["name"]).items():
+                    (folder / key).write_text(text)
+        ran = {}
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
+            local = _mapper(mounts)
+            if "git-sync" in container["image"]:
+                ran[container["name"]] = self._git_sync(container["args"], local)
+            else:
+                ran[container["name"]] = self._python(container, local, scratch, spec.get("activeDeadlineSeconds"))
+            if ran[container["name"]][0]:
+                break
+        return ran
+
+    @staticmethod
+    def _config_map(store: Store, namespace: str, name: str, wait: float = 30) -> dict[str, str]:
+        """As the kubelet does for a ConfigMap volume: wait until it exists."""
+        deadline = time.monotonic() + wait
+        while (found := store.get("configmaps", namespace, name)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if found is None:
+            raise LookupError(f"configmap {name} never appeared")
+        return found.get("data") or {}
+
+    def _git_sync(self, args: list[str], local) -> tuple[int, str]:
+        flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+        root = Path(local(flags["root"]))
+        checkout = root / ".worktrees" / flags["ref"]
+        buffer = io.BytesIO()
+        try:
+            git.Repo(self.repos[flags["repo"]]).archive(buffer, treeish=flags["ref"], format="tar")
+        except (KeyError, git.GitCommandError) as err:
+            return 1, f"git-sync (stand-in): cannot fetch {flags['ref']} from {flags['repo']}: {err}\n"
+        buffer.seek(0)
+        with tarfile.open(fileobj=buffer) as tar:
+            tar.extractall(checkout, filter="data")
+        (root / flags["link"]).symlink_to(checkout)
+        return 0, f"git-sync (stand-in): {flags['ref']} from {flags['repo']}\n"
+
+    def _python(self, container: dict, local, scratch: Path, deadline: int | None) -> tuple[int, str]:
+        argv = [local(a) for a in container.get("command", []) + container.get("args", [])]
+        argv[0] = str(self.runtime / "bin" / "python")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
+               "AIRFLOW_HOME": str(scratch / "airflow"),
+               **{e["name"]: local(e["value"]) for e in container.get("env", [])}}
+        try:
+            done = subprocess.run(argv, env=env, cwd=local(container.get("workingDir") or str(scratch)),
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  timeout=deadline)
+        except subprocess.TimeoutExpired as err:
+            return 137, (err.output or b"").decode(errors="replace")
+        return done.returncode, done.stdout.decode(errors="replace")
+
+
+def _mapper(mounts: dict[str, Path]):
+    """Path in the container -> path on this host, by the longest mount path it lies under."""
+    def local(value: str) -> str:
+        for mount in sorted(mounts, key=len, reverse=True):
+            if value == mount or value.startswith(mount.rstrip("/") + "/"):
+                return str(mounts[mount]) + value[len(mount.rstrip("/")):]
+        return value
+    return local

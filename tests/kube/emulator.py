@@ -4,6 +4,7 @@ No kube-apiserver runs on these machines, so the real `kubernetes` client talks 
 this instead. It speaks the wire protocol the driver uses, and nothing more:
 
 - core/v1 pods, configmaps, apps/v1 deployments, statefulsets, replicasets and batch/v1 jobs in namespaces
+- GET pods/{name}/log?container=, from what the test controller's kubelet stand-in stored
 - GET one, LIST (labelSelector `k=v,k!=v,k`, fieldSelector `metadata.name=`), POST,
   PATCH as JSON patch (RFC 6902) or JSON merge patch (RFC 7386), DELETE
 - a global resourceVersion, `metadata.generation` bumped on spec changes
@@ -73,6 +74,7 @@ class Store:
         self.events: list[tuple[int, str, str, dict]] = []  # (rv, resource, type, object)
         self.rv = 0
         self.changed = threading.Condition()
+        self.logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> its output
 
     def get(self, resource: str, namespace: str, name: str) -> dict | None:
         with self.changed:
@@ -252,6 +254,8 @@ def _route(path: str) -> tuple[str, str, str | None]:
             parts = path[len(head):].split("/")
             if len(parts) >= 2 and parts[1] == plural and len(parts) <= 3:
                 return plural, parts[0], parts[2] if len(parts) == 3 else None
+            if plural == "pods" and len(parts) == 4 and parts[1] == plural and parts[3] == "log":
+                return "pods/log", parts[0], parts[2]  # a subresource: RBAC's resource is `pods/log`
     raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path})")
 
 
@@ -294,6 +298,8 @@ def _handler(api: Emulator):
                 api.record(Call(method, url.path, verb, resource, namespace, name, watch))
                 if watch:
                     return self._watch(resource, namespace, query)
+                if resource == "pods/log":
+                    return self._log(namespace, name, query)
                 self._send(200 if method != "POST" else 201, self._act(method, resource, namespace, None if collection else name, query, body))
             except ApiError as err:
                 self._send(err.code, err.status())
@@ -370,6 +376,18 @@ def _handler(api: Emulator):
             if meta.get("namespace") == namespace and _labels_match(label, meta.get("labels", {})) \
                     and _fields_match(field, obj):
                 self._chunk({"type": kind, "object": obj})
+
+        def _log(self, namespace, name, query):
+            pod = store.get("pods", namespace, name)
+            if pod is None:
+                raise ApiError(404, "NotFound", f'pods "{name}" not found')
+            container = query.get("container") or pod["spec"]["containers"][0]["name"]
+            data = store.logs.get((namespace, name, container), "").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _chunk(self, payload: dict):
             data = json.dumps(payload).encode() + b"\n"
