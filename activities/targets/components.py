@@ -101,9 +101,6 @@ class Components:
             raise RuntimeError(f"{process.name} (pid {process.pid}) survived SIGKILL; stop it by hand")
         (self.run / f"{process.name}.json").unlink(missing_ok=True)
 
-    def forget(self, name: str) -> None:
-        (self.run / f"{name}.json").unlink(missing_ok=True)
-
     def _write(self, process: Process) -> None:
         tmp = self.run / f".{process.name}.{os.getpid()}"
         tmp.write_text(process.model_dump_json(indent=2))
