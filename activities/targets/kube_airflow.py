@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 
@@ -25,7 +24,7 @@ from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.drivers import Rolled
 from activities.targets.kube_rollout import FATAL_WAITING, RolloutFailed
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, Rollout, RollReport, connect
-from activities.targets.local_airflow import CONFIG_FILES, NotLive
+from activities.targets.local_airflow import NotLive, config_file
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
 from airagent.repo import open_repository
@@ -62,7 +61,7 @@ class KubernetesAirflow:
 
     def _config(self, release: Release) -> dict[str, str] | None:
         """The chart ConfigMap's data with the release's airflow.cfg; None when the release has none."""
-        found = next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
+        found = config_file(release)
         current = self.env.read_config()
         if found is None or current is None:
             return None

@@ -131,16 +131,26 @@ class LocalEnvironment:
         Airflow's DAG processor re-parses a file early only when its mtime is newer than its
         last parse; files from git keep their commit time, and a rollback brings back old ones.
         """
-        live = self.current.resolve() if self.current.is_symlink() else None
         now = time.time()
-        for path in incoming.rglob("*"):
-            if not path.is_file() or "__pycache__" in path.parts:
-                continue
-            before = live / path.relative_to(incoming) if live else None
-            if before is None or not before.is_file() or not filecmp.cmp(path, before, shallow=False):
-                os.utime(path, (now, now))
+        for path in differing(self.current.resolve() if self.current.is_symlink() else None, incoming):
+            os.utime(incoming / path, (now, now))
 
     def _write(self, manifest: Manifest) -> None:
         tmp = self.path / f".manifest.{uuid.uuid4().hex[:8]}"
         tmp.write_text(manifest.model_dump_json(indent=2))
         os.replace(tmp, self.manifest_file)
+
+
+def differing(old: Path | None, new: Path) -> set[str]:
+    """Paths, relative to `new`, of its files whose content `old` does not hold at the same place.
+
+    Python's bytecode caches written beside a release's files are not the release's own.
+    """
+    found = set()
+    for path in new.rglob("*"):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        before = old / path.relative_to(new) if old else None
+        if before is None or not before.is_file() or not filecmp.cmp(path, before, shallow=False):
+            found.add(path.relative_to(new).as_posix())
+    return found

@@ -28,7 +28,7 @@ import httpx
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.components import Components, Process
-from activities.targets.local import LocalEnvironment, Manifest
+from activities.targets.local import LocalEnvironment, Manifest, differing
 from airagent.config import LocalTarget, Probes
 from airagent.models import Baseline, ProbeReading, Release, RolloutMode
 
@@ -179,7 +179,7 @@ class LocalAirflow:
     def confirm_dags(self, release: Release, dags: dict[str, list[str]], before: Release | None,
                      swapped: datetime) -> str:
         """Done when every DAG of the release is served and each changed file was parsed after the swap."""
-        fresh = self._changed_files(before, release) if before else None
+        fresh = differing(Path(before.bundle), Path(release.bundle)) if before else None
         expected = {dag_id: path for path, ids in dags.items() for dag_id in ids}
         must_reparse = {d for d, path in expected.items() if fresh is None or path in fresh}
         baseline = self.baseline()
@@ -205,11 +205,6 @@ class LocalAirflow:
                     raise NotLive(f"new DAG code not live within {self.target.live_timeout}: still waiting for "
                                   f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
                 time.sleep(1)
-
-    def _changed_files(self, before: Release, after: Release) -> set[str]:
-        """Repository paths whose content differs between two installed releases."""
-        old, new = _digests(Path(before.bundle)), _digests(Path(after.bundle))
-        return {p for p in old.keys() | new.keys() if old.get(p) != new.get(p)}
 
     # --- restart and rebuild ----------------------------------------------------------------------
 
@@ -355,7 +350,7 @@ class LocalAirflow:
             "AIRFLOW__API_AUTH__JWT_SECRET": (self.secrets / "jwt-secret").read_text().strip(),
             "AIRFLOW__API__SECRET_KEY": (self.secrets / "jwt-secret").read_text().strip(),
         }
-        config = _config_file(release)
+        config = config_file(release)
         chosen = configparser.RawConfigParser()
         if config:
             env["AIRFLOW_CONFIG"] = str(config)
@@ -395,7 +390,8 @@ class LocalAirflow:
                 f"`airagent env up {self.name}` before deploying")
 
 
-def _config_file(release: Release | None) -> Path | None:
+def config_file(release: Release | None) -> Path | None:
+    """The release's airflow.cfg, where the repository keeps one."""
     if release is None:
         return None
     return next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
