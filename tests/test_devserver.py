@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import socket
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from temporalio.client import Client
@@ -18,84 +15,14 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent, NotFound, TrainRunning
+from airagent.client import AirAgent, TrainRunning
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
 from airagent.models import TrainState, train_id
+from tests.devserver import (  # noqa: F401  fixtures
+    WorkerProcess, agent, airagent, cli_env, dev_server, free_port, until, until_pipeline, worker)
 
 pytestmark = pytest.mark.devserver
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory):
-    server = DevServer(tmp_path_factory.mktemp("temporal"), port=free_port(), ui_port=free_port())
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def cli_env(dev_server, tmp_path) -> dict[str, str]:
-    return {**os.environ, "TEMPORAL_ADDRESS": dev_server.address, "AIRAGENT_TASK_QUEUE": f"q-{tmp_path.name}"}
-
-
-@pytest.fixture
-async def agent(dev_server, cli_env) -> AirAgent:
-    client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
-    return AirAgent(client, cli_env["AIRAGENT_TASK_QUEUE"])
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([binary("airagent"), "worker"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-
-    def kill(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
-
-
-@pytest.fixture
-def worker(cli_env, tmp_path):
-    w = WorkerProcess(cli_env, tmp_path / "worker.log")
-    w.start()
-    yield w
-    w.stop()
-
-
-def airagent(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([binary("airagent"), *args], env=env, capture_output=True, text=True, timeout=600)
-
-
-async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    status = None
-    while loop.time() < deadline:
-        try:
-            status = await agent.status(wf_id)
-        except NotFound:
-            status = None  # not started yet
-        if status and predicate(status):
-            return status
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{wf_id} never got there; last status {status}")
 
 
 async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(agent, worker, tmp_path):
@@ -229,21 +156,6 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
     finally:
         await client.get_workflow_handle("pipeline/main").terminate("test over")
         w.stop()
-
-
-async def until_pipeline(agent: AirAgent, predicate, timeout: float = 300):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    status = None
-    while loop.time() < deadline:
-        try:
-            status = await agent.pipeline_status("main")
-        except NotFound:
-            status = None  # between runs, across continue-as-new
-        if status and predicate(status):
-            return status
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"pipeline main never got there; last status {status}")
 
 
 def set_current_version(server: DevServer, deployment: str, build_id: str) -> None:

@@ -228,17 +228,17 @@ class DeployTrain(Controlled):
             status.state = "live"
             self._end(record, Outcome.skipped, "no soak configured")
             return
+        # Soak time is counted in fired timers: a clock reading can differ between the live worker and a
+        # replay (a query answered across a timed-out workflow task moved it), and then so would the branch.
+        by_ticks = workflow.patched(SOAK_COUNTS_TICKS)
         remaining, checks = env.soak, 0
         while remaining > timedelta(0):
             await self._checkpoint(record, hold=False)
-            paused, started = self.paused, workflow.now()
-            try:
-                await workflow.wait_condition(lambda: self.paused != paused or self.stop is not None,
-                                              timeout=min(env.probe_interval, remaining))
-            except asyncio.TimeoutError:
-                pass
+            paused, started, tick = self.paused, workflow.now(), min(env.probe_interval, remaining)
+            # A pause or resume ends the tick early, so a tick that ran out was all paused or all not.
+            fired = await _timer(tick, lambda: self.paused != paused or self.stop is not None)
             if not paused:
-                remaining -= workflow.now() - started
+                remaining -= (tick if fired else timedelta(0)) if by_ticks else workflow.now() - started
             self._show_paused(record, remaining)
             if self.stop or self.paused != paused:
                 continue
@@ -477,6 +477,17 @@ class DeployTrain(Controlled):
 
 _MODE_ORDER = ["dags-only", "restart", "rebuild"]
 READINGS_KEPT = 10
+# Trains that began soaking before this patch count their soak by the clock; remove once none run.
+SOAK_COUNTS_TICKS = "soak-counts-ticks"
+
+
+async def _timer(timeout: timedelta, wake) -> bool:
+    """Wait `timeout` unless `wake()` comes true first; whether the timer ran out."""
+    try:
+        await workflow.wait_condition(wake, timeout=timeout)
+    except asyncio.TimeoutError:
+        return True
+    return False
 
 
 def _root(err: ActivityError) -> BaseException | None:

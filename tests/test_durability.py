@@ -1,0 +1,60 @@
+"""Trains survive a dead worker while people watch them: what the live worker decided, history replays.
+
+On the real dev server with the worker as a process that is SIGKILLed. A query answered
+by the restarted worker while a workflow task had timed out used to move the train's
+clock in a way history does not record, and the soak then ended on replay where it had
+gone on live (a nondeterminism error that wedged the train).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+from temporalio.api.enums.v1 import EventType
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from airagent import example
+from airagent.client import AirAgent
+from airagent.config import load_pipeline
+from airagent.models import TrainState
+from tests.devserver import agent, cli_env, dev_server, until, worker  # noqa: F401  fixtures
+from worker.main import WORKFLOWS
+
+pytestmark = pytest.mark.devserver
+
+
+async def watch(agent: AirAgent, wf_id: str, every: float = 0.2) -> None:
+    """What `--wait`, `status --watch` and the Web UI do: ask the live worker, again and again."""
+    while True:
+        with contextlib.suppress(Exception):
+            await agent.status(wf_id)
+        await asyncio.sleep(every)
+
+
+async def assert_replays(agent: AirAgent, wf_id: str) -> None:
+    history = await agent.client.get_workflow_handle(wf_id).fetch_history()
+    failed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert not failed, failed[0].workflow_task_failed_event_attributes.failure.message
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    await replayer.replay_workflow(history)
+
+
+async def test_train_queried_while_its_workflow_task_times_out_replays(agent, worker, tmp_path):
+    example.create(tmp_path / "repo", tmp_path / "envs", soak="25s", probe_interval="1s", airflow=False)
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    handle = await agent.deploy(pipeline)
+    await until(agent, handle.id, lambda s: s.stage == "soak" and s.environment == "staging")
+    watcher = asyncio.create_task(watch(agent, handle.id))
+    try:
+        worker.kill()
+        await asyncio.sleep(2)
+        worker.start()  # while the dead worker's sticky queue still holds the train's workflow task
+        status = await asyncio.wait_for(agent.wait(handle.id), 120)
+    finally:
+        watcher.cancel()
+
+    assert status.state == TrainState.succeeded, status.reason
+    await assert_replays(agent, handle.id)
