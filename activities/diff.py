@@ -9,6 +9,7 @@ import git
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import keep_alive
 from activities.targets.drivers import environment
 from airagent.config import Classification
 from airagent.models import ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, Kind, RolloutMode
@@ -67,6 +68,11 @@ def _train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list
 
 @activity.defn(name="diff")
 def diff(input: DiffInput) -> DiffResult:
+    with keep_alive("diff"):  # a worker that dies mid-diff shows within the heartbeat timeout
+        return _diff(input)
+
+
+def _diff(input: DiffInput) -> DiffResult:
     pipeline = input.pipeline
     try:
         repo = open_repository(pipeline)

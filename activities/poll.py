@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeat import keep_alive
 from airagent.models import PollInput, PollResult
 from airagent.repo import RepoError, open_repository, resolve
 
@@ -12,6 +13,7 @@ from airagent.repo import RepoError, open_repository, resolve
 @activity.defn(name="poll_branch")
 def poll_branch(input: PollInput) -> PollResult:
     try:
-        return PollResult(head=resolve(open_repository(input.pipeline), input.pipeline))
+        with keep_alive("poll"):  # a fetch from a remote can take a while; a dead worker shows in seconds
+            return PollResult(head=resolve(open_repository(input.pipeline), input.pipeline))
     except RepoError as err:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None

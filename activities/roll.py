@@ -7,6 +7,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
 from activities.targets.drivers import Rolled, environment
+from activities.targets.errors import UnexpectedLive
 from activities.targets.kube_rollout import RolloutFailed
 from activities.targets.local_airflow import EnvironmentDown, NotLive
 from airagent.config import EnvironmentSettings
@@ -19,7 +20,9 @@ def roll(input: RollInput) -> RollResult:
     try:
         with keep_alive(f"roll {input.environment.name}"):
             warnings = env.preflight()
-            rolled = env.roll(input.release, input.mode, input.dags)
+            rolled = env.roll(input.release, input.mode, input.dags, input.replaces)
+    except UnexpectedLive as err:  # refused before changing anything: the next train diffs what is live now
+        raise ApplicationError(str(err), type="UnexpectedLive", non_retryable=True) from None
     except EnvironmentDown as err:
         raise ApplicationError(str(err), type="EnvironmentDown", non_retryable=True) from None
     except NotLive as err:

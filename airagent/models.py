@@ -287,6 +287,12 @@ class ValidateInput(BaseModel):
 # --- roll, rollback, soak -------------------------------------------------------------
 
 
+class Expected(BaseModel):
+    """What a roll expects to find live: the release its diff saw (None: nothing, a first deploy)."""
+
+    live: str | None
+
+
 class RollInput(BaseModel):
     environment: EnvironmentSettings
     release: Release
@@ -295,6 +301,9 @@ class RollInput(BaseModel):
                                                       "a dags-only roll is done once Airflow serves them")
     pipeline: PipelineSettings | None = Field(None, description="whose repository a kubernetes environment's DAG "
                                                                 "ref is moved in")
+    replaces: Expected | None = Field(None, description="what the train's diff saw live; the target refuses to roll "
+                                                        "over anything else; None only in inputs recorded before "
+                                                        "this check existed")
 
 
 class RollbackInput(BaseModel):

@@ -21,11 +21,15 @@ from pydantic import ValidationError
 
 from temporalio.exceptions import ApplicationError
 
+from temporalio.testing import ActivityEnvironment
+
 from activities import images
+from activities.roll import roll
+from activities.targets.errors import UnexpectedLive
 from activities.targets.kube_rollout import RolloutFailed, RolloutTimeout, deployment_progress, statefulset_progress
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
 from airagent.config import EnvironmentSettings, ImageSettings, PipelineSettings
-from airagent.models import RolloutMode
+from airagent.models import Expected, Release, RollInput, RolloutMode
 from tests.kube import cluster as kube
 
 KUBECONFIG = os.environ.get("AIRAGENT_KUBECONFIG")
@@ -253,6 +257,93 @@ def test_a_repeated_roll_does_not_patch_twice(cluster, repo):
     assert not again.changed
     assert [(c.verb, c.resource) for c in emulator.since(mark)] == [("get", "configmaps")]
     assert len(env.record().snapshots) == 1
+
+
+# --- a roll names the release it replaces ----------------------------------------------
+
+
+def environment_state(cluster, repo, env: KubernetesEnvironment) -> tuple:
+    """What a roll could change: every pod template, the chart's config, the DAG ref and the record."""
+    config = client.CoreV1Api(cluster.api).read_namespaced_config_map("airflow-config", cluster.namespace).data
+    ref = next((h.commit.hexsha for h in repo.heads if h.name == "airagent/staging"), None)
+    return templates(cluster), config, ref, env.record()
+
+
+@pytest.mark.parametrize("expected", ["r0", None], ids=["other-release", "first-deploy"])
+def test_a_roll_over_an_unexpected_release_is_refused_before_any_write(cluster, repo, expected):
+    c1, c2 = commits(repo)
+    env = environment(cluster, repo)
+    env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.dags_only))
+    before = environment_state(cluster, repo, env)
+    mark = len(cluster.emulator.calls) if cluster.emulator else 0
+
+    with pytest.raises(UnexpectedLive) as refused:
+        env.roll(rebuild("r2", c2, "apache/airflow:3.1.1"), Expected(live=expected))
+
+    if cluster.emulator:
+        assert [(c.verb, c.resource) for c in cluster.emulator.since(mark)] == [("get", "configmaps")]  # the record
+    err = refused.value
+    assert (err.expected, err.live, err.release) == (expected, "r1", "r2")
+    assert str(err).startswith(f"staging runs r1 (commit {c1[:12]}) but this train expected {expected or 'nothing'}")
+    assert environment_state(cluster, repo, env) == before
+
+
+def test_a_retried_roll_is_still_a_noop_though_replaces_names_the_release_before(cluster, repo):
+    emulator = emulated(cluster).emulator
+    c1, c2 = commits(repo)
+    attempts = []
+
+    def confirm_after_a_crash(release, commit):
+        attempts.append(release)
+        if len(attempts) == 2:
+            raise ConnectionError("worker lost mid-roll")
+
+    env = environment(cluster, repo, confirm_after_a_crash)
+    env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.dags_only), Expected(live=None))
+    with pytest.raises(ConnectionError):
+        env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only), Expected(live="r1"))
+
+    resumed = env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only), Expected(live="r1"))
+    assert resumed.changed and (resumed.live, resumed.previous) == ("r2", "r1")
+
+    mark = len(emulator.calls)
+    again = env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only), Expected(live="r1"))
+    assert not again.changed and again.live == "r2"
+    assert [(c.verb, c.resource) for c in emulator.since(mark)] == [("get", "configmaps")]
+    assert [(s.release, s.replaced) for s in env.record().history] == [("r1", None), ("r2", "r1")]
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["matching", "unchecked"])
+def test_a_roll_whose_replaces_matches_or_is_absent_rolls_as_before(cluster, repo, checked):
+    c1, c2 = commits(repo)
+    env = environment(cluster, repo)
+    env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.dags_only), Expected(live=None) if checked else None)
+
+    report = env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only),
+                      Expected(live="r1") if checked else None)
+
+    assert report.changed and (report.live, report.previous) == ("r2", "r1")
+    assert repo.heads["airagent/staging"].commit.hexsha == c2
+
+
+def test_the_roll_activity_fails_an_unexpected_live_release_for_good(cluster, repo, tmp_path):
+    """Through the driver the worker builds from settings; the record's absence means nothing is live."""
+    emulator = emulated(cluster).emulator
+    c1, _ = commits(repo)
+    target = KubernetesTarget(namespace=cluster.namespace, kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig",
+                                                                                      emulator.host))
+    release = Release(id="r1", commit=c1, runtime_hash="0" * 16, runtime=str(tmp_path / "runtime"),
+                      bundle=str(tmp_path / "bundle"), dag_folder="dags", plugins_folder="plugins")
+    mark = len(emulator.calls)
+
+    with pytest.raises(ApplicationError) as failed:
+        ActivityEnvironment().run(roll, RollInput(environment=EnvironmentSettings(name="staging", target=target),
+                                                  release=release, mode=RolloutMode.dags_only,
+                                                  replaces=Expected(live="r0")))
+
+    assert failed.value.non_retryable and failed.value.type == "UnexpectedLive"
+    assert failed.value.message.startswith("staging runs nothing but this train expected r0")
+    assert {c.verb for c in emulator.since(mark)} == {"get"}  # pre-flight's and the record's reads only
 
 
 def test_preflight_names_short_grace_periods_and_capacity_drops(cluster, repo):

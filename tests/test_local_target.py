@@ -9,12 +9,16 @@ from pathlib import Path
 import git
 import pytest
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.build import build
+from activities.roll import roll
+from activities.targets.drivers import LocalDriver
+from activities.targets.errors import UnexpectedLive
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.config import home
-from airagent.models import BuildInput, Release
+from airagent.config import EnvironmentSettings, LocalTarget, home
+from airagent.models import BuildInput, Expected, Release, RollInput, RolloutMode
 from tests.conftest import make_pipeline
 
 
@@ -139,6 +143,88 @@ def test_current_missing_while_manifest_says_live_is_repaired(env, tmp_path):
     env.current.unlink()
     _, changed = env.roll(a)
     assert changed and env.linked() == "a"
+
+
+# --- a roll names the release it replaces ----------------------------------------------
+
+
+def state(env: LocalEnvironment) -> tuple:
+    """Everything a roll could change: the manifest as written, the link, the installed releases, stray files."""
+    manifest = env.manifest_file.read_text() if env.manifest_file.exists() else None
+    installed = sorted(p.name for p in env.releases.iterdir()) if env.releases.exists() else []
+    return manifest, env.linked(), installed, sorted(p.name for p in env.path.iterdir()) if env.path.exists() else []
+
+
+@pytest.mark.parametrize(("rolled", "expected"), [
+    (["a", "b"], "a"),  # another train rolled b since the diff saw a
+    (["a"], None),  # the diff saw nothing live, someone rolled a since
+    ([], "a"),  # the diff saw a, someone put the environment back to nothing
+], ids=["other-release", "first-deploy", "emptied"])
+def test_a_roll_over_an_unexpected_release_is_refused_and_changes_nothing(env, tmp_path, rolled, expected):
+    for name in rolled:
+        env.roll(release(tmp_path, name))
+    before = state(env)
+
+    with pytest.raises(UnexpectedLive) as refused:
+        env.roll(release(tmp_path, "c"), Expected(live=expected))
+
+    err = refused.value
+    live = rolled[-1] if rolled else None
+    assert (err.expected, err.live, err.release) == (expected, live, "c")
+    assert f"runs {live or 'nothing'}" in str(err) and f"expected {expected or 'nothing'}" in str(err)
+    assert "next train will diff again" in str(err)
+    assert state(env) == before
+
+
+def test_a_retried_roll_is_still_a_noop_though_replaces_names_the_release_before(env, tmp_path):
+    a, b = release(tmp_path, "a"), release(tmp_path, "b")
+    env.roll(a)
+    first, _ = env.roll(b, Expected(live="a"))
+
+    again, changed = env.roll(b, Expected(live="a"))
+
+    assert not changed and again == first == env.manifest()
+    assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
+    env.current.unlink()  # the manifest names b already: repairing the link is not rolling over another release
+    assert env.roll(b, Expected(live="a"))[1] and env.linked() == "b"
+
+
+@pytest.mark.parametrize("replaces", [Expected(live="a"), None], ids=["matching", "unchecked"])
+def test_a_roll_whose_replaces_matches_or_is_absent_rolls_as_before(env, tmp_path, replaces):
+    env.roll(release(tmp_path, "a"), Expected(live=None) if replaces else None)
+
+    manifest, changed = env.roll(release(tmp_path, "b"), replaces)
+
+    assert changed and env.linked() == "b"
+    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
+
+
+def test_a_refused_roll_of_an_airflow_environment_takes_no_baseline(tmp_path):
+    """Refused before anything else, the `env up` check and the baseline included."""
+    settings = EnvironmentSettings(name="staging", target=LocalTarget(path=tmp_path / "env"))
+    env = LocalEnvironment(settings.target.path)
+    env.roll(release(tmp_path, "a"))
+    before = state(env)
+
+    with pytest.raises(UnexpectedLive, match="^staging runs a "):
+        LocalDriver(settings).roll(release(tmp_path, "b"), RolloutMode.dags_only, {}, Expected(live="z"))
+
+    assert state(env) == before
+    assert not (env.path / "baseline.json").exists()
+
+
+def test_the_roll_activity_fails_an_unexpected_live_release_for_good(tmp_path):
+    settings = EnvironmentSettings(name="staging", target=LocalTarget(path=tmp_path / "env", airflow=False))
+    LocalEnvironment(settings.target.path).roll(release(tmp_path, "a"))
+
+    with pytest.raises(ApplicationError) as failed:
+        ActivityEnvironment().run(roll, RollInput(environment=settings, release=release(tmp_path, "b"),
+                                                  mode=RolloutMode.dags_only, replaces=Expected(live="z")))
+
+    assert failed.value.non_retryable and failed.value.type == "UnexpectedLive"
+    assert failed.value.message.startswith("staging runs a (commit ") and "expected z" in failed.value.message
+    assert LocalEnvironment(settings.target.path).live().id == "a"
 
 
 # --- build: links that escape the repository -------------------------------------------

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
         TrainStatus,
         train_id,
     )
-    from workflows.train import DeployTrain
+    from workflows.train import HEARTBEAT, DeployTrain
 
 KEEP_TRAINS = 20
 KEEP_FAILED = 100
@@ -42,7 +42,8 @@ KEEP_IMAGES = 50
 # Well under Temporal's limits; continue-as-new also follows the server's own suggestion.
 MAX_HISTORY = 5_000
 NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
-POLL = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=RetryPolicy(maximum_attempts=3))
+POLL = dict(start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=HEARTBEAT,
+            retry_policy=RetryPolicy(maximum_attempts=3))
 
 
 @workflow.defn(name="Conductor")

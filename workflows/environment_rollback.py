@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.train import ROLLBACK
 
-READ = dict(start_to_close_timeout=timedelta(minutes=1), retry_policy=RetryPolicy(maximum_attempts=3))
+READ = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))
 
 
 @workflow.defn(name="EnvironmentRollback")

@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         DiffResult,
         EnvironmentChange,
         EnvironmentStatus,
+        Expected,
         Outcome,
         Release,
         RollbackInput,
@@ -50,7 +51,9 @@ with workflow.unsafe.imports_passed_through():
 
 # Activities that may run long heartbeat every few seconds: a lost worker shows within HEARTBEAT.
 HEARTBEAT = timedelta(seconds=30)
-QUICK = dict(start_to_close_timeout=timedelta(minutes=5), retry_policy=RetryPolicy(maximum_attempts=3))
+# Every activity heartbeats or is short, so a killed worker's activity is retried elsewhere within HEARTBEAT.
+QUICK = dict(start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=HEARTBEAT,
+             retry_policy=RetryPolicy(maximum_attempts=3))
 LONG = dict(start_to_close_timeout=timedelta(minutes=45), heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(maximum_attempts=3))
 ROLL = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
@@ -204,11 +207,12 @@ class DeployTrain(Controlled):
         dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
         try:
             result = await self._activity("roll", env.name, roll, RollInput(
-                environment=env, release=self.release, mode=change.mode, dags=dags, pipeline=self.pipeline), ROLL)
+                environment=env, release=self.release, mode=change.mode, dags=dags, pipeline=self.pipeline,
+                replaces=Expected(live=change.live_release)), ROLL)
         except _Failed as failure:
-            if failure.kind == "EnvironmentDown":  # refused before changing anything: nothing to undo
+            if failure.kind in REFUSED_UNTOUCHED:  # refused before changing anything: nothing to undo
                 self.touched.remove(env.name)
-                status.state = "down"
+                status.state = "down" if failure.kind == "EnvironmentDown" else "moved"
             else:
                 failure.environment = env.name
             raise
@@ -477,6 +481,8 @@ class DeployTrain(Controlled):
 
 _MODE_ORDER = ["dags-only", "restart", "rebuild"]
 READINGS_KEPT = 10
+# Roll failures raised before the target changed anything, so the train rolls nothing back.
+REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.
 SOAK_COUNTS_TICKS = "soak-counts-ticks"
 

@@ -13,7 +13,7 @@ from activities.targets.local_airflow import LocalAirflow
 from activities.validate import parse_release
 from activities.probes import reading
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
-from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
+from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 
 
 class Rolled(NamedTuple):
@@ -24,7 +24,9 @@ class Rolled(NamedTuple):
 
 
 class Driver(Protocol):
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled: ...
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
+             replaces: Expected | None = None) -> Rolled:
+        """Raises UnexpectedLive, changing nothing, when the record names another live release than `replaces`."""
 
     def rollback(self, to: str | None) -> Rolled: ...
 
@@ -53,8 +55,9 @@ class LocalDriver:
         self.airflow = LocalAirflow(settings.name, settings.target, settings.probes)
         self.files, self.runs_airflow = self.airflow.files, settings.target.airflow
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled:
-        return _rolled(*self.airflow.roll(release, mode, dags))
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
+             replaces: Expected | None = None) -> Rolled:
+        return _rolled(*self.airflow.roll(release, mode, dags, replaces))
 
     def rollback(self, to: str | None) -> Rolled:
         return _rolled(*self.airflow.rollback(to))

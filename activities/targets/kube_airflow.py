@@ -26,7 +26,7 @@ from activities.targets.kube_rollout import FATAL_WAITING, RolloutFailed
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, Rollout, RollReport, connect
 from activities.targets.local_airflow import NotLive, config_file
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
-from airagent.models import Baseline, Marker, ProbeReading, Release, RolloutMode
+from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 from airagent.repo import open_repository
 
 
@@ -41,7 +41,8 @@ class KubernetesAirflow:
 
     # --- roll and rollback -----------------------------------------------------------------
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> Rolled:
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
+             replaces: Expected | None = None) -> Rolled:
         if mode == RolloutMode.rebuild and not release.image:
             raise RolloutFailed(f"release {release.id} changes the runtime but has no image; give the pipeline "
                                 f"`image:` settings (builder external: pass the image CI built, tagged "
@@ -49,7 +50,8 @@ class KubernetesAirflow:
         self.dags = dags
         config = None if mode == RolloutMode.dags_only else self._config(release)
         report = self.env.roll(Rollout(release=release.id, commit=release.commit, mode=mode,
-                                       image=release.image if mode == RolloutMode.rebuild else None, config=config))
+                                       image=release.image if mode == RolloutMode.rebuild else None, config=config),
+                              replaces)
         return _rolled(report, mode.value)
 
     def rollback(self, to: str | None) -> Rolled:

@@ -41,9 +41,10 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from activities.targets import kube_rollout
+from activities.targets.errors import check_live
 from activities.targets.kube_rollout import RELEASE_ANNOTATION, RolloutFailed, RolloutTimeout, Workload
 from airagent.config import KubernetesTarget
-from airagent.models import Baseline, RolloutMode
+from airagent.models import Baseline, Expected, RolloutMode
 
 __all__ = ["KubernetesTarget", "KubernetesEnvironment", "Rollout", "RollReport", "Record", "Snapshot",
            "DagRef", "GitRef", "RolloutFailed", "RolloutTimeout", "connect"]
@@ -193,13 +194,17 @@ class KubernetesEnvironment:
 
     # --- roll and rollback ---------------------------------------------------------------
 
-    def roll(self, rollout: Rollout) -> RollReport:
-        """Make `rollout.release` live and wait until it runs; raises RolloutFailed when it does not."""
+    def roll(self, rollout: Rollout, replaces: Expected | None = None) -> RollReport:
+        """Make `rollout.release` live and wait until it runs; raises RolloutFailed when it does not.
+
+        Refuses (UnexpectedLive), before any write, when the record names another live release than `replaces`.
+        """
         if rollout.mode == RolloutMode.rebuild and not rollout.image:
             raise ValueError(f"release {rollout.release}: a rebuild needs `image`, the new runtime's image reference")
         record, rv = self._read_record()
         if record.live == rollout.release and record.pending is None:
             return RollReport(live=record.live, previous=record.previous, changed=False)
+        check_live(self.name, replaces, record.live, record.live_commit, rollout.release)
         workloads = self.read_workloads()
         config_cm = self.read_config()
         if record.pending is None:  # a fresh roll: remember how things are before touching them

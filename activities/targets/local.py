@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from airagent.models import Release
+from activities.targets.errors import check_live
+from airagent.models import Expected, Release
 
 
 class Swap(BaseModel):
@@ -39,8 +40,9 @@ class Manifest(BaseModel):
 
 
 class LocalEnvironment:
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, name: str | None = None):
         self.path = Path(path)
+        self.name = name or str(self.path)  # the environment's, for messages
         self.releases = self.path / "releases"
         self.current = self.path / "current"
         self.manifest_file = self.path / "manifest.json"
@@ -59,13 +61,22 @@ class LocalEnvironment:
             return None
         return Path(os.readlink(self.current)).name
 
-    def roll(self, release: Release) -> tuple[Manifest, bool]:
-        """Make `release` live; returns the manifest and whether anything changed."""
+    def roll(self, release: Release, replaces: Expected | None = None) -> tuple[Manifest, bool]:
+        """Make `release` live; returns the manifest and whether anything changed.
+
+        Refuses (UnexpectedLive) when the manifest names another live release than `replaces`.
+        """
         manifest = self.manifest()
         if manifest.live and manifest.live.id == release.id and self.linked() == release.id:
             return manifest, False
+        self.expect(release, replaces, manifest)
         self._install(release)
         return self._swap(manifest, release, action="roll"), True
+
+    def expect(self, release: Release, replaces: Expected | None, manifest: Manifest | None = None) -> None:
+        """Raise UnexpectedLive unless the manifest names what `replaces` expects, or `release` (a retry)."""
+        live = (manifest if manifest is not None else self.manifest()).live
+        check_live(self.name, replaces, live.id if live else None, live.commit if live else None, release.id)
 
     def rollback(self, to: str | None) -> tuple[Manifest, bool]:
         """Put back an earlier release (by id), or nothing at all when `to` is None."""

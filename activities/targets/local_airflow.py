@@ -30,7 +30,7 @@ from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Manifest, differing
 from airagent.config import LocalTarget, Probes
-from airagent.models import Baseline, ProbeReading, Release, RolloutMode
+from airagent.models import Baseline, Expected, ProbeReading, Release, RolloutMode
 
 WORKERS = ("scheduler", "dag-processor", "triggerer")
 API_SLOTS = ("api-server-1", "api-server-2")
@@ -58,7 +58,7 @@ class NotLive(Exception):
 class LocalAirflow:
     def __init__(self, name: str, target: LocalTarget, probes: Probes = Probes()):
         self.name, self.target, self.settings = name, target, probes
-        self.files = LocalEnvironment(target.path)
+        self.files = LocalEnvironment(target.path, name)
         self.components = Components(target.path)
         self.home = target.path / "airflow"
         self.secrets = target.path / "secrets"
@@ -122,16 +122,21 @@ class LocalAirflow:
 
     # --- roll and rollback ----------------------------------------------------------------------
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]]) -> tuple[Manifest, bool, str]:
-        """Make `release` live and confirm Airflow runs it; returns the manifest, whether it changed, what was done."""
+    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
+             replaces: Expected | None = None) -> tuple[Manifest, bool, str]:
+        """Make `release` live and confirm Airflow runs it; returns the manifest, whether it changed, what was done.
+
+        Refuses (UnexpectedLive) when another release than `replaces` names is live, before writing anything.
+        """
         if not self.target.airflow:
-            manifest, changed = self.files.roll(release)
+            manifest, changed = self.files.roll(release, replaces)
             return manifest, changed, "files swapped"
+        self.files.expect(release, replaces)  # before the baseline is written: a refused roll leaves no trace
         if not self.running():
             raise EnvironmentDown(self._down_message())
         self._keep_baseline(release.id)
         before, swapped = self.files.live(), datetime.now(UTC)
-        manifest, changed = self.files.roll(release)
+        manifest, changed = self.files.roll(release, replaces)  # checked again: taking the baseline takes a while
         installed = manifest.live
         if mode == RolloutMode.dags_only and self._same_components(installed):
             return manifest, changed, self.confirm_dags(installed, dags, before, swapped)
