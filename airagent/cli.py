@@ -24,6 +24,7 @@ from airagent.client import (
     AirAgent,
     NotFound,
     RollbackRefused,
+    DeployRefused,
     TrainRunning,
     exit_code,
 )
@@ -58,7 +59,7 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RepoError, TrainRunning, NotFound, RollbackRefused, KeyError) as err:
+        except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused, KeyError) as err:
             err_console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}")
             raise typer.Exit(2) from None
         except RuntimeError as err:
@@ -140,15 +141,16 @@ def deploy(
 
     async def go() -> int:
         agent = await AirAgent.connect()
-        handle = await agent.deploy(settings, sha, image)
+        answer = await agent.deploy(settings, sha, image, by=_user())
         if not wait:
-            _emit({"train": handle.id}, as_json, f"started {handle.id}")
+            _emit({"train": answer.train, "message": answer.message}, as_json, f"{answer.train}: {answer.message}")
             return 0
         try:
-            status = await follow(agent, handle.id, quiet=as_json,
+            status = await follow(agent, answer.train, quiet=as_json,
                                    timeout=timedelta(seconds=timeout) if timeout else None)
         except TimeoutError:
-            _emit({"train": handle.id, "state": "timeout"}, as_json, f"{handle.id}: still running after {timeout}s")
+            _emit({"train": answer.train, "state": "timeout"}, as_json,
+                  f"{answer.train}: still running after {timeout}s")
             return EXIT_TIMEOUT
         if as_json:
             print(status.model_dump_json(indent=2))

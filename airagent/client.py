@@ -1,44 +1,47 @@
 """The Python client for CI and scripts; the CLI is a thin layer over it.
 
     async with await AirAgent.connect() as agent:   # or AirAgent(client)
-        handle = await agent.deploy(load_pipeline("main"), sha)
-        status = await agent.wait(handle.id, timeout=timedelta(minutes=30))
+        answer = await agent.deploy(load_pipeline("main"), sha)   # the conductor starts the train
+        status = await agent.wait(answer.train, timeout=timedelta(minutes=30))
         sys.exit(exit_code(status))
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 from temporalio.client import (
     Client,
+    WithStartWorkflowOperation,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.service import RPCError
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from airagent import search_attributes as sa
 from airagent.config import PipelineSettings
 from airagent.connection import connect, task_queue
 from airagent.models import (
     ConductorInput,
+    ConductorState,
     ConductorStatus,
     EnvironmentRollbackInput,
     EnvironmentRollbackResult,
     Control,
     ControlAck,
+    DeployAnswer,
+    DeployRequest,
     Notify,
-    TrainInput,
     TrainState,
     TrainStatus,
     TrainSummary,
     conductor_id,
     rollback_id,
-    train_id,
 )
 from airagent.repo import open_repository, resolve
 from workflows.conductor import Conductor
@@ -55,6 +58,7 @@ EXIT_CODES = {
     TrainState.aborted: 5,
 }
 EXIT_TIMEOUT = 6
+log = logging.getLogger(__name__)
 
 
 def exit_code(status: TrainStatus) -> int:
@@ -66,6 +70,10 @@ class TrainRunning(Exception):
         super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; {hint} "
                          f"(`airagent status {running} --watch`)")
         self.running = running
+
+
+class DeployRefused(Exception):
+    """The conductor cannot start a train now: paused or frozen; its message says what lifts it."""
 
 
 class RollbackRefused(Exception):
@@ -85,33 +93,23 @@ class AirAgent:
     async def connect(cls, profile: str | None = None, queue: str | None = None) -> AirAgent:
         return cls(await connect(profile), queue)
 
-    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None,
-                     image: str | None = None) -> WorkflowHandle:
-        """Start a train for `sha` (default: the branch head); the same sha twice is the same train.
+    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None, image: str | None = None,
+                     by: str | None = None) -> DeployAnswer:
+        """Ask the pipeline's conductor (started if none runs) to deploy `sha` (default: the branch head).
 
-        `image` is the runtime image CI built for it, for kubernetes environments with the external builder."""
+        The answer names the train, queued behind a running one if need be; the same sha twice is the
+        same train. `image` is the runtime image CI built for it (kubernetes, external builder)."""
         target = resolve(open_repository(pipeline), pipeline, sha)
-        running = await self.running_train(pipeline.name)
-        if running and running != train_id(pipeline.name, target):
-            raise TrainRunning(pipeline.name, running)
-        return await self.start(pipeline, target, image)
-
-    async def start(self, pipeline: PipelineSettings, target: str, image: str | None = None) -> WorkflowHandle:
-        """Start the train for a resolved sha, without the one-per-pipeline check `deploy` makes."""
-        wf_id = train_id(pipeline.name, target)
-        envs = " → ".join(e.name for e in pipeline.environments)
-        return await self.client.start_workflow(
-            DeployTrain.run,
-            TrainInput(pipeline=pipeline, target=target, image=image),
-            id=wf_id,
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=sa_start(pipeline.name, target),
-            static_summary=f"Deploy {pipeline.name} @ {target[:12]} to {envs}",
-            static_details=f"Pipeline **{pipeline.name}** ({pipeline.repo}, branch `{pipeline.branch}`)\n\n"
-                           f"Target commit `{target}`\n\nEnvironments: {envs}",
-        )
+        # Started by deploy, a conductor deploys what it is asked and does not follow the branch.
+        start = WithStartWorkflowOperation(
+            Conductor.run, ConductorInput(pipeline=pipeline, state=ConductorState(follow=False)),
+            id=conductor_id(pipeline.name), task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, static_summary=_conductor_summary(pipeline))
+        answer = await self.client.execute_update_with_start_workflow(
+            Conductor.deploy_update, DeployRequest(sha=target, image=image, by=by), start_workflow_operation=start)
+        if not answer.accepted:
+            raise DeployRefused(answer.message)
+        return answer
 
     async def running_train(self, pipeline: str) -> str | None:
         """The pipeline's running train; its search attributes are set at start, so visibility sees it at once."""
@@ -126,15 +124,27 @@ class AirAgent:
         try:
             description = await handle.describe()
         except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise  # the server is unreachable, not the train unknown
             raise NotFound(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
         if description.status == WorkflowExecutionStatus.COMPLETED:
             return await handle.result()
         return await handle.query(DeployTrain.query_status)
 
     async def wait(self, wf_id: str, timeout: timedelta | None = None) -> TrainStatus:
+        """The train's outcome, waiting through a queued start and server or worker outages up to `timeout`."""
         handle = self.client.get_workflow_handle(wf_id, result_type=TrainStatus)
-        seconds = timeout.total_seconds() if timeout else None
-        return await asyncio.wait_for(handle.result(), seconds)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout.total_seconds() if timeout else None
+        while True:
+            left = deadline - loop.time() if deadline else None
+            if left is not None and left <= 0:
+                raise TimeoutError(wf_id)
+            try:
+                return await asyncio.wait_for(handle.result(), left)
+            except RPCError as err:  # not started yet (queued), or the server is restarting
+                log.info("waiting for %s: %s", wf_id, err.message)
+            await asyncio.sleep(1)
 
     async def control(self, wf_id: str, name: str, control: Control | None = None) -> ControlAck:
         """Send a control as an update, so the answer says whether the train (or conductor) took it."""
@@ -155,16 +165,13 @@ class AirAgent:
             return ControlAck(accepted=False, message=f"{wf_id}: {err.message}")
 
     async def start_pipeline(self, pipeline: PipelineSettings) -> WorkflowHandle:
-        """Start the pipeline's conductor; when it already runs, this is that one."""
-        return await self.client.start_workflow(
-            Conductor.run,
-            ConductorInput(pipeline=pipeline),
-            id=conductor_id(pipeline.name),
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=f"Conductor of {pipeline.name}: {pipeline.branch} → "
-                           f"{' → '.join(e.name for e in pipeline.environments)}",
-        )
+        """Start the pipeline's conductor, or have the running one follow the branch from now on."""
+        start = WithStartWorkflowOperation(
+            Conductor.run, ConductorInput(pipeline=pipeline), id=conductor_id(pipeline.name),
+            task_queue=self.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=_conductor_summary(pipeline))
+        await self.client.execute_update_with_start_workflow(Conductor.follow_update, start_workflow_operation=start)
+        return await start.workflow_handle()
 
     async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None,
                      image: str | None = None) -> ControlAck:
@@ -230,12 +237,8 @@ class AirAgent:
         return trains[0].id
 
 
-def sa_start(pipeline: str, sha: str) -> TypedSearchAttributes:
-    return TypedSearchAttributes([
-        SearchAttributePair(sa.PIPELINE, pipeline),
-        SearchAttributePair(sa.GIT_SHA, sha),
-        SearchAttributePair(sa.STATE, TrainState.running.value),
-    ])
+def _conductor_summary(pipeline: PipelineSettings) -> str:
+    return f"Conductor of {pipeline.name}: {pipeline.branch} → {' → '.join(e.name for e in pipeline.environments)}"
 
 
 def _state(execution: WorkflowExecutionStatus | None, recorded: str | None) -> str:

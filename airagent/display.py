@@ -7,33 +7,48 @@ from datetime import timedelta
 
 from rich.console import Console
 from rich.table import Table
+from temporalio.client import WorkflowQueryFailedError
+from temporalio.service import RPCError
 
-from airagent.client import AirAgent
+from airagent.client import AirAgent, NotFound
 from airagent.models import ConductorStatus, Outcome, StageRecord, TrainStatus
 
 console = Console()
 
 
 async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None) -> TrainStatus:
-    """Print each stage as it starts and ends, until the train is over."""
+    """Print each stage as it starts and ends, until the train is over; a queued train, a dead worker or a
+    restarting server is waited for (up to `timeout`), and said once."""
     seen: dict[int, str] = {}
+    waiting: str | None = None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout.total_seconds() if timeout else None
     while True:
-        status = await agent.status(wf_id)
-        if not quiet:
+        try:
+            status = await agent.status(wf_id)
+        except (NotFound, RPCError, WorkflowQueryFailedError) as err:
+            why = "queued at the conductor" if isinstance(err, NotFound) else f"the server or worker: {_reason(err)}"
+            if why != waiting and not quiet:
+                console.print(f"  [dim]waiting for {why}[/dim]")
+            waiting, status = why, None
+        if status and not quiet:
+            waiting = None
             for i, stage in enumerate(status.stages):
                 line = stage_line(stage)
                 if seen.get(i) != line and (stage.outcome != Outcome.running or i not in seen):
                     console.print(line)
                     seen[i] = line
-        if status.state.finished:
+        if status and status.state.finished:
             if not quiet:
                 console.print(render(wf_id, status))
             return status
         if deadline and loop.time() > deadline:
             raise TimeoutError(wf_id)
         await asyncio.sleep(0.5)
+
+
+def _reason(err: Exception) -> str:
+    return getattr(err, "message", None) or str(err) or type(err).__name__
 
 
 _COLOURS = {"ok": "green", "failed": "red", "running": "yellow", "skipped": "dim", "stopped": "magenta"}

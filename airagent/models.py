@@ -464,6 +464,22 @@ class Notify(BaseModel):
     image: str | None = Field(None, description="the runtime image CI built for `sha` (`external` builder)")
 
 
+class DeployRequest(BaseModel):
+    """What `airagent deploy`, the Python client and CI ask of a pipeline's conductor: deploy this commit."""
+
+    sha: str = Field(description="the full commit sha, resolved by the client")
+    image: str | None = Field(None, description="the runtime image CI built for it (`external` builder)")
+    by: str | None = None
+
+
+class DeployAnswer(BaseModel):
+    """The conductor's answer: the train that deploys the commit, or why none can start now."""
+
+    accepted: bool
+    train: str | None = Field(None, description="id of the train that deploys (or is deploying) the commit")
+    message: str
+
+
 class TrainRecord(BaseModel):
     id: str
     sha: str
@@ -488,6 +504,9 @@ class ConductorState(BaseModel):
     poll_error: str | None = None
     blocked: str | None = Field(None, description="why the queued commit's train cannot start now")
     images: dict[str, str] = Field({}, description="sha -> runtime image CI announced for it, newest last")
+    requests: list[DeployRequest] = Field([], description="commits asked for by `deploy`, deployed first, in order")
+    follow: bool = Field(True, description="deploy the branch head on its own; off for a conductor that only "
+                                           "`airagent deploy` started")
     events: list[Event] = []
 
 

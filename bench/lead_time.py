@@ -72,10 +72,10 @@ class HealthPoller:
 
 
 async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> TrainStatus:
-    handle = await agent.deploy(pipeline, sha)
-    status = await agent.wait(handle.id)
+    answer = await agent.deploy(pipeline, sha)
+    status = await agent.wait(answer.train)
     if status.state != TrainState.succeeded:
-        raise SystemExit(f"train {handle.id} ended {status.state.value}: {status.reason}")
+        raise SystemExit(f"train {answer.train} ended {status.state.value}: {status.reason}")
     return status
 
 

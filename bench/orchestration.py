@@ -71,10 +71,10 @@ async def main(trains: int) -> None:
                     for i in range(trains):
                         example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
                                        f"fx v{i}", "finance")
-                        handle = await agent.deploy(pipeline)
-                        status = await agent.wait(handle.id)
+                        answer = await agent.deploy(pipeline)
+                        status = await agent.wait(answer.train)
                         assert status.state == TrainState.succeeded, status.reason
-                        figures.append(await overhead(client.get_workflow_handle(handle.id)))
+                        figures.append(await overhead(client.get_workflow_handle(answer.train)))
                         print(f"train {i + 1}: wall {figures[-1][0]:.2f}s, overhead {figures[-1][1]:.3f}s",
                               file=sys.stderr)
         finally:

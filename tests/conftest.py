@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -19,8 +20,9 @@ from airagent import example
 from airagent.client import AirAgent
 from airagent.devserver import binary, register_search_attributes
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.models import ConductorStatus, TrainStatus
+from airagent.models import ConductorStatus, TrainInput, TrainStatus, train_id
 from worker.main import ACTIVITIES, WORKFLOWS
+from workflows.train import DeployTrain
 
 ROOT = Path(__file__).resolve().parent.parent
 # Shared across runs so the Airflow runtime is built once, then reused by hash.
@@ -51,6 +53,13 @@ async def running_worker(client: Client):
         async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
                           activity_executor=executor):
             yield AirAgent(client, queue)
+
+
+async def start_train(agent: AirAgent, pipeline: PipelineSettings, sha: str, image: str | None = None):
+    """Start a train directly, as the conductor would: for tests of the train on its own."""
+    return await agent.client.start_workflow(
+        DeployTrain.run, TrainInput(pipeline=pipeline, target=sha, image=image), id=train_id(pipeline.name, sha),
+        task_queue=agent.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 
 from airagent.client import AirAgent, NotFound
 from airagent.devserver import DevServer, binary
@@ -37,9 +39,20 @@ def cli_env(dev_server, tmp_path) -> dict[str, str]:
 
 
 @pytest.fixture
-async def agent(dev_server, cli_env) -> AirAgent:
+async def agent(dev_server, cli_env):
+    """A client on the test's task queue; the conductors its deploys started end with the test."""
     client = await Client.connect(dev_server.address, data_converter=pydantic_data_converter)
-    return AirAgent(client, cli_env["AIRAGENT_TASK_QUEUE"])
+    yield AirAgent(client, cli_env["AIRAGENT_TASK_QUEUE"])
+    await end_conductors(client, cli_env["AIRAGENT_TASK_QUEUE"])
+
+
+async def end_conductors(client: Client, queue: str) -> None:
+    """Tests run one after another, so `pipeline/main` is this test's, whether or not visibility shows it yet."""
+    query = f"WorkflowType = 'Conductor' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
+    ids = {"pipeline/main"} | {execution.id async for execution in client.list_workflows(query)}
+    for wf_id in ids:
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(wf_id).terminate("test over")
 
 
 class WorkerProcess:

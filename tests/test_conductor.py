@@ -11,7 +11,7 @@ from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.config import DeployWindow
 from airagent.models import Control
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, start_train
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +132,7 @@ async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_co
     pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="5m")
     pipeline.environments[0].require_approval = True
     head = monorepo.head.commit.hexsha
-    by_hand = await agent.start(pipeline, head)
+    by_hand = await start_train(agent, pipeline, head)
     await drive.until(by_hand.id, lambda s: s.stage == "approve")
 
     await agent.start_pipeline(pipeline)

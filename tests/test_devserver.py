@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import timedelta
 
 import pytest
 from temporalio.client import Client
@@ -15,10 +16,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent, TrainRunning
+from airagent.client import AirAgent, DeployRefused
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
-from airagent.models import TrainState, train_id
+from airagent.models import TrainState, conductor_id, train_id
 from tests.devserver import (  # noqa: F401  fixtures
     WorkerProcess, agent, airagent, cli_env, dev_server, free_port, until, until_pipeline, worker)
 
@@ -28,12 +29,12 @@ pytestmark = pytest.mark.devserver
 async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(agent, worker, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="12s", probe_interval="4s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
-    handle = await agent.deploy(pipeline)
-    await until(agent, handle.id, lambda s: s.stage == "soak" and s.environment == "staging")
+    train = (await agent.deploy(pipeline)).train
+    await until(agent, train, lambda s: s.stage == "soak" and s.environment == "staging")
 
     worker.kill()
     worker.start()
-    status = await agent.wait(handle.id)
+    status = await agent.wait(train, timeout=timedelta(minutes=5))
 
     assert status.state == TrainState.succeeded, status.reason
     for env in pipeline.environments:
@@ -41,30 +42,31 @@ async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(ag
         assert [(h.action, h.commit) for h in history] == [("roll", repo.head.commit.hexsha)]
 
 
-async def test_one_train_at_a_time_per_pipeline(agent, worker, tmp_path):
+async def test_deploys_queue_at_the_conductor_one_train_at_a_time(agent, worker, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     pipeline.environments[0].require_approval = True
     first = await agent.deploy(pipeline)
-    await until(agent, first.id, lambda s: s.stage == "approve")
+    await until(agent, first.train, lambda s: s.stage == "approve")
 
     newer = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
-    with pytest.raises(TrainRunning) as refused:
-        await agent.deploy(pipeline, newer)
-    assert refused.value.running == first.id
+    queued = await agent.deploy(pipeline, newer)
+    assert queued.train == train_id("main", newer) and "queued behind" in queued.message
     # The same commit again is the same train, not a second one.
-    assert (await agent.deploy(pipeline, repo.commit("HEAD~1").hexsha)).id == first.id
+    assert (await agent.deploy(pipeline, repo.commit("HEAD~1").hexsha)).train == first.train
 
-    assert (await agent.control(first.id, "abort")).accepted
-    assert (await agent.wait(first.id)).state == TrainState.aborted
-    second = await agent.deploy(pipeline, newer)
-    assert second.id != first.id
-    await until(agent, second.id, lambda s: s.stage == "approve")
-    assert (await agent.control(second.id, "approve")).accepted
-    assert (await agent.wait(second.id)).state == TrainState.succeeded
+    assert (await agent.control(first.train, "abort")).accepted
+    assert (await agent.wait(first.train)).state == TrainState.aborted
+    await until(agent, queued.train, lambda s: s.stage == "approve")
+    assert (await agent.control(queued.train, "approve")).accepted
+    assert (await agent.wait(queued.train)).state == TrainState.succeeded
+    await agent.control(conductor_id("main"), "pause")
+    with pytest.raises(DeployRefused, match="paused"):
+        await agent.deploy(pipeline, newer)
+    await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
 
 
-async def test_cli_deploy_wait_exit_codes_and_controls(worker, cli_env, tmp_path):
+async def test_cli_deploy_wait_exit_codes_and_controls(agent, worker, cli_env, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     config = str(tmp_path / "repo" / "airagent.yaml")
 

@@ -8,7 +8,7 @@ from temporalio.client import WorkflowFailureError
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.models import Control, EnvironmentRollbackInput
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, start_train
 from workflows.environment_rollback import EnvironmentRollback
 
 
@@ -49,7 +49,7 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
 
 
 async def test_rollback_to_a_release_never_live_there_is_refused(agent, drive, pipeline, monorepo):
-    await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     with pytest.raises(WorkflowFailureError) as refused:
         await roll_back(agent, pipeline, "prod", to_release="0123456789ab-deadbeef")
     assert "was never live on prod" in refused.value.cause.message
@@ -59,8 +59,8 @@ async def test_rollback_to_a_release_never_live_there_is_refused(agent, drive, p
 
 
 async def test_rollback_without_a_conductor_still_rolls(agent, drive, pipeline, monorepo):
-    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    first = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=9)}, "fx", "finance")
-    await drive.finish((await agent.start(pipeline, sha)).id)
+    await drive.finish((await start_train(agent, pipeline, sha)).id)
     result = await roll_back(agent, pipeline, "prod")
     assert result.live == first.release and result.replaced != first.release

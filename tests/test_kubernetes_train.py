@@ -21,6 +21,7 @@ from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget
 from airagent.models import TrainState
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
+from tests.conftest import start_train
 
 REGISTRY = "registry.example/data/airflow"
 CONTEXT = "https://git.example/monorepo.git"  # where the cluster clones commits from (kaniko, the validator's git-sync)
@@ -79,7 +80,7 @@ def template_patches(calls) -> list[str]:
 
 async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent, drive, world, monorepo, cluster):
     emulator = cluster.emulator
-    first = await drive.finish((await agent.start(world, monorepo.head.commit.hexsha)).id)
+    first = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert first.state == TrainState.succeeded, first.reason
     assert first.mode == "rebuild"
@@ -97,7 +98,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
     mark = len(emulator.calls)
     sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
                          "finance: more fx steps", "finance")
-    second = await drive.finish((await agent.start(world, sha)).id)
+    second = await drive.finish((await start_train(agent, world, sha)).id)
 
     assert second.state == TrainState.succeeded, second.reason
     assert second.mode == "dags-only"
@@ -110,7 +111,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
     mark = len(emulator.calls)
     bad = example.commit(monorepo, {"Dockerfile": "FROM apache/airflow:3.1.0\nRUN pip install nothing\n"},
                          "platform: new image", "platform")
-    third = await drive.finish((await agent.start(world, bad)).id)
+    third = await drive.finish((await start_train(agent, world, bad)).id)
     cluster.controller.heal()
 
     assert third.state == TrainState.failed, third.reason
@@ -123,7 +124,7 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
 
 async def test_an_image_from_ci_must_carry_the_runtime_hash(agent, drive, world, monorepo):
     pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY, context=CONTEXT)})  # external
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha, image=f"{REGISTRY}:latest")
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha, image=f"{REGISTRY}:latest")
     status = await drive.finish(handle.id)
 
     assert status.state == TrainState.failed
@@ -202,7 +203,7 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     # A repository of its own: files parsed in an image are cached under it, and this test must see Jobs run.
     world = world.model_copy(update={"image": world.image.model_copy(
         update={"repository": f"registry.example/{uuid.uuid4().hex[:8]}/airflow"})})
-    first = await drive.finish((await agent.start(world, monorepo.head.commit.hexsha)).id)
+    first = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert first.state == TrainState.succeeded, first.reason
     [job] = validator_jobs(cluster)
@@ -220,7 +221,7 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     mark = len(emulator.calls)
     example.commit(monorepo, {"dags/marketing/campaigns.py": "import no_such_module\n"}, "marketing: oops",
                    "marketing")
-    broken = await drive.finish((await agent.start(world, monorepo.head.commit.hexsha)).id)
+    broken = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert broken.state == TrainState.failed and broken.stages[-1].name == "validate", broken.reason
     assert "dags/marketing/campaigns.py" in broken.reason and "no_such_module" in broken.reason
@@ -233,7 +234,7 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     unpullable = world.model_copy(update={"image": world.image.model_copy(
         update={"repository": "registry.invalid/data/airflow"})})
     mark = len(emulator.calls)
-    pulled = await drive.finish((await agent.start(unpullable, monorepo.head.commit.hexsha)).id)
+    pulled = await drive.finish((await start_train(agent, unpullable, monorepo.head.commit.hexsha)).id)
 
     assert pulled.state == TrainState.failed and pulled.stages[-1].name == "validate", pulled.reason
     assert "airagent-validate-" in pulled.reason and "ErrImagePull" in pulled.reason

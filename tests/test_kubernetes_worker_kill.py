@@ -13,6 +13,7 @@ from airagent.models import TrainState
 from tests.kube import cluster as kube
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
 from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, run_validator_jobs
+from tests.conftest import start_train
 
 pytestmark = pytest.mark.devserver
 
@@ -26,7 +27,7 @@ async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_
         worker = WorkerProcess(cli_env, tmp_path / "worker.log")
         worker.start()
         try:
-            handle = await agent.start(pipeline, repo.head.commit.hexsha)
+            handle = await start_train(agent, pipeline, repo.head.commit.hexsha)
             for _ in range(600):
                 if any(c.verb == "patch" and c.resource in ("deployments", "statefulsets")
                        for c in cluster.emulator.calls):

@@ -11,7 +11,7 @@ import pytest
 from airagent import example
 from airagent.config import Notification
 from airagent.models import TrainState
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, start_train
 
 
 class Receiver:
@@ -56,7 +56,7 @@ async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, d
                                             Notification(type="webhook", url_env="DOWN_URL")],
                              teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
 
-    good = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    good = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert good.state == TrainState.succeeded
     assert webhook.received[-1]["state"] == "succeeded"
     assert webhook.received[-1]["authors"] == ["Ada Lovelace", "Grace Hopper", "Linus Ops"]
@@ -66,7 +66,7 @@ async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, d
     assert down.url not in good.model_dump_json()  # the URL is a secret: never in history
 
     sha = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "orders v2", "marketing")
-    bad = await drive.finish((await agent.start(pipeline, sha)).id)
+    bad = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert bad.state == TrainState.failed
     failed = webhook.received[-1]
     assert failed["state"] == "failed" and failed["broken"] == [example.BROKEN_PATH]

@@ -7,7 +7,7 @@ from datetime import timedelta
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.models import Control, Outcome, TrainState
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, start_train
 
 
 def live_commit(pipeline, env: str) -> str | None:
@@ -25,7 +25,7 @@ def soaking(env: str):
 
 async def test_deploys_head_through_both_environments(agent, pipeline, monorepo, drive):
     head = monorepo.head.commit.hexsha
-    handle = await agent.start(pipeline, head)
+    handle = await start_train(agent, pipeline, head)
     assert handle.id == f"train/main/{head[:12]}"
     status = await drive.finish(handle.id)
 
@@ -43,30 +43,30 @@ async def test_deploys_head_through_both_environments(agent, pipeline, monorepo,
 
 
 async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, drive):
-    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    first = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert first.state == TrainState.succeeded
     sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
                          "finance: more fx steps", "finance")
-    second = await drive.finish((await agent.start(pipeline, sha)).id)
+    second = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert second.state == TrainState.succeeded, second.reason
     assert second.mode == "dags-only"
     assert [c.summary for c in second.commits] == ["finance: more fx steps"]
     assert second.environment_status("prod").previous == first.release
 
     # The same sha again is a new run of the same train id, and finds nothing to do.
-    third = await drive.finish((await agent.start(pipeline, sha)).id)
+    third = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert third.state == TrainState.noop
     assert len(swaps(pipeline, "prod")) == 2
 
 
 async def test_broken_dag_fails_validate_and_touches_nothing(agent, pipeline, monorepo, drive):
-    good = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    good = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert good.state == TrainState.succeeded
     before = {env: swaps(pipeline, env) for env in ("staging", "prod")}
     sha = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly orders v2",
                          "marketing")
 
-    status = await drive.finish((await agent.start(pipeline, sha)).id)
+    status = await drive.finish((await start_train(agent, pipeline, sha)).id)
 
     assert status.state == TrainState.failed
     assert status.stage == "validate"
@@ -78,20 +78,20 @@ async def test_broken_dag_fails_validate_and_touches_nothing(agent, pipeline, mo
 
 async def test_noop_when_everything_already_runs_the_commit(agent, pipeline, monorepo, drive):
     head = monorepo.head.commit.hexsha
-    await drive.finish((await agent.start(pipeline, head)).id)
+    await drive.finish((await start_train(agent, pipeline, head)).id)
     sha = example.commit(monorepo, {"docs/runbook.md": "# Runbook\n"}, "docs: runbook")
-    docs_only = await drive.finish((await agent.start(pipeline, sha)).id)
+    docs_only = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert docs_only.state == TrainState.succeeded
     assert docs_only.kinds == ["ignored"]
 
-    status = await drive.finish((await agent.start(pipeline, sha)).id)
+    status = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert status.state == TrainState.noop
     assert [s.name for s in status.stages] == ["diff"]
 
 
 async def test_thirty_minute_soak_passes_on_skipped_time(agent, monorepo, tmp_path, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
-    status = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    status = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert status.state == TrainState.succeeded, status.reason
     soaks = [s for s in status.stages if s.name == "soak"]
     assert [s.outcome for s in soaks] == [Outcome.ok, Outcome.ok]
@@ -101,7 +101,7 @@ async def test_thirty_minute_soak_passes_on_skipped_time(agent, monorepo, tmp_pa
 
 async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
     await drive.until(handle.id, soaking("staging"))
 
     ack = await agent.control(handle.id, "pause", Control(by="ops", reason="investigating"))
@@ -125,7 +125,7 @@ async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, d
 
 async def test_probes_go_on_while_paused_and_still_roll_back(agent, monorepo, tmp_path, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="5m")
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
     await drive.until(handle.id, soaking("staging"))
     assert (await agent.control(handle.id, "pause", Control(by="ops"))).accepted
     await drive.until(handle.id, lambda s: s.state == TrainState.paused)
@@ -143,11 +143,11 @@ async def test_probes_go_on_while_paused_and_still_roll_back(agent, monorepo, tm
 
 
 async def test_abort_during_prod_soak_rolls_back_prod_and_staging(agent, pipeline, monorepo, tmp_path, drive):
-    first = await drive.finish((await agent.start(pipeline, monorepo.head.commit.hexsha)).id)
+    first = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     soaky = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
     sha = example.commit(monorepo, {"plugins/example_plugin.py": "# v2\n" + example.FILES["plugins/example_plugin.py"]},
                          "platform: plugin v2")
-    handle = await agent.start(soaky, sha)
+    handle = await start_train(agent, soaky, sha)
     await drive.until(handle.id, soaking("prod"))
     assert live_commit(soaky, "prod") == sha
 
@@ -167,7 +167,7 @@ async def test_abort_during_prod_soak_rolls_back_prod_and_staging(agent, pipelin
 async def test_rollback_update_rejected_before_any_roll_accepted_after(agent, monorepo, tmp_path, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
     pipeline.environments[0].require_approval = True  # holds the train before its first roll
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
     await drive.until(handle.id, lambda s: s.stage == "approve")
 
     early = await agent.control(handle.id, "rollback", Control(by="ops"))
@@ -190,7 +190,7 @@ async def test_rollback_update_rejected_before_any_roll_accepted_after(agent, mo
 
 async def test_signal_without_input_pauses(agent, monorepo, tmp_path, client, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
     await drive.until(handle.id, soaking("staging"))
     await client.get_workflow_handle(handle.id).signal("pause")
     status = await drive.until(handle.id, lambda s: s.state == TrainState.paused)
@@ -202,7 +202,7 @@ async def test_signal_without_input_pauses(agent, monorepo, tmp_path, client, dr
 async def test_approval_gate_holds_prod(agent, monorepo, tmp_path, drive):
     pipeline = make_pipeline(monorepo, tmp_path / "envs")
     pipeline.environments[1].require_approval = True
-    handle = await agent.start(pipeline, monorepo.head.commit.hexsha)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
     waiting = await drive.until(handle.id, lambda s: s.stage == "approve")
     assert waiting.environment == "prod" and live_commit(pipeline, "prod") is None
     ack = await agent.control(handle.id, "approve", Control(by="release-manager", reason="CAB ok"))

@@ -1,8 +1,10 @@
 """Conductor: one per pipeline, for ever. It watches the branch and runs one train at a time.
 
-Commits that land while a train runs ride the next one, which deploys the branch head
-and so carries them all; the head only moves forward, so order is never inverted. A
-commit whose train failed is not tried again on its own; a newer commit is.
+It is the only starter of trains: `airagent deploy` and CI ask it (the `deploy` update),
+so two trains of one pipeline never run at once. Asked-for commits go first, in order;
+then, when it follows the branch, commits that landed meanwhile ride the next train,
+which deploys the branch head and so carries them all. A commit whose train failed is
+not tried again on its own; a newer commit is, and so is one asked for again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         ConductorStatus,
         Control,
         ControlAck,
+        DeployAnswer,
+        DeployRequest,
         Notify,
         PollInput,
         TrainInput,
@@ -58,8 +62,8 @@ class Conductor(Controlled):
     async def run(self, input: ConductorInput) -> None:
         while True:
             await self._poll()
-            while self._next() is not None:
-                if not await self._run_train(self._next()):
+            while (sha := self._next()) is not None:
+                if not await self._run_train(sha):
                     break
                 await self._poll()  # whatever landed meanwhile rides the next train
             if self._time_for_a_new_run():
@@ -74,8 +78,12 @@ class Conductor(Controlled):
                 pass
 
     def _queued(self) -> str | None:
-        """The commit the next train will deploy: a head not yet deployed, tried, or being deployed."""
+        """The commit the next train will deploy: the first asked for, else a head not yet deployed or tried."""
         s = self.state
+        running = s.running.sha if s.running else None
+        asked = next((r.sha for r in s.requests if r.sha != running), None)
+        if asked or not s.follow:
+            return asked
         waiting = s.head not in (None, s.last_deployed) and s.head not in s.failed
         return s.head if waiting and not (s.running and s.running.sha == s.head) else None
 
@@ -107,6 +115,8 @@ class Conductor(Controlled):
         return self.pipeline.poll_interval
 
     async def _poll(self) -> None:
+        if not self.state.follow or self.state.requests:
+            return  # the branch head is not what the next train deploys
         try:
             result = await workflow.execute_activity(poll_branch, PollInput(pipeline=self.pipeline), **POLL)
         except ActivityError as err:
@@ -131,6 +141,7 @@ class Conductor(Controlled):
             self.state.blocked = f"{record.id} was started outside the conductor; waiting for it to end"
             return False
         self.state.blocked = None
+        self.state.requests = [r for r in self.state.requests if r.sha != sha]
         try:
             status: TrainStatus = await handle
             record.state, record.reason = status.state.value, status.reason
@@ -205,10 +216,52 @@ class Conductor(Controlled):
         message = f"looking at {self.pipeline.branch} now" + (f" for {notice.sha[:12]}" if notice.sha else "")
         # A signal cannot be refused: an image without its commit is left out, the branch looked at anyway.
         if notice.image and notice.sha:
-            images = {k: v for k, v in self.state.images.items() if k != notice.sha}
-            self.state.images = dict([*images.items(), (notice.sha, notice.image)][-KEEP_IMAGES:])
+            self._remember_image(notice.sha, notice.image)
             message += f" with image {notice.image}"
         return ControlAck(accepted=True, message=message)
+
+    def _remember_image(self, sha: str, image: str) -> None:
+        images = {k: v for k, v in self.state.images.items() if k != sha}
+        self.state.images = dict([*images.items(), (sha, image)][-KEEP_IMAGES:])
+
+    @workflow.update(name="deploy")
+    def deploy_update(self, request: DeployRequest) -> DeployAnswer:
+        """Deploy one commit: the train's id, queued behind what runs; or why no train can start now."""
+        s, train = self.state, train_id(self.pipeline.name, request.sha)
+        if s.running and s.running.sha == request.sha:
+            answer = DeployAnswer(accepted=True, train=train, message=f"{train} is deploying it")
+        elif s.paused or s.frozen:
+            why = (f"pipeline {self.pipeline.name} is frozen: {s.frozen}; `airagent pipeline unfreeze` lets trains "
+                   "flow again") if s.frozen else (f"pipeline {self.pipeline.name} is paused; `airagent pipeline "
+                                                    "resume` lets trains flow again")
+            answer = DeployAnswer(accepted=False, message=why)
+        else:
+            if request.image:
+                self._remember_image(request.sha, request.image)
+            if all(r.sha != request.sha for r in s.requests):
+                s.requests = [*s.requests, request]
+            self.wake = True
+            answer = DeployAnswer(accepted=True, train=train, message=self._wait_reason(request.sha))
+        event = self._event("deploy", Control(by=request.by), answer.accepted, answer.message)
+        s.events = [*s.events, event][-KEEP_EVENTS:]
+        return answer
+
+    def _wait_reason(self, sha: str) -> str:
+        s = self.state
+        ahead = [r.sha[:12] for r in s.requests[:[r.sha for r in s.requests].index(sha)]]
+        if s.running:
+            ahead.insert(0, s.running.sha[:12])
+        if ahead:
+            return f"queued behind {', '.join(ahead)}"
+        window = self._window()
+        return "starting now" if window.open else f"queued: {window.reason}"
+
+    @workflow.update(name="follow")
+    def follow_update(self) -> ControlAck:
+        """`pipeline start`: from now on the branch head deploys itself, also where `deploy` started the conductor."""
+        was, self.state.follow, self.wake = self.state.follow, True, True
+        return ControlAck(accepted=True, message=f"already following {self.pipeline.branch}" if was
+                          else f"following {self.pipeline.branch} from now on")
 
     @workflow.signal(name="pause")
     def pause(self, control: Control | None = None) -> None:

@@ -26,6 +26,7 @@ from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import binary, register_search_attributes
 from airagent.models import Control
 from worker.main import ACTIVITIES, WORKFLOWS
+from tests.conftest import start_train
 
 HERE = Path(__file__).parent
 
@@ -64,12 +65,12 @@ async def main() -> None:
                 repo = example.create(root / "repo", root / "envs")
 
                 soaky = pipeline(root, soak="30m")
-                first = await agent.start(soaky, repo.head.commit.hexsha)
+                first = await start_train(agent, soaky, repo.head.commit.hexsha)
                 await settle(env, first.id)
                 await save(env, first.id, "train_succeeded")
 
                 sha = example.commit(repo, {"plugins/example_plugin.py": "# v2\n"}, "plugin v2")
-                handle = await agent.start(soaky, sha)
+                handle = await start_train(agent, soaky, sha)
                 while (await agent.status(handle.id)).stage != "soak":
                     await env.sleep(timedelta(seconds=20))
                 await agent.control(handle.id, "pause", Control(by="ops", reason="look"))
