@@ -171,7 +171,7 @@ class AirAgent:
             task_queue=self.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=_conductor_summary(pipeline))
         await self.client.execute_update_with_start_workflow(Conductor.follow_update, start_workflow_operation=start)
-        return await start.workflow_handle()
+        return self.client.get_workflow_handle(conductor_id(pipeline.name))  # any run: it continues as new
 
     async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None,
                      image: str | None = None) -> ControlAck:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.client import AirAgent
 from airagent.config import load_pipeline
@@ -45,16 +47,36 @@ async def assert_replays(agent: AirAgent, wf_id: str) -> None:
 async def test_train_queried_while_its_workflow_task_times_out_replays(agent, worker, tmp_path):
     example.create(tmp_path / "repo", tmp_path / "envs", soak="25s", probe_interval="1s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
-    handle = await agent.deploy(pipeline)
-    await until(agent, handle.id, lambda s: s.stage == "soak" and s.environment == "staging")
-    watcher = asyncio.create_task(watch(agent, handle.id))
+    train = (await agent.deploy(pipeline)).train
+    await until(agent, train, lambda s: s.stage == "soak" and s.environment == "staging")
+    watcher = asyncio.create_task(watch(agent, train))
     try:
         worker.kill()
         await asyncio.sleep(2)
         worker.start()  # while the dead worker's sticky queue still holds the train's workflow task
-        status = await asyncio.wait_for(agent.wait(handle.id), 120)
+        status = await agent.wait(train, timeout=timedelta(minutes=2))
     finally:
         watcher.cancel()
 
     assert status.state == TrainState.succeeded, status.reason
-    await assert_replays(agent, handle.id)
+    await assert_replays(agent, train)
+
+
+async def test_concurrent_deploys_run_one_train_at_a_time_and_prod_ends_on_the_newest(agent, worker, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    shas = [example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)},
+                           f"fx {i}", "finance") for i in range(5)]
+
+    answers = await asyncio.gather(*(agent.deploy(pipeline, sha) for sha in shas))
+    assert all(a.accepted and a.train for a in answers), answers
+    for answer in answers:
+        await agent.wait(answer.train, timeout=timedelta(minutes=3))
+
+    spans = sorted([(d.start_time, d.close_time) for d in
+                    [await agent.client.get_workflow_handle(a.train).describe() for a in answers]])
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    prod = LocalEnvironment(pipeline.environment("prod").target.path).manifest()
+    assert prod.live.commit == shas[-1]
+    rolled = [s.release for s in prod.history if s.action == "roll"]
+    assert len(rolled) == len(set(rolled))
