@@ -18,7 +18,7 @@ from kubernetes import client
 from activities.build import ensure_runtime
 from airagent import example
 from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings, home
-from airagent.models import TrainState
+from airagent.models import TrainState, conductor_id
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
 from tests.conftest import start_train
@@ -170,7 +170,7 @@ async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, 
 
         done = await drive.pipeline_until("main", lambda s: s.state.last_deployed == head, step=timedelta(minutes=1))
     finally:
-        await (await agent.start_pipeline(pipeline)).terminate("test over")
+        await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
 
     assert [t.state for t in done.state.trains] == ["succeeded"] and done.state.blocked is None
     train = await agent.status(done.state.trains[0].id)
