@@ -232,17 +232,22 @@ def test_rollback_restores_byte_identical_templates_config_and_ref(cluster, repo
     assert env.rollback("r1").changed is False
 
 
+def crashing_confirm(on_attempt: int):
+    """A confirmation whose `on_attempt`-th call fails, as if the activity died after patching."""
+    attempts = []
+
+    def confirm(release, commit):
+        attempts.append(release)
+        if len(attempts) == on_attempt:
+            raise ConnectionError("worker lost mid-roll")
+
+    return confirm
+
+
 def test_a_repeated_roll_does_not_patch_twice(cluster, repo):
     emulator = emulated(cluster).emulator
     c1, _ = commits(repo)
-    attempts = []
-
-    def confirm_after_a_crash(release, commit):
-        attempts.append(release)
-        if len(attempts) == 1:
-            raise ConnectionError("worker lost mid-roll")  # as if the activity died after patching
-
-    env = environment(cluster, repo, confirm_after_a_crash)
+    env = environment(cluster, repo, crashing_confirm(on_attempt=1))
     with pytest.raises(ConnectionError):
         env.roll(rebuild("r1", c1, "apache/airflow:3.1.1"))
     assert env.record().pending == "r1"
@@ -291,14 +296,7 @@ def test_a_roll_over_an_unexpected_release_is_refused_before_any_write(cluster, 
 def test_a_retried_roll_is_still_a_noop_though_replaces_names_the_release_before(cluster, repo):
     emulator = emulated(cluster).emulator
     c1, c2 = commits(repo)
-    attempts = []
-
-    def confirm_after_a_crash(release, commit):
-        attempts.append(release)
-        if len(attempts) == 2:
-            raise ConnectionError("worker lost mid-roll")
-
-    env = environment(cluster, repo, confirm_after_a_crash)
+    env = environment(cluster, repo, crashing_confirm(on_attempt=2))
     env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.dags_only), Expected(live=None))
     with pytest.raises(ConnectionError):
         env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only), Expected(live="r1"))

@@ -10,6 +10,7 @@ not tried again on its own; a newer commit is, and so is one asked for again.
 from __future__ import annotations
 
 import asyncio
+from itertools import takewhile
 from datetime import timedelta
 
 from temporalio import workflow
@@ -248,9 +249,8 @@ class Conductor(Controlled):
 
     def _wait_reason(self, sha: str) -> str:
         s = self.state
-        ahead = [r.sha[:12] for r in s.requests[:[r.sha for r in s.requests].index(sha)]]
-        if s.running:
-            ahead.insert(0, s.running.sha[:12])
+        ahead = [s.running.sha[:12]] if s.running else []
+        ahead += [r.sha[:12] for r in takewhile(lambda r: r.sha != sha, s.requests)]
         if ahead:
             return f"queued behind {', '.join(ahead)}"
         window = self._window()
