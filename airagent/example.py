@@ -85,7 +85,7 @@ FILES = {
 
 
 def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True,
-                  port: int = 28080) -> str:
+                  port: int = 28080, pipeline: str = "main") -> str:
     def target(name: str, offset: int) -> str:
         where = f"type: local, path: {envs / name}"
         return f"{{{where}, port: {port + offset}}}" if airflow else f"{{{where}, airflow: false}}"
@@ -96,7 +96,7 @@ def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", air
           python: "3.11"
           airflow: "3.3.2"
         pipelines:
-          main:
+          {pipeline}:
             repo: .
             branch: main
             dag_folder: dags
@@ -116,14 +116,15 @@ def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", air
         """)
 
 
-def create(path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True) -> git.Repo:
+def create(path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True,
+           pipeline: str = "main") -> git.Repo:
     """A fresh monorepo at `path`, its environments to live under `envs`, history by three authors."""
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as cfg:
         cfg.set_value("user", "name", AUTHORS["platform"][0])
         cfg.set_value("user", "email", AUTHORS["platform"][1])
     commit(repo, {**{k: v for k, v in FILES.items() if not k.startswith("dags/")},
-                  "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow)},
+                  "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow, pipeline=pipeline)},
            "platform: runtime, plugins and airagent config", "platform")
     commit(repo, {k: v for k, v in FILES.items() if k.startswith("dags/common") or k.startswith("dags/finance")},
            "finance: ledger and fx DAGs", "finance")
