@@ -127,6 +127,31 @@ async def test_a_deny_window_delays_the_train_until_it_closes(agent, drive, mono
     assert done.state.trains[0].started >= opened.replace(second=0, microsecond=0) + timedelta(hours=2)
 
 
+async def test_deploy_after_the_conductor_polled_the_same_commit_is_its_train(agent, drive, monorepo, tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="5m", poll_interval="1h")
+    head = monorepo.head.commit.hexsha
+    await agent.start_pipeline(pipeline)
+    polled = await drive.pipeline_until("main", lambda s: s.state.running is not None)
+
+    answer = await agent.deploy(pipeline, head)
+
+    assert answer.train == polled.state.running.id and "is deploying it" in answer.message
+    done = await drive.pipeline_until("main", settled(head), step=timedelta(minutes=2))
+    assert [t.sha for t in done.state.trains] == [head]
+    assert live_commits(pipeline, "prod") == [head]
+
+
+async def test_a_deploy_before_the_conductor_polls_rides_one_train(agent, drive, monorepo, tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="5m", poll_interval="1h")
+    head = monorepo.head.commit.hexsha
+    answer = await agent.deploy(pipeline, head)  # starts a conductor that does not follow the branch
+    await agent.start_pipeline(pipeline)  # now it does, and its first poll sees the same head
+
+    done = await drive.pipeline_until("main", settled(head), step=timedelta(minutes=2))
+    assert [t.id for t in done.state.trains] == [answer.train]
+    assert live_commits(pipeline, "prod") == [head]
+
+
 async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_conductor(agent, drive, monorepo,
                                                                                         tmp_path):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="5m")

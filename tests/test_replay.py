@@ -1,7 +1,8 @@
 """Recorded histories of trains and conductors replay against the current workflow code.
 
-A failure here means a change to workflow code would break workflows already running
-when a new worker version rolls out: guard the change with `workflow.patched`.
+Some were recorded under faults (tests/histories/record_faults.py). A failure here means
+a change to workflow code would break workflows already running when a new worker
+version rolls out: guard the change with `workflow.patched`.
 """
 
 from pathlib import Path
@@ -23,4 +24,5 @@ async def test_replays(path: Path):
 
 
 def test_histories_are_recorded():
-    assert {p.stem for p in HISTORIES} >= {"train_succeeded", "train_aborted", "train_failed_validate", "conductor"}
+    assert {p.stem for p in HISTORIES} >= {"train_succeeded", "train_aborted", "train_failed_validate", "conductor",
+                                          "train_under_faults", "conductor_window_under_faults"}

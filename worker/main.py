@@ -15,6 +15,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig, WorkerDeploymentVe
 
 from activities.announce import announce
 from activities.build import build
+from activities.clock import read_clock
 from activities.diff import diff
 from activities.poll import poll_branch
 from activities.roll import read_marker, roll, rollback
@@ -27,7 +28,7 @@ from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
 WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
-ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, announce, read_marker]
+ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, read_clock, announce, read_marker]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8

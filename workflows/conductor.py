@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from workflows.controls import Controlled
 
 with workflow.unsafe.imports_passed_through():
+    from activities.clock import read_clock
     from activities.poll import poll_branch
     from airagent import windows
     from airagent.models import (
@@ -49,6 +50,8 @@ MAX_HISTORY = 5_000
 NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
 POLL = dict(start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=HEARTBEAT,
             retry_policy=RetryPolicy(maximum_attempts=3))
+CLOCK = dict(start_to_close_timeout=timedelta(seconds=10))
+WINDOW_READS_CLOCK = "window-reads-the-server-clock"
 
 
 @workflow.defn(name="Conductor")
@@ -63,7 +66,7 @@ class Conductor(Controlled):
     async def run(self, input: ConductorInput) -> None:
         while True:
             await self._poll()
-            while (sha := self._next()) is not None:
+            while (sha := await self._next()) is not None:
                 if not await self._run_train(sha):
                     break
                 await self._poll()  # whatever landed meanwhile rides the next train
@@ -88,13 +91,13 @@ class Conductor(Controlled):
         waiting = s.head not in (None, s.last_deployed) and s.head not in s.failed
         return s.head if waiting and not (s.running and s.running.sha == s.head) else None
 
-    def _next(self) -> str | None:
+    async def _next(self) -> str | None:
         """The queued commit, when a train may start now."""
-        if self.state.paused or self.state.frozen or not self._window().open:
-            return None
         sha = self._queued()
+        if sha is None or self.state.paused or self.state.frozen or not (await self._window_now()).open:
+            return None
         # Without its image a rebuild would fail, and a failed commit is never retried: wait for CI instead.
-        if sha and self.pipeline.image_from_ci and self._image(sha) is None:
+        if self.pipeline.image_from_ci and self._image(sha) is None:
             self.state.blocked = (f"waiting for CI to announce the image of {sha[:12]} "
                                   f"(`airagent notify --sha {sha[:12]} --image <repository>:<runtime hash>`)")
             return None
@@ -106,7 +109,14 @@ class Conductor(Controlled):
                     None)
 
     def _window(self) -> windows.WindowState:
+        """For what is shown and how long to nap; whether a train starts is `_window_now`'s."""
         return windows.state(self.pipeline.windows, workflow.now())
+
+    async def _window_now(self) -> windows.WindowState:
+        """The window at a time history records, as a train that starts or not is a command."""
+        if self.pipeline.windows and workflow.patched(WINDOW_READS_CLOCK):
+            return windows.state(self.pipeline.windows, await workflow.execute_activity(read_clock, **CLOCK))
+        return self._window()
 
     def _nap(self) -> timedelta:
         """Until the next poll, or sooner when a closed window with a commit waiting opens."""
