@@ -19,6 +19,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
@@ -105,8 +106,16 @@ class AirAgent:
             Conductor.run, ConductorInput(pipeline=pipeline, state=ConductorState(follow=False)),
             id=conductor_id(pipeline.name), task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, static_summary=_conductor_summary(pipeline))
-        answer = await self.client.execute_update_with_start_workflow(
-            Conductor.deploy_update, DeployRequest(sha=target, image=image, by=by), start_workflow_operation=start)
+        while True:
+            try:
+                answer = await self.client.execute_update_with_start_workflow(
+                    Conductor.deploy_update, DeployRequest(sha=target, image=image, by=by),
+                    start_workflow_operation=start)
+                break
+            except WorkflowUpdateRPCTimeoutOrCancelledError:
+                # No worker took the update in time; asking again for the same sha is harmless.
+                log.warning("the conductor of %s has not answered yet: is `airagent worker` running on task "
+                            "queue %s? asking again", pipeline.name, self.task_queue)
         if not answer.accepted:
             raise DeployRefused(answer.message)
         return answer
