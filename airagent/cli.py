@@ -147,7 +147,7 @@ def deploy(
             return 0
         try:
             status = await follow(agent, answer.train, quiet=as_json,
-                                   timeout=timedelta(seconds=timeout) if timeout else None)
+                                   timeout=timedelta(seconds=timeout) if timeout else None, since=answer.asked)
         except TimeoutError:
             _emit({"train": answer.train, "state": "timeout"}, as_json,
                   f"{answer.train}: still running after {timeout}s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio.client import (
     Client,
@@ -128,7 +128,8 @@ class AirAgent:
             return execution.id
         return None
 
-    async def status(self, wf_id: str) -> TrainStatus:
+    async def status(self, wf_id: str, since: datetime | None = None) -> TrainStatus:
+        """The train's status; with `since` (a deploy answer's `asked`), a run started before is not it."""
         handle = self.client.get_workflow_handle(wf_id, result_type=TrainStatus)
         try:
             description = await handle.describe()
@@ -136,12 +137,15 @@ class AirAgent:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise  # the server is unreachable, not the train unknown
             raise NotFound(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
+        if since and description.start_time < since:
+            raise NotFound(f"{wf_id} is queued at the conductor; the run there deployed the commit before")
         if description.status == WorkflowExecutionStatus.COMPLETED:
             return await handle.result()
         return await handle.query(DeployTrain.query_status)
 
-    async def wait(self, wf_id: str, timeout: timedelta | None = None) -> TrainStatus:
-        """The train's outcome, waiting through a queued start and server or worker outages up to `timeout`."""
+    async def wait(self, wf_id: str, timeout: timedelta | None = None, since: datetime | None = None) -> TrainStatus:
+        """The train's outcome, waiting through a queued start and server or worker outages up to `timeout`;
+        `since` as for `status`."""
         handle = self.client.get_workflow_handle(wf_id, result_type=TrainStatus)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout.total_seconds() if timeout else None
@@ -150,7 +154,8 @@ class AirAgent:
             if left is not None and left <= 0:
                 raise TimeoutError(wf_id)
             try:
-                return await asyncio.wait_for(handle.result(), left)
+                if not since or (await handle.describe()).start_time >= since:
+                    return await asyncio.wait_for(handle.result(), left)
             except RPCError as err:  # not started yet (queued), or the server is restarting
                 log.info("waiting for %s: %s", wf_id, err.message)
             await asyncio.sleep(1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
@@ -16,7 +16,8 @@ from airagent.models import ConductorStatus, Outcome, StageRecord, TrainStatus
 console = Console()
 
 
-async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None) -> TrainStatus:
+async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None,
+                 since: datetime | None = None) -> TrainStatus:
     """Print each stage as it starts and ends, until the train is over; a queued train, a dead worker or a
     restarting server is waited for (up to `timeout`), and said once."""
     seen: dict[int, str] = {}
@@ -25,7 +26,7 @@ async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: time
     deadline = loop.time() + timeout.total_seconds() if timeout else None
     while True:
         try:
-            status = await agent.status(wf_id)
+            status = await agent.status(wf_id, since)
         except (NotFound, RPCError, WorkflowQueryFailedError) as err:
             why = "queued at the conductor" if isinstance(err, NotFound) else f"the server or worker: {_reason(err)}"
             if why != waiting and not quiet:

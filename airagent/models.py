@@ -478,6 +478,8 @@ class DeployAnswer(BaseModel):
     accepted: bool
     train: str | None = Field(None, description="id of the train that deploys (or is deploying) the commit")
     message: str
+    asked: datetime | None = Field(None, description="when the conductor queued it: a run of the train that started "
+                                                     "earlier deployed the same commit before")
 
 
 class TrainRecord(BaseModel):

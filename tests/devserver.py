@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -87,13 +88,13 @@ def airagent(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([binary("airagent"), *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300):
+async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300, since: datetime | None = None):
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     status = None
     while loop.time() < deadline:
         try:
-            status = await agent.status(wf_id)
+            status = await agent.status(wf_id, since)
         except NotFound:
             status = None  # not started yet
         if status and predicate(status):

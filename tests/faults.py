@@ -142,7 +142,8 @@ async def drive(agent: AirAgent, lane: Lane, rng: random.Random, rounds: int, de
         answers = await asyncio.gather(*(retry(lambda s=sha: agent.deploy(lane.pipeline, s), deadline)
                                          for sha in shas))
         for answer in answers:
-            await agent.wait(answer.train, timeout=timedelta(seconds=max(1.0, deadline - loop.time())))
+            await agent.wait(answer.train, timeout=timedelta(seconds=max(1.0, deadline - loop.time())),
+                             since=answer.asked)
 
 
 async def run(root: Path, server: DevServer, env: dict[str, str], scenario: Scenario) -> FaultReport:

@@ -16,7 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent, DeployRefused
+from airagent.client import AirAgent, DeployRefused, NotFound
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
 from airagent.models import TrainState, conductor_id, train_id
@@ -63,6 +63,34 @@ async def test_deploys_queue_at_the_conductor_one_train_at_a_time(agent, worker,
     await agent.control(conductor_id("main"), "pause")
     with pytest.raises(DeployRefused, match="paused"):
         await agent.deploy(pipeline, newer)
+    await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
+
+
+async def test_waiting_on_a_commit_deployed_again_waits_for_its_new_train(agent, worker, tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    pipeline.environments[0].require_approval = True
+    older = repo.head.commit.hexsha
+    first = await agent.deploy(pipeline, older)
+    await until(agent, first.train, lambda s: s.stage == "approve")
+    assert (await agent.control(first.train, "abort")).accepted
+    assert (await agent.wait(first.train)).state == TrainState.aborted
+    newer = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    blocking = await agent.deploy(pipeline, newer)
+    await until(agent, blocking.train, lambda s: s.stage == "approve")
+
+    again = await agent.deploy(pipeline, older)  # queued behind `newer`; its earlier run was aborted
+    assert again.train == first.train and again.asked
+    waiting = asyncio.create_task(agent.wait(again.train, since=again.asked))
+    await asyncio.sleep(3)
+    assert not waiting.done(), "wait returned the aborted run of the same train"
+    with pytest.raises(NotFound, match="queued"):
+        await agent.status(again.train, since=again.asked)
+
+    assert (await agent.control(blocking.train, "abort")).accepted
+    await until(agent, again.train, lambda s: s.stage == "approve", since=again.asked)
+    assert (await agent.control(again.train, "approve")).accepted
+    assert (await asyncio.wait_for(waiting, 120)).state == TrainState.succeeded
     await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
 
 

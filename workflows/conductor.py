@@ -252,7 +252,8 @@ class Conductor(Controlled):
             if all(r.sha != request.sha for r in s.requests):
                 s.requests = [*s.requests, request]
             self.wake = True
-            answer = DeployAnswer(accepted=True, train=train, message=self._wait_reason(request.sha))
+            answer = DeployAnswer(accepted=True, train=train, message=self._wait_reason(request.sha),
+                                  asked=workflow.now())
         event = self._event("deploy", Control(by=request.by), answer.accepted, answer.message)
         s.events = [*s.events, event][-KEEP_EVENTS:]
         return answer
