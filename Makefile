@@ -27,6 +27,7 @@ bench: setup
 	$(BIN)/python -m bench.validate
 	$(BIN)/python -m bench.lead_time
 	$(BIN)/python -m bench.kube_requests
+	$(BIN)/python -m bench.faults
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info

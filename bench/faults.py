@@ -35,7 +35,7 @@ from tests.conftest import start_train
 from tests.devserver import WorkerProcess
 from tests.faults import Lane, Scenario, run
 
-SAMPLES = 10
+SAMPLES = 20
 
 
 async def scheduled(agent: AirAgent, wf_id: str, since: float) -> float:
