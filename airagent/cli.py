@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from airagent import config as config_module
+from airagent import repair as repair_module
 from airagent.client import (
     CONTROLS,
     EXIT_TIMEOUT,
@@ -209,6 +210,40 @@ for _name in CONTROLS:
     if _name != "rollback":
         app.command(name=_name)(_control_command(_name))
 _rollback_train = _control_command("rollback")
+
+
+@app.command()
+@friendly
+def repair(
+    workflow: Annotated[str, typer.Argument(help="a train or conductor id whose workflow tasks fail with a "
+                                                  "nondeterminism error")],
+    reset: Annotated[bool, typer.Option("--reset", help="reset it there; without, only say where")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the workflow task from which a wedged train or conductor no longer replays on this code; --reset runs
+    it again from there (what it did before, rolls included, stands)."""
+    from worker.main import WORKFLOWS  # the code a reset run continues on is this worker's
+
+    async def go() -> int:
+        agent = await AirAgent.connect()
+        run_id = (await agent.client.get_workflow_handle(workflow).describe()).run_id
+        history = await agent.client.get_workflow_handle(workflow, run_id=run_id).fetch_history()
+        point = await repair_module.reset_point(history, WORKFLOWS)
+        if point is None:
+            _emit({"workflow": workflow, "reset_to": None}, as_json,
+                  f"{workflow}: its whole history replays on this code; nothing to repair")
+        elif not reset:
+            _emit({"workflow": workflow, "reset_to": point}, as_json,
+                  f"{workflow}: replays up to the workflow task that ends at event {point}; "
+                  f"`airagent repair {workflow} --reset` runs that task again on this code")
+        else:
+            new_run = await repair_module.reset(agent.client, workflow, run_id, point,
+                                                reason=f"airagent repair by {_user()}")
+            _emit({"workflow": workflow, "reset_to": point, "run_id": new_run}, as_json,
+                  f"{workflow}: reset to event {point}; it goes on as run {new_run}")
+        return 0
+
+    raise typer.Exit(run(go()))
 
 
 @app.command()

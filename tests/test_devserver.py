@@ -15,7 +15,7 @@ from temporalio.common import VersioningBehavior
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
-from airagent import example
+from airagent import example, repair
 from airagent.client import AirAgent, DeployRefused, NotFound
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
@@ -91,6 +91,27 @@ async def test_waiting_on_a_commit_deployed_again_waits_for_its_new_train(agent,
     await until(agent, again.train, lambda s: s.stage == "approve", since=again.asked)
     assert (await agent.control(again.train, "approve")).accepted
     assert (await asyncio.wait_for(waiting, 120)).state == TrainState.succeeded
+    await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
+
+
+async def test_repair_resets_a_train_to_a_workflow_task_and_it_goes_on(agent, worker, cli_env, tmp_path):
+    example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
+    pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
+    pipeline.environments[0].require_approval = True
+    train = (await agent.deploy(pipeline)).train
+    await until(agent, train, lambda s: s.stage == "approve")
+
+    checked = airagent("repair", train, "--json", env=cli_env)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["reset_to"] is None, checked.stdout + checked.stderr
+    # A wedged train is reset to the task that went wrong; here, to the end of the first one.
+    handle = agent.client.get_workflow_handle(train)
+    old_run = (await handle.describe()).run_id
+    new_run = await repair.reset(agent.client, train, old_run, 4, reason="test")
+
+    assert new_run != old_run
+    await until(agent, train, lambda s: s.stage == "approve")
+    assert (await agent.control(train, "approve")).accepted
+    assert (await agent.wait(train)).state == TrainState.succeeded
     await agent.client.get_workflow_handle(conductor_id("main")).terminate("test over")
 
 
