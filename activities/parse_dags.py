@@ -45,6 +45,9 @@ from pathlib import Path
 MAX_TRACEBACK_LINES = 30
 REPORT_MARKER = "airagent-report: "
 PLACEHOLDER = "airagent-placeholder"
+# Asked for like a file: the plugins folder, loaded as Airflow's plugin manager loads it,
+# in a worker of its own so a plugin that hangs or exits fails alone too.
+PLUGINS = "<plugins>"
 # What nearly every DAG file imports: loaded once here, inherited by every fork.
 WARM_MODULES = ("airflow.sdk", "airflow.providers.standard.operators.empty",
                 "airflow.providers.standard.operators.python", "airflow.providers.standard.operators.bash")
@@ -286,6 +289,8 @@ class Parser:
         self.bag = DagBag(dag_folder=str(folder), collect_dags=False, bundle_path=folder, safe_mode=False)
 
     def parse(self, path: Path) -> dict:
+        if path.name == PLUGINS:
+            return self.load_plugins()
         rel = path.relative_to(self.folder).as_posix()
         self.bag.dags.clear()
         self.bag.import_errors.clear()
@@ -316,6 +321,24 @@ class Parser:
             "placeholders": sorted(self.lookups.used) if self.lookups else [],
             "transient": False,
         }
+
+
+    @staticmethod
+    def load_plugins() -> dict:
+        """The import errors of the plugins folder's files, by path inside it; an installed package's are not
+        the repository's."""
+        from airflow import plugins_manager, settings
+
+        started = time.perf_counter()
+        folder = Path(settings.PLUGINS_FOLDER).resolve()
+        errors = {}
+        for where, error in plugins_manager.get_import_errors().items():
+            try:
+                errors[Path(where).resolve().relative_to(folder).as_posix()] = trim(error)
+            except ValueError:
+                continue
+        return {"path": PLUGINS, "dag_ids": [], "error": None, "plugins": errors,
+                "parse_seconds": round(time.perf_counter() - started, 4), "transient": False}
 
 
 def failed(folder: Path, path: Path, error: str, seconds: float) -> dict:
@@ -468,7 +491,7 @@ def parse_folder(folder: Path, workers: int, timeout: float | None, settings: di
     sys.path.append(str(folder))
     timeout = timeout or conf.getfloat("core", "dagbag_import_timeout")
     chosen = settings.get("files")
-    files = python_files(folder) if chosen is None else [folder / f for f in chosen]
+    files = [*python_files(folder), folder / PLUGINS] if chosen is None else [folder / f for f in chosen]
     return parse_all(folder, files, workers, timeout, lookups)
 
 
@@ -580,13 +603,14 @@ def _answer(connection: socket.socket) -> None:
 
 def _enter(cwd: str, folder: Path, plugins_folder: str) -> None:
     """What a cold run gets from its working directory and environment: this bundle's DAG and plugins folders."""
-    from airflow import settings
+    from airflow import plugins_manager, settings
 
     os.chdir(cwd)
     os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(folder)
     os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = plugins_folder
     sys.path[:] = [p for p in sys.path if p != settings.PLUGINS_FOLDER] + [plugins_folder]
     settings.DAGS_FOLDER, settings.PLUGINS_FOLDER = str(folder), plugins_folder
+    plugins_manager._get_plugins.cache_clear()  # the warm-up loaded the launch folder's, once per process
 
 
 if __name__ == "__main__":

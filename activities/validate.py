@@ -21,6 +21,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import parser_service, policies, validation_cache
+from activities.parse_dags import PLUGINS
 from airagent.config import Classification, PipelineSettings, ValidationSettings, home
 from airagent.models import Commit, FileReport, Release, RemovedDag, ValidateInput, ValidationReport
 from airagent.repo import RepoError, open_repository
@@ -68,7 +69,7 @@ def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: 
             results[rel] = result
             if not result.get("transient"):
                 validation_cache.store(keys[rel], result)
-    files = []
+    files = plugin_reports(results.pop(PLUGINS), plugins_folder, cached=PLUGINS not in todo)
     for rel in sorted(results):
         report = FileReport.model_validate({**results[rel], "path": _from_root(dag_folder, rel),
                                             "cached": rel not in todo})
@@ -78,7 +79,15 @@ def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: 
         for dag_id in f.dag_ids:
             owners.setdefault(dag_id, []).append(f.path)
     duplicates = {dag_id: paths for dag_id, paths in sorted(owners.items()) if len(paths) > 1}
-    return ValidationReport(files=files, duplicates=duplicates, parsed=len(todo))
+    return ValidationReport(files=files, duplicates=duplicates, parsed=len([t for t in todo if t != PLUGINS]))
+
+
+def plugin_reports(result: dict, plugins_folder: str, cached: bool) -> list[FileReport]:
+    """A plugin that does not import, as Airflow would find it, fails like a DAG file; one that loads is not listed."""
+    if result.get("error"):  # the load itself hung or died
+        return [FileReport(path=plugins_folder, error=result["error"], cached=cached)]
+    return [FileReport(path=_from_root(plugins_folder, rel), error=error, cached=cached)
+            for rel, error in sorted(result.get("plugins", {}).items())]
 
 
 def _read(path: Path) -> str:

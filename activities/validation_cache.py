@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.parse_dags import imported_names, relative_python_files, syntax_tree
+from activities.parse_dags import PLUGINS, imported_names, relative_python_files, syntax_tree
 from airagent.config import home
 
 PARSER = Path(__file__).with_name("parse_dags.py")
@@ -82,7 +82,7 @@ def _candidates(rel: str, level: int, module: str, members: tuple[str, ...]) -> 
 
 
 def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[str] = ()) -> dict[str, str]:
-    """The cache key of every Python file of the DAG folder (paths relative to it)."""
+    """The cache key of every Python file of the DAG folder (paths relative to it), and of the plugins' load."""
     dags = (bundle / dag_folder).resolve()
     contents = {}
     for rel in relative_python_files(dags):
@@ -113,6 +113,7 @@ def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[st
         if closure & dynamic:
             parts["everything"] = everything
         keys[rel] = digest(json.dumps(parts).encode())
+    keys[PLUGINS] = digest(json.dumps({"shared": shared, "file": PLUGINS}).encode())  # plugins are other files
     return keys
 
 

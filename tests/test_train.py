@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.models import Control, Outcome, TrainState
@@ -59,18 +61,21 @@ async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, dr
     assert len(swaps(pipeline, "prod")) == 2
 
 
-async def test_broken_dag_fails_validate_and_touches_nothing(agent, pipeline, monorepo, drive):
+@pytest.mark.parametrize("path, content", [(example.BROKEN_PATH, example.BROKEN_DAG),
+                                           ("plugins/example_plugin.py", "import pandas_but_misspelled\n")],
+                         ids=["dag", "plugin"])
+async def test_a_broken_dag_or_plugin_fails_validate_and_touches_nothing(agent, pipeline, monorepo, drive, path,
+                                                                         content):
     good = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert good.state == TrainState.succeeded
     before = {env: swaps(pipeline, env) for env in ("staging", "prod")}
-    sha = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly orders v2",
-                         "marketing")
+    sha = example.commit(monorepo, {path: content}, "v2 that does not import", "marketing")
 
     status = await drive.finish((await start_train(agent, pipeline, sha)).id)
 
     assert status.state == TrainState.failed
     assert status.stage == "validate"
-    assert "dags/marketing/orders_hourly.py" in status.reason
+    assert path in status.reason
     assert "pandas_but_misspelled" in status.reason
     assert {env: swaps(pipeline, env) for env in ("staging", "prod")} == before
     assert live_commit(pipeline, "prod") == good.target

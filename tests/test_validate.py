@@ -188,3 +188,23 @@ def test_removed_dags_need_consent_and_failures_name_team_and_author(tmp_path):
     report = run(repo.head.commit.hexsha)
     assert report.ok, report.summary()
     assert report.parsed < len(report.files)  # unchanged files came from the cache
+
+
+PLUGIN = ("from airflow.plugins_manager import AirflowPlugin\n\n\n"
+          "class {name}(AirflowPlugin):\n    name = {name!r}\n")
+
+
+def test_a_plugin_that_does_not_import_fails_like_a_dag_file(tmp_path):
+    root = tree(tmp_path / "tree", {"dags/fine.py": dag("fine"), "plugins/good.py": PLUGIN.format(name="good"),
+                                    "plugins/broken.py": "import no_such_package\n" + PLUGIN.format(name="broken")})
+    pipeline = settings(tmp_path)
+
+    files = check(root, pipeline)
+    assert "No module named 'no_such_package'" in files["plugins/broken.py"].error
+    assert "plugins/good.py" not in files and files["fine.py"].error is None
+
+    tree(root, {"plugins/broken.py": "raise SystemExit(3)\n"})  # past the plugin manager's `except Exception`
+    assert "SystemExit: 3" in check(root, pipeline)["plugins"].error
+
+    tree(root, {"plugins/broken.py": PLUGIN.format(name="fixed")})
+    assert all(f.error is None for f in check(root, pipeline).values())
