@@ -13,7 +13,7 @@ from activities.heartbeat import keep_alive
 from activities.targets.drivers import environment
 from airagent.config import Classification
 from airagent.models import ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, Kind, RolloutMode
-from airagent.repo import RepoError, commit_exists, open_repository, resolve
+from airagent.repo import RepoError, commit_exists, open_repository, resolve, stands_for
 
 _ORDER = (Kind.ignored, Kind.image, Kind.dependencies, Kind.config, Kind.plugins, Kind.dags)
 _CHANGE = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "T": "type-changed", "C": "copied"}
@@ -50,19 +50,23 @@ def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classifi
 MAX_COMMITS = 200
 
 
-def _train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list[Commit]:
+def train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list[Commit]:
     """The commits this train carries: those the furthest-behind environment lacks, newest first."""
     if not lives:
         return []
-    if any(live is None or not commit_exists(repo, live) or not repo.is_ancestor(live, target) for live in lives):
-        revs = [target]
+    if any(live is None or not commit_exists(repo, live) or not repo.is_ancestor(stands_for(repo, live)[0], target)
+           for live in lives):
+        revs, held = [target], []
     else:
-        revs = max(([target, f"^{live}"] for live in lives),
-                   key=lambda r: int(repo.git.rev_list("--count", *r)))
+        # A release without held commits stands for its head and carries them again.
+        head, held = max((stands_for(repo, live) for live in lives),
+                         key=lambda h: int(repo.git.rev_list("--count", target, f"^{h[0]}")) + len(h[1]))
+        revs = [target, f"^{head}"]
+    carried = [*repo.iter_commits(revs, max_count=MAX_COMMITS), *reversed([repo.commit(sha) for sha in held])]
     return [
         Commit(sha=c.hexsha, author=c.author.name or "", email=c.author.email or "", summary=c.summary,
                at=c.committed_datetime.astimezone(UTC))
-        for c in repo.iter_commits(revs, max_count=MAX_COMMITS)
+        for c in carried
     ]
 
 
@@ -98,7 +102,7 @@ def _diff(input: DiffInput) -> DiffResult:
             files=files,
             mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
         ))
-    commits = _train_commits(repo, [c.live_commit for c in changes if c.mode], target)
+    commits = train_commits(repo, [c.live_commit for c in changes if c.mode], target)
     return DiffResult(target=target, commits=commits, environments=changes)
 
 
@@ -111,7 +115,7 @@ def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live
             f"set allow_history_rewrite: true on pipeline {pipeline!r} to deploy anyway",
             type="HistoryRewritten", non_retryable=True,
         )
-    if not allowed and not repo.is_ancestor(live, target):
+    if not allowed and not repo.is_ancestor(stands_for(repo, live)[0], target):
         raise ApplicationError(
             f"{env} runs {live[:12]}, which is not an ancestor of {target[:12]} (history was rewritten "
             f"or the commit is older than what is live); set allow_history_rewrite: true on pipeline "

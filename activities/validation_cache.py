@@ -84,6 +84,32 @@ def _candidates(rel: str, level: int, module: str, members: tuple[str, ...]) -> 
 def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[str] = ()) -> dict[str, str]:
     """The cache key of every Python file of the DAG folder (paths relative to it), and of the plugins' load."""
     dags = (bundle / dag_folder).resolve()
+    digests, edges, dynamic = _graph(dags)
+    everything = digest(json.dumps(sorted(digests.items())).encode())
+    shared = digest(json.dumps({
+        "parser": digest(PARSER.read_bytes()),
+        "context": context,
+        "others": _other_files(bundle, dags, list(ignored)),
+    }, sort_keys=True).encode())
+    keys = {}
+    for rel in digests:
+        closure = _closure(edges, rel)
+        parts = {"shared": shared, "file": rel, "modules": sorted((m, digests[m]) for m in closure)}
+        if closure & dynamic:
+            parts["everything"] = everything
+        keys[rel] = digest(json.dumps(parts).encode())
+    keys[PLUGINS] = digest(json.dumps({"shared": shared, "file": PLUGINS}).encode())  # plugins are other files
+    return keys
+
+
+def imported_modules(bundle: Path, dag_folder: str, rel: str) -> set[str]:
+    """The DAG folder's files that `rel` imports, transitively (paths relative to the folder)."""
+    _, edges, _ = _graph((bundle / dag_folder).resolve())
+    return _closure(edges, rel) - {rel} if rel in edges else set()
+
+
+def _graph(dags: Path) -> tuple[dict[str, str], dict[str, set[str]], set[str]]:
+    """Each Python file's digest, the files of the folder it imports, and the files that import by computed name."""
     contents = {}
     for rel in relative_python_files(dags):
         with open(os.path.join(dags, rel), "rb") as f:
@@ -96,25 +122,16 @@ def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[st
             dynamic.add(rel)
         edges[rel] = {c for level, module, members in imports for c in _candidates(rel, level, module, tuple(members))
                       if c in digests and c != rel}
-    everything = digest(json.dumps(sorted(digests.items())).encode())
-    shared = digest(json.dumps({
-        "parser": digest(PARSER.read_bytes()),
-        "context": context,
-        "others": _other_files(bundle, dags, list(ignored)),
-    }, sort_keys=True).encode())
-    keys = {}
-    for rel in digests:
-        closure, stack = {rel}, [rel]
-        while stack:
-            for dep in edges[stack.pop()] - closure:
-                closure.add(dep)
-                stack.append(dep)
-        parts = {"shared": shared, "file": rel, "modules": sorted((m, digests[m]) for m in closure)}
-        if closure & dynamic:
-            parts["everything"] = everything
-        keys[rel] = digest(json.dumps(parts).encode())
-    keys[PLUGINS] = digest(json.dumps({"shared": shared, "file": PLUGINS}).encode())  # plugins are other files
-    return keys
+    return digests, edges, dynamic
+
+
+def _closure(edges: dict[str, set[str]], rel: str) -> set[str]:
+    closure, stack = {rel}, [rel]
+    while stack:
+        for dep in edges[stack.pop()] - closure:
+            closure.add(dep)
+            stack.append(dep)
+    return closure
 
 
 def _other_files(bundle: Path, dags: Path, ignored: list[str]) -> str:

@@ -359,6 +359,8 @@ class _Pipeline(Model):
     dag_folder: RepoPath = "dags"
     plugins_folder: RepoPath = "plugins"
     allow_history_rewrite: bool = Field(False, description="deploy even when the live commit is not an ancestor")
+    isolation: bool = Field(True, description="hold back the commits a validation failure traces to and deploy "
+                                              "the rest; off: a train deploys all its commits or none")
     poll_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0),
                                     description="how often the conductor looks for new commits on the branch")
     environments: list[EnvironmentSettings]
@@ -449,6 +451,7 @@ class AirAgentConfig(Model):
             dag_folder=decl.dag_folder,
             plugins_folder=decl.plugins_folder,
             allow_history_rewrite=decl.allow_history_rewrite,
+            isolation=decl.isolation,
             poll_interval=decl.poll_interval,
             environments=envs,
             windows=decl.windows,

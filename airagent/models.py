@@ -230,6 +230,16 @@ class ValidationReport(BaseModel):
     def ok(self) -> bool:
         return not self.broken and not self.duplicates and not self.removed
 
+    def failures(self) -> dict[str, str]:
+        """Each failing path (from the repository's root) and why, to trace the failure to commits."""
+        found = {f.path: "; ".join(f.reasons()) for f in self.broken}
+        for dag_id, paths in self.duplicates.items():
+            for path in paths:
+                found.setdefault(path, f"dag_id {dag_id!r} is defined in {', '.join(paths)}")
+        for r in self.removed:
+            found.setdefault(r.path, f"DAG {r.dag_id!r} is live but gone from this release")
+        return found
+
     def by_team(self) -> dict[str, list[str]]:
         """Failure lines per owning team ('(no team)' for unowned paths), for the people who must act."""
         teams: dict[str, list[str]] = {}
@@ -282,6 +292,33 @@ class ValidateInput(BaseModel):
     live_commits: list[str] = Field(
         [], description="commits live in the environments now: their DAGs must not vanish without consent, and "
                         "the commits from each to the release carry the consent trailers")
+
+
+class HeldCommit(BaseModel):
+    """A commit whose changes a release leaves out, and why."""
+
+    sha: str
+    author: str
+    summary: str
+    teams: list[str] = []
+    paths: list[str] = Field([], description="what it changed; the release keeps these as the environment has them")
+    reason: str = Field(description="the failure traced to it, or the held commit whose paths it shares")
+    since: datetime | None = None
+
+
+class HoldInput(BaseModel):
+    pipeline: PipelineSettings
+    target: str = Field(description="the head the train was asked to deploy")
+    commits: list[str] = Field(description="the train's commits, newest first, as its diff found them")
+    live_commit: str | None = Field(None, description="what the first environment runs: held paths stay as there")
+    bundle: str = Field(description="the failed release's files, to trace what its broken DAG files import")
+    failures: dict[str, str] = Field(description="path from the repository root -> why it failed validation")
+
+
+class HoldResult(BaseModel):
+    commit: str | None = Field(None, description="the release commit without the held changes; None: the failures "
+                                                 "trace to no commit of the train")
+    held: list[HeldCommit] = []
 
 
 # --- roll, rollback, soak -------------------------------------------------------------
@@ -406,6 +443,9 @@ class TrainStatus(BaseModel):
     kinds: list[Kind] = []
     mode: RolloutMode | None = None
     validation: str | None = None
+    held: list[HeldCommit] = Field([], description="commits whose changes the release leaves out, and why")
+    release_commit: str | None = Field(None, description="what the release is made of when commits are held: "
+                                                         "airagent's commit of the target without them")
     stages: list[StageRecord] = []
     events: list[Event] = []
     started: datetime | None = None

@@ -65,3 +65,15 @@ def _lookup(repo: git.Repo, rev: str) -> str:
     commit = repo.commit(rev)
     commit.tree  # a full sha (the all-zero one CI sends for a deleted branch) parses without a lookup
     return commit.hexsha
+
+
+# Trailers of a release commit airagent made without held commits (activities/holdback.py).
+RELEASE_OF = "Airagent-Release-Of"
+HELD = "Airagent-Held"
+
+
+def stands_for(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
+    """The head a commit stands for and the commits it leaves out: itself and none, for a user's commit."""
+    trailers = repo.commit(sha).trailers_list
+    head = next((value for key, value in trailers if key == RELEASE_OF), sha)
+    return head, [value for key, value in trailers if key == HELD]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +216,38 @@ async def test_approval_gate_holds_prod(agent, monorepo, tmp_path, drive):
     status = await drive.finish(handle.id)
     assert status.state == TrainState.succeeded
     assert live_commit(pipeline, "prod") == status.target
+
+
+async def test_a_broken_dag_is_held_back_and_the_other_teams_change_reaches_prod(agent, pipeline, monorepo, drive):
+    live = (await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)).target
+    broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)},
+                          "finance: more fx", "finance")
+
+    status = await drive.finish((await start_train(agent, pipeline, good)).id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    assert [(h.sha, h.author) for h in status.held] == [(broken, example.AUTHORS["marketing"][0])]
+    assert example.BROKEN_PATH in status.held[0].reason and "pandas_but_misspelled" in status.held[0].reason
+    prod = LocalEnvironment(pipeline.environment("prod").target.path)
+    assert prod.manifest().live.commit == status.release_commit
+    files = Path(prod.current) / "dags"
+    assert (files / "finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=6)
+    assert (files / "marketing/orders_hourly.py").read_text() == example.FILES[example.BROKEN_PATH]
+
+    # The fix lifts the hold: the held commit and the fix ride the next train together.
+    fix = example.commit(monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=5)}, "fix", "marketing")
+    fixed = await drive.finish((await start_train(agent, pipeline, fix)).id)
+    assert fixed.state == TrainState.succeeded and fixed.held == [], fixed.reason
+    assert {c.sha for c in fixed.commits} >= {broken, fix} and live not in {c.sha for c in fixed.commits}
+    assert live_commit(pipeline, "prod") == fix
+
+
+async def test_isolation_off_fails_the_whole_train(agent, monorepo, tmp_path, drive):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", isolation=False)
+    await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
+    example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+
+    status = await drive.finish((await start_train(agent, pipeline, good)).id)
+    assert status.state == TrainState.failed and status.stage == "validate" and status.held == []

@@ -17,6 +17,7 @@ from activities.announce import announce
 from activities.build import build
 from activities.clock import read_clock
 from activities.diff import diff
+from activities.holdback import hold_back
 from activities.poll import poll_branch
 from activities.roll import read_marker, roll, rollback
 from activities.soak import soak_check
@@ -28,7 +29,7 @@ from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
 WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
-ACTIVITIES = [diff, build, validate, roll, rollback, soak_check, poll_branch, read_clock, announce, read_marker]
+ACTIVITIES = [diff, build, validate, hold_back, roll, rollback, soak_check, poll_branch, read_clock, announce, read_marker]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.build import build
     from activities.announce import announce
     from activities.diff import diff
+    from activities.holdback import hold_back
     from activities.roll import roll, rollback
     from activities.soak import soak_check
     from activities.validate import validate
@@ -36,6 +37,8 @@ with workflow.unsafe.imports_passed_through():
         EnvironmentChange,
         EnvironmentStatus,
         Expected,
+        HoldInput,
+        HoldResult,
         Outcome,
         Release,
         RollbackInput,
@@ -61,6 +64,9 @@ ROLL = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEAR
 # Deliveries retry for a few minutes, then give up: a notification never holds a train.
 ANNOUNCE = dict(start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)))
+# Rounds of holding back before a release that still fails validation fails the train.
+MAX_HOLD_ROUNDS = 3
+HOLD_BACK = "hold-back"
 # A rollback is how an environment gets well again: keep trying for longer.
 ROLLBACK = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
                 retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)))
@@ -111,15 +117,13 @@ class DeployTrain(Controlled):
 
     async def _journey(self, input: TrainInput) -> TrainStatus:
         try:
-            change = await self._diff(input)
+            change = await self._diff(input.target)
             if change.empty:
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
             self.release = await self._build(input)
             await self._checkpoint()
-            await self._validate(ValidateInput(
-                release=self.release, pipeline=input.pipeline,
-                live_commits=[e.live_commit for e in change.environments if e.live_commit]))
+            change = await self._validated(input, change)
             for env in input.pipeline.environments:
                 await self._checkpoint()
                 env_change = change.for_environment(env.name)
@@ -156,12 +160,14 @@ class DeployTrain(Controlled):
 
     # --- stages -----------------------------------------------------------------------
 
-    async def _diff(self, input: TrainInput) -> DiffResult:
-        change: DiffResult = await self._activity("diff", None, diff, DiffInput(pipeline=input.pipeline,
-                                                                               target=input.target), QUICK)
-        self.status.target = change.target
+    async def _diff(self, target: str) -> DiffResult:
+        change: DiffResult = await self._activity("diff", None, diff, DiffInput(pipeline=self.pipeline,
+                                                                               target=target), QUICK)
+        if self.status.held:
+            self.status.release_commit = change.target
+        else:  # what the train was asked for
+            self.status.target, self.status.commits = change.target, change.commits
         self.changed = sorted({f.path for e in change.environments for f in e.files})
-        self.status.commits = change.commits
         self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
         modes = [e.mode for e in change.environments if e.mode]
         self.status.mode = max(modes, key=_MODE_ORDER.index) if modes else None
@@ -173,10 +179,48 @@ class DeployTrain(Controlled):
 
     async def _build(self, input: TrainInput) -> Release:
         release: Release = await self._activity("build", None, build, BuildInput(
-            pipeline=input.pipeline, target=self.status.target, image=input.image), LONG)
+            pipeline=input.pipeline, target=self.status.release_commit or self.status.target, image=input.image), LONG)
         self.status.release = release.id
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
+
+    async def _validated(self, input: TrainInput, change: DiffResult) -> DiffResult:
+        """Validate the release. When its failures trace to some of the train's commits, hold those back
+        and validate the head without their changes, until a release passes or nothing more traces."""
+        failures: dict[str, str] = {}
+        rounds = 0
+        while True:
+            try:
+                await self._validate(ValidateInput(
+                    release=self.release, pipeline=input.pipeline,
+                    live_commits=[e.live_commit for e in change.environments if e.live_commit]))
+                return change
+            except _Failed:
+                rounds += 1
+                if rounds > MAX_HOLD_ROUNDS or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+                    raise
+            failures |= self.report.failures()
+            hold = await self._hold_back(failures)
+            carried = {c.sha for c in self.status.commits}
+            if hold.commit is None or carried <= {h.sha for h in hold.held}:
+                raise _Failed("validate", self.report.summary())  # nothing else to deploy
+            self.status.held = hold.held
+            await self._checkpoint()
+            change = await self._diff(hold.commit)
+            self.release = await self._build(input)
+
+    async def _hold_back(self, failures: dict[str, str]) -> HoldResult:
+        """Trace the failures to commits, within the validate stage: its detail names what is held."""
+        try:
+            hold: HoldResult = await workflow.execute_activity(hold_back, HoldInput(
+                pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
+                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle,
+                failures=failures), **QUICK)
+        except ActivityError as err:
+            raise _Failed("validate", f"{self.report.summary()}\n(could not hold back: {_cause(err)})") from None
+        if hold.held:
+            self._stages[-1].detail += "\nheld back: " + ", ".join(f"{h.sha[:12]} ({h.author})" for h in hold.held)
+        return hold
 
     async def _validate(self, request: ValidateInput) -> None:
         report = await self._activity("validate", None, validate, request, LONG)

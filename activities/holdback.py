@@ -1,0 +1,117 @@
+"""Hold back the commits a validation failure traces to; the release is the head without their changes.
+
+A failing path (a DAG file that does not import, a plugin, a duplicate dag_id's files, a
+removed DAG) is traced to the train's commits that changed it or a module of the DAG
+folder it imports. Those are held, with every commit that touches a path a held commit
+touched (to a fixpoint), so a release never carries half of a commit or of a file's history.
+
+The release commit is a real commit airagent writes in the repository it deploys from,
+on `refs/airagent/releases/`, never on a branch: the head's tree with every held path as
+the first environment has it (deleted where it has none). Its trailers name the head it
+stands for and the commits it leaves out, so the next train compares with that head and
+carries the held commits again: when their fix has landed, the hold lifts by itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+from git.index.typ import BaseIndexEntry
+from temporalio import activity
+
+from activities import validation_cache
+from activities.heartbeat import keep_alive
+from airagent.config import PipelineSettings
+from airagent.models import HeldCommit, HoldInput, HoldResult
+from airagent.repo import HELD, RELEASE_OF, open_repository
+
+def touched(commit: git.Commit) -> set[str]:
+    """Paths a commit changed against its first parent; a rename touches both places."""
+    if not commit.parents:
+        return {item.path for item in commit.tree.traverse() if item.type == "blob"}
+    return {path for d in commit.parents[0].diff(commit) for path in (d.a_path, d.b_path) if path}
+
+
+def culprits(changes: list[tuple[str, set[str]]], failing: dict[str, set[str]]) -> dict[str, str]:
+    """sha -> the failing path it changed (or a module that path imports).
+
+    `changes` is (sha, paths) oldest first; `failing` maps a failing path to the paths it depends on."""
+    found = {}
+    for sha, paths in changes:
+        for path, depends_on in failing.items():
+            if paths & ({path} | depends_on):
+                found.setdefault(sha, path)
+    return found
+
+
+def held_set(changes: list[tuple[str, set[str]]], culprit: set[str]) -> dict[str, str]:
+    """The culprits, plus every commit touching a path a held commit touched, to a fixpoint:
+    sha -> the held commit whose paths it shares (itself, for a culprit).
+
+    Held paths go back to what the environment runs, so a commit sharing one, earlier or
+    later, would be half deployed: it is held whole instead."""
+    held = {sha: sha for sha in culprit}
+    grew = True
+    while grew:
+        grew = False
+        for sha, paths in changes:
+            holder = next((h for h, hp in changes if h in held and h != sha and hp & paths), None)
+            if sha not in held and holder:
+                held[sha], grew = holder, True
+    return held
+
+
+def release_commit(repo: git.Repo, target: str, live: str | None, held: list[HeldCommit]) -> str:
+    """The head's tree with every held path as `live` has it, committed on top of the head under refs/airagent/."""
+    index = git.IndexFile.from_tree(repo, target)
+    base = repo.commit(live).tree if live else None
+    for path in sorted({p for h in held for p in h.paths}):
+        index.entries.pop((path, 0), None)
+        try:
+            blob = base / path if base is not None else None
+        except KeyError:
+            blob = None
+        if blob is not None and blob.type == "blob":
+            index.entries[(path, 0)] = git.IndexEntry.from_base(BaseIndexEntry((blob.mode, blob.binsha, 0, path)))
+    tree = index.write_tree()
+    summary = ", ".join(h.sha[:12] for h in held)
+    message = (f"airagent release of {target[:12]} without {summary}\n\n"
+               + "".join(f"{h.sha[:12]} {h.summary}: {h.reason.splitlines()[0][:200]}\n" for h in held)
+               + f"\n{RELEASE_OF}: {target}\n" + "".join(f"{HELD}: {h.sha}\n" for h in held))
+    commit = git.Commit.create_from_tree(repo, tree, message, parent_commits=[repo.commit(target)], head=False)
+    git.Reference.create(repo, f"refs/airagent/releases/{commit.hexsha}", commit.hexsha, force=True)
+    return commit.hexsha
+
+
+def _failing(input: HoldInput, pipeline: PipelineSettings) -> dict[str, set[str]]:
+    """Each failing path and the DAG folder's files it imports (from the repository's root)."""
+    folder = pipeline.dag_folder.rstrip("/")
+    prefix = "" if folder in ("", ".") else folder + "/"
+    failing = {}
+    for path in input.failures:
+        inside = path.removeprefix(prefix) if path.startswith(prefix) and path.endswith(".py") else None
+        modules = validation_cache.imported_modules(Path(input.bundle), pipeline.dag_folder, inside) if inside else set()
+        failing[path] = {prefix + m for m in modules}
+    return failing
+
+
+@activity.defn(name="hold_back")
+def hold_back(input: HoldInput) -> HoldResult:
+    with keep_alive("hold_back"):
+        pipeline = input.pipeline
+        repo = open_repository(pipeline, fetch=False)
+        commits = [repo.commit(sha) for sha in reversed(input.commits)]
+        changes = [(c.hexsha, touched(c)) for c in commits]
+        caused = culprits(changes, _failing(input, pipeline))
+        holders = held_set(changes, set(caused))
+        if not holders:
+            return HoldResult()
+        by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
+        held = [HeldCommit(sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
+                           teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now,
+                           reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
+                           else f"changes a path of held commit {holders[sha][:12]}")
+                for sha, paths in changes if sha in holders]
+        return HoldResult(commit=release_commit(repo, input.target, input.live_commit, held), held=held)

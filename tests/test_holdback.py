@@ -1,0 +1,84 @@
+"""Holding back culprit commits on real git: who is held, and the release commit without their changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from activities.diff import train_commits
+from activities.holdback import hold_back
+from airagent import example
+from airagent.models import HoldInput
+from airagent.repo import stands_for
+from tests.conftest import make_pipeline
+
+NAMING = "dags/common/naming.py"
+
+
+def hold(repo, pipeline, live: str, failures: dict[str, str]):
+    target = repo.head.commit.hexsha
+    commits = [c.sha for c in train_commits(repo, [live], target)]
+    return hold_back(HoldInput(pipeline=pipeline, target=target, commits=commits, live_commit=live,
+                               bundle=repo.working_tree_dir, failures=failures))
+
+
+def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs", teams={"marketing": ["dags/marketing/*"]})
+    live = repo.head.commit.hexsha
+    broken = example.commit(repo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: v2", "marketing")
+    good = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+
+    result = hold(repo, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError: pandas_but_misspelled"})
+
+    assert [(h.sha, h.teams, h.author) for h in result.held] == [
+        (broken, ["marketing"], example.AUTHORS["marketing"][0])]
+    assert example.BROKEN_PATH in result.held[0].reason and "pandas_but_misspelled" in result.held[0].reason
+    release = repo.commit(result.commit)
+    assert list(release.parents) == [repo.commit(good)]
+    assert (release.tree / example.BROKEN_PATH).data_stream.read() == (
+        repo.commit(live).tree / example.BROKEN_PATH).data_stream.read()
+    assert (release.tree / "dags/finance/fx_rates.py").binsha == (repo.commit(good).tree / "dags/finance/fx_rates.py").binsha
+    assert stands_for(repo, result.commit) == (good, [broken])
+    assert repo.head.commit.hexsha == good and f"refs/airagent/releases/{result.commit}" in [r.path for r in repo.refs]
+
+
+def test_a_broken_shared_module_holds_its_commit_and_a_commit_sharing_a_path_with_it(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    live = repo.head.commit.hexsha
+    added = example.commit(repo, {"dags/finance/new_one.py": example.dag_file("new_one")}, "new DAG", "finance")
+    breaks = example.commit(repo, {NAMING: "def task_name(:\n"}, "naming v2", "platform")
+    same_file = example.commit(repo, {NAMING: "def task_name(:\n    pass\n"}, "naming v3", "platform")
+    unrelated = example.commit(repo, {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=5)},
+                               "campaigns", "marketing")
+
+    # Every DAG importing the module fails; the commits that changed the module are the culprits.
+    failing = {p: "SyntaxError" for p in ("dags/finance/fx_rates.py", "dags/finance/ledger_daily.py")}
+    held = {h.sha: h.reason for h in hold(repo, pipeline, live, failing).held}
+
+    assert set(held) == {breaks, same_file}
+    assert added not in held and unrelated not in held
+
+
+def test_a_failure_no_commit_of_the_train_touched_holds_nothing(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    live = repo.head.commit.hexsha
+    example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+
+    result = hold(repo, pipeline, live, {"dags/marketing/campaigns.py": "worked yesterday"})
+    assert result.commit is None and result.held == []
+
+
+def test_the_next_train_from_a_release_carries_the_held_commits_again(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    live = repo.head.commit.hexsha
+    broken = example.commit(repo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: v2", "marketing")
+    first = hold(repo, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError"})
+    fix = example.commit(repo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=4)}, "fix", "marketing")
+
+    # Still failing after the fix (say): the held commit and the fix are held together.
+    again = hold(repo, pipeline, first.commit, {example.BROKEN_PATH: "still broken"})
+    assert [h.sha for h in again.held] == [broken, fix]
+    assert Path(repo.working_tree_dir, example.BROKEN_PATH).read_text() == example.dag_file("orders_hourly", tasks=4)
