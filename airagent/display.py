@@ -11,7 +11,7 @@ from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from airagent.client import AirAgent, NotFound
-from airagent.models import ConductorStatus, Outcome, StageRecord, TrainStatus
+from airagent.models import ConductorStatus, HeldCommit, Outcome, StageRecord, TrainStatus
 
 console = Console()
 
@@ -80,6 +80,10 @@ def render(wf_id: str, s: TrainStatus) -> Table:
                                            f"threshold: {last.threshold})[/dim]")
     for c in s.commits[:10]:
         table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
+    for h in s.held:
+        table.add_row("held back", held_line(h))
+    if s.release_commit:
+        table.add_row("release commit", f"{s.release_commit[:12]} (the target without the held commits)")
     if s.validation:
         table.add_row("validation", s.validation)
     for ev in s.events:
@@ -110,9 +114,17 @@ def render_pipeline(status: ConductorStatus) -> Table:
         table.add_row("poll error", s.poll_error)
     if s.blocked:
         table.add_row("blocked", s.blocked)
+    for h in s.held:
+        table.add_row("held back", held_line(h))
     for t in reversed(s.trains):
         took = f" in {(t.ended - t.started).total_seconds():.0f}s" if t.ended else ""
         table.add_row("train", f"{t.id} {t.state}{took}, {t.commits} commits by {', '.join(t.authors) or '-'}")
     for ev in s.events[-5:]:
         table.add_row("control", f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'}: {ev.message}")
     return table
+
+
+def held_line(h: HeldCommit) -> str:
+    teams = f" ({', '.join(h.teams)})" if h.teams else ""
+    since = f", since {timestamp(h.since)}" if h.since else ""
+    return f"{h.sha[:12]} by {h.author}{teams}: {h.summary} — {h.reason}{since}"

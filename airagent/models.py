@@ -549,6 +549,8 @@ class ConductorState(BaseModel):
     requests: list[DeployRequest] = Field([], description="commits asked for by `deploy`, deployed first, in order")
     follow: bool = Field(True, description="deploy the branch head on its own; off for a conductor that only "
                                            "`airagent deploy` started")
+    held: list[HeldCommit] = Field([], description="commits the last good train left out; each train tries them "
+                                                   "again, so a fix lifts the hold")
     events: list[Event] = []
 
 

@@ -77,6 +77,30 @@ async def test_a_failed_commit_is_not_retried_but_the_fix_flows(agent, drive, mo
     assert live_commits(pipeline, "prod")[-1] == fix
 
 
+async def test_one_teams_broken_dag_is_held_while_another_teams_change_flows(agent, drive, monorepo, tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="1m",
+                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    await agent.start_pipeline(pipeline)
+    await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
+
+    broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    await agent.notify(pipeline, good)
+    status = await drive.pipeline_until("main", settled(good))
+
+    assert status.state.trains[-1].state == "succeeded" and status.state.last_deployed == good
+    [held] = status.state.held
+    assert (held.sha, held.author, held.teams) == (broken, example.AUTHORS["marketing"][0], ["marketing"])
+    assert example.BROKEN_PATH in held.reason and "pandas_but_misspelled" in held.reason
+    assert broken not in live_commits(pipeline, "prod")
+
+    fix = example.commit(monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=4)}, "fix",
+                         "marketing")
+    await agent.notify(pipeline, fix)
+    status = await drive.pipeline_until("main", settled(fix))
+    assert status.state.held == [] and live_commits(pipeline, "prod")[-1] == fix
+
+
 async def test_pause_and_freeze_hold_new_trains_while_the_running_one_finishes(agent, drive, monorepo, tmp_path):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="15m", poll_interval="1m")
     await agent.start_pipeline(pipeline)

@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         ControlAck,
         DeployAnswer,
         DeployRequest,
+        HeldCommit,
         Notify,
         PollInput,
         TrainInput,
@@ -161,6 +162,8 @@ class Conductor(Controlled):
         except ChildWorkflowError as err:
             record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
         record.ended = workflow.now()
+        if record.state == TrainState.succeeded:
+            self.state.held = self._held_since(status.held)
         if record.state in (TrainState.succeeded, TrainState.noop):
             self.state.last_deployed = sha
         else:
@@ -168,6 +171,11 @@ class Conductor(Controlled):
         self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
         self.state.running = None
         return True
+
+    def _held_since(self, held: list[HeldCommit]) -> list[HeldCommit]:
+        """The train's held commits, each held since it was first: a hold that goes on is not new."""
+        first = {h.sha: h.since for h in self.state.held}
+        return [h.model_copy(update={"since": first.get(h.sha, h.since)}) for h in held]
 
     def _time_for_a_new_run(self) -> bool:
         """Between trains: when history grows long, or when a new airagent version became current."""

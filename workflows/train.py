@@ -579,6 +579,10 @@ def details_markdown(status: TrainStatus) -> str:
     if status.commits:
         lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
         lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
+    if status.held:
+        lines += ["", f"**held back** ({len(status.held)}; the release `{(status.release_commit or '')[:12]}` leaves "
+                      "their changes out):"]
+        lines += [f"- `{h.sha[:8]}` {h.summary} — {h.author} {', '.join(h.teams)}: {h.reason}" for h in status.held[:10]]
     if status.validation:
         lines += ["", "**validation**", "```", status.validation, "```"]
     if status.events:
