@@ -16,7 +16,8 @@ _ICONS = {TrainState.succeeded: ":white_check_mark:", TrainState.failed: ":x:",
 
 def payload(a: Announcement) -> dict:
     s = a.status
-    blamed = a.pipeline.teams_of(a.broken or (a.changed if s.state != TrainState.succeeded else []))
+    held = sorted({t for h in s.held for t in h.teams})
+    blamed = held or a.pipeline.teams_of(a.broken or (a.changed if s.state != TrainState.succeeded else []))
     return {
         "pipeline": s.pipeline,
         "train": f"train/{s.pipeline}/{s.target[:12]}",
@@ -28,6 +29,8 @@ def payload(a: Announcement) -> dict:
         "authors": sorted({c.author for c in s.commits}),
         "teams": blamed,
         "broken": a.broken,
+        "held": [{"sha": h.sha, "author": h.author, "teams": h.teams, "paths": h.paths, "reason": h.reason}
+                 for h in s.held],
         "environments": {e.name: e.live for e in s.environments},
     }
 
@@ -40,6 +43,7 @@ def slack_message(a: Announcement) -> dict:
     if body["teams"]:
         lines.append(f"owning team: {', '.join(body['teams'])}")
     lines += [f"• `{c['sha'][:8]}` {c['summary']} — {c['author']}" for c in body["commits"][:10]]
+    lines += [f"held back: `{h['sha'][:8]}` by {h['author']}: {h['reason'].splitlines()[0]}" for h in body["held"][:10]]
     return {"text": "\n".join(lines)}
 
 

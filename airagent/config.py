@@ -68,7 +68,9 @@ class Notification(Model):
 
     type: Literal["webhook", "slack"] = "webhook"
     url_env: str = Field(description="environment variable, on the worker, holding the URL")
-    on: list[Literal["succeeded", "failed", "rolled_back", "aborted"]] = ["succeeded", "failed", "rolled_back"]
+    on: list[Literal["succeeded", "failed", "rolled_back", "aborted", "held"]] = Field(
+        ["succeeded", "failed", "rolled_back", "held"],
+        description="train outcomes to tell; `held`: a train that held commits back, whatever its outcome")
 
 
 class DeployWindow(Model):

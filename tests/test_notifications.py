@@ -73,3 +73,23 @@ async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, d
     assert failed["teams"] == ["marketing"] and failed["authors"] == ["Ada Lovelace"]
     text = slack.received[-1]["text"]
     assert "failed" in text and "owning team: marketing" in text and "orders v2 — Ada Lovelace" in text
+
+
+async def test_the_team_whose_commit_is_held_back_is_told(agent, drive, monorepo, tmp_path, receivers):
+    webhook, slack, _ = receivers
+    pipeline = make_pipeline(monorepo, tmp_path / "envs",
+                             notifications=[Notification(type="webhook", url_env="HOOK_URL"),
+                                            Notification(type="slack", url_env="SLACK_URL", on=["failed", "held"])],
+                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
+    broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "orders v2", "marketing")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+
+    status = await drive.finish((await start_train(agent, pipeline, good)).id)
+
+    assert status.state == TrainState.succeeded
+    told = webhook.received[-1]
+    assert told["teams"] == ["marketing"] and [h["sha"] for h in told["held"]] == [broken]
+    assert example.BROKEN_PATH in told["held"][0]["reason"]
+    text = slack.received[-1]["text"]
+    assert f"held back: `{broken[:8]}` by Ada Lovelace" in text and "pandas_but_misspelled" in text

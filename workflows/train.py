@@ -148,7 +148,7 @@ class DeployTrain(Controlled):
         """Tell each configured receiver how the train ended; a receiver that stays down never fails the train."""
         broken = [f.path for f in self.report.broken] if self.report else []
         for index, receiver in enumerate(self.pipeline.notifications):
-            if self.status.state.value not in receiver.on:
+            if self.status.state.value not in receiver.on and not (self.status.held and "held" in receiver.on):
                 continue
             try:
                 await workflow.execute_activity(
