@@ -29,7 +29,8 @@ def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
         return git.Repo.clone_from(pipeline.repo, path, bare=True, mirror=True)
     repo = git.Repo(path)
     if fetch:
-        repo.remotes.origin.fetch(prune=True)
+        # Branches and tags only: a mirror's own prune would drop the release commits under refs/airagent/.
+        repo.remotes.origin.fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], prune=True)
     return repo
 
 

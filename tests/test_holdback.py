@@ -8,17 +8,17 @@ from activities.diff import train_commits
 from activities.holdback import hold_back
 from airagent import example
 from airagent.models import HoldInput
-from airagent.repo import stands_for
+from airagent.repo import open_repository, stands_for
 from tests.conftest import make_pipeline
 
 NAMING = "dags/common/naming.py"
 
 
-def hold(repo, pipeline, live: str, failures: dict[str, str]):
+def hold(repo, pipeline, live: str, failures: dict[str, str], bundle: str | None = None):
     target = repo.head.commit.hexsha
     commits = [c.sha for c in train_commits(repo, [live], target)]
     return hold_back(HoldInput(pipeline=pipeline, target=target, commits=commits, live_commit=live,
-                               bundle=repo.working_tree_dir, failures=failures))
+                               bundle=bundle or repo.working_tree_dir, failures=failures))
 
 
 def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_path):
@@ -82,3 +82,18 @@ def test_the_next_train_from_a_release_carries_the_held_commits_again(tmp_path):
     again = hold(repo, pipeline, first.commit, {example.BROKEN_PATH: "still broken"})
     assert [h.sha for h in again.held] == [broken, fix]
     assert Path(repo.working_tree_dir, example.BROKEN_PATH).read_text() == example.dag_file("orders_hourly", tasks=4)
+
+
+def test_a_release_commit_survives_the_fetch_of_a_cloned_repository(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / "home"))
+    upstream = example.create(tmp_path / "repo", tmp_path / "envs")
+    live = upstream.head.commit.hexsha
+    example.commit(upstream, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: v2", "marketing")
+    example.commit(upstream, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+    pipeline = make_pipeline(upstream, tmp_path / "envs").model_copy(update={"repo": f"file://{tmp_path / 'repo'}"})
+    clone = open_repository(pipeline)
+
+    result = hold(clone, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError"}, bundle=upstream.working_tree_dir)
+    again = open_repository(pipeline)  # fetches, and prunes what the remote lost
+
+    assert f"refs/airagent/releases/{result.commit}" in [r.path for r in again.refs]
