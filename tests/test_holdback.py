@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
+import git
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from activities.diff import train_commits
-from activities.holdback import hold_back
+from activities.holdback import hold_back, touched
 from airagent import example
 from airagent.models import HoldInput
 from airagent.repo import open_repository, stands_for
@@ -97,3 +102,78 @@ def test_a_release_commit_survives_the_fetch_of_a_cloned_repository(tmp_path, mo
     again = open_repository(pipeline)  # fetches, and prunes what the remote lost
 
     assert f"refs/airagent/releases/{result.commit}" in [r.path for r in again.refs]
+
+
+SHARED = "dags/common/shared.py"
+TEAM_FILES = [f"dags/team{t}/dag{i}.py" for t in range(3) for i in range(2)]
+
+
+def _content(path: str, version: int, broken: bool, uses_shared: bool) -> str:
+    if broken:
+        return f"def version_{version}(:\n"
+    return ("from common import shared\n" if uses_shared else "") + f"VERSION = {version}\n"
+
+
+def _failing(tree: git.Tree) -> dict[str, str]:
+    """What validation would find: a file that does not compile, or that imports a shared module that does not."""
+    def compiles(path: str) -> bool:
+        try:
+            compile((tree / path).data_stream.read(), path, "exec")
+            return True
+        except SyntaxError:
+            return False
+
+    shared_ok = compiles(SHARED)
+    return {p: "SyntaxError" for p in [SHARED, *TEAM_FILES]
+            if not compiles(p) or (p != SHARED and not shared_ok and b"shared" in (tree / p).data_stream.read())}
+
+
+def _export(tree: git.Tree, root: Path) -> str:
+    for blob in tree.traverse():
+        if blob.type == "blob":
+            (root / blob.path).parent.mkdir(parents=True, exist_ok=True)
+            (root / blob.path).write_bytes(blob.data_stream.read())
+    return str(root)
+
+
+edit = st.tuples(st.sampled_from([SHARED, *TEAM_FILES]), st.booleans(), st.booleans())  # path, broken, uses shared
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(edit, min_size=1, max_size=2), min_size=1, max_size=6))
+def test_a_release_without_the_held_commits_parses_and_carries_every_independent_commit(commits):
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        repo = git.Repo.init(root / "repo", initial_branch="main")
+        with repo.config_writer() as cfg:
+            cfg.set_value("user", "name", "Dev").set_value("user", "email", "dev@example.com")
+        initial = {SHARED: "VALUE = 1\n", "dags/common/__init__.py": "",
+                   **{p: _content(p, 0, False, i % 2 == 0) for i, p in enumerate(TEAM_FILES)}}
+        live = example.commit(repo, initial, "initial")
+        for n, edits in enumerate(commits, start=1):
+            example.commit(repo, {p: _content(p, n, broken, shared) for p, broken, shared in edits}, f"change {n}")
+        pipeline = make_pipeline(repo, root / "envs")
+        head = repo.head.commit
+        carried = [c.sha for c in train_commits(repo, [live], head.hexsha)]
+
+        tree, failures, held = head.tree, {}, []
+        for round in range(4):
+            if not (found := _failing(tree)):
+                break
+            failures |= found
+            result = hold_back(HoldInput(pipeline=pipeline, target=head.hexsha, commits=carried, live_commit=live,
+                                         bundle=_export(tree, root / f"bundle{round}"), failures=failures))
+            assert result.commit, f"{found} traced to no commit"
+            tree, held = repo.commit(result.commit).tree, result.held
+
+        held_shas = {h.sha for h in held}
+        if set(carried) <= held_shas:
+            return  # every commit held: the train fails and the environment keeps what it runs
+        assert _failing(tree) == {}
+        live_tree = repo.commit(live).tree
+        for h in held:
+            for path in h.paths:
+                assert (tree / path).binsha == (live_tree / path).binsha, f"{path} of held {h.sha[:8]} in the release"
+        for sha in set(carried) - held_shas:
+            for path in touched(repo.commit(sha)):
+                assert (tree / path).binsha == (head.tree / path).binsha, f"{path} of {sha[:8]} left out"
