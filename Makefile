@@ -19,7 +19,7 @@ demo: setup
 	$(BIN)/airagent demo $(if $(DEMO_ONCE),--once,)
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python -m bench.orchestration
