@@ -28,6 +28,7 @@ bench: setup
 	$(BIN)/python -m bench.lead_time
 	$(BIN)/python -m bench.kube_requests
 	$(BIN)/python -m bench.faults
+	$(BIN)/python -m bench.isolation
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info

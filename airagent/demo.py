@@ -2,9 +2,11 @@
 
 Starts (or finds) the dev server, starts a worker, makes the example monorepo and
 starts its pipeline's conductor, which deploys the head through staging and prod; then
-commits a broken DAG, notifies the conductor as CI would, and shows that train stop at
-`validate` with both environments untouched. Every step is checked: the exit code is
-non-zero if anything did not behave as described.
+one team commits a broken DAG and another a good one, notifying the conductor as CI
+would: the good one goes live, the broken one is held back and never reaches an
+environment, and its fix lifts the hold; last, a DAG whose task fails makes staging roll
+back by itself. Every step is checked: the exit code is non-zero if anything did not
+behave as described.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from airagent import example
 from airagent.client import AirAgent
 from airagent.config import PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
-from airagent.display import follow
+from airagent.display import follow, render_pipeline
 from airagent.models import TrainState, TrainStatus, train_id
 
 console = Console()
@@ -110,24 +112,37 @@ async def scenario(state: Path, given: Path | None) -> Checks:
         console.print("(a repository was given: the broken-commit step runs only on the example)")
         return checks
 
-    console.rule("2. commit a broken DAG: its train must stop at validate")
-    before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
+    console.rule("2. marketing commits a broken DAG, finance a good one: finance's goes live, marketing's is held")
     broken = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.BROKEN_DAG},
                             "marketing: orders_hourly reads the new orders feed", "marketing")
-    ack = await agent.notify(pipeline, broken, by="demo (as CI would after a merge)")
+    fx = example.dag_file("fx_rates", tasks=3, schedule="@hourly", note=f"currency rates, {broken[:8]}")
+    good = example.commit(git.Repo(repo), {"dags/finance/fx_rates.py": fx}, "finance: one more fx step", "finance")
+    ack = await agent.notify(pipeline, good, by="demo (as CI would after a merge)")
     console.print(f"notified the conductor: {ack.message}")
-    status = await train_for(agent, pipeline, broken)
-    checks.expect(status.state == TrainState.failed and status.stage == "validate",
-                  f"train ended {status.state.value} at {status.stage}")
-    checks.expect(example.BROKEN_PATH in status.reason and "pandas_but_misspelled" in status.reason,
-                  f"the reason names {example.BROKEN_PATH} and its error")
-    untouched(checks, pipeline, before)
+    status = await train_for(agent, pipeline, good)
+    checks.expect(status.state == TrainState.succeeded, f"train ended {status.state.value}: {status.reason}")
+    checks.expect([h.sha for h in status.held] == [broken], f"held back: {[h.sha[:12] for h in status.held]}")
+    checks.expect(bool(status.held) and example.BROKEN_PATH in status.held[0].reason
+                  and "pandas_but_misspelled" in status.held[0].reason, f"the hold names {example.BROKEN_PATH} and its error")
+    for env in pipeline.environments:
+        files = LocalEnvironment(env.target.path).current / "dags"
+        checks.expect((files / "finance/fx_rates.py").read_text() == fx
+                      and (files / example.BROKEN_PATH.removeprefix("dags/")).read_text() != example.BROKEN_DAG,
+                      f"{env.name} has finance's DAG and not marketing's broken one")
+    console.print(render_pipeline(await agent.pipeline_status(pipeline.name)))
 
-    console.rule("3. repair it, and add a DAG whose task fails when it runs: staging must roll back by itself")
+    console.rule("3. marketing repairs its DAG: the held commit and the fix go live together, the hold lifts")
+    fix = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.dag_file("orders_hourly", schedule="@hourly")},
+                         "marketing: repair orders_hourly", "marketing")
+    await agent.notify(pipeline, fix, by="demo (as CI would after a merge)")
+    status = await train_for(agent, pipeline, fix)
+    checks.expect(status.state == TrainState.succeeded and not status.held, f"train ended {status.state.value}")
+    checks.expect(not (await agent.pipeline_status(pipeline.name)).state.held, "nothing is held any more")
+
+    console.rule("4. add a DAG whose task fails when it runs: staging must roll back by itself")
     before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
-    failing = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.dag_file("orders_hourly", schedule="@hourly"),
-                                              example.FAILING_PATH: example.FAILING_DAG},
-                             "marketing: repair orders_hourly; check the new orders feed", "marketing")
+    failing = example.commit(git.Repo(repo), {example.FAILING_PATH: example.FAILING_DAG},
+                             "marketing: check the new orders feed", "marketing")
     await agent.notify(pipeline, failing, by="demo (as CI would after a merge)")
     status = await train_for(agent, pipeline, failing)
     staging, prod = pipeline.environments[0].name, pipeline.environments[-1].name

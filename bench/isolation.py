@@ -1,0 +1,141 @@
+"""One team's broken DAG against everyone else's lag: commit-to-prod while main is healthy and while broken.
+
+Four teams commit in turn, a commit every INTERVAL seconds, on one pipeline (files-only
+staging and prod, soak 0) whose conductor follows the branch and is notified of each
+commit, on a dev server with the worker in this process. First a healthy stretch; then
+team 0 pushes a DAG that does not import and the other teams go on committing; then team
+0 pushes the fix. A commit is in prod when prod's files carry its version of its team's
+DAG. Set-up (the runtime, the first train) is not measured.
+
+    .venv/bin/python -m bench.isolation [COMMITS_PER_STRETCH] [INTERVAL]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from airagent import example
+from airagent.client import AirAgent
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.devserver import DevServer, free_ports, register_search_attributes
+from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
+
+TEAMS = 4
+BROKEN = "import a_module_nobody_wrote\n"
+
+
+def team_dag(team: int, version: int) -> str:
+    return example.dag_file(f"team{team}_dag", tasks=2, note=f"version {version}")
+
+
+def version_in(path: Path) -> int | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    marker = text.split("version ", 1)
+    return int(marker[1].split(".", 1)[0]) if len(marker) > 1 and marker[1][0].isdigit() else None
+
+
+async def lags(prod: Path, commits: list[tuple[int, int, float]], timeout: float = 300) -> list[float]:
+    """Seconds from each (team, version, committed at) to prod's files carrying that version or a newer one."""
+    seen: dict[tuple[int, int], float] = {}
+    deadline = time.time() + timeout
+    while len(seen) < len(commits) and time.time() < deadline:
+        now = time.time()
+        for team, version, _ in commits:
+            live = version_in(prod / "current" / "dags" / f"team{team}" / "dag.py")
+            if (team, version) not in seen and live is not None and live >= version:
+                seen[team, version] = now
+        await asyncio.sleep(0.05)
+    missing = [(t, v) for t, v, _ in commits if (t, v) not in seen]
+    if missing:
+        raise SystemExit(f"never reached prod: {missing}")
+    return [seen[t, v] - at for t, v, at in commits]
+
+
+def held_in_environments(envs: Path) -> int:
+    """Releases in any environment that carry the broken DAG."""
+    return sum(1 for release in envs.glob("*/releases/*")
+               if (release / "dags" / "team0" / "dag.py").is_file()
+               and BROKEN in (release / "dags" / "team0" / "dag.py").read_text())
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+
+
+async def main(per_stretch: int, interval: float) -> None:
+    with tempfile.TemporaryDirectory(prefix="airagent-isolation-") as tmp:
+        root = Path(tmp)
+        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
+        server.start()
+        try:
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            await register_search_attributes(client)
+            repo = example.create(root / "repo", root / "envs", airflow=False)
+            example.commit(repo, {f"dags/team{t}/dag.py": team_dag(t, 0) for t in range(TEAMS)}, "teams", "platform")
+            pipeline = PipelineSettings(
+                name="isolation", repo=str(root / "repo"), poll_interval="1h",
+                teams={f"team{t}": [f"dags/team{t}/*"] for t in range(TEAMS)},
+                environments=[EnvironmentSettings(name=e, target=LocalTarget(path=root / "envs" / e, airflow=False))
+                              for e in ("staging", "prod")])
+            queue = f"isolation-{uuid.uuid4()}"
+            agent = AirAgent(client, queue)
+            with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
+                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
+                                  activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS):
+                    await agent.start_pipeline(pipeline)
+                    await lags(root / "envs" / "prod", [(t, 0, time.time()) for t in range(TEAMS)])
+                    version = 0
+
+                    async def stretch(teams: list[int]) -> list[float]:
+                        nonlocal version
+                        commits = []
+                        for i in range(per_stretch):
+                            version += 1
+                            team = teams[i % len(teams)]
+                            sha = example.commit(repo, {f"dags/team{team}/dag.py": team_dag(team, version)},
+                                                 f"team{team}: v{version}", "finance")
+                            commits.append((team, version, time.time()))
+                            await agent.notify(pipeline, sha)
+                            await asyncio.sleep(interval)
+                        return await lags(root / "envs" / "prod", commits)
+
+                    healthy = await stretch(list(range(TEAMS)))
+                    broken = example.commit(repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops",
+                                            "marketing")
+                    await agent.notify(pipeline, broken)
+                    while_broken = await stretch(list(range(1, TEAMS)))
+                    held = held_in_environments(root / "envs")
+                    fixed_at = time.time()
+                    fix = example.commit(repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix",
+                                         "marketing")
+                    await agent.notify(pipeline, fix)
+                    [fix_lag] = await lags(root / "envs" / "prod", [(0, version + 1, fixed_at)])
+                    await client.get_workflow_handle("pipeline/isolation").terminate("bench over")
+        finally:
+            server.stop()
+
+    print(f"healthy_lag_median: {statistics.median(healthy):.2f} s")
+    print(f"healthy_lag_p95: {p95(healthy):.2f} s")
+    print(f"broken_lag_median: {statistics.median(while_broken):.2f} s")
+    print(f"broken_lag_p95: {p95(while_broken):.2f} s")
+    print(f"fix_lag: {fix_lag:.2f} s")
+    print(f"held_commits_in_environments: {held} count")
+    print(f"isolation_lag_ratio: {statistics.median(while_broken) / statistics.median(healthy):.2f} x")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 12, float(sys.argv[2]) if len(sys.argv) > 2 else 2.0))
