@@ -84,6 +84,12 @@ class AirflowApi:
             params["end_date_lte"] = ended_before.isoformat()
         return self._get("/api/v2/dags/~/dagRuns/~/taskInstances", params)["total_entries"]
 
+    def failed_dags(self, ended_after: datetime) -> list[str]:
+        """The DAGs whose task instances failed since `ended_after` (from the first page: enough to trace)."""
+        body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances",
+                         {"state": ["failed"], "end_date_gte": ended_after.isoformat(), "limit": PAGE})
+        return sorted({t["dag_id"] for t in body["task_instances"]})
+
     def running(self) -> list[str]:
         """The task instances running now, as `dag.task (run)`."""
         body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances", {"state": ["running"], "limit": PAGE})

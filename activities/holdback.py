@@ -63,6 +63,13 @@ def held_set(changes: list[tuple[str, set[str]]], culprit: set[str]) -> dict[str
     return held
 
 
+def still_held(changes: list[tuple[str, set[str]]], regressions: list[HeldCommit]) -> dict[str, HeldCommit]:
+    """The regressions to hold again: those in the train that no later commit of it changes (a fix would)."""
+    order = {sha: i for i, (sha, _) in enumerate(changes)}
+    return {h.sha: h for h in regressions if h.sha in order
+            and not any(set(h.paths) & paths for sha, paths in changes[order[h.sha] + 1:])}
+
+
 def release_commit(repo: git.Repo, target: str, live: str | None, held: list[HeldCommit]) -> str:
     """The head's tree with every held path as `live` has it, committed on top of the head under refs/airagent/."""
     index = git.IndexFile.from_tree(repo, target)
@@ -105,13 +112,17 @@ def hold_back(input: HoldInput) -> HoldResult:
         commits = [repo.commit(sha) for sha in reversed(input.commits)]
         changes = [(c.hexsha, touched(c)) for c in commits]
         caused = culprits(changes, _failing(input, pipeline))
-        holders = held_set(changes, set(caused))
+        regressions = still_held(changes, input.regressions)
+        holders = held_set(changes, set(caused) | set(regressions))
         if not holders:
             return HoldResult()
         by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
-        held = [HeldCommit(sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
-                           teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now,
-                           reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
-                           else f"changes a path of held commit {holders[sha][:12]}")
+        held = [regressions.get(sha) or HeldCommit(
+                    sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
+                    teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now, regression=input.soak,
+                    reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
+                    else f"changes a path of held commit {holders[sha][:12]}")
                 for sha, paths in changes if sha in holders]
+        if input.soak:
+            return HoldResult(held=held)
         return HoldResult(commit=release_commit(repo, input.target, input.live_commit, held), held=held)

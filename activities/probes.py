@@ -49,15 +49,19 @@ def import_errors(errors: list[dict[str, Any]], baseline: Baseline) -> ProbeRead
     return reading("import_errors", True, f"{len(files)} import errors, none new", threshold)
 
 
-def failure_rate(failed: int, finished: int, baseline: Baseline, settings: Probes) -> ProbeReading:
-    """Failed task instances during soak, against the share that failed before the roll."""
+def failure_rate(failed: int, finished: int, baseline: Baseline, settings: Probes,
+                 dags: list[str] | None = None) -> ProbeReading:
+    """Failed task instances during soak, against the share that failed before the roll; a failing reading
+    names the DAGs they belong to, to trace the regression to commits."""
     before = baseline.failed / baseline.finished if baseline.finished else 0.0
     now = failed / finished if finished else 0.0
     limit = min(1.0, before + settings.failure_rate_tolerance)
     threshold = (f"at most {limit:.0%} failed (before the roll {before:.0%} + {settings.failure_rate_tolerance:.0%}),"
                  f" or fewer than {settings.min_failed_tasks} failed")
     ok = failed < settings.min_failed_tasks or now <= limit
-    return reading("task_failure_rate", ok, f"{failed} of {finished} task instances failed ({now:.0%})", threshold)
+    verdict = reading("task_failure_rate", ok, f"{failed} of {finished} task instances failed ({now:.0%})", threshold)
+    verdict.dag_ids = [] if ok else sorted(dags or [])
+    return verdict
 
 
 def components(processes: dict[str, Any], expected: list[str]) -> ProbeReading:
@@ -97,7 +101,7 @@ def airflow_probes(api: AirflowApi, baseline: Baseline, settings: Probes) -> lis
     def rate() -> ProbeReading:
         failed = api.task_instances(["failed"], ended_after=baseline.at)
         finished = api.task_instances(["success", "failed"], ended_after=baseline.at)
-        return failure_rate(failed, finished, baseline, settings)
+        return failure_rate(failed, finished, baseline, settings, api.failed_dags(baseline.at) if failed else [])
 
     return [
         guarded("health", "an answer", lambda: health(api.health())),

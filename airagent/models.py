@@ -304,6 +304,8 @@ class HeldCommit(BaseModel):
     paths: list[str] = Field([], description="what it changed; the release keeps these as the environment has them")
     reason: str = Field(description="the failure traced to it, or the held commit whose paths it shares")
     since: datetime | None = None
+    regression: bool = Field(False, description="held for a soak regression: until a later commit changes its "
+                                                "paths, as validation cannot tell it is fixed")
 
 
 class HoldInput(BaseModel):
@@ -312,7 +314,10 @@ class HoldInput(BaseModel):
     commits: list[str] = Field(description="the train's commits, newest first, as its diff found them")
     live_commit: str | None = Field(None, description="what the first environment runs: held paths stay as there")
     bundle: str = Field(description="the failed release's files, to trace what its broken DAG files import")
-    failures: dict[str, str] = Field(description="path from the repository root -> why it failed validation")
+    failures: dict[str, str] = Field(description="path from the repository root -> why it failed")
+    regressions: list[HeldCommit] = Field([], description="commits held for a soak regression: held again unless "
+                                                          "a later commit of the train changes their paths")
+    soak: bool = Field(False, description="the failures are a soak regression: trace them, make no release")
 
 
 class HoldResult(BaseModel):
@@ -374,6 +379,7 @@ class ProbeReading(BaseModel):
     reading: str = Field(description="what the probe saw")
     threshold: str = Field(description="what it was held to")
     at: datetime
+    dag_ids: list[str] = Field([], description="the DAGs a failing reading is about, to trace it to commits")
 
     def line(self) -> str:
         return f"{self.probe}: {self.reading} ({'ok' if self.ok else 'FAILED'}; threshold: {self.threshold})"
@@ -408,6 +414,7 @@ class TrainInput(BaseModel):
     pipeline: PipelineSettings
     target: str
     image: str | None = Field(None, description="the runtime image CI built for this commit (`external` builder)")
+    regressions: list[HeldCommit] = Field([], description="commits an earlier train's soak regression was traced to")
 
 
 class StageRecord(BaseModel):

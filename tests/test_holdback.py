@@ -19,11 +19,12 @@ from tests.conftest import make_pipeline
 NAMING = "dags/common/naming.py"
 
 
-def hold(repo, pipeline, live: str, failures: dict[str, str], bundle: str | None = None):
+def hold(repo, pipeline, live: str, failures: dict[str, str], bundle: str | None = None, regressions=()):
     target = repo.head.commit.hexsha
     commits = [c.sha for c in train_commits(repo, [live], target)]
     return hold_back(HoldInput(pipeline=pipeline, target=target, commits=commits, live_commit=live,
-                               bundle=bundle or repo.working_tree_dir, failures=failures))
+                               bundle=bundle or repo.working_tree_dir, failures=failures,
+                               regressions=list(regressions)))
 
 
 def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_path):
@@ -177,3 +178,22 @@ def test_a_release_without_the_held_commits_parses_and_carries_every_independent
         for sha in set(carried) - held_shas:
             for path in touched(repo.commit(sha)):
                 assert (tree / path).binsha == (head.tree / path).binsha, f"{path} of {sha[:8]} left out"
+
+
+def test_a_regression_stays_held_until_a_later_commit_changes_its_paths(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    live = repo.head.commit.hexsha
+    failing = example.commit(repo, {example.FAILING_PATH: example.FAILING_DAG}, "check the feed", "marketing")
+    traced = hold_back(HoldInput(pipeline=pipeline, target=failing, commits=[failing], live_commit=live,
+                                 bundle=repo.working_tree_dir, soak=True,
+                                 failures={example.FAILING_PATH: "tasks of orders_feed_check failed"}))
+    assert [(h.sha, h.regression) for h in traced.held] == [(failing, True)] and traced.commit is None
+
+    example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+    again = hold(repo, pipeline, live, {}, regressions=traced.held)
+    assert [h.sha for h in again.held] == [failing] and again.commit
+    assert example.FAILING_PATH not in [b.path for b in repo.commit(again.commit).tree.traverse()]
+
+    example.commit(repo, {example.FAILING_PATH: example.dag_file("orders_feed_check")}, "fix the check", "marketing")
+    assert hold(repo, pipeline, live, {}, regressions=traced.held).held == []

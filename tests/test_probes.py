@@ -68,8 +68,9 @@ def test_failure_rate_against_the_rate_before_the_roll():
     finished = recorded("task_instances_finished")["total_entries"]
     settings = Probes(failure_rate_tolerance=0.1)
     assert failed and finished > failed
-    verdict = probes.failure_rate(failed, finished, baseline(), settings)
+    verdict = probes.failure_rate(failed, finished, baseline(), settings, dags=["orders_feed_check"])
     assert not verdict.ok and f"{failed} of {finished} task instances failed" in verdict.reading
+    assert verdict.dag_ids == ["orders_feed_check"]  # what a regression is traced from
     assert "before the roll 0%" in verdict.threshold
     # The same share failing before the roll is no worse.
     assert probes.failure_rate(failed, finished, baseline(failed=failed, finished=finished), settings).ok

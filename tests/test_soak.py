@@ -71,7 +71,17 @@ async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(
     history = (await agent.client.get_workflow_handle(train_id("main", sha)).fetch_history()).to_json()
     for secret in ("api-login", "jwt-secret"):
         assert (env.secrets / secret).read_text().split(":")[-1].strip() not in history
-    repo.git.revert("HEAD", no_edit=True)
+    [held] = status.held
+    assert (held.sha, held.regression) == (sha, True) and "orders_feed_check" in held.reason
+
+    # The next train leaves the regressing commit out and deploys the other team's change.
+    fx = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=4)}, "fx", "finance")
+    after = await deploy(agent, pipeline, fx)
+    assert after.state == TrainState.succeeded and [h.sha for h in after.held] == [sha], after.reason
+    live = env.files.current / "dags"
+    assert (live / "finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=4)
+    assert not (live / example.FAILING_PATH.removeprefix("dags/")).exists()
+    repo.git.revert(sha, no_edit=True)
 
 
 async def test_a_component_killed_during_soak_rolls_back(agent, worker, world):  # noqa: F811

@@ -143,7 +143,8 @@ class Conductor(Controlled):
         try:
             handle = await workflow.start_child_workflow(
                 DeployTrain.run,
-                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha)),
+                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha),
+                           regressions=[h for h in self.state.held if h.regression]),
                 id=record.id,
                 static_summary=f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
             )
@@ -162,7 +163,7 @@ class Conductor(Controlled):
         except ChildWorkflowError as err:
             record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
         record.ended = workflow.now()
-        if record.state == TrainState.succeeded:
+        if record.state in (TrainState.succeeded, TrainState.rolled_back):
             self.state.held = self._held_since(status.held)
         if record.state in (TrainState.succeeded, TrainState.noop):
             self.state.last_deployed = sha

@@ -121,6 +121,7 @@ class DeployTrain(Controlled):
             if change.empty:
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
+            change = await self._without_regressions(input, change)
             self.release = await self._build(input)
             await self._checkpoint()
             change = await self._validated(input, change)
@@ -142,6 +143,8 @@ class DeployTrain(Controlled):
         except _Failed as failure:
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
             problems = await self._rollback([failure.environment]) if failure.environment else ""
+            if failure.state == TrainState.rolled_back and not problems:
+                await self._trace_regression(input, failure.environment)
             return self._finish(TrainState.failed if problems else failure.state, reason + problems)
 
     async def _announce(self) -> None:
@@ -200,7 +203,10 @@ class DeployTrain(Controlled):
                 if rounds > MAX_HOLD_ROUNDS or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
                     raise
             failures |= self.report.failures()
-            hold = await self._hold_back(failures)
+            hold = await self._hold_back(HoldInput(
+                pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
+                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle,
+                failures=failures, regressions=input.regressions))
             carried = {c.sha for c in self.status.commits}
             if hold.commit is None or carried <= {h.sha for h in hold.held}:
                 raise _Failed("validate", self.report.summary())  # nothing else to deploy
@@ -209,18 +215,53 @@ class DeployTrain(Controlled):
             change = await self._diff(hold.commit)
             self.release = await self._build(input)
 
-    async def _hold_back(self, failures: dict[str, str]) -> HoldResult:
-        """Trace the failures to commits, within the validate stage: its detail names what is held."""
+    async def _hold_back(self, request: HoldInput) -> HoldResult:
+        """Trace failures (and earlier regressions) to commits; the current stage's detail names what is held."""
+        try:
+            hold: HoldResult = await workflow.execute_activity(hold_back, request, **QUICK)
+        except ActivityError as err:
+            raise _Failed(self._stages[-1].name, f"{self._stages[-1].detail}\n(could not hold back: {_cause(err)})"
+                          ) from None
+        if hold.held:
+            self._stages[-1].detail = (self._stages[-1].detail or "") + "\nheld back: " + ", ".join(
+                f"{h.sha[:12]} ({h.author})" for h in hold.held)
+        return hold
+
+    async def _without_regressions(self, input: TrainInput, change: DiffResult) -> DiffResult:
+        """Leave out the commits an earlier train's soak regression was traced to, unless a later commit
+        changed what they changed: validation cannot tell a regression is fixed."""
+        if not (input.regressions and self.pipeline.isolation and workflow.patched(HOLD_BACK)):
+            return change
+        hold = await self._hold_back(HoldInput(
+            pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
+            live_commit=self.status.environments[0].live_commit, bundle="", failures={},
+            regressions=input.regressions))
+        if hold.commit is None:
+            return change
+        if {c.sha for c in self.status.commits} <= {h.sha for h in hold.held}:
+            raise _Failed("diff", "every commit of this train is held back for a soak regression: "
+                                  + "; ".join(f"{h.sha[:12]} {h.reason}" for h in hold.held))
+        self.status.held = hold.held
+        return await self._diff(hold.commit)
+
+    async def _trace_regression(self, input: TrainInput, env: str) -> None:
+        """After a soak rollback, the DAGs whose tasks failed lead to their files and the commits that changed
+        them: the conductor holds those back from the next train. Best effort: the rollback is done."""
+        readings = self._env(env).probes.get("task_failure_rate", [])[-1:]
+        dags = {d for r in readings if not r.ok for d in r.dag_ids}
+        files = {f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
+                 for f in (self.report.files if self.report else []) if dags & set(f.dag_ids)}
+        if not files or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+            return
         try:
             hold: HoldResult = await workflow.execute_activity(hold_back, HoldInput(
                 pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
-                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle,
-                failures=failures), **QUICK)
-        except ActivityError as err:
-            raise _Failed("validate", f"{self.report.summary()}\n(could not hold back: {_cause(err)})") from None
-        if hold.held:
-            self._stages[-1].detail += "\nheld back: " + ", ".join(f"{h.sha[:12]} ({h.author})" for h in hold.held)
-        return hold
+                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle, failures=files,
+                regressions=input.regressions, soak=True), **QUICK)
+        except ActivityError:
+            return
+        known = {h.sha for h in self.status.held}
+        self.status.held = [*self.status.held, *(h for h in hold.held if h.sha not in known)]
 
     async def _validate(self, request: ValidateInput) -> None:
         report = await self._activity("validate", None, validate, request, LONG)
