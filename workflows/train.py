@@ -193,6 +193,7 @@ class DeployTrain(Controlled):
         failures: dict[str, str] = {}
         rounds = 0
         while True:
+            self.report = None
             try:
                 await self._validate(ValidateInput(
                     release=self.release, pipeline=input.pipeline,
@@ -200,7 +201,9 @@ class DeployTrain(Controlled):
                 return change
             except _Failed:
                 rounds += 1
-                if rounds > MAX_HOLD_ROUNDS or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+                # Only a report's failures trace to commits; a validate that could not run fails the train.
+                if (self.report is None or rounds > MAX_HOLD_ROUNDS or not self.pipeline.isolation
+                        or not workflow.patched(HOLD_BACK)):
                     raise
             failures |= self.report.failures()
             hold = await self._hold_back(HoldInput(
