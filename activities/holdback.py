@@ -27,6 +27,7 @@ from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult
 from airagent.repo import HELD, RELEASE_OF, open_repository
 
+
 def touched(commit: git.Commit) -> set[str]:
     """Paths a commit changed against its first parent; a rename touches both places."""
     if not commit.parents:
@@ -67,7 +68,7 @@ def still_held(changes: list[tuple[str, set[str]]], regressions: list[HeldCommit
     """The regressions to hold again: those in the train that no later commit of it changes (a fix would)."""
     order = {sha: i for i, (sha, _) in enumerate(changes)}
     return {h.sha: h for h in regressions if h.sha in order
-            and not any(set(h.paths) & paths for sha, paths in changes[order[h.sha] + 1:])}
+            and not any(set(h.paths) & paths for _, paths in changes[order[h.sha] + 1:])}
 
 
 def release_commit(repo: git.Repo, target: str, live: str | None, held: list[HeldCommit]) -> str:
