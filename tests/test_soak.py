@@ -25,7 +25,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("soak")
     repo = example.create(root / "repo", root / "envs")
     settings = EnvironmentSettings(
-        name="staging", soak="45s", probe_interval="3s",
+        name="staging", soak="25s", probe_interval="3s",
         target=LocalTarget(path=root / "envs" / "staging", port=free_ports(5), drain_timeout="30s", live_timeout="90s"))
     pipeline = make_pipeline(repo, root / "envs").model_copy(update={"environments": [settings]})
     env = LocalAirflow("staging", settings.target, settings.probes)
