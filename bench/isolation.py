@@ -48,21 +48,32 @@ def version_in(path: Path) -> int | None:
     return int(marker[1].split(".", 1)[0]) if len(marker) > 1 and marker[1][0].isdigit() else None
 
 
-async def lags(prod: Path, commits: list[tuple[int, int, float]], timeout: float = 300) -> list[float]:
-    """Seconds from each (team, version, committed at) to prod's files carrying that version or a newer one."""
-    seen: dict[tuple[int, int], float] = {}
-    deadline = time.time() + timeout
-    while len(seen) < len(commits) and time.time() < deadline:
-        now = time.time()
-        for team, version, _ in commits:
-            live = version_in(prod / "current" / "dags" / f"team{team}" / "dag.py")
-            if (team, version) not in seen and live is not None and live >= version:
-                seen[team, version] = now
-        await asyncio.sleep(0.05)
-    missing = [(t, v) for t, v, _ in commits if (t, v) not in seen]
-    if missing:
-        raise SystemExit(f"never reached prod: {missing}")
-    return [seen[t, v] - at for t, v, at in commits]
+class Watch:
+    """Reads prod's version of each team's DAG every 50 ms, keeping when each version first showed."""
+
+    def __init__(self, prod: Path):
+        self.prod, self.shown = prod, {}  # team -> [(time, version)]
+
+    async def run(self) -> None:
+        while True:
+            now = time.time()
+            for team in range(TEAMS):
+                live = version_in(self.prod / "current" / "dags" / f"team{team}" / "dag.py")
+                history = self.shown.setdefault(team, [])
+                if live is not None and (not history or history[-1][1] != live):
+                    history.append((now, live))
+            await asyncio.sleep(0.05)
+
+    async def lags(self, commits: list[tuple[int, int, float]], timeout: float = 300) -> list[float]:
+        """Seconds from each (team, version, committed at) to prod carrying that version or a newer one."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [next((t for t, v in self.shown.get(team, []) if v >= version), None)
+                     for team, version, _ in commits]
+            if None not in found:
+                return [t - at for t, (_, _, at) in zip(found, commits)]
+            await asyncio.sleep(0.2)
+        raise SystemExit(f"never reached prod: {[c for c, f in zip(commits, found) if f is None]}")
 
 
 def held_in_environments(envs: Path) -> int:
@@ -97,7 +108,9 @@ async def main(per_stretch: int, interval: float) -> None:
                 async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
                                   activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS):
                     await agent.start_pipeline(pipeline)
-                    await lags(root / "envs" / "prod", [(t, 0, time.time()) for t in range(TEAMS)])
+                    watch = Watch(root / "envs" / "prod")
+                    watching = asyncio.create_task(watch.run())
+                    await watch.lags([(t, 0, time.time()) for t in range(TEAMS)])
                     version = 0
 
                     async def stretch(teams: list[int]) -> list[float]:
@@ -111,7 +124,7 @@ async def main(per_stretch: int, interval: float) -> None:
                             commits.append((team, version, time.time()))
                             await agent.notify(pipeline, sha)
                             await asyncio.sleep(interval)
-                        return await lags(root / "envs" / "prod", commits)
+                        return await watch.lags(commits)
 
                     healthy = await stretch(list(range(TEAMS)))
                     broken = example.commit(repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops",
@@ -123,7 +136,8 @@ async def main(per_stretch: int, interval: float) -> None:
                     fix = example.commit(repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix",
                                          "marketing")
                     await agent.notify(pipeline, fix)
-                    [fix_lag] = await lags(root / "envs" / "prod", [(0, version + 1, fixed_at)])
+                    [fix_lag] = await watch.lags([(0, version + 1, fixed_at)])
+                    watching.cancel()
                     await client.get_workflow_handle("pipeline/isolation").terminate("bench over")
         finally:
             server.stop()
