@@ -49,7 +49,7 @@ async def assert_replays(agent: AirAgent, wf_id: str) -> None:
 
 
 async def test_train_queried_while_its_workflow_task_times_out_replays(agent, worker, tmp_path):
-    example.create(tmp_path / "repo", tmp_path / "envs", soak="25s", probe_interval="1s", airflow=False)
+    example.create(tmp_path / "repo", tmp_path / "envs", soak="15s", probe_interval="1s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     train = (await agent.deploy(pipeline)).train
     await until(agent, train, lambda s: s.stage == "soak" and s.environment == "staging")
