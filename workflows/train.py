@@ -206,17 +206,23 @@ class DeployTrain(Controlled):
                         or not workflow.patched(HOLD_BACK)):
                     raise
             failures |= self.report.failures()
-            hold = await self._hold_back(HoldInput(
-                pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
-                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle,
-                failures=failures, regressions=input.regressions))
-            carried = {c.sha for c in self.status.commits}
-            if hold.commit is None or carried <= {h.sha for h in hold.held}:
+            hold = await self._hold_back(self._hold_input(input, failures))
+            if hold.commit is None or self._holds_everything(hold):
                 raise _Failed("validate", self.report.summary())  # nothing else to deploy
             self.status.held = hold.held
             await self._checkpoint()
             change = await self._diff(hold.commit)
             self.release = await self._build(input)
+
+    def _hold_input(self, input: TrainInput, failures: dict[str, str], soak: bool = False) -> HoldInput:
+        """What `hold_back` needs of this train: its head and commits, and what the first environment runs."""
+        return HoldInput(pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
+                         live_commit=self.status.environments[0].live_commit,
+                         bundle=self.release.bundle if self.release else "", failures=failures,
+                         regressions=input.regressions, soak=soak)
+
+    def _holds_everything(self, hold: HoldResult) -> bool:
+        return {c.sha for c in self.status.commits} <= {h.sha for h in hold.held}
 
     async def _hold_back(self, request: HoldInput) -> HoldResult:
         """Trace failures (and earlier regressions) to commits; the current stage's detail names what is held."""
@@ -235,13 +241,10 @@ class DeployTrain(Controlled):
         changed what they changed: validation cannot tell a regression is fixed."""
         if not (input.regressions and self.pipeline.isolation and workflow.patched(HOLD_BACK)):
             return change
-        hold = await self._hold_back(HoldInput(
-            pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
-            live_commit=self.status.environments[0].live_commit, bundle="", failures={},
-            regressions=input.regressions))
+        hold = await self._hold_back(self._hold_input(input, {}))
         if hold.commit is None:
             return change
-        if {c.sha for c in self.status.commits} <= {h.sha for h in hold.held}:
+        if self._holds_everything(hold):
             raise _Failed("diff", "every commit of this train is held back for a soak regression: "
                                   + "; ".join(f"{h.sha[:12]} {h.reason}" for h in hold.held))
         self.status.held = hold.held
@@ -257,10 +260,8 @@ class DeployTrain(Controlled):
         if not files or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
             return
         try:
-            hold: HoldResult = await workflow.execute_activity(hold_back, HoldInput(
-                pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
-                live_commit=self.status.environments[0].live_commit, bundle=self.release.bundle, failures=files,
-                regressions=input.regressions, soak=True), **QUICK)
+            hold: HoldResult = await workflow.execute_activity(hold_back, self._hold_input(input, files, soak=True),
+                                                               **QUICK)
         except ActivityError:
             return
         known = {h.sha for h in self.status.held}
