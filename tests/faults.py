@@ -31,7 +31,7 @@ from airagent.client import AirAgent
 from airagent.config import PipelineSettings, load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState, TrainStatus
-from tests.devserver import WorkerProcess
+from tests.devserver import WorkerProcess, end_conductors
 from worker.main import WORKFLOWS
 
 TRANSIENT = (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError)
@@ -169,16 +169,10 @@ async def run(root: Path, server: DevServer, env: dict[str, str], scenario: Scen
         report = await judge(agent, lanes, deadline + 60)
     finally:
         faults.cancel()
-        await end_conductors(client, lanes)
+        await end_conductors(client, agent.task_queue)
         worker.stop()
     report.kills, report.restarts = chaos.kills, chaos.restarts
     return report
-
-
-async def end_conductors(client: Client, lanes: list[Lane]) -> None:
-    for lane in lanes:
-        with contextlib.suppress(RPCError):
-            await client.get_workflow_handle(f"pipeline/{lane.pipeline.name}").terminate("fault run over")
 
 
 async def judge(agent: AirAgent, lanes: list[Lane], deadline: float) -> FaultReport:
