@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 
 from activities.airflow_api import AirflowApi
-from airagent.config import Probes
-from airagent.models import Baseline, ProbeReading
+from airagent.config import Probes, WebhookProbe
+from airagent.models import Baseline, ProbeReading, Release
 
 HEALTH_PARTS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
 
@@ -108,6 +108,16 @@ def airflow_probes(api: AirflowApi, baseline: Baseline, settings: Probes) -> lis
         guarded("import_errors", "an answer", lambda: import_errors(api.import_errors(), baseline)),
         guarded("task_failure_rate", "an answer", rate),
     ]
+
+
+def webhook(probe: WebhookProbe, release: Release, timeout: float) -> ProbeReading:
+    """One outside check: a 2xx is healthy. The URL is never shown, as it may carry a token."""
+    threshold = "a 2xx answer"
+    try:
+        answer = httpx.get(probe.url, params={"release": release.id, "commit": release.commit}, timeout=timeout)
+    except httpx.HTTPError as err:
+        return reading(probe.name, False, f"no answer ({type(err).__name__})", threshold)
+    return reading(probe.name, answer.is_success, f"HTTP {answer.status_code}", threshold)
 
 
 def take_baseline(api: AirflowApi, settings: Probes) -> Baseline:

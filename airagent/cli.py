@@ -108,6 +108,7 @@ def worker(
     from worker.main import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every URL, and a probe's may carry a token
     run(serve(task_queue))
 
 

@@ -213,6 +213,15 @@ Target = Annotated[Annotated[LocalTarget, Tag("local")] | Annotated[KubernetesTa
                                  custom_error_message="target type must be 'local' or 'kubernetes'")]
 
 
+class WebhookProbe(Model):
+    """An outside check of the environment (synthetic monitoring, a smoke-test service): healthy while it answers
+    2xx to a GET. It knows nothing of DAGs, so a failure it finds is untraced: bisection finds the culprit."""
+
+    name: Name
+    url: str = Field(pattern=r"^https?://", description="asked with GET; the live release and commit are sent as "
+                                                        "the query parameters `release` and `commit`")
+
+
 class Probes(Model):
     """What soak holds an environment to; any failing probe rolls it back."""
 
@@ -223,6 +232,7 @@ class Probes(Model):
     baseline_window: Duration = Field(timedelta(hours=1), gt=timedelta(0),
                                       description="how far back before the roll the failure rate is measured")
     timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0), description="per API request")
+    webhooks: list[WebhookProbe] = []
 
 
 class EnvironmentSettings(Model):
