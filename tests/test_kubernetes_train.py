@@ -19,6 +19,7 @@ from activities.build import ensure_runtime
 from airagent import example
 from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings, home
 from airagent.models import TrainState, conductor_id
+from airagent.repo import stands_for
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
 from tests.conftest import start_train
@@ -240,3 +241,37 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     assert "airagent-validate-" in pulled.reason and "ErrImagePull" in pulled.reason
     assert "registry.invalid/data/airflow:" in pulled.reason
     assert template_patches(emulator.since(mark)) == [] and ref_and_record(cluster, monorepo) == before
+
+
+def paths(commit) -> set[str]:
+    """Every file of a commit's tree (a Tree's `in` looks at its top level only)."""
+    return {item.path for item in commit.tree.traverse() if item.type == "blob"}
+
+
+async def test_a_held_back_train_moves_the_dag_ref_to_the_release_commit(agent, drive, world, monorepo):
+    """GitDagBundle serves what `airagent/<env>` points at: with a commit held back, that is the release commit
+    airagent made (head minus the held changes), so the bundle version is a real commit of the repo."""
+    await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
+    broken_path, good_path = "dags/marketing/orders_daily.py", "dags/finance/fx_weekly.py"
+    does_not_import = "import pandas_but_misspelled\n" + example.dag_file("orders_daily")
+    broken = example.commit(monorepo, {broken_path: does_not_import}, "marketing: daily orders", "marketing")
+    good = example.commit(monorepo, {good_path: example.dag_file("fx_weekly")}, "finance: weekly fx", "finance")
+
+    status = await drive.finish((await start_train(agent, world, good)).id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    assert [(h.sha, h.author) for h in status.held] == [(broken, example.AUTHORS["marketing"][0])]
+    ref = monorepo.heads["airagent/staging"].commit
+    assert ref.hexsha == status.release_commit
+    assert stands_for(monorepo, ref.hexsha) == (good, [broken])
+    assert ref.tree[good_path].data_stream.read().decode() == example.dag_file("fx_weekly")
+    assert broken_path not in paths(ref)
+
+    # The fix lifts the hold: the held commit rides the next train with it, and the ref is the fix itself.
+    fix = example.commit(monorepo, {broken_path: example.dag_file("orders_daily")}, "marketing: fixed", "marketing")
+    fixed = await drive.finish((await start_train(agent, world, fix)).id)
+
+    assert fixed.state == TrainState.succeeded and fixed.held == [], fixed.reason
+    assert {c.sha for c in fixed.commits} == {broken, fix}
+    ref = monorepo.heads["airagent/staging"].commit
+    assert ref.hexsha == fix and {good_path, broken_path} <= paths(ref)
