@@ -22,9 +22,10 @@ from git.index.typ import BaseIndexEntry
 from temporalio import activity
 
 from activities import validation_cache
+from activities.diff import classify
 from activities.heartbeat import keep_alive
 from airagent.config import PipelineSettings
-from airagent.models import HeldCommit, HoldInput, HoldResult
+from airagent.models import HeldCommit, HoldInput, HoldResult, Kind
 from airagent.repo import HELD, RELEASE_OF, open_repository
 
 
@@ -64,11 +65,22 @@ def held_set(changes: list[tuple[str, set[str]]], culprit: set[str]) -> dict[str
     return held
 
 
-def still_held(changes: list[tuple[str, set[str]]], regressions: list[HeldCommit]) -> dict[str, HeldCommit]:
-    """The regressions to hold again: those in the train that no later commit of it changes (a fix would)."""
+def still_held(changes: list[tuple[str, set[str]]], held: list[HeldCommit], kind_of) -> dict[str, HeldCommit]:
+    """The earlier holds to presume again: those of the train's commits no later commit of it could have fixed.
+
+    A regression lifts only when a later commit changes its paths, as validation cannot tell
+    it is fixed. A validation failure lifts also when a later commit changes what it depends
+    on, or anything beyond DAG files (requirements, plugins, config can fix an import); then
+    the train carries it and validation decides. Commits held only for sharing a path follow
+    their holder through `held_set`."""
     order = {sha: i for i, (sha, _) in enumerate(changes)}
-    return {h.sha: h for h in regressions if h.sha in order
-            and not any(set(h.paths) & paths for _, paths in changes[order[h.sha] + 1:])}
+
+    def could_fix(h: HeldCommit, paths: set[str]) -> bool:
+        return bool(paths & {*changes[order[h.sha]][1], *h.depends}) or not h.regression and any(
+            kind_of(p) not in (Kind.dags, Kind.ignored) for p in paths)
+
+    return {h.sha: h for h in held if h.sha in order and (h.regression or h.depends)
+            and not any(could_fix(h, paths) for _, paths in changes[order[h.sha] + 1:])}
 
 
 def release_commit(repo: git.Repo, target: str, live: str | None, held: list[HeldCommit]) -> str:
@@ -105,6 +117,11 @@ def _failing(input: HoldInput, pipeline: PipelineSettings) -> dict[str, set[str]
     return failing
 
 
+def _depends(paths: set[str], failing: dict[str, set[str]]) -> list[str]:
+    """The failing files a commit's paths lead to, and the modules they import."""
+    return sorted({p for path, imports in failing.items() if paths & ({path} | imports) for p in {path} | imports})
+
+
 @activity.defn(name="hold_back")
 def hold_back(input: HoldInput) -> HoldResult:
     with keep_alive("hold_back"):
@@ -112,15 +129,18 @@ def hold_back(input: HoldInput) -> HoldResult:
         repo = open_repository(pipeline, fetch=False)
         commits = [repo.commit(sha) for sha in reversed(input.commits)]
         changes = [(c.hexsha, touched(c)) for c in commits]
-        caused = culprits(changes, _failing(input, pipeline))
-        regressions = still_held(changes, input.regressions)
-        holders = held_set(changes, set(caused) | set(regressions))
+        failing = _failing(input, pipeline)
+        caused = culprits(changes, failing)
+        presumed = still_held(changes, input.held, lambda path: classify(path, pipeline.classification))
+        holders = held_set(changes, set(caused) | set(presumed))
         if not holders:
             return HoldResult()
         by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
-        held = [regressions.get(sha) or HeldCommit(
+        held = [presumed[sha].model_copy(update={"paths": sorted(paths), "teams": pipeline.teams_of(sorted(paths))})
+                if sha in presumed else HeldCommit(
                     sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
                     teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now, regression=input.soak,
+                    depends=_depends(paths, failing),
                     reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
                     else f"changes a path of held commit {holders[sha][:12]}")
                 for sha, paths in changes if sha in holders]

@@ -306,6 +306,9 @@ class HeldCommit(BaseModel):
     since: datetime | None = None
     regression: bool = Field(False, description="held for a soak regression: until a later commit changes its "
                                                 "paths, as validation cannot tell it is fixed")
+    depends: list[str] = Field([], description="the failing files it changed and the modules they import: a later "
+                                               "commit changing none of them cannot have fixed it; empty for a commit "
+                                               "held only for sharing a path")
 
 
 class HoldInput(BaseModel):
@@ -315,8 +318,8 @@ class HoldInput(BaseModel):
     live_commit: str | None = Field(None, description="what the first environment runs: held paths stay as there")
     bundle: str = Field(description="the failed release's files, to trace what its broken DAG files import")
     failures: dict[str, str] = Field(description="path from the repository root -> why it failed")
-    regressions: list[HeldCommit] = Field([], description="commits held for a soak regression: held again unless "
-                                                          "a later commit of the train changes their paths")
+    held: list[HeldCommit] = Field([], description="commits earlier trains held back: presumed held again unless a "
+                                                   "later commit of the train could have fixed them")
     soak: bool = Field(False, description="the failures are a soak regression: trace them, make no release")
 
 
@@ -410,11 +413,24 @@ class SoakCheckResult(BaseModel):
 # --- the train ------------------------------------------------------------------------
 
 
+class BisectStep(BaseModel):
+    """A train of a bisection: it rolls one environment only, to learn whether its commit soaks healthy."""
+
+    environment: str
+    step: int
+    steps: int = Field(description="about log2 of the suspects")
+    why: str = Field(description="the untraced soak failure being narrowed down")
+
+    def line(self) -> str:
+        return f"bisection step {self.step} of ~{self.steps} on {self.environment}: {self.why}"
+
+
 class TrainInput(BaseModel):
     pipeline: PipelineSettings
     target: str
     image: str | None = Field(None, description="the runtime image CI built for this commit (`external` builder)")
-    regressions: list[HeldCommit] = Field([], description="commits an earlier train's soak regression was traced to")
+    held: list[HeldCommit] = Field([], description="commits earlier trains held back (the conductor's held)")
+    bisect: BisectStep | None = None
 
 
 class StageRecord(BaseModel):
@@ -453,6 +469,8 @@ class TrainStatus(BaseModel):
     held: list[HeldCommit] = Field([], description="commits whose changes the release leaves out, and why")
     release_commit: str | None = Field(None, description="what the release is made of when commits are held: "
                                                          "airagent's commit of the target without them")
+    soak_failed: str | None = Field(None, description="the environment whose soak failed and was rolled back")
+    bisect: BisectStep | None = None
     stages: list[StageRecord] = []
     events: list[Event] = []
     started: datetime | None = None
@@ -540,6 +558,35 @@ class TrainRecord(BaseModel):
     ended: datetime | None = None
 
 
+class Bisection(BaseModel):
+    """Narrowing an untraced soak failure down to one commit: each step deploys the middle suspect (with
+    every suspect before it) to the environment that failed; healthy moves `good` up, a rollback `bad` down."""
+
+    head: str = Field(description="the commit whose train rolled back; deployed again once the culprit is held")
+    environment: str
+    why: str
+    suspects: list[Commit] = Field(description="the train's commits that were not held, oldest first")
+    good: int = Field(-1, description="the newest suspect known to soak healthy; -1: none, what ran before is")
+    bad: int = Field(description="the oldest suspect known to fail")
+    step: int = 1
+
+    @property
+    def probe(self) -> Commit:
+        return self.suspects[(self.good + self.bad) // 2]
+
+    @property
+    def found(self) -> Commit | None:
+        return self.suspects[self.bad] if self.bad - self.good == 1 else None
+
+    def step_input(self) -> BisectStep:
+        n, probe = len(self.suspects), self.probe
+        earlier = (self.good + self.bad) // 2 - self.good - 1
+        return BisectStep(environment=self.environment, step=self.step, steps=max((n - 1).bit_length(), self.step),
+                          why=f"the soak of {self.environment} failed after {n} commits ({self.why}); does it fail "
+                              f"with {probe.sha[:12]} ({probe.author}: {probe.summary})"
+                              + (f" and the {earlier} untested before it?" if earlier else "?"))
+
+
 class ConductorState(BaseModel):
     """Everything the conductor knows; carried whole across continue-as-new."""
 
@@ -556,8 +603,9 @@ class ConductorState(BaseModel):
     requests: list[DeployRequest] = Field([], description="commits asked for by `deploy`, deployed first, in order")
     follow: bool = Field(True, description="deploy the branch head on its own; off for a conductor that only "
                                            "`airagent deploy` started")
-    held: list[HeldCommit] = Field([], description="commits the last good train left out; each train tries them "
-                                                   "again, so a fix lifts the hold")
+    held: list[HeldCommit] = Field([], description="commits the last good train left out; later trains leave them "
+                                                   "out too until a commit that could fix them lands")
+    bisection: Bisection | None = None
     events: list[Event] = []
 
 

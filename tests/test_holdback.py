@@ -6,12 +6,17 @@ import tempfile
 from pathlib import Path
 
 import git
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from activities import parser_service
+from activities.build import ensure_runtime
 from activities.diff import train_commits
 from activities.holdback import hold_back, touched
+from activities.validate import parse_tree
 from airagent import example
+from airagent.config import PipelineSettings, Runtime
 from airagent.models import HoldInput
 from airagent.repo import open_repository, stands_for
 from tests.conftest import make_pipeline
@@ -24,7 +29,7 @@ def hold(repo, pipeline, live: str, failures: dict[str, str], bundle: str | None
     commits = [c.sha for c in train_commits(repo, [live], target)]
     return hold_back(HoldInput(pipeline=pipeline, target=target, commits=commits, live_commit=live,
                                bundle=bundle or repo.working_tree_dir, failures=failures,
-                               regressions=list(regressions)))
+                               held=list(regressions)))
 
 
 def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_path):
@@ -115,26 +120,25 @@ def _content(path: str, version: int, broken: bool, uses_shared: bool) -> str:
     return ("from common import shared\n" if uses_shared else "") + f"VERSION = {version}\n"
 
 
-def _failing(tree: git.Tree) -> dict[str, str]:
-    """What validation would find: a file that does not compile, or that imports a shared module that does not."""
-    def compiles(path: str) -> bool:
-        try:
-            compile((tree / path).data_stream.read(), path, "exec")
-            return True
-        except SyntaxError:
-            return False
-
-    shared_ok = compiles(SHARED)
-    return {p: "SyntaxError" for p in [SHARED, *TEAM_FILES]
-            if not compiles(p) or (p != SHARED and not shared_ok and b"shared" in (tree / p).data_stream.read())}
+@pytest.fixture(scope="module")
+def runtime() -> Path:
+    """The suite's Airflow runtime, built once and found by hash after; its warm parser ends with this module."""
+    _, built = ensure_runtime(Runtime(), None)
+    yield built
+    parser_service.stop()
 
 
-def _export(tree: git.Tree, root: Path) -> str:
+def _export(tree: git.Tree, root: Path) -> Path:
     for blob in tree.traverse():
         if blob.type == "blob":
             (root / blob.path).parent.mkdir(parents=True, exist_ok=True)
             (root / blob.path).write_bytes(blob.data_stream.read())
-    return str(root)
+    return root
+
+
+def _failing(runtime: Path, bundle: Path, pipeline: PipelineSettings) -> dict[str, str]:
+    """What validation finds: Airflow parses the tree in the release runtime, as `validate` does."""
+    return parse_tree(runtime, bundle, pipeline.dag_folder, pipeline.plugins_folder, pipeline).failures()
 
 
 edit = st.tuples(st.sampled_from([SHARED, *TEAM_FILES]), st.booleans(), st.booleans())  # path, broken, uses shared
@@ -142,7 +146,7 @@ edit = st.tuples(st.sampled_from([SHARED, *TEAM_FILES]), st.booleans(), st.boole
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(edit, min_size=1, max_size=2), min_size=1, max_size=6))
-def test_a_release_without_the_held_commits_parses_and_carries_every_independent_commit(commits):
+def test_a_release_without_the_held_commits_parses_and_carries_every_independent_commit(runtime, commits):
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         repo = git.Repo.init(root / "repo", initial_branch="main")
@@ -159,18 +163,19 @@ def test_a_release_without_the_held_commits_parses_and_carries_every_independent
 
         tree, failures, held = head.tree, {}, []
         for round in range(4):
-            if not (found := _failing(tree)):
+            bundle = _export(tree, root / f"bundle{round}")
+            if not (found := _failing(runtime, bundle, pipeline)):
                 break
             failures |= found
             result = hold_back(HoldInput(pipeline=pipeline, target=head.hexsha, commits=carried, live_commit=live,
-                                         bundle=_export(tree, root / f"bundle{round}"), failures=failures))
+                                         bundle=str(bundle), failures=failures))
             assert result.commit, f"{found} traced to no commit"
             tree, held = repo.commit(result.commit).tree, result.held
 
         held_shas = {h.sha for h in held}
         if set(carried) <= held_shas:
             return  # every commit held: the train fails and the environment keeps what it runs
-        assert _failing(tree) == {}
+        assert _failing(runtime, _export(tree, root / "release"), pipeline) == {}
         live_tree = repo.commit(live).tree
         for h in held:
             for path in h.paths:
@@ -197,3 +202,22 @@ def test_a_regression_stays_held_until_a_later_commit_changes_its_paths(tmp_path
 
     example.commit(repo, {example.FAILING_PATH: example.dag_file("orders_feed_check")}, "fix the check", "marketing")
     assert hold(repo, pipeline, live, {}, regressions=traced.held).held == []
+
+
+def test_a_held_commit_is_presumed_held_until_a_later_commit_could_have_fixed_it(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+    live = repo.head.commit.hexsha
+    broken = example.commit(repo, {example.BROKEN_PATH: "from common import naming\n" + example.BROKEN_DAG},
+                            "marketing: v2", "marketing")
+    first = hold(repo, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError: pandas_but_misspelled"})
+    assert {example.BROKEN_PATH, NAMING} <= set(first.held[0].depends)
+
+    # Other teams' DAG files cannot fix it: the next train leaves it out before validating anything.
+    example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+    assert [h.sha for h in hold(repo, pipeline, live, {}, regressions=first.held).held] == [broken]
+    # A module it imports, or the requirements, could: the train carries it and validation decides.
+    for could_fix in ({NAMING: "def task_name(prefix, i):\n    return prefix\n"}, {"requirements.txt": "pandas\n"}):
+        with_fix = example.commit(repo, could_fix, "maybe a fix", "platform")
+        assert hold(repo, pipeline, live, {}, regressions=first.held).held == []
+        repo.git.reset("--hard", f"{with_fix}~1")

@@ -93,6 +93,7 @@ class DeployTrain(Controlled):
             target=input.target,
             environments=[EnvironmentStatus(name=e.name) for e in input.pipeline.environments],
             started=workflow.now(),
+            bisect=input.bisect,
         )
         self.paused = False
         self.stop: tuple[str, Control] | None = None
@@ -121,13 +122,16 @@ class DeployTrain(Controlled):
             if change.empty:
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
-            change = await self._without_regressions(input, change)
+            change = await self._without_held(input, change)
             self.release = await self._build(input)
             await self._checkpoint()
             change = await self._validated(input, change)
             for env in input.pipeline.environments:
                 await self._checkpoint()
                 env_change = change.for_environment(env.name)
+                if input.bisect and env.name != input.bisect.environment:
+                    self._env(env.name).state = "skipped: bisecting on " + input.bisect.environment
+                    continue
                 if env_change.mode is None:
                     self._env(env.name).state = "unchanged"
                     continue
@@ -137,13 +141,15 @@ class DeployTrain(Controlled):
                 await self._soak(env)
             if self.stop:
                 raise _Stop()
-            return self._finish(TrainState.succeeded, f"{self.release.id} live in every environment")
+            where = f"on {input.bisect.environment}, for the bisection" if input.bisect else "in every environment"
+            return self._finish(TrainState.succeeded, f"{self.release.id} live {where}")
         except _Stop:
             return await self._stopped()
         except _Failed as failure:
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
             problems = await self._rollback([failure.environment]) if failure.environment else ""
             if failure.state == TrainState.rolled_back and not problems:
+                self.status.soak_failed = failure.environment
                 await self._trace_regression(input, failure.environment)
             return self._finish(TrainState.failed if problems else failure.state, reason + problems)
 
@@ -219,13 +225,13 @@ class DeployTrain(Controlled):
         return HoldInput(pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
                          live_commit=self.status.environments[0].live_commit,
                          bundle=self.release.bundle if self.release else "", failures=failures,
-                         regressions=input.regressions, soak=soak)
+                         held=input.held, soak=soak)
 
     def _holds_everything(self, hold: HoldResult) -> bool:
         return {c.sha for c in self.status.commits} <= {h.sha for h in hold.held}
 
     async def _hold_back(self, request: HoldInput) -> HoldResult:
-        """Trace failures (and earlier regressions) to commits; the current stage's detail names what is held."""
+        """Trace failures (and earlier holds) to commits; the current stage's detail names what is held."""
         try:
             hold: HoldResult = await workflow.execute_activity(hold_back, request, **QUICK)
         except ActivityError as err:
@@ -236,16 +242,16 @@ class DeployTrain(Controlled):
                 f"{h.sha[:12]} ({h.author})" for h in hold.held)
         return hold
 
-    async def _without_regressions(self, input: TrainInput, change: DiffResult) -> DiffResult:
-        """Leave out the commits an earlier train's soak regression was traced to, unless a later commit
-        changed what they changed: validation cannot tell a regression is fixed."""
-        if not (input.regressions and self.pipeline.isolation and workflow.patched(HOLD_BACK)):
+    async def _without_held(self, input: TrainInput, change: DiffResult) -> DiffResult:
+        """Leave out the commits earlier trains held back, unless a later commit could have fixed them: while
+        main stays broken, a train validates the release that will pass first, and only that."""
+        if not (input.held and self.pipeline.isolation and workflow.patched(HOLD_BACK)):
             return change
         hold = await self._hold_back(self._hold_input(input, {}))
         if hold.commit is None:
             return change
         if self._holds_everything(hold):
-            raise _Failed("diff", "every commit of this train is held back for a soak regression: "
+            raise _Failed("diff", "every commit of this train is held back: "
                                   + "; ".join(f"{h.sha[:12]} {h.reason}" for h in hold.held))
         self.status.held = hold.held
         return await self._diff(hold.commit)
@@ -613,6 +619,8 @@ def details_markdown(status: TrainStatus) -> str:
     """The Web UI's current details: what a person glancing at the train wants to see."""
     where = f"{status.stage} ({status.environment})" if status.environment else (status.stage or "starting")
     lines = [f"**{status.state.value}** · stage **{where}** · target `{status.target[:12]}`"]
+    if status.bisect:
+        lines += ["", f"🔎 {status.bisect.line()}"]
     if status.reason:
         lines += ["", f"> {status.reason}"]
     lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
