@@ -71,6 +71,8 @@ def render(wf_id: str, s: TrainStatus) -> Table:
     if s.reason:
         table.add_row("reason", s.reason)
     table.add_row("stage", f"{s.stage or '-'}{' ' + s.environment if s.environment else ''}")
+    if s.bisect:
+        table.add_row("bisection", s.bisect.line())
     for e in s.environments:
         table.add_row(f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})")
         for readings in e.probes.values():
@@ -114,6 +116,8 @@ def render_pipeline(status: ConductorStatus) -> Table:
         table.add_row("poll error", s.poll_error)
     if s.blocked:
         table.add_row("blocked", s.blocked)
+    if s.bisection:
+        table.add_row("bisecting", s.bisection.step_input().line())
     for h in s.held:
         table.add_row("held back", held_line(h))
     for t in reversed(s.trains):

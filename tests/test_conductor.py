@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from temporalio.service import RPCError
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.config import DeployWindow
+from airagent.config import DeployWindow, Probes, WebhookProbe
 from airagent.models import Control
+from airagent.repo import stands_for
 from tests.conftest import make_pipeline, start_train
 
 
@@ -193,3 +198,64 @@ async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_co
     # The conductor's own train for that commit then finds nothing left to do.
     done = await drive.pipeline_until("main", settled(head), step=timedelta(minutes=1))
     assert [t.state for t in done.state.trains] == ["noop"]
+
+
+@contextmanager
+def monitoring(env: Path):
+    """An outside check of an environment, as a synthetic monitor would be: 500 while its live files carry
+    BREAKS_MONITORING. It names no DAG, so a failure it finds cannot be traced."""
+
+    class Check(BaseHTTPRequestHandler):
+        def do_GET(self):
+            broken = any("BREAKS_MONITORING" in p.read_text() for p in (env / "current").rglob("*.py"))
+            self.send_response(500 if broken else 200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Check)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/check"
+    finally:
+        server.shutdown()
+
+
+async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(agent, drive, monorepo,
+                                                                                        tmp_path):
+    with monitoring(tmp_path / "envs" / "staging") as url:
+        pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h",
+                                 teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+        staging, prod = pipeline.environments
+        staging = staging.model_copy(update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url=url)])})
+        pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
+        await agent.start_pipeline(pipeline)
+        await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
+        edits = [("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=6)),
+                 ("finance", "dags/finance/ledger_daily.py", example.dag_file("ledger_daily", tasks=3)),
+                 ("marketing", "dags/marketing/campaigns.py",
+                  example.dag_file("campaigns", tasks=2) + "# BREAKS_MONITORING\n"),
+                 ("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=7))]
+        shas = [example.commit(monorepo, {path: text}, f"{team}: {path}", team) for team, path, text in edits]
+        await agent.notify(pipeline, shas[-1])
+
+        bisecting = await drive.pipeline_until("main", lambda s: s.state.bisection is not None)
+        step = bisecting.state.bisection.step_input()
+        assert (step.step, step.steps, step.environment) == (1, 2, "staging")
+        assert "monitoring: HTTP 500" in step.why and shas[1][:12] in step.why
+        status = await drive.pipeline_until(
+            "main", lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+
+    assert [t.state for t in status.state.trains] == ["succeeded", "rolled_back", "succeeded", "rolled_back",
+                                                      "succeeded"]
+    assert [t.sha for t in status.state.trains[2:4]] == [shas[1], shas[2]]
+    [held] = status.state.held
+    assert (held.sha, held.regression, held.teams) == (shas[2], True, ["marketing"])
+    assert "bisection" in held.reason and "monitoring" in held.reason
+    live = LocalEnvironment(prod.target.path).manifest().live.commit
+    assert stands_for(monorepo, live) == (shas[-1], [shas[2]])
+    dags = prod.target.path / "current" / "dags"
+    assert "BREAKS_MONITORING" not in (dags / "marketing/campaigns.py").read_text()
+    assert (dags / "finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=7)
+    assert (dags / "finance/ledger_daily.py").read_text() == example.dag_file("ledger_daily", tasks=3)

@@ -25,6 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.poll import poll_branch
     from airagent import windows
     from airagent.models import (
+        Bisection,
+        Commit,
         ConductorInput,
         ConductorStatus,
         Control,
@@ -53,6 +55,7 @@ POLL = dict(start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=HEART
             retry_policy=RetryPolicy(maximum_attempts=3))
 CLOCK = dict(start_to_close_timeout=timedelta(seconds=10))
 WINDOW_READS_CLOCK = "window-reads-the-server-clock"
+BISECT = "bisect-untraced-soak-failures"
 
 
 @workflow.defn(name="Conductor")
@@ -85,6 +88,8 @@ class Conductor(Controlled):
     def _queued(self) -> str | None:
         """The commit the next train will deploy: the first asked for, else a head not yet deployed or tried."""
         s = self.state
+        if s.bisection:
+            return s.bisection.probe.sha
         running = s.running.sha if s.running else None
         asked = next((r.sha for r in s.requests if r.sha != running), None)
         if asked or not s.follow:
@@ -139,14 +144,17 @@ class Conductor(Controlled):
     async def _run_train(self, sha: str) -> bool:
         """Run the train for `sha` to its end; False when one for it is already running outside the conductor."""
         record = TrainRecord(id=train_id(self.pipeline.name, sha), sha=sha, started=workflow.now())
+        bisection = self.state.bisection if self.state.bisection and self.state.bisection.probe.sha == sha else None
+        step = bisection.step_input() if bisection else None
         self.state.running = record
         try:
             handle = await workflow.start_child_workflow(
                 DeployTrain.run,
-                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha),
-                           regressions=[h for h in self.state.held if h.regression]),
+                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha), held=self.state.held,
+                           bisect=step),
                 id=record.id,
-                static_summary=f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
+                static_summary=f"Bisect {self.pipeline.name} @ {sha[:12]} on {step.environment}: step {step.step}"
+                if step else f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
             )
         except WorkflowAlreadyStartedError:
             # Someone ran `airagent deploy` for this commit; look again after the next nap.
@@ -155,23 +163,77 @@ class Conductor(Controlled):
             return False
         self.state.blocked = None
         self.state.requests = [r for r in self.state.requests if r.sha != sha]
+        status: TrainStatus | None = None
         try:
-            status: TrainStatus = await handle
+            status = await handle
             record.state, record.reason = status.state.value, status.reason
             record.commits = len(status.commits)
             record.authors = sorted({c.author for c in status.commits})
         except ChildWorkflowError as err:
             record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
         record.ended = workflow.now()
-        if record.state in (TrainState.succeeded, TrainState.rolled_back):
+        if bisection:
+            self._bisected(bisection, status)
+        else:
+            self._ended(sha, record, status)
+        self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
+        self.state.running = None
+        return True
+
+    def _ended(self, sha: str, record: TrainRecord, status: TrainStatus | None) -> None:
+        held_before = {h.sha for h in self.state.held}
+        if status and status.state in (TrainState.succeeded, TrainState.rolled_back):
             self.state.held = self._held_since(status.held)
         if record.state in (TrainState.succeeded, TrainState.noop):
             self.state.last_deployed = sha
         else:
             self.state.failed = [*self.state.failed, sha][-KEEP_FAILED:]
-        self.state.trains = [*self.state.trains, record][-KEEP_TRAINS:]
-        self.state.running = None
-        return True
+        if status and status.soak_failed and workflow.patched(BISECT):
+            self._narrow(sha, status, held_before)
+
+    def _narrow(self, sha: str, status: TrainStatus, held_before: set[str]) -> None:
+        """After a soak rollback, hold back its culprit and deploy the rest: traced to DAGs, the train held them;
+        else one suspect is the culprit, and several are bisected on the environment that failed."""
+        if {h.sha for h in self.state.held} - held_before:
+            self._retry(sha)
+            return
+        held = {h.sha for h in status.held}
+        suspects = [c for c in reversed(status.commits) if c.sha not in held]
+        why = status.reason.removeprefix(f"soak {status.soak_failed}: ").splitlines()[0][:300]
+        if len(suspects) == 1:
+            self._hold(suspects[0], f"the soak of {status.soak_failed} failed with it alone ({why})", sha)
+        elif suspects:
+            self.state.bisection = Bisection(head=sha, environment=status.soak_failed, why=why, suspects=suspects,
+                                             bad=len(suspects) - 1)
+
+    def _bisected(self, bisection: Bisection, status: TrainStatus | None) -> None:
+        """One step's verdict narrows the suspects; the last holds the culprit back and deploys the head again."""
+        middle = (bisection.good + bisection.bad) // 2
+        if status and status.state == TrainState.succeeded:
+            bisection.good = middle
+        elif status and status.state == TrainState.rolled_back and status.soak_failed == bisection.environment:
+            bisection.bad = middle
+        else:  # the step could not tell: it failed before soaking, or was stopped
+            self.state.bisection = None
+            return
+        bisection.step += 1
+        if culprit := bisection.found:
+            self.state.bisection = None
+            self._hold(culprit, f"bisection: the soak of {bisection.environment} failed with it and passed "
+                                f"without it ({bisection.why})", bisection.head)
+
+    def _hold(self, commit: Commit, reason: str, head: str) -> None:
+        """Hold back a commit an untraced soak failure was narrowed down to; the next train fills in its paths."""
+        held = HeldCommit(sha=commit.sha, author=commit.author, summary=commit.summary, reason=reason,
+                          since=workflow.now(), regression=True)
+        self.state.held = [*(h for h in self.state.held if h.sha != commit.sha), held]
+        self._retry(head)
+
+    def _retry(self, sha: str) -> None:
+        """Deploy `sha` again, now that more of its commits are held back."""
+        self.state.failed = [f for f in self.state.failed if f != sha]
+        if all(r.sha != sha for r in self.state.requests):
+            self.state.requests = [DeployRequest(sha=sha, by="airagent: deploy the rest"), *self.state.requests]
 
     def _held_since(self, held: list[HeldCommit]) -> list[HeldCommit]:
         """The train's held commits, each held since it was first: a hold that goes on is not new."""
