@@ -251,3 +251,20 @@ async def test_isolation_off_fails_the_whole_train(agent, monorepo, tmp_path, dr
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
     assert status.state == TrainState.failed and status.stage == "validate" and status.held == []
+
+
+async def test_requirements_that_do_not_resolve_are_held_back_and_the_rest_deploys(agent, pipeline, monorepo, drive):
+    await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
+    unresolvable = example.FILES["requirements.txt"] + "airagent-no-such-package-anywhere==0.0.1\n"
+    bad = example.commit(monorepo, {"requirements.txt": unresolvable}, "platform: a new package", "platform")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+
+    status = await drive.finish((await start_train(agent, pipeline, good)).id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    [held] = status.held
+    assert held.sha == bad and held.reason.startswith("requirements.txt: building the runtime")
+    assert "airagent-no-such-package-anywhere" in held.reason
+    prod = Path(LocalEnvironment(pipeline.environment("prod").target.path).current)
+    assert (prod / "requirements.txt").read_text() == example.FILES["requirements.txt"]
+    assert (prod / "dags/finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=6)

@@ -194,11 +194,12 @@ class Conductor(Controlled):
     def _narrow(self, sha: str, status: TrainStatus, held_before: set[str]) -> None:
         """After a soak rollback, hold back its culprit and deploy the rest: traced to DAGs, the train held them;
         else one suspect is the culprit, and several are bisected on the environment that failed."""
-        if {h.sha for h in self.state.held} - held_before:
-            self._retry(sha)
-            return
         held = {h.sha for h in status.held}
         suspects = [c for c in reversed(status.commits) if c.sha not in held]
+        if held - held_before:
+            if suspects:
+                self._retry(sha)
+            return
         why = status.reason.removeprefix(f"soak {status.soak_failed}: ").splitlines()[0][:300]
         if len(suspects) == 1:
             self._hold(suspects[0], f"the soak of {status.soak_failed} failed with it alone ({why})", sha)

@@ -66,6 +66,8 @@ ANNOUNCE = dict(start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)))
 # Rounds of holding back before a release that still fails validation fails the train.
 MAX_HOLD_ROUNDS = 3
+# A failure's text travels in history and notifications: the head of it says enough.
+MAX_REASON = 1000
 HOLD_BACK = "hold-back"
 # A rollback is how an environment gets well again: keep trying for longer.
 ROLLBACK = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
@@ -105,6 +107,7 @@ class DeployTrain(Controlled):
         self.report: ValidationReport | None = None
         self.changed: list[str] = []
         self.baselines: dict[str, Baseline | None] = {}  # how each environment was before its roll
+        self.failures: dict[str, str] = {}  # path -> why, for every failure this train traced to commits
         self._published: tuple | None = None
 
     @workflow.run
@@ -123,7 +126,7 @@ class DeployTrain(Controlled):
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
             change = await self._without_held(input, change)
-            self.release = await self._build(input)
+            change = await self._built(input, change)
             await self._checkpoint()
             change = await self._validated(input, change)
             for env in input.pipeline.environments:
@@ -193,10 +196,30 @@ class DeployTrain(Controlled):
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
 
+    async def _built(self, input: TrainInput, change: DiffResult) -> DiffResult:
+        """Build the release. A runtime that does not build is traced to the commits that changed the requirements
+        file: those are held back and the head is built without them."""
+        try:
+            self.release = await self._build(input)
+            return change
+        except _Failed as failure:
+            if failure.kind != "RuntimeBuildFailed" or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+                raise
+            self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(
+                f"{failure.kind}: ")[:MAX_REASON]
+            hold = await self._hold_back(self._hold_input(input, self.failures))
+            if hold.commit is None or self._holds_everything(hold):
+                raise
+        self.status.held = hold.held
+        await self._checkpoint()
+        change = await self._diff(hold.commit)
+        self.release = await self._build(input)
+        return change
+
     async def _validated(self, input: TrainInput, change: DiffResult) -> DiffResult:
         """Validate the release. When its failures trace to some of the train's commits, hold those back
         and validate the head without their changes, until a release passes or nothing more traces."""
-        failures: dict[str, str] = {}
+        failures = self.failures
         rounds = 0
         while True:
             self.report = None
