@@ -1,8 +1,12 @@
-"""The `diff` stage: what each environment must change to reach the target commit, and how."""
+"""The `diff` stage: what each environment must change to reach the target commit, and how.
+
+When earlier trains held commits back and none of this train's later commits could have
+fixed them, the target is airagent's release commit of the head without them: on a broken
+main, a train builds and validates the release that will pass, once.
+"""
 
 from __future__ import annotations
 
-import fnmatch
 from datetime import UTC
 
 import git
@@ -10,20 +14,18 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
+from activities.holdback import hold
 from activities.targets.drivers import environment
-from airagent.config import Classification
-from airagent.models import ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, Kind, RolloutMode
+from airagent.config import Classification, PipelineSettings
+from airagent.models import (ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, HoldInput, Kind, Marker,
+                             RolloutMode)
 from airagent.repo import RepoError, commit_exists, open_repository, resolve, stands_for
 
-_ORDER = (Kind.ignored, Kind.image, Kind.dependencies, Kind.config, Kind.plugins, Kind.dags)
 _CHANGE = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "T": "type-changed", "C": "copied"}
 
 
 def classify(path: str, rules: Classification) -> Kind:
-    for kind in _ORDER:
-        if any(fnmatch.fnmatchcase(path, pattern) for pattern in getattr(rules, kind.value)):
-            return kind
-    return Kind(rules.unmatched)
+    return Kind(rules.kind_of(path))
 
 
 def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classification) -> list[ChangedFile]:
@@ -83,27 +85,40 @@ def _diff(input: DiffInput) -> DiffResult:
         target = resolve(repo, pipeline, input.target)
     except RepoError as err:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
+    markers = [(env.name, environment(env).marker()) for env in pipeline.environments]
+    changes = _changes(repo, pipeline, markers, target)
+    commits = train_commits(repo, [c.live_commit for c in changes if c.mode], target)
+    if not input.held or not commits:
+        return DiffResult(target=target, commits=commits, environments=changes)
+    presumed = hold(repo, HoldInput(pipeline=pipeline, target=target, commits=[c.sha for c in commits],
+                                    live_commit=markers[0][1].live_commit, bundle="", failures={}, held=input.held))
+    if presumed.commit is None:
+        return DiffResult(target=target, commits=commits, environments=changes)
+    return DiffResult(target=presumed.commit, head=target, commits=commits, held=presumed.held,
+                      environments=_changes(repo, pipeline, markers, presumed.commit))
+
+
+def _changes(repo: git.Repo, pipeline: PipelineSettings, markers: list[tuple[str, Marker]],
+             target: str) -> list[EnvironmentChange]:
     changes = []
-    for env in pipeline.environments:
-        live = environment(env).marker()
+    for name, live in markers:
         live_commit = live.live_commit
         if live_commit == target:
-            changes.append(EnvironmentChange(environment=env.name, live_commit=live_commit, live_release=live.live))
+            changes.append(EnvironmentChange(environment=name, live_commit=live_commit, live_release=live.live))
             continue
         if live_commit is not None:
-            _check_ancestry(repo, pipeline.name, pipeline.allow_history_rewrite, env.name, live_commit, target)
+            _check_ancestry(repo, pipeline.name, pipeline.allow_history_rewrite, name, live_commit, target)
         # A live commit lost to a rewrite is compared as a first deploy: everything changes.
         base = live_commit if live_commit and commit_exists(repo, live_commit) else None
         files = changed_files(repo, base, target, pipeline.classification)
         changes.append(EnvironmentChange(
-            environment=env.name,
+            environment=name,
             live_commit=live_commit,
             live_release=live.live,
             files=files,
             mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
         ))
-    commits = train_commits(repo, [c.live_commit for c in changes if c.mode], target)
-    return DiffResult(target=target, commits=commits, environments=changes)
+    return changes
 
 
 def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live: str, target: str) -> None:

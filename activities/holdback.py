@@ -22,10 +22,9 @@ from git.index.typ import BaseIndexEntry
 from temporalio import activity
 
 from activities import validation_cache
-from activities.diff import classify
 from activities.heartbeat import keep_alive
 from airagent.config import PipelineSettings
-from airagent.models import HeldCommit, HoldInput, HoldResult, Kind
+from airagent.models import HeldCommit, HoldInput, HoldResult
 from airagent.repo import HELD, RELEASE_OF, open_repository
 
 
@@ -77,7 +76,7 @@ def still_held(changes: list[tuple[str, set[str]]], held: list[HeldCommit], kind
 
     def could_fix(h: HeldCommit, paths: set[str]) -> bool:
         return bool(paths & {*changes[order[h.sha]][1], *h.depends}) or not h.regression and any(
-            kind_of(p) not in (Kind.dags, Kind.ignored) for p in paths)
+            kind_of(p) not in ("dags", "ignored") for p in paths)
 
     return {h.sha: h for h in held if h.sha in order and (h.regression or h.depends)
             and not any(could_fix(h, paths) for _, paths in changes[order[h.sha] + 1:])}
@@ -125,25 +124,29 @@ def _depends(paths: set[str], failing: dict[str, set[str]]) -> list[str]:
 @activity.defn(name="hold_back")
 def hold_back(input: HoldInput) -> HoldResult:
     with keep_alive("hold_back"):
-        pipeline = input.pipeline
-        repo = open_repository(pipeline, fetch=False)
-        commits = [repo.commit(sha) for sha in reversed(input.commits)]
-        changes = [(c.hexsha, touched(c)) for c in commits]
-        failing = _failing(input, pipeline)
-        caused = culprits(changes, failing)
-        presumed = still_held(changes, input.held, lambda path: classify(path, pipeline.classification))
-        holders = held_set(changes, set(caused) | set(presumed))
-        if not holders:
-            return HoldResult()
-        by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
-        held = [presumed[sha].model_copy(update={"paths": sorted(paths), "teams": pipeline.teams_of(sorted(paths))})
-                if sha in presumed else HeldCommit(
-                    sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
-                    teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now, regression=input.soak,
-                    depends=_depends(paths, failing),
-                    reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
-                    else f"changes a path of held commit {holders[sha][:12]}")
-                for sha, paths in changes if sha in holders]
-        if input.soak:
-            return HoldResult(held=held)
-        return HoldResult(commit=release_commit(repo, input.target, input.live_commit, held), held=held)
+        return hold(open_repository(input.pipeline, fetch=False), input)
+
+
+def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
+    """Who is held (traced now, or presumed from earlier trains) and, unless tracing a soak, the release commit."""
+    pipeline = input.pipeline
+    commits = [repo.commit(sha) for sha in reversed(input.commits)]
+    changes = [(c.hexsha, touched(c)) for c in commits]
+    failing = _failing(input, pipeline)
+    caused = culprits(changes, failing)
+    presumed = still_held(changes, input.held, pipeline.classification.kind_of)
+    holders = held_set(changes, set(caused) | set(presumed))
+    if not holders:
+        return HoldResult()
+    by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
+    held = [presumed[sha].model_copy(update={"paths": sorted(paths), "teams": pipeline.teams_of(sorted(paths))})
+            if sha in presumed else HeldCommit(
+                sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
+                teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now, regression=input.soak,
+                depends=_depends(paths, failing),
+                reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
+                else f"changes a path of held commit {holders[sha][:12]}")
+            for sha, paths in changes if sha in holders]
+    if input.soak:
+        return HoldResult(held=held)
+    return HoldResult(commit=release_commit(repo, input.target, input.live_commit, held), held=held)

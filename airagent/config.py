@@ -261,6 +261,12 @@ class Classification(Model):
         "config", description="kind of a file no glob matches; `config` restarts, which is the safe side"
     )
 
+    def kind_of(self, path: str) -> str:
+        for kind in ("ignored", "image", "dependencies", "config", "plugins", "dags"):
+            if any(fnmatch.fnmatchcase(path, pattern) for pattern in getattr(self, kind)):
+                return kind
+        return self.unmatched
+
 
 class Runtime(Model):
     python: str = "3.11"

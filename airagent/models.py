@@ -122,12 +122,16 @@ class EnvironmentChange(BaseModel):
 class DiffInput(BaseModel):
     pipeline: PipelineSettings
     target: str
+    held: list[HeldCommit] = Field([], description="commits earlier trains held back, to presume held again")
 
 
 class DiffResult(BaseModel):
-    target: str
-    commits: list[Commit]
+    target: str = Field(description="the commit the environments get")
+    commits: list[Commit] = Field(description="the train's commits, newest first")
     environments: list[EnvironmentChange]
+    head: str | None = Field(None, description="when earlier holds stand: the commit asked for, which `target` "
+                                               "is airagent's release commit of")
+    held: list[HeldCommit] = Field([], description="the earlier holds that stand, left out of `target`")
 
     @property
     def empty(self) -> bool:

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         EnvironmentChange,
         EnvironmentStatus,
         Expected,
+        HeldCommit,
         HoldInput,
         HoldResult,
         Outcome,
@@ -121,11 +122,15 @@ class DeployTrain(Controlled):
 
     async def _journey(self, input: TrainInput) -> TrainStatus:
         try:
-            change = await self._diff(input.target)
+            # Earlier holds that still stand are left out from the start: a broken main costs no extra round.
+            presume = input.held if self.pipeline.isolation and workflow.patched(HOLD_BACK) else []
+            change = await self._diff(input.target, presume)
+            if change.held and self._holds_everything(change.held):
+                raise _Failed("diff", "every commit of this train is held back: "
+                                      + "; ".join(f"{h.sha[:12]} {h.reason}" for h in change.held))
             if change.empty:
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
-            change = await self._without_held(input, change)
             change = await self._built(input, change)
             await self._checkpoint()
             change = await self._validated(input, change)
@@ -172,9 +177,11 @@ class DeployTrain(Controlled):
 
     # --- stages -----------------------------------------------------------------------
 
-    async def _diff(self, target: str) -> DiffResult:
-        change: DiffResult = await self._activity("diff", None, diff, DiffInput(pipeline=self.pipeline,
-                                                                               target=target), QUICK)
+    async def _diff(self, target: str, presume: list[HeldCommit] | None = None) -> DiffResult:
+        change: DiffResult = await self._activity("diff", None, diff, DiffInput(
+            pipeline=self.pipeline, target=target, held=presume or []), QUICK)
+        if change.held:  # earlier holds stand: the target is the release commit of the head without them
+            self.status.held, self.status.target, self.status.commits = change.held, change.head, change.commits
         if self.status.held:
             self.status.release_commit = change.target
         else:  # what the train was asked for
@@ -208,7 +215,7 @@ class DeployTrain(Controlled):
             self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(
                 f"{failure.kind}: ")[:MAX_REASON]
             hold = await self._hold_back(self._hold_input(input, self.failures))
-            if hold.commit is None or self._holds_everything(hold):
+            if hold.commit is None or self._holds_everything(hold.held):
                 raise
         self.status.held = hold.held
         await self._checkpoint()
@@ -236,7 +243,7 @@ class DeployTrain(Controlled):
                     raise
             failures |= self.report.failures()
             hold = await self._hold_back(self._hold_input(input, failures))
-            if hold.commit is None or self._holds_everything(hold):
+            if hold.commit is None or self._holds_everything(hold.held):
                 raise _Failed("validate", self.report.summary())  # nothing else to deploy
             self.status.held = hold.held
             await self._checkpoint()
@@ -250,8 +257,8 @@ class DeployTrain(Controlled):
                          bundle=self.release.bundle if self.release else "", failures=failures,
                          held=input.held, soak=soak)
 
-    def _holds_everything(self, hold: HoldResult) -> bool:
-        return {c.sha for c in self.status.commits} <= {h.sha for h in hold.held}
+    def _holds_everything(self, held: list[HeldCommit]) -> bool:
+        return {c.sha for c in self.status.commits} <= {h.sha for h in held}
 
     async def _hold_back(self, request: HoldInput) -> HoldResult:
         """Trace failures (and earlier holds) to commits; the current stage's detail names what is held."""
@@ -264,20 +271,6 @@ class DeployTrain(Controlled):
             self._stages[-1].detail = (self._stages[-1].detail or "") + "\nheld back: " + ", ".join(
                 f"{h.sha[:12]} ({h.author})" for h in hold.held)
         return hold
-
-    async def _without_held(self, input: TrainInput, change: DiffResult) -> DiffResult:
-        """Leave out the commits earlier trains held back, unless a later commit could have fixed them: while
-        main stays broken, a train validates the release that will pass first, and only that."""
-        if not (input.held and self.pipeline.isolation and workflow.patched(HOLD_BACK)):
-            return change
-        hold = await self._hold_back(self._hold_input(input, {}))
-        if hold.commit is None:
-            return change
-        if self._holds_everything(hold):
-            raise _Failed("diff", "every commit of this train is held back: "
-                                  + "; ".join(f"{h.sha[:12]} {h.reason}" for h in hold.held))
-        self.status.held = hold.held
-        return await self._diff(hold.commit)
 
     async def _trace_regression(self, input: TrainInput, env: str) -> None:
         """After a soak rollback, the DAGs whose tasks failed lead to their files and the commits that changed
