@@ -10,6 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -60,6 +61,13 @@ async def start_train(agent: AirAgent, pipeline: PipelineSettings, sha: str, ima
     return await agent.client.start_workflow(
         DeployTrain.run, TrainInput(pipeline=pipeline, target=sha, image=image), id=train_id(pipeline.name, sha),
         task_queue=agent.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+
+
+async def current_details(agent: AirAgent, wf_id: str) -> str:
+    """What the Web UI shows under a workflow's current details."""
+    meta = await agent.client.get_workflow_handle(wf_id).query("__temporal_workflow_metadata",
+                                                              result_type=WorkflowMetadata)
+    return meta.current_details
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from airagent import example
 from airagent.config import DeployWindow, Probes, WebhookProbe
 from airagent.models import Control
 from airagent.repo import stands_for
-from tests.conftest import make_pipeline, start_train
+from tests.conftest import current_details, make_pipeline, start_train
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +98,7 @@ async def test_one_teams_broken_dag_is_held_while_another_teams_change_flows(age
     assert (held.sha, held.author, held.teams) == (broken, example.AUTHORS["marketing"][0], ["marketing"])
     assert example.BROKEN_PATH in held.reason and "pandas_but_misspelled" in held.reason
     assert broken not in live_commits(pipeline, "prod")
+    assert broken[:8] in await current_details(agent, "pipeline/main")
 
     fix = example.commit(monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=4)}, "fix",
                          "marketing")
@@ -244,6 +245,7 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
         step = bisecting.state.bisection.step_input()
         assert (step.step, step.steps, step.environment) == (1, 2, "staging")
         assert "monitoring: HTTP 500" in step.why and shas[1][:12] in step.why
+        assert "bisection step 1 of ~2 on staging" in await current_details(agent, "pipeline/main")
         status = await drive.pipeline_until(
             "main", lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
 

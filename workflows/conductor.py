@@ -23,7 +23,7 @@ from workflows.controls import Controlled
 with workflow.unsafe.imports_passed_through():
     from activities.clock import read_clock
     from activities.poll import poll_branch
-    from airagent import windows
+    from airagent import details, windows
     from airagent.models import (
         Bisection,
         Commit,
@@ -80,6 +80,7 @@ class Conductor(Controlled):
                 workflow.continue_as_new(ConductorInput(pipeline=self.pipeline, state=self.state),
                                          initial_versioning_behavior=ContinueAsNewVersioningBehavior.AUTO_UPGRADE)
             self.wake = False
+            self._publish()
             try:
                 await workflow.wait_condition(lambda: self.wake, timeout=self._nap())
             except asyncio.TimeoutError:
@@ -163,6 +164,7 @@ class Conductor(Controlled):
             return False
         self.state.blocked = None
         self.state.requests = [r for r in self.state.requests if r.sha != sha]
+        self._publish()
         status: TrainStatus | None = None
         try:
             status = await handle
@@ -240,6 +242,10 @@ class Conductor(Controlled):
         """The train's held commits, each held since it was first: a hold that goes on is not new."""
         first = {h.sha: h.since for h in self.state.held}
         return [h.model_copy(update={"since": first.get(h.sha, h.since)}) for h in held]
+
+    def _publish(self) -> None:
+        """Keep the Web UI's details current; they are not commands, so any moment will do."""
+        workflow.set_current_details(details.pipeline(self.query_status()))
 
     def _time_for_a_new_run(self) -> bool:
         """Between trains: when history grows long, or when a new airagent version became current."""

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.roll import roll, rollback
     from activities.soak import soak_check
     from activities.validate import validate
+    from airagent import details
     from airagent import search_attributes as sa
     from airagent.config import EnvironmentSettings
     from airagent.models import (
@@ -587,7 +588,7 @@ class DeployTrain(Controlled):
                 sa.ENVIRONMENT.value_set(self.status.environment) if self.status.environment
                 else sa.ENVIRONMENT.value_unset(),
             ])
-        workflow.set_current_details(details_markdown(self.status))
+        workflow.set_current_details(details.train(self.status))
 
 
 _MODE_ORDER = ["dags-only", "restart", "rebuild"]
@@ -629,33 +630,3 @@ def _describe_change(e: EnvironmentChange) -> str:
         return f"{e.environment}: already on the target"
     kinds = ", ".join(sorted(e.kinds))
     return f"{e.environment}: {len(e.files)} files ({kinds}) → {e.mode}"
-
-
-def details_markdown(status: TrainStatus) -> str:
-    """The Web UI's current details: what a person glancing at the train wants to see."""
-    where = f"{status.stage} ({status.environment})" if status.environment else (status.stage or "starting")
-    lines = [f"**{status.state.value}** · stage **{where}** · target `{status.target[:12]}`"]
-    if status.bisect:
-        lines += ["", f"🔎 {status.bisect.line()}"]
-    if status.reason:
-        lines += ["", f"> {status.reason}"]
-    lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
-    lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
-    probes = [(e.name, r[-1]) for e in status.environments for r in e.probes.values()]
-    if probes:
-        lines += ["", "| environment | probe | reading | threshold |", "|---|---|---|---|"]
-        lines += [f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {r.reading} | {r.threshold} |" for env, r in probes]
-    if status.commits:
-        lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
-        lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
-    if status.held:
-        lines += ["", f"**held back** ({len(status.held)}; the release `{(status.release_commit or '')[:12]}` leaves "
-                      "their changes out):"]
-        lines += [f"- `{h.sha[:8]}` {h.summary} — {h.author} {', '.join(h.teams)}: {h.reason}" for h in status.held[:10]]
-    if status.validation:
-        lines += ["", "**validation**", "```", status.validation, "```"]
-    if status.events:
-        e = status.events[-1]
-        lines += ["", f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
-                      f"{e.message}){' — ' + e.reason if e.reason else ''}"]
-    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""The Web UI's current details of a train and of a pipeline's conductor: Markdown, built from their status.
+
+Pure functions of the models, so workflows call them freely: details are not commands.
+"""
+
+from __future__ import annotations
+
+from airagent.models import ConductorStatus, HeldCommit, TrainStatus
+
+
+def train(status: TrainStatus) -> str:
+    """The Web UI's current details: what a person glancing at the train wants to see."""
+    where = f"{status.stage} ({status.environment})" if status.environment else (status.stage or "starting")
+    lines = [f"**{status.state.value}** · stage **{where}** · target `{status.target[:12]}`"]
+    if status.bisect:
+        lines += ["", f"🔎 {status.bisect.line()}"]
+    if status.reason:
+        lines += ["", f"> {status.reason}"]
+    lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
+    lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
+    probes = [(e.name, r[-1]) for e in status.environments for r in e.probes.values()]
+    if probes:
+        lines += ["", "| environment | probe | reading | threshold |", "|---|---|---|---|"]
+        lines += [f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {r.reading} | {r.threshold} |" for env, r in probes]
+    if status.commits:
+        lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
+        lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
+    if status.held:
+        lines += ["", f"**held back** ({len(status.held)}; the release `{(status.release_commit or '')[:12]}` leaves "
+                      "their changes out):"]
+        lines += [_held(h) for h in status.held[:10]]
+    if status.validation:
+        lines += ["", "**validation**", "```", status.validation, "```"]
+    if status.events:
+        e = status.events[-1]
+        lines += ["", f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
+                      f"{e.message}){' — ' + e.reason if e.reason else ''}"]
+    return "\n".join(lines)
+
+
+def pipeline(status: ConductorStatus) -> str:
+    """What the conductor is doing: the train running, what waits, what is held back and why."""
+    s = status.state
+    mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
+    lines = [f"**{mode}** · running `{s.running.id if s.running else '-'}` · queued `{(status.queued or '-')[:12]}` "
+             f"· last deployed `{(s.last_deployed or '-')[:12]}`"]
+    if not status.window_open:
+        lines += ["", f"window closed: {status.window}"]
+    if s.blocked:
+        lines += ["", f"> {s.blocked}"]
+    if s.bisection:
+        lines += ["", f"🔎 {s.bisection.step_input().line()}"]
+    if s.held:
+        lines += ["", f"**held back** ({len(s.held)}):"]
+        lines += [_held(h) for h in s.held[:10]]
+    if s.trains:
+        lines += ["", "| train | state | commits | authors |", "|---|---|---|---|"]
+        lines += [f"| {t.id} | {t.state} | {t.commits} | {', '.join(t.authors)} |" for t in reversed(s.trains[-5:])]
+    return "\n".join(lines)
+
+
+def _held(h: HeldCommit) -> str:
+    return f"- `{h.sha[:8]}` {h.summary} — {h.author} {', '.join(h.teams)}: {h.reason.splitlines()[0]}"
