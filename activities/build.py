@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 from activities import images, process
 from airagent.config import PipelineSettings, Runtime, home
 from airagent.models import BuildInput, Release
-from airagent.repo import RepoError, open_repository, resolve
+from airagent.repo import RepoError, open_repository, ref_of, resolve
 
 UV = Path(sys.executable).with_name("uv")
 # gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT).
@@ -128,7 +128,8 @@ def image_tag(pipeline: PipelineSettings, sha: str | None = None) -> str:
 def build(input: BuildInput) -> Release:
     pipeline = input.pipeline
     try:
-        sha = resolve(open_repository(pipeline, fetch=False), pipeline, input.target)
+        repo = open_repository(pipeline, fetch=False)
+        sha = resolve(repo, pipeline, input.target)
     except RepoError as err:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
     releases = home() / "releases" / pipeline.name
@@ -146,7 +147,7 @@ def build(input: BuildInput) -> Release:
             )
         _, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
         digest = release_hash(pipeline, bundle, sha)
-        image = images.image_for(pipeline, digest, sha, input.image)
+        image = images.image_for(pipeline, digest, sha, input.image, ref_of(repo, pipeline, sha))
         release_id = f"{sha[:12]}-{digest[:8]}"
         final = releases / release_id
         release = Release(

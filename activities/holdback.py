@@ -25,7 +25,7 @@ from activities import validation_cache
 from activities.heartbeat import keep_alive
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult
-from airagent.repo import HELD, RELEASE_OF, open_repository
+from airagent.repo import HELD, RELEASE_OF, keep_release, open_repository
 
 
 def touched(commit: git.Commit) -> set[str]:
@@ -82,7 +82,8 @@ def still_held(changes: list[tuple[str, set[str]]], held: list[HeldCommit], kind
             and not any(could_fix(h, paths) for _, paths in changes[order[h.sha] + 1:])}
 
 
-def release_commit(repo: git.Repo, target: str, live: str | None, held: list[HeldCommit]) -> str:
+def release_commit(repo: git.Repo, pipeline: PipelineSettings, target: str, live: str | None,
+                   held: list[HeldCommit]) -> str:
     """The head's tree with every held path as `live` has it, committed on top of the head under refs/airagent/."""
     index = git.IndexFile.from_tree(repo, target)
     base = repo.commit(live).tree if live else None
@@ -100,7 +101,7 @@ def release_commit(repo: git.Repo, target: str, live: str | None, held: list[Hel
                + "".join(f"{h.sha[:12]} {h.summary}: {h.reason.splitlines()[0][:200]}\n" for h in held)
                + f"\n{RELEASE_OF}: {target}\n" + "".join(f"{HELD}: {h.sha}\n" for h in held))
     commit = git.Commit.create_from_tree(repo, tree, message, parent_commits=[repo.commit(target)], head=False)
-    git.Reference.create(repo, f"refs/airagent/releases/{commit.hexsha}", commit.hexsha, force=True)
+    keep_release(repo, pipeline, commit.hexsha)
     return commit.hexsha
 
 
@@ -149,4 +150,4 @@ def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
             for sha, paths in changes if sha in holders]
     if input.soak:
         return HoldResult(held=held)
-    return HoldResult(commit=release_commit(repo, input.target, input.live_commit, held), held=held)
+    return HoldResult(commit=release_commit(repo, pipeline, input.target, input.live_commit, held), held=held)

@@ -30,8 +30,10 @@ def image_hash(runtime_digest: str, dockerfile: bytes) -> str:
     return hashlib.sha256(f"{runtime_digest}\n".encode() + dockerfile).hexdigest()[:16]
 
 
-def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str | None) -> str | None:
-    """The image of this runtime for the pipeline's kubernetes environments; None when there are none."""
+def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str | None, ref: str | None = None
+              ) -> str | None:
+    """The image of this runtime for the pipeline's kubernetes environments; None when there are none.
+    `ref` is where a clone finds the commit (default: the pipeline's branch)."""
     settings = pipeline.image
     targets = [e.target for e in pipeline.environments if isinstance(e.target, KubernetesTarget)]
     if settings is None or not targets:
@@ -48,15 +50,15 @@ def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str |
         return given
     if not _built(wanted):
         with keep_alive(f"kaniko {wanted}"):
-            kaniko(settings, targets[0], pipeline, commit, wanted, digest)
+            kaniko(settings, targets[0], pipeline, commit, wanted, digest, ref)
         _record(wanted)
     return wanted
 
 
-def kaniko_job(settings: ImageSettings, context: str, branch: str, commit: str, image: str, digest: str) -> dict:
+def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, image: str, digest: str) -> dict:
     """A Job that builds `image` from `commit` with kaniko and pushes it; arguments, never a shell line."""
     container = {"name": "kaniko", "image": settings.kaniko_image,
-                 "args": [f"--context={context}#refs/heads/{branch}#{commit}", f"--dockerfile={settings.dockerfile}",
+                 "args": [f"--context={context}#{ref}#{commit}", f"--dockerfile={settings.dockerfile}",
                           f"--destination={image}"]}
     spec = {"restartPolicy": "Never", "containers": [container]}
     if settings.push_secret:
@@ -70,7 +72,7 @@ def kaniko_job(settings: ImageSettings, context: str, branch: str, commit: str, 
 
 
 def kaniko(settings: ImageSettings, target: KubernetesTarget, pipeline: PipelineSettings, commit: str, image: str,
-           digest: str) -> None:
+           digest: str, ref: str | None = None) -> None:
     context = settings.context or (pipeline.repo if pipeline.repo_is_url else None)
     if context is None:
         raise ApplicationError(f"pipeline {pipeline.name!r}: kaniko clones the commit from a URL, and `repo` is a "
@@ -78,7 +80,7 @@ def kaniko(settings: ImageSettings, target: KubernetesTarget, pipeline: Pipeline
                                type="BadInput", non_retryable=True)
     context = "git://" + context.split("://", 1)[-1]  # kaniko's spelling of a git context, cloned over https
     namespace = settings.namespace or target.namespace
-    job = kaniko_job(settings, context, pipeline.branch, commit, image, digest)
+    job = kaniko_job(settings, context, ref or f"refs/heads/{pipeline.branch}", commit, image, digest)
     with connect(target) as api:
         batch = client.BatchV1Api(api)
         try:

@@ -40,6 +40,7 @@ from activities.targets.kubernetes import connect
 from activities.validation_cache import PARSER
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Release, ValidationReport
+from airagent.repo import cluster_url
 
 LABEL = "airagent.io/validate"
 CONTAINER = "validate"
@@ -89,8 +90,7 @@ def parse_in_image(release: Release, pipeline: PipelineSettings) -> ValidationRe
 
 
 def clone_url(pipeline: PipelineSettings) -> str:
-    assert pipeline.image is not None
-    url = pipeline.image.context or (pipeline.repo if pipeline.repo_is_url else None)
+    url = cluster_url(pipeline)
     if url is None:
         raise ApplicationError(f"pipeline {pipeline.name!r}: the validator Job clones the commit from a git URL, "
                                "and `repo` is a local path; set image.context to the repository's git URL",

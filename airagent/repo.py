@@ -71,6 +71,30 @@ def _lookup(repo: git.Repo, rev: str) -> str:
 # Trailers of a release commit airagent made without held commits (activities/holdback.py).
 RELEASE_OF = "Airagent-Release-Of"
 HELD = "Airagent-Held"
+# Where release commits are kept, never on a branch; the mirror's fetch leaves these refs alone.
+RELEASES = "refs/airagent/releases/"
+
+
+def cluster_url(pipeline: PipelineSettings) -> str | None:
+    """The git URL that Jobs in the cluster (kaniko, the validator's git-sync) clone commits from."""
+    if pipeline.image is None:
+        return None
+    return pipeline.image.context or (pipeline.repo if pipeline.repo_is_url else None)
+
+
+def keep_release(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:
+    """Keep a release commit under its ref here and, for a cluster that clones commits, there too: it must be
+    reachable before `build` and `validate` ask the cluster for it. Returns the ref."""
+    ref = RELEASES + sha
+    git.Reference.create(repo, ref, sha, force=True)
+    if url := cluster_url(pipeline):
+        repo.git.push(url, f"+{sha}:{ref}")
+    return ref
+
+
+def ref_of(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:
+    """The ref a clone fetches to find `sha`: its release ref for a release commit, else the pipeline's branch."""
+    return RELEASES + sha if stands_for(repo, sha)[0] != sha else f"refs/heads/{pipeline.branch}"
 
 
 def stands_for(repo: git.Repo, sha: str) -> tuple[str, list[str]]:

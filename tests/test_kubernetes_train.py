@@ -11,6 +11,7 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
+import git
 import pytest
 import yaml
 from kubernetes import client
@@ -39,11 +40,11 @@ def kube_pipeline(repo, config: Path) -> PipelineSettings:
     )
 
 
-def run_validator_jobs(cluster, pipeline: PipelineSettings, repo) -> None:
+def run_validator_jobs(cluster, pipeline: PipelineSettings, repo, origin: Path | None = None) -> None:
     """Let the controller's kubelet stand-in run validator Jobs: the runtime the image is built from, the repo
-    the git-sync URL names."""
+    the git-sync URL names (`origin`, else the working repo itself)."""
     _, runtime = ensure_runtime(pipeline.runtime, Path(repo.working_tree_dir) / pipeline.runtime.requirements)
-    cluster.controller.kubelet = Kubelet(runtime, {CONTEXT: Path(repo.working_tree_dir)})
+    cluster.controller.kubelet = Kubelet(runtime, {pipeline.image.context: origin or Path(repo.working_tree_dir)})
 
 
 def build_jobs(cluster) -> list[str]:
@@ -248,28 +249,43 @@ def paths(commit) -> set[str]:
     return {item.path for item in commit.tree.traverse() if item.type == "blob"}
 
 
-async def test_a_held_back_train_moves_the_dag_ref_to_the_release_commit(agent, drive, world, monorepo):
+async def test_a_held_back_train_moves_the_dag_ref_to_the_release_commit(agent, drive, cluster, monorepo, tmp_path):
     """GitDagBundle serves what `airagent/<env>` points at: with a commit held back, that is the release commit
-    airagent made (head minus the held changes), so the bundle version is a real commit of the repo."""
-    await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
+    airagent made (head minus the held changes), so the bundle version is a real commit of the repo. The cluster
+    clones from a remote the developers push to: the release commit must be there before validate asks for it."""
+    shutil.rmtree(home() / "images", ignore_errors=True)
+    origin = git.Repo.init(tmp_path / "origin.git", bare=True)
+    url = Path(origin.git_dir).as_uri()
+    pipeline = kube_pipeline(monorepo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+    pipeline = pipeline.model_copy(update={"image": pipeline.image.model_copy(update={"context": url})})
+    run_validator_jobs(cluster, pipeline, monorepo, origin=Path(origin.git_dir))
+
+    def pushed(sha: str) -> str:
+        monorepo.git.push(url, "main")
+        return sha
+
+    await drive.finish((await start_train(agent, pipeline, pushed(monorepo.head.commit.hexsha))).id)
     broken_path, good_path = "dags/marketing/orders_daily.py", "dags/finance/fx_weekly.py"
     does_not_import = "import pandas_but_misspelled\n" + example.dag_file("orders_daily")
     broken = example.commit(monorepo, {broken_path: does_not_import}, "marketing: daily orders", "marketing")
-    good = example.commit(monorepo, {good_path: example.dag_file("fx_weekly")}, "finance: weekly fx", "finance")
+    good = pushed(example.commit(monorepo, {good_path: example.dag_file("fx_weekly")}, "finance: weekly fx",
+                                 "finance"))
 
-    status = await drive.finish((await start_train(agent, world, good)).id)
+    status = await drive.finish((await start_train(agent, pipeline, good)).id)
 
     assert status.state == TrainState.succeeded, status.reason
     assert [(h.sha, h.author) for h in status.held] == [(broken, example.AUTHORS["marketing"][0])]
     ref = monorepo.heads["airagent/staging"].commit
     assert ref.hexsha == status.release_commit
+    assert origin.commit(f"refs/airagent/releases/{ref.hexsha}").hexsha == ref.hexsha
     assert stands_for(monorepo, ref.hexsha) == (good, [broken])
     assert ref.tree[good_path].data_stream.read().decode() == example.dag_file("fx_weekly")
     assert broken_path not in paths(ref)
 
     # The fix lifts the hold: the held commit rides the next train with it, and the ref is the fix itself.
-    fix = example.commit(monorepo, {broken_path: example.dag_file("orders_daily")}, "marketing: fixed", "marketing")
-    fixed = await drive.finish((await start_train(agent, world, fix)).id)
+    fix = pushed(example.commit(monorepo, {broken_path: example.dag_file("orders_daily")}, "marketing: fixed",
+                                "marketing"))
+    fixed = await drive.finish((await start_train(agent, pipeline, fix)).id)
 
     assert fixed.state == TrainState.succeeded and fixed.held == [], fixed.reason
     assert {c.sha for c in fixed.commits} == {broken, fix}
