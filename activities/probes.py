@@ -7,6 +7,7 @@ verdict logic is plain functions over what the API answered, so recorded answers
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -113,8 +114,12 @@ def airflow_probes(api: AirflowApi, baseline: Baseline, settings: Probes) -> lis
 def webhook(probe: WebhookProbe, release: Release, timeout: float) -> ProbeReading:
     """One outside check: a 2xx is healthy. The URL is never shown, as it may carry a token."""
     threshold = "a 2xx answer"
+    url = os.environ.get(probe.url_env)
+    if not url:
+        return reading(probe.name, False, f"{probe.url_env} is not set on the worker; set it to the check's URL",
+                       threshold)
     try:
-        answer = httpx.get(probe.url, params={"release": release.id, "commit": release.commit}, timeout=timeout)
+        answer = httpx.get(url, params={"release": release.id, "commit": release.commit}, timeout=timeout)
     except httpx.HTTPError as err:
         return reading(probe.name, False, f"no answer ({type(err).__name__})", threshold)
     return reading(probe.name, answer.is_success, f"HTTP {answer.status_code}", threshold)

@@ -218,8 +218,8 @@ class WebhookProbe(Model):
     2xx to a GET. It knows nothing of DAGs, so a failure it finds is untraced: bisection finds the culprit."""
 
     name: Name
-    url: str = Field(pattern=r"^https?://", description="asked with GET; the live release and commit are sent as "
-                                                        "the query parameters `release` and `commit`")
+    url_env: str = Field(description="environment variable, on the worker, holding the URL (it may carry a "
+                                     "token); asked with GET and the query parameters `release` and `commit`")
 
 
 class Probes(Model):

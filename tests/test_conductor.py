@@ -224,12 +224,13 @@ def monitoring(env: Path):
 
 
 async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(agent, drive, monorepo,
-                                                                                        tmp_path):
+                                                                                        tmp_path, monkeypatch):
     with monitoring(tmp_path / "envs" / "staging") as url:
+        monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
         pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h",
                                  teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
         staging, prod = pipeline.environments
-        staging = staging.model_copy(update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url=url)])})
+        staging = staging.model_copy(update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])})
         pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
         await agent.start_pipeline(pipeline)
         await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))

@@ -21,8 +21,8 @@ import pytest
 from activities import probes
 from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.components import Process, _start_ticks
-from airagent.config import Probes
-from airagent.models import Baseline
+from airagent.config import Probes, WebhookProbe
+from airagent.models import Baseline, Release
 
 RECORDED = Path(__file__).parent / "airflow_api"
 
@@ -184,3 +184,25 @@ def test_nothing_listening_is_a_clear_failing_reading():
     with client:
         readings = probes.airflow_probes(client, baseline(), Probes())
     assert "cannot reach the api-server" in readings[0].reading
+
+
+SMOKE = WebhookProbe(name="smoke", url_env="AIRAGENT_CHECK_URL")
+RELEASE = Release(id="abc-123", commit="a" * 40, runtime_hash="h", runtime="/r", bundle="/b", dag_folder="dags",
+                  plugins_folder="plugins")
+
+
+@pytest.mark.parametrize("mode, ok, seen", [("ok", True, "HTTP 200"), ("error", False, "HTTP 503"),
+                                            ("slow", False, "no answer (ReadTimeout)")])
+def test_a_webhook_probe_is_healthy_on_2xx_and_never_shows_its_url(airflow, monkeypatch, mode, ok, seen):
+    Replay.mode = mode
+    url = f"http://127.0.0.1:{airflow.server_port}/api/v2/monitor/health?token=s3cret-token"
+    monkeypatch.setenv("AIRAGENT_CHECK_URL", url)
+    reading = probes.webhook(SMOKE, RELEASE, timeout=0.5)
+    assert (reading.probe, reading.ok, reading.reading) == ("smoke", ok, seen)
+    assert "s3cret-token" not in reading.model_dump_json()
+
+
+def test_a_webhook_probe_without_its_url_on_the_worker_fails_naming_the_variable(monkeypatch):
+    monkeypatch.delenv("AIRAGENT_CHECK_URL", raising=False)
+    reading = probes.webhook(SMOKE, RELEASE, timeout=0.5)
+    assert not reading.ok and "AIRAGENT_CHECK_URL is not set on the worker" in reading.reading
