@@ -27,7 +27,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.repo import open_repository, resolve

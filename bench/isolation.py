@@ -26,7 +26,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS

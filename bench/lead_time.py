@@ -31,7 +31,7 @@ from temporalio.worker import Worker
 from activities.build import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.models import TrainState, TrainStatus

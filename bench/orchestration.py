@@ -22,7 +22,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from airagent.client import AirAgent, NotFound
+from interface.client import AirAgent, NotFound
 from airagent.devserver import DevServer, binary
 
 

@@ -27,7 +27,7 @@ from temporalio.worker import Replayer
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import PipelineSettings, load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState, TrainStatus

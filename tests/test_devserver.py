@@ -16,7 +16,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example, repair
-from airagent.client import AirAgent, DeployRefused, NotFound
+from interface.client import AirAgent, DeployRefused, NotFound
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
 from airagent.models import TrainState, conductor_id, train_id

@@ -22,7 +22,7 @@ from temporalio.worker import Replayer
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import load_pipeline
 from airagent.devserver import binary
 from airagent.models import TrainState, train_id

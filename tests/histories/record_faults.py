@@ -23,7 +23,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import DeployWindow, load_pipeline
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.models import Control

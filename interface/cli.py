@@ -18,7 +18,7 @@ from rich.table import Table
 
 from airagent import config as config_module
 from airagent import repair as repair_module
-from airagent.client import (
+from interface.client import (
     CONTROLS,
     EXIT_TIMEOUT,
     PIPELINE_CONTROLS,
@@ -30,7 +30,7 @@ from airagent.client import (
     exit_code,
 )
 from airagent.config import ConfigError
-from airagent.display import follow, render, render_pipeline, timestamp
+from interface.display import follow, render, render_pipeline, timestamp
 from airagent.models import Control, conductor_id
 from airagent.repo import RepoError
 
@@ -118,7 +118,7 @@ def demo(
     repo: Annotated[Path | None, typer.Option(help="monorepo to deploy (default: create the example)")] = None,
 ) -> None:
     """Dev server, worker, example monorepo, two trains: one that lands, one stopped at validate."""
-    from airagent import demo as demo_module
+    from interface import demo as demo_module
 
     raise typer.Exit(demo_module.main(once=once, repo=repo))
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from airagent.client import AirAgent, NotFound
+from interface.client import AirAgent, NotFound
 from airagent.models import ConductorStatus, HeldCommit, Outcome, StageRecord, TrainStatus
 
 console = Console()

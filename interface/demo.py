@@ -26,10 +26,10 @@ from activities.build import ensure_runtime
 from activities.targets.local import LocalEnvironment
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
-from airagent.client import AirAgent
+from interface.client import AirAgent
 from airagent.config import PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
-from airagent.display import follow, render_pipeline
+from interface.display import follow, render_pipeline
 from airagent.models import TrainState, TrainStatus, train_id
 
 console = Console()
