@@ -1,9 +1,7 @@
 """The `build` stage: a release directory, the runtime venv it runs in, and for kubernetes its image.
 
-The release's files come straight out of git (`git archive` of the commit), so no
-shared working tree can race. The runtime is keyed by the hash of its inputs and
-reused whenever they are unchanged; two builds of one runtime may race, the second
-simply discards its copy.
+The release's files come straight out of git (`bundle`), so no shared working tree
+can race; the runtime is reused whenever its inputs are unchanged (`runtime`).
 """
 
 from __future__ import annotations
@@ -21,87 +19,12 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import images, process
+from activities import images
+from activities.bundle import export_commit, inside
+from activities.runtime import ensure_runtime, runtime_hash
 from airagent.config import PipelineSettings, Runtime, home
 from airagent.models import BuildInput, Release
 from airagent.repo import RepoError, open_repository, ref_of, resolve
-
-UV = Path(sys.executable).with_name("uv")
-# gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT).
-RUNTIME_EXTRAS = ["gunicorn"]
-
-
-def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
-    spec = {"python": runtime.python, "airflow": runtime.airflow, "extras": RUNTIME_EXTRAS,
-            "requirements": hashlib.sha256(requirements).hexdigest()}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Path]:
-    """The runtime venv for these inputs, built with uv unless it already exists."""
-    reqs = requirements.read_bytes() if requirements and requirements.is_file() else b""
-    digest = runtime_hash(runtime, reqs)
-    final = home() / "runtimes" / digest
-    if (final / "runtime.json").exists():
-        return digest, final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
-    try:
-        process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
-        install = [_uv(), "pip", "install", "--quiet", "--python", tmp / "bin" / "python",
-                   f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
-        if reqs:
-            install += ["-r", requirements]
-        process.run(install, timeout=1800)
-        (tmp / "runtime.json").write_text(json.dumps({"hash": digest, **runtime.model_dump()}, indent=2))
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / "runtime.json").exists():
-                raise
-    except process.ProcessFailed as err:
-        raise ApplicationError(
-            f"building the runtime (Airflow {runtime.airflow}, Python {runtime.python}"
-            f"{', ' + str(requirements.name) if reqs else ''}) failed: {err.output[-3000:]}",
-            type="RuntimeBuildFailed", non_retryable=True,
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return digest, final
-
-
-def _uv() -> str:
-    return str(UV) if UV.exists() else shutil.which("uv") or "uv"
-
-
-def export_commit(pipeline: PipelineSettings, sha: str, dest: Path) -> None:
-    """The files of one commit, extracted with tarfile's `data` filter so no link escapes `dest`."""
-    repo = open_repository(pipeline, fetch=False)
-    buf = io.BytesIO()
-    repo.archive(buf, treeish=sha, format="tar")
-    buf.seek(0)
-    with tarfile.open(fileobj=buf) as tar:
-        try:
-            tar.extractall(dest, filter="data")
-        except tarfile.FilterError as err:
-            raise ApplicationError(
-                f"commit {sha[:12]}: {err.tarinfo.name} links outside the repository; "
-                "replace the link with the files themselves",
-                type="BadInput", non_retryable=True,
-            ) from None
-
-
-def inside(root: Path, relative: str, what: str, sha: str) -> Path:
-    """A folder named in the config, checked to stay inside the release even through symlinks."""
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ApplicationError(
-            f"commit {sha[:12]}: {what} {relative!r} resolves to {path}, outside the repository; "
-            f"make {relative!r} a real folder in the repository",
-            type="BadInput", non_retryable=True,
-        )
-    return path
-
 
 def release_hash(pipeline: PipelineSettings, bundle: Path, sha: str) -> str:
     """The runtime hash a release is known by: the venv's inputs, plus the Dockerfile when the pipeline has

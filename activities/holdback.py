@@ -21,7 +21,7 @@ import git
 from git.index.typ import BaseIndexEntry
 from temporalio import activity
 
-from activities import validation_cache
+from activities.validation import cache as validation_cache
 from activities.heartbeat import keep_alive
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult

@@ -6,10 +6,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
-from activities.targets.drivers import Rolled, environment
-from activities.targets.errors import UnexpectedLive
-from activities.targets.kube_rollout import RolloutFailed
-from activities.targets.local_airflow import EnvironmentDown, NotLive
+from activities.targets.base import EnvironmentDown, NotLive, Rolled, RolloutFailed, UnexpectedLive
+from activities.targets.drivers import environment
 from airagent.config import EnvironmentSettings
 from airagent.models import Marker, RollbackInput, RollInput, RollResult
 

@@ -28,7 +28,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from activities.build import ensure_runtime
+from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from interface.client import AirAgent

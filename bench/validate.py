@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from textwrap import dedent
 
-from activities import parser_service
-from activities.build import ensure_runtime
-from activities.validate import parse_tree
+from activities.validation import service as parser_service
+from activities.runtime import ensure_runtime
+from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 
 HELPERS = {

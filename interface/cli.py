@@ -310,7 +310,7 @@ def validate(
 ) -> None:
     """Run the validate stage on a working tree (or --sha) before you merge: parse, policies, removed DAGs
     since the branch point, owners. Exit 3 when it would stop a train."""
-    from activities.validate import check_tree
+    from activities.validation.tree import check_tree
 
     cfg, base = config_module.load(config or path / config_module.DEFAULT_FILE)
     if pipeline is None and len(cfg.pipelines) != 1:
@@ -451,13 +451,12 @@ def _env_command(fn):
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from activities.targets.local_airflow import EnvironmentDown, NotLive
-
+        
         try:
             return fn(*args, **kwargs)
         except typer.Exit:  # a RuntimeError too, but the command's own answer
             raise
-        except (EnvironmentDown, NotLive, RuntimeError) as err:
+        except (TargetError, RuntimeError) as err:
             err_console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(1) from None
 
@@ -470,7 +469,7 @@ def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: Confi
     """Start the environment's components that are not running, and wait until Airflow is healthy.
 
     They run detached: stopping or restarting the worker never stops them."""
-    from activities.build import ensure_runtime
+    from activities.runtime import ensure_runtime
 
     env, settings = _local(pipeline, environment, config)
     runtime = None if env.files.live() else ensure_runtime(settings.runtime, None)[1]

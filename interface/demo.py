@@ -22,7 +22,7 @@ from pathlib import Path
 import git
 from rich.console import Console
 
-from activities.build import ensure_runtime
+from activities.runtime import ensure_runtime
 from activities.targets.local import LocalEnvironment
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities import parser_service
-from activities.build import ensure_runtime
+from activities.validation import service as parser_service
+from activities.runtime import ensure_runtime
 from activities.diff import train_commits
 from activities.holdback import hold_back, touched
-from activities.validate import parse_tree
+from activities.validation.parse import parse_tree
 from airagent import example
 from airagent.config import PipelineSettings, Runtime
 from airagent.models import HoldInput

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activities import parser_service
-from activities.build import ensure_runtime
-from activities.validate import parse_tree
+from activities.validation import service as parser_service
+from activities.runtime import ensure_runtime
+from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
 from tests.conftest import make_pipeline

@@ -20,9 +20,10 @@ import pytest
 
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
-from activities.build import ensure_runtime
+from activities.runtime import ensure_runtime
 from activities.targets.kube_airflow import KubernetesAirflow, not_live
-from activities.targets.local_airflow import LocalAirflow, NotLive
+from activities.targets.base import NotLive
+from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings, Runtime
 from airagent.devserver import free_ports

@@ -25,8 +25,9 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import images
 from activities.roll import roll
-from activities.targets.errors import UnexpectedLive
-from activities.targets.kube_rollout import RolloutFailed, RolloutTimeout, deployment_progress, statefulset_progress
+from activities.targets.base import UnexpectedLive
+from activities.targets.base import RolloutFailed, RolloutTimeout
+from activities.targets.kube_rollout import deployment_progress, statefulset_progress
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
 from airagent.config import EnvironmentSettings, ImageSettings, PipelineSettings
 from airagent.models import Expected, Release, RollInput, RolloutMode

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from activities.build import ensure_runtime
+from activities.runtime import ensure_runtime
 from airagent import example
 from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings, home
 from airagent.models import TrainState, conductor_id

@@ -14,9 +14,11 @@ from textwrap import dedent
 import httpx
 import pytest
 
-from activities.build import build, ensure_runtime
-from activities.targets.local_airflow import LocalAirflow, NotLive
-from activities.validate import parse_release
+from activities.build import build
+from activities.runtime import ensure_runtime
+from activities.targets.base import NotLive
+from activities.targets.local_airflow import LocalAirflow
+from activities.validation.parse import parse_release
 from airagent import example
 from airagent.config import LocalTarget
 from airagent.devserver import binary, free_ports

@@ -14,7 +14,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.build import build
 from activities.roll import roll
 from activities.targets.drivers import LocalDriver
-from activities.targets.errors import UnexpectedLive
+from activities.targets.base import UnexpectedLive
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, home

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from activities import parser_service
-from activities.build import ensure_runtime
-from activities.validate import PARSER, parse_tree
+from activities.validation import service as parser_service
+from activities.runtime import ensure_runtime
+from activities.validation.cache import PARSER
+from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 from tests.test_validate import GOOD, dag, settings, tree
 

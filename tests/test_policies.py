@@ -6,7 +6,7 @@ from textwrap import dedent
 
 import pytest
 
-from activities import policies
+from activities.validation import policies
 from airagent.config import ConfigError, ValidationSettings, load
 from airagent.models import DagFacts, FileReport
 

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from activities.build import ensure_runtime
+from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget

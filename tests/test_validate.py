@@ -10,9 +10,13 @@ from pathlib import Path
 import git
 import pytest
 
-from activities import parser_service, process
-from activities.build import build, ensure_runtime
-from activities.validate import PARSER, parse_tree, validate
+from activities import process
+from activities.validation import service as parser_service
+from activities.build import build
+from activities.runtime import ensure_runtime
+from activities.validate import validate
+from activities.validation.cache import PARSER
+from activities.validation.parse import parse_tree
 from airagent import example
 from airagent.config import PipelineSettings, Runtime
 from airagent.models import BuildInput, FileReport, ValidateInput, ValidationReport, last_line

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities import validate_job
+from activities.validation import job as validate_job
 from airagent.config import ImageSettings
 from airagent.models import Release
 from tests.kube import cluster as kube
@@ -72,7 +72,7 @@ def test_a_retried_activity_reads_the_job_it_started():
     assert first == again == [{"path": "a.py", "dag_ids": ["a"]}]
     assert len(jobs) == 1 and kubelet.runs_made == 1
     assert config_map["metadata"]["ownerReferences"][0]["uid"] == jobs[0]["metadata"]["uid"]  # goes with the Job
-    assert set(config_map["data"]) == {"parse_dags.py", "settings.json"}
+    assert set(config_map["data"]) == {"parser.py", "settings.json"}
 
 
 def test_the_job_spec_passes_arguments_never_a_shell_line():

@@ -7,36 +7,12 @@ the driver by the target's type.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
-
+from activities.targets.base import Driver, Rolled
 from activities.targets.local_airflow import LocalAirflow
-from activities.validate import parse_release
+from activities.validation.parse import parse_release
 from activities.probes import reading
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
-
-
-class Rolled(NamedTuple):
-    live: str | None
-    previous: str | None
-    changed: bool
-    detail: str
-
-
-class Driver(Protocol):
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
-             replaces: Expected | None = None) -> Rolled:
-        """Raises UnexpectedLive, changing nothing, when the record names another live release than `replaces`."""
-
-    def rollback(self, to: str | None) -> Rolled: ...
-
-    def marker(self) -> Marker: ...
-
-    def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]: ...
-
-    def baseline(self) -> Baseline | None: ...
-
-    def preflight(self) -> list[str]: ...
 
 
 def environment(settings: EnvironmentSettings, pipeline: PipelineSettings | None = None) -> Driver:
@@ -57,10 +33,10 @@ class LocalDriver:
 
     def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
              replaces: Expected | None = None) -> Rolled:
-        return _rolled(*self.airflow.roll(release, mode, dags, replaces))
+        return _from_manifest(*self.airflow.roll(release, mode, dags, replaces))
 
     def rollback(self, to: str | None) -> Rolled:
-        return _rolled(*self.airflow.rollback(to))
+        return _from_manifest(*self.airflow.rollback(to))
 
     def marker(self) -> Marker:
         manifest = self.files.manifest()
@@ -91,7 +67,7 @@ class LocalDriver:
         return reading("marker", ok, f"`current` → {linked}, manifest → {live and live.id}", f"both {expected}")
 
 
-def _rolled(manifest, changed: bool, detail: str) -> Rolled:
+def _from_manifest(manifest, changed: bool, detail: str) -> Rolled:
     return Rolled(manifest.live.id if manifest.live else None, manifest.previous.id if manifest.previous else None,
                   changed, detail)
 

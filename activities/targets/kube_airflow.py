@@ -21,10 +21,9 @@ import httpx
 
 from activities import probes
 from activities.airflow_api import AirflowApi, Credentials
-from activities.targets.drivers import Rolled
-from activities.targets.kube_rollout import FATAL_WAITING, RolloutFailed
+from activities.targets.base import NotLive, Rolled, RolloutFailed, config_file
+from activities.targets.kube_rollout import FATAL_WAITING
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, Rollout, RollReport, connect
-from activities.targets.local_airflow import NotLive, config_file
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 from airagent.repo import open_repository
@@ -52,11 +51,11 @@ class KubernetesAirflow:
         report = self.env.roll(Rollout(release=release.id, commit=release.commit, mode=mode,
                                        image=release.image if mode == RolloutMode.rebuild else None, config=config),
                               replaces)
-        return _rolled(report, mode.value)
+        return _from_report(report, mode.value)
 
     def rollback(self, to: str | None) -> Rolled:
         self.dags = {}
-        return _rolled(self.env.rollback(to), "rollback")
+        return _from_report(self.env.rollback(to), "rollback")
 
     def preflight(self) -> list[str]:
         return self.env.preflight()
@@ -208,7 +207,7 @@ def _restart_count(pod: dict) -> int:
     return sum(c.get("restartCount", 0) for c in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
-def _rolled(report: RollReport, what: str) -> Rolled:
+def _from_report(report: RollReport, what: str) -> Rolled:
     if not report.changed:
         return Rolled(report.live, report.previous, False, "already live")
     patched = f"patched {', '.join(report.patched)}" if report.patched else "no pod template patched"

@@ -26,22 +26,12 @@ from dataclasses import dataclass
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from activities.targets.base import RolloutFailed, RolloutTimeout
+
 RELEASE_ANNOTATION = "airagent.io/release"
 FATAL_WAITING = {"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"}
 # A watch is re-opened this often even when quiet, so a dropped connection cannot hang a roll.
 WATCH_SECONDS = 60
-
-
-class RolloutFailed(Exception):
-    """The roll cannot succeed by waiting longer; names the workload, and the pod when one is to blame."""
-
-    def __init__(self, message: str, workload: str | None = None, pod: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.workload, self.pod, self.reason = workload, pod, reason
-
-
-class RolloutTimeout(RolloutFailed):
-    """The deadline passed with workloads still rolling."""
 
 
 @dataclass

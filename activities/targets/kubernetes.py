@@ -41,13 +41,13 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from activities.targets import kube_rollout
-from activities.targets.errors import check_live
-from activities.targets.kube_rollout import RELEASE_ANNOTATION, RolloutFailed, RolloutTimeout, Workload
+from activities.targets.base import RolloutFailed, RolloutTimeout, check_live
+from activities.targets.kube_rollout import RELEASE_ANNOTATION, Workload
 from airagent.config import KubernetesTarget
 from airagent.models import Baseline, Expected, RolloutMode
 
 __all__ = ["KubernetesTarget", "KubernetesEnvironment", "Rollout", "RollReport", "Record", "Snapshot",
-           "DagRef", "GitRef", "RolloutFailed", "RolloutTimeout", "connect"]
+           "DagRef", "GitRef", "connect"]
 
 RECORD_KEY = "record.json"
 KEEP_SNAPSHOTS = 5  # a ConfigMap holds 1 MiB; five sets of templates fit with room to spare

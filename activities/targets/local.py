@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from activities.targets.errors import check_live
+from activities.targets.base import check_live
 from airagent.models import Expected, Release
 
 

@@ -27,6 +27,7 @@ import httpx
 
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
+from activities.targets.base import EnvironmentDown, NotLive, config_file
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Manifest, differing
 from airagent.config import LocalTarget, Probes
@@ -44,15 +45,6 @@ DEFAULTS = {
     ("dag_processor", "refresh_interval"): "5",
     ("api", "workers"): "1",
 }
-CONFIG_FILES = ("config/airflow.cfg", "airflow.cfg")
-
-
-class EnvironmentDown(Exception):
-    """The environment's components are not all running: bring it up before rolling."""
-
-
-class NotLive(Exception):
-    """The new release did not become live in time; the reason says what was missing."""
 
 
 class LocalAirflow:
@@ -393,13 +385,6 @@ class LocalAirflow:
     def _down_message(self) -> str:
         return (f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
                 f"`airagent env up {self.name}` before deploying")
-
-
-def config_file(release: Release | None) -> Path | None:
-    """The release's airflow.cfg, where the repository keeps one."""
-    if release is None:
-        return None
-    return next((Path(release.bundle) / c for c in CONFIG_FILES if (Path(release.bundle) / c).is_file()), None)
 
 
 def _restart_key(release: Release) -> str:

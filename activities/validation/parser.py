@@ -5,9 +5,9 @@ library and Airflow. (The deployer imports it only for `relative_python_files` a
 `imported_names`, which are plain standard library, so both sides agree on what a DAG
 file is and what it imports.)
 
-    python parse_dags.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
+    python parser.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
     (REPORT_JSON `-`: one line `airagent-report: {...}` on stdout)
-    python parse_dags.py --serve DIRECTORY [--idle SECONDS]
+    python parser.py --serve DIRECTORY [--idle SECONDS]
 
 SETTINGS_JSON (written by the deployer, never pasted into a command line) may hold
 `files`: the paths, relative to DAG_FOLDER, to parse (default: every file), and

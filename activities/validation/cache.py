@@ -31,10 +31,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.parse_dags import PLUGINS, imported_names, relative_python_files, syntax_tree
+from activities.validation.parser import PLUGINS, imported_names, relative_python_files, syntax_tree
 from airagent.config import home
 
-PARSER = Path(__file__).with_name("parse_dags.py")
+PARSER = Path(__file__).with_name("parser.py")
 # Calls that import or run code by a name `ast` cannot see.
 DYNAMIC = {"import_module", "__import__", "exec", "eval", "run_path", "run_module", "load_source",
            "spec_from_file_location", "SourceFileLoader", "load_module"}

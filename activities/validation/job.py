@@ -8,11 +8,11 @@ release that will run an image is parsed in that image, and passes only if it pa
   commit's DAGs. A git-sync init container (the chart's own way to get DAGs) clones the
   commit into an emptyDir, from the URL kaniko builds from (`image.context`, default the
   pipeline's repo), with the credentials Secret `image.git_secret` if set.
-- The parser (parse_dags.py: standard library and Airflow only) and its settings (the
+- The parser (parser.py: standard library and Airflow only) and its settings (the
   files to parse, placeholders) come from a ConfigMap owned by the Job, so both go when
   the Job's TTL removes it.
 - The report comes back in the pod's log, one marked line; the deployer applies the
-  pipeline's rules to it exactly as for a local parse (validate.parse_changed), and files
+  pipeline's rules to it exactly as for a local parse (`parse.parse_changed`), and files
   parsed once in an image are cached under that image.
 
 The Job's name is a hash of everything in its spec (commit, image, parser, settings), so a
@@ -32,12 +32,12 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 from temporalio.exceptions import ApplicationError
 
-from activities import validate
 from activities.heartbeat import keep_alive
-from activities.parse_dags import REPORT_MARKER
+from activities.validation.parse import parse_changed
+from activities.validation.parser import REPORT_MARKER
 from activities.targets.kube_rollout import FATAL_WAITING, WATCH_SECONDS
 from activities.targets.kubernetes import connect
-from activities.validation_cache import PARSER
+from activities.validation.cache import PARSER
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Release, ValidationReport
 from airagent.repo import cluster_url
@@ -85,8 +85,8 @@ def parse_in_image(release: Release, pipeline: PipelineSettings) -> ValidationRe
         with keep_alive(f"validator job {ref.name}"), connect(target) as api:
             return run(api, ref, job, config_map, files)
 
-    return validate.parse_changed({"image": release.image}, Path(release.bundle), release.dag_folder,
-                                  release.plugins_folder, pipeline, None, parse)
+    return parse_changed({"image": release.image}, Path(release.bundle), release.dag_folder,
+                         release.plugins_folder, pipeline, None, parse)
 
 
 def clone_url(pipeline: PipelineSettings) -> str:
@@ -119,7 +119,7 @@ def manifests(settings: ImageSettings, namespace: str, release: Release, url: st
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
            "PYTHONDONTWRITEBYTECODE": "1"}  # the checkout is mounted read-only
     validator = {"name": CONTAINER, "image": release.image, "workingDir": CHECKOUT,
-                 "command": ["python", f"{PARSER_DIR}/parse_dags.py", f"{CHECKOUT}/{release.dag_folder}", "-",
+                 "command": ["python", f"{PARSER_DIR}/parser.py", f"{CHECKOUT}/{release.dag_folder}", "-",
                              str(WORKERS), "--settings", f"{PARSER_DIR}/settings.json"],
                  "env": [{"name": k, "value": v} for k, v in env.items()],
                  "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT, "readOnly": True},
@@ -133,7 +133,7 @@ def manifests(settings: ImageSettings, namespace: str, release: Release, url: st
            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": deadline + JOB_GRACE, "ttlSecondsAfterFinished": TTL,
                     "template": {"metadata": {"labels": labels}, "spec": pod}}}
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
-                  "data": {"parse_dags.py": script, "settings.json": settings_json}}
+                  "data": {"parser.py": script, "settings.json": settings_json}}
     ref = ValidatorJob(name=name, namespace=namespace, commit=release.commit, image=release.image, url=url,
                        deadline=deadline)
     return job, config_map, ref

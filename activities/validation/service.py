@@ -1,6 +1,6 @@
 """A warm DAG parser per runtime, so a validation does not pay for starting Airflow.
 
-The first validation in a runtime starts `parse_dags.py --serve` with that runtime's
+The first validation in a runtime starts `parser.py --serve` with that runtime's
 interpreter; it imports Airflow once and forks a child per request, which parses as a
 cold run would (its own workers, timeouts, lookups). Requests go over a Unix socket in a
 private directory under home(), named by the runtime and the parser script, so a new
@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from activities.heartbeat import keep_alive
-from activities.validation_cache import PARSER, digest
+from activities.validation.cache import PARSER, digest
 from airagent.config import home
 
 IDLE_SECONDS = 600.0

@@ -1,0 +1,100 @@
+"""The parse of a release: real Airflow, in the release's runtime, over the files whose inputs changed.
+
+The rest come from the cache; then the pipeline's policies apply to every file, so a
+report means the same whether a file was parsed now or came from the cache, here or in
+a pod. A parser that itself fails raises `service.ParserFailed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from activities.validation import cache, policies, service
+from activities.validation.parser import PLUGINS
+from airagent.config import Classification, PipelineSettings, ValidationSettings
+from airagent.models import FileReport, Release, ValidationReport
+
+PARSE_TIMEOUT = 900.0
+
+
+def parse_release(release: Release, pipeline: PipelineSettings | None = None) -> ValidationReport:
+    return parse_tree(Path(release.runtime), Path(release.bundle), release.dag_folder, release.plugins_folder,
+                      pipeline)
+
+
+def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str,
+               pipeline: PipelineSettings | None = None, timeout: float | None = None) -> ValidationReport:
+    """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
+    settings = pipeline.validation if pipeline else ValidationSettings()
+    return parse_changed(
+        {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")}, bundle, dag_folder,
+        plugins_folder, pipeline, timeout,
+        lambda todo: _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout))
+
+
+def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: str,
+                  pipeline: PipelineSettings | None, timeout: float | None,
+                  parse: Callable[[list[str]], list[dict]]) -> ValidationReport:
+    """Files not in the cache go to `parse` (paths relative to the DAG folder); `runtime` names what parses them.
+
+    Then apply the pipeline's rules and name owners, so a report means the same
+    whether a file was parsed now or came from the cache, here or in a pod.
+    """
+    settings = pipeline.validation if pipeline else ValidationSettings()
+    ignored = (pipeline.classification if pipeline else Classification()).ignored
+    context = {**runtime, "timeout": timeout, "placeholders": settings.placeholders.model_dump(mode="json"),
+               "dag_folder": dag_folder, "plugins_folder": plugins_folder}
+    keys = cache.file_keys(bundle, dag_folder, context, ignored)
+    found = cache.load(keys.values())
+    results = {rel: found.get(key) for rel, key in keys.items()}
+    todo = sorted(rel for rel, result in results.items() if result is None)
+    if todo:
+        for result in parse(todo):
+            rel = result["path"]
+            results[rel] = result
+            if not result.get("transient"):
+                cache.store(keys[rel], result)
+    files = plugin_reports(results.pop(PLUGINS), plugins_folder, cached=PLUGINS not in todo)
+    for rel in sorted(results):
+        report = FileReport.model_validate({**results[rel], "path": _from_root(dag_folder, rel),
+                                            "cached": rel not in todo})
+        files.append(policies.check(report, settings))
+    owners: dict[str, list[str]] = {}
+    for f in files:
+        for dag_id in f.dag_ids:
+            owners.setdefault(dag_id, []).append(f.path)
+    duplicates = {dag_id: paths for dag_id, paths in sorted(owners.items()) if len(paths) > 1}
+    return ValidationReport(files=files, duplicates=duplicates, parsed=len([t for t in todo if t != PLUGINS]))
+
+
+def plugin_reports(result: dict, plugins_folder: str, cached: bool) -> list[FileReport]:
+    """A plugin that does not import, as Airflow would find it, fails like a DAG file; one that loads is not listed."""
+    if result.get("error"):  # the load itself hung or died
+        return [FileReport(path=plugins_folder, error=result["error"], cached=cached)]
+    return [FileReport(path=_from_root(plugins_folder, rel), error=error, cached=cached)
+            for rel, error in sorted(result.get("plugins", {}).items())]
+
+
+def read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _run_parser(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str, files: list[str],
+                settings: ValidationSettings, timeout: float | None) -> list[dict]:
+    request = {"folder": str(bundle / dag_folder), "plugins_folder": str(bundle / plugins_folder), "cwd": str(bundle),
+               "files": files, "placeholders": settings.placeholders.model_dump(mode="json"),
+               "workers": os.cpu_count() or 1, "timeout": timeout}
+    try:
+        return service.parse(runtime, request, PARSE_TIMEOUT)
+    except service.ParserFailed as err:
+        raise service.ParserFailed(f"the DAG parser itself failed: {str(err)[-3000:]}") from None
+
+
+def _from_root(dag_folder: str, path: str) -> str:
+    """The parser sees paths inside the DAG folder; people know them from the repository's root."""
+    return f"{dag_folder.rstrip('/')}/{path}" if dag_folder not in ("", ".") else path

@@ -1,0 +1,52 @@
+"""The `validate` stage on a working tree, or on one commit of it, before a merge: `airagent validate PATH`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import git
+
+from activities.bundle import export_commit
+from activities.runtime import ensure_runtime
+from activities.validation.parse import parse_tree
+from activities.validation.review import review
+from airagent.config import PipelineSettings
+from airagent.models import ValidationReport
+from airagent.repo import RepoError, resolve
+
+
+def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -> ValidationReport:
+    """The validate stage on a working tree, or on one commit of it, before a merge.
+
+    DAGs present where the branch left the pipeline's branch (the merge base) and gone
+    here need consent, from the commits since then or the config.
+    """
+    try:
+        repo = git.Repo(root)
+    except (git.NoSuchPathError, git.InvalidGitRepositoryError):
+        repo = None
+    if repo is not None:
+        pipeline = pipeline.model_copy(update={"repo": str(root)})
+    if sha is not None and repo is None:
+        raise RepoError(f"{root} is not a git repository, so --sha cannot be looked up; drop --sha")
+    with tempfile.TemporaryDirectory(prefix="airagent-check-") as scratch:
+        commit = resolve(repo, pipeline, sha) if sha else (repo.head.commit.hexsha if repo and repo.head.is_valid()
+                                                              else None)
+        tree = root
+        if sha is not None:
+            tree = Path(scratch)
+            export_commit(pipeline, commit, tree)
+        for field in ("dag_folder", "plugins_folder"):
+            folder = (tree / getattr(pipeline, field)).resolve()
+            if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
+                raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
+        _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements)
+        report = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline)
+        live = []
+        if repo is not None and commit:
+            try:
+                live = [b.hexsha for b in repo.merge_base(resolve(repo, pipeline), commit)]
+            except RepoError:
+                live = []  # no such branch here: nothing is live to compare with
+        return review(report, pipeline, repo, tree, commit, live, runtime)
