@@ -19,6 +19,9 @@ demo: setup
 	$(BIN)/airagent demo $(if $(DEMO_ONCE),--once,)
 
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q --durations=15
 
 bench: setup

@@ -27,9 +27,13 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=***)"
 
     @classmethod
-    def load(cls, secret_file: Path | None, fix: str = "`airagent env up` creates it",
-             username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
-             password_env: str = "AIRAGENT_AIRFLOW_PASSWORD") -> Credentials:
+    def load(
+        cls,
+        secret_file: Path | None,
+        fix: str = "`airagent env up` creates it",
+        username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
+        password_env: str = "AIRAGENT_AIRFLOW_PASSWORD",
+    ) -> Credentials:
         """The environment wins; otherwise the secret file holds `username:password` on one line.
         `fix` says, in the error, where that file comes from for this kind of environment."""
         if os.environ.get(password_env):
@@ -40,8 +44,9 @@ class Credentials:
             text = None
         if text is None:
             where = f"create {secret_file}" if secret_file else "give a credentials file"
-            raise FileNotFoundError(f"no Airflow credentials: set {password_env} (and {username_env}) on the worker "
-                                    f"or {where} ({fix})")
+            raise FileNotFoundError(
+                f"no Airflow credentials: set {password_env} (and {username_env}) on the worker or {where} ({fix})"
+            )
         username, _, password = text.strip().partition(":")
         return cls(username, password)
 
@@ -74,8 +79,9 @@ class AirflowApi:
     def import_errors(self) -> list[dict[str, Any]]:
         return self._all("/api/v2/importErrors", "import_errors")
 
-    def task_instances(self, states: list[str], ended_after: datetime | None = None,
-                       ended_before: datetime | None = None) -> int:
+    def task_instances(
+        self, states: list[str], ended_after: datetime | None = None, ended_before: datetime | None = None
+    ) -> int:
         """How many task instances, across every DAG and run, are in these states (and ended in the window)."""
         params: dict[str, Any] = {"state": states, "limit": 1}
         if ended_after:
@@ -86,8 +92,10 @@ class AirflowApi:
 
     def failed_dags(self, ended_after: datetime) -> list[str]:
         """The DAGs whose task instances failed since `ended_after` (from the first page: enough to trace)."""
-        body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances",
-                         {"state": ["failed"], "end_date_gte": ended_after.isoformat(), "limit": PAGE})
+        body = self._get(
+            "/api/v2/dags/~/dagRuns/~/taskInstances",
+            {"state": ["failed"], "end_date_gte": ended_after.isoformat(), "limit": PAGE},
+        )
         return sorted({t["dag_id"] for t in body["task_instances"]})
 
     def running(self) -> list[str]:
@@ -113,11 +121,14 @@ class AirflowApi:
 
     def _auth(self) -> dict[str, str]:
         if self._token is None:
-            response = self.http.post("/auth/token", json={"username": self.credentials.username,
-                                                           "password": self.credentials.password})
+            response = self.http.post(
+                "/auth/token", json={"username": self.credentials.username, "password": self.credentials.password}
+            )
             if response.status_code in (401, 403):
-                raise PermissionError(f"{self.base_url} refused airagent's credentials "
-                                      f"(user {self.credentials.username!r}); check the secret")
+                raise PermissionError(
+                    f"{self.base_url} refused airagent's credentials "
+                    f"(user {self.credentials.username!r}); check the secret"
+                )
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return {"Authorization": f"Bearer {self._token}"}

@@ -10,8 +10,12 @@ from temporalio.exceptions import ApplicationError
 
 from airagent.models import Announcement, TrainState
 
-_ICONS = {TrainState.succeeded: ":white_check_mark:", TrainState.failed: ":x:",
-          TrainState.rolled_back: ":rewind:", TrainState.aborted: ":octagonal_sign:"}
+_ICONS = {
+    TrainState.succeeded: ":white_check_mark:",
+    TrainState.failed: ":x:",
+    TrainState.rolled_back: ":rewind:",
+    TrainState.aborted: ":octagonal_sign:",
+}
 
 
 def payload(a: Announcement) -> dict:
@@ -29,8 +33,9 @@ def payload(a: Announcement) -> dict:
         "authors": sorted({c.author for c in s.commits}),
         "teams": blamed,
         "broken": a.broken,
-        "held": [{"sha": h.sha, "author": h.author, "teams": h.teams, "paths": h.paths, "reason": h.reason}
-                 for h in s.held],
+        "held": [
+            {"sha": h.sha, "author": h.author, "teams": h.teams, "paths": h.paths, "reason": h.reason} for h in s.held
+        ],
         "environments": {e.name: e.live for e in s.environments},
     }
 
@@ -52,13 +57,18 @@ def announce(a: Announcement) -> None:
     receiver = a.pipeline.notifications[a.receiver]
     url = os.environ.get(receiver.url_env)
     if not url:
-        raise ApplicationError(f"{receiver.url_env} is not set on the worker; set it to the {receiver.type} URL",
-                               type="BadInput", non_retryable=True)
+        raise ApplicationError(
+            f"{receiver.url_env} is not set on the worker; set it to the {receiver.type} URL",
+            type="BadInput",
+            non_retryable=True,
+        )
     body = slack_message(a) if receiver.type == "slack" else payload(a)
     try:
         response = httpx.post(url, json=body, timeout=10)
     except httpx.HTTPError as err:
-        raise RuntimeError(f"{receiver.type} receiver from {receiver.url_env} unreachable ({type(err).__name__})") from None
+        raise RuntimeError(
+            f"{receiver.type} receiver from {receiver.url_env} unreachable ({type(err).__name__})"
+        ) from None
     if response.status_code >= 300:
         # The URL holds a token: name the variable, never the URL.
         raise RuntimeError(f"{receiver.type} receiver from {receiver.url_env} answered {response.status_code}")

@@ -6,12 +6,7 @@ can race; the runtime is reused whenever its inputs are unchanged (`runtime`).
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import shutil
-import sys
-import tarfile
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,9 +17,10 @@ from temporalio.exceptions import ApplicationError
 from activities import images
 from activities.bundle import export_commit, inside
 from activities.runtime import ensure_runtime, runtime_hash
-from airagent.config import PipelineSettings, Runtime, home
+from airagent.config import PipelineSettings, home
 from airagent.models import BuildInput, Release
 from airagent.repo import RepoError, open_repository, ref_of, resolve
+
 
 def release_hash(pipeline: PipelineSettings, bundle: Path, sha: str) -> str:
     """The runtime hash a release is known by: the venv's inputs, plus the Dockerfile when the pipeline has
@@ -66,7 +62,8 @@ def build(input: BuildInput) -> Release:
             raise ApplicationError(
                 f"commit {sha[:12]}: dag_folder {pipeline.dag_folder!r} is not a folder in the repository; "
                 "fix `dag_folder` in airagent.yaml",
-                type="BadInput", non_retryable=True,
+                type="BadInput",
+                non_retryable=True,
             )
         _, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
         digest = release_hash(pipeline, bundle, sha)
@@ -74,8 +71,13 @@ def build(input: BuildInput) -> Release:
         release_id = f"{sha[:12]}-{digest[:8]}"
         final = releases / release_id
         release = Release(
-            id=release_id, commit=sha, runtime_hash=digest, runtime=str(runtime),
-            bundle=str(final / "bundle"), dag_folder=pipeline.dag_folder, plugins_folder=pipeline.plugins_folder,
+            id=release_id,
+            commit=sha,
+            runtime_hash=digest,
+            runtime=str(runtime),
+            bundle=str(final / "bundle"),
+            dag_folder=pipeline.dag_folder,
+            plugins_folder=pipeline.plugins_folder,
             image=image,
         )
         if not (final / "release.json").exists():

@@ -25,7 +25,8 @@ def export_commit(pipeline: PipelineSettings, sha: str, dest: Path) -> None:
             raise ApplicationError(
                 f"commit {sha[:12]}: {err.tarinfo.name} links outside the repository; "
                 "replace the link with the files themselves",
-                type="BadInput", non_retryable=True,
+                type="BadInput",
+                non_retryable=True,
             ) from None
 
 
@@ -36,6 +37,7 @@ def inside(root: Path, relative: str, what: str, sha: str) -> Path:
         raise ApplicationError(
             f"commit {sha[:12]}: {what} {relative!r} resolves to {path}, outside the repository; "
             f"make {relative!r} a real folder in the repository",
-            type="BadInput", non_retryable=True,
+            type="BadInput",
+            non_retryable=True,
         )
     return path

@@ -13,12 +13,21 @@ import git
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.holdback import hold
-from activities.targets.drivers import environment
 from airagent.config import Classification, PipelineSettings
-from airagent.models import (ChangedFile, Commit, DiffInput, DiffResult, EnvironmentChange, HoldInput, Kind, Marker,
-                             RolloutMode)
+from airagent.models import (
+    ChangedFile,
+    Commit,
+    DiffInput,
+    DiffResult,
+    EnvironmentChange,
+    HoldInput,
+    Kind,
+    Marker,
+    RolloutMode,
+)
 from airagent.repo import RepoError, commit_exists, open_repository, resolve, stands_for
 
 _CHANGE = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "T": "type-changed", "C": "copied"}
@@ -41,8 +50,14 @@ def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classifi
     for d in repo.commit(live).diff(head, M=True):
         change = _CHANGE.get(d.change_type, d.change_type)
         path = d.a_path if d.change_type == "D" else d.b_path
-        files.append(ChangedFile(path=path, kind=classify(path, rules), change=change,
-                                 old_path=d.a_path if d.change_type == "R" else None))
+        files.append(
+            ChangedFile(
+                path=path,
+                kind=classify(path, rules),
+                change=change,
+                old_path=d.a_path if d.change_type == "R" else None,
+            )
+        )
         if d.change_type == "R" and classify(d.a_path, rules) != files[-1].kind:
             # A file moved between kinds changes both: count the place it left too.
             files.append(ChangedFile(path=d.a_path, kind=classify(d.a_path, rules), change="deleted"))
@@ -56,18 +71,27 @@ def train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list[
     """The commits this train carries: those the furthest-behind environment lacks, newest first."""
     if not lives:
         return []
-    if any(live is None or not commit_exists(repo, live) or not repo.is_ancestor(stands_for(repo, live)[0], target)
-           for live in lives):
+    if any(
+        live is None or not commit_exists(repo, live) or not repo.is_ancestor(stands_for(repo, live)[0], target)
+        for live in lives
+    ):
         revs, held = [target], []
     else:
         # A release without held commits stands for its head and carries them again.
-        head, held = max((stands_for(repo, live) for live in lives),
-                         key=lambda h: int(repo.git.rev_list("--count", target, f"^{h[0]}")) + len(h[1]))
+        head, held = max(
+            (stands_for(repo, live) for live in lives),
+            key=lambda h: int(repo.git.rev_list("--count", target, f"^{h[0]}")) + len(h[1]),
+        )
         revs = [target, f"^{head}"]
     carried = [*repo.iter_commits(revs, max_count=MAX_COMMITS), *reversed([repo.commit(sha) for sha in held])]
     return [
-        Commit(sha=c.hexsha, author=c.author.name or "", email=c.author.email or "", summary=c.summary,
-               at=c.committed_datetime.astimezone(UTC))
+        Commit(
+            sha=c.hexsha,
+            author=c.author.name or "",
+            email=c.author.email or "",
+            summary=c.summary,
+            at=c.committed_datetime.astimezone(UTC),
+        )
         for c in carried
     ]
 
@@ -90,16 +114,32 @@ def _diff(input: DiffInput) -> DiffResult:
     commits = train_commits(repo, [c.live_commit for c in changes if c.mode], target)
     if not input.held or not commits:
         return DiffResult(target=target, commits=commits, environments=changes)
-    presumed = hold(repo, HoldInput(pipeline=pipeline, target=target, commits=[c.sha for c in commits],
-                                    live_commit=markers[0][1].live_commit, bundle="", failures={}, held=input.held))
+    presumed = hold(
+        repo,
+        HoldInput(
+            pipeline=pipeline,
+            target=target,
+            commits=[c.sha for c in commits],
+            live_commit=markers[0][1].live_commit,
+            bundle="",
+            failures={},
+            held=input.held,
+        ),
+    )
     if presumed.commit is None:
         return DiffResult(target=target, commits=commits, environments=changes)
-    return DiffResult(target=presumed.commit, head=target, commits=commits, held=presumed.held,
-                      environments=_changes(repo, pipeline, markers, presumed.commit))
+    return DiffResult(
+        target=presumed.commit,
+        head=target,
+        commits=commits,
+        held=presumed.held,
+        environments=_changes(repo, pipeline, markers, presumed.commit),
+    )
 
 
-def _changes(repo: git.Repo, pipeline: PipelineSettings, markers: list[tuple[str, Marker]],
-             target: str) -> list[EnvironmentChange]:
+def _changes(
+    repo: git.Repo, pipeline: PipelineSettings, markers: list[tuple[str, Marker]], target: str
+) -> list[EnvironmentChange]:
     changes = []
     for name, live in markers:
         live_commit = live.live_commit
@@ -111,13 +151,15 @@ def _changes(repo: git.Repo, pipeline: PipelineSettings, markers: list[tuple[str
         # A live commit lost to a rewrite is compared as a first deploy: everything changes.
         base = live_commit if live_commit and commit_exists(repo, live_commit) else None
         files = changed_files(repo, base, target, pipeline.classification)
-        changes.append(EnvironmentChange(
-            environment=name,
-            live_commit=live_commit,
-            live_release=live.live,
-            files=files,
-            mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
-        ))
+        changes.append(
+            EnvironmentChange(
+                environment=name,
+                live_commit=live_commit,
+                live_release=live.live,
+                files=files,
+                mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
+            )
+        )
     return changes
 
 
@@ -128,12 +170,14 @@ def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live
         raise ApplicationError(
             f"{env} runs {live[:12]}, which is no longer in the repository (history was rewritten); "
             f"set allow_history_rewrite: true on pipeline {pipeline!r} to deploy anyway",
-            type="HistoryRewritten", non_retryable=True,
+            type="HistoryRewritten",
+            non_retryable=True,
         )
     if not allowed and not repo.is_ancestor(stands_for(repo, live)[0], target):
         raise ApplicationError(
             f"{env} runs {live[:12]}, which is not an ancestor of {target[:12]} (history was rewritten "
             f"or the commit is older than what is live); set allow_history_rewrite: true on pipeline "
             f"{pipeline!r} to deploy anyway",
-            type="HistoryRewritten", non_retryable=True,
+            type="HistoryRewritten",
+            non_retryable=True,
         )

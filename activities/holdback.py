@@ -21,8 +21,8 @@ import git
 from git.index.typ import BaseIndexEntry
 from temporalio import activity
 
-from activities.validation import cache as validation_cache
 from activities.heartbeat import keep_alive
+from activities.validation import cache as validation_cache
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult
 from airagent.repo import HELD, RELEASE_OF, keep_release, open_repository
@@ -75,15 +75,22 @@ def still_held(changes: list[tuple[str, set[str]]], held: list[HeldCommit], kind
     order = {sha: i for i, (sha, _) in enumerate(changes)}
 
     def could_fix(h: HeldCommit, paths: set[str]) -> bool:
-        return bool(paths & {*changes[order[h.sha]][1], *h.depends}) or not h.regression and any(
-            kind_of(p) not in ("dags", "ignored") for p in paths)
+        return bool(paths & {*changes[order[h.sha]][1], *h.depends}) or (
+            not h.regression and any(kind_of(p) not in ("dags", "ignored") for p in paths)
+        )
 
-    return {h.sha: h for h in held if h.sha in order and (h.regression or h.depends)
-            and not any(could_fix(h, paths) for _, paths in changes[order[h.sha] + 1:])}
+    return {
+        h.sha: h
+        for h in held
+        if h.sha in order
+        and (h.regression or h.depends)
+        and not any(could_fix(h, paths) for _, paths in changes[order[h.sha] + 1 :])
+    }
 
 
-def release_commit(repo: git.Repo, pipeline: PipelineSettings, target: str, live: str | None,
-                   held: list[HeldCommit]) -> str:
+def release_commit(
+    repo: git.Repo, pipeline: PipelineSettings, target: str, live: str | None, held: list[HeldCommit]
+) -> str:
     """The head's tree with every held path as `live` has it, committed on top of the head under refs/airagent/."""
     index = git.IndexFile.from_tree(repo, target)
     base = repo.commit(live).tree if live else None
@@ -97,9 +104,12 @@ def release_commit(repo: git.Repo, pipeline: PipelineSettings, target: str, live
             index.entries[(path, 0)] = git.IndexEntry.from_base(BaseIndexEntry((blob.mode, blob.binsha, 0, path)))
     tree = index.write_tree()
     summary = ", ".join(h.sha[:12] for h in held)
-    message = (f"airagent release of {target[:12]} without {summary}\n\n"
-               + "".join(f"{h.sha[:12]} {h.summary}: {h.reason.splitlines()[0][:200]}\n" for h in held)
-               + f"\n{RELEASE_OF}: {target}\n" + "".join(f"{HELD}: {h.sha}\n" for h in held))
+    message = (
+        f"airagent release of {target[:12]} without {summary}\n\n"
+        + "".join(f"{h.sha[:12]} {h.summary}: {h.reason.splitlines()[0][:200]}\n" for h in held)
+        + f"\n{RELEASE_OF}: {target}\n"
+        + "".join(f"{HELD}: {h.sha}\n" for h in held)
+    )
     commit = git.Commit.create_from_tree(repo, tree, message, parent_commits=[repo.commit(target)], head=False)
     keep_release(repo, pipeline, commit.hexsha)
     return commit.hexsha
@@ -112,7 +122,9 @@ def _failing(input: HoldInput, pipeline: PipelineSettings) -> dict[str, set[str]
     failing = {}
     for path in input.failures:
         inside = path.removeprefix(prefix) if path.startswith(prefix) and path.endswith(".py") else None
-        modules = validation_cache.imported_modules(Path(input.bundle), pipeline.dag_folder, inside) if inside else set()
+        modules = (
+            validation_cache.imported_modules(Path(input.bundle), pipeline.dag_folder, inside) if inside else set()
+        )
         failing[path] = {prefix + m for m in modules}
     return failing
 
@@ -140,14 +152,25 @@ def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
     if not holders:
         return HoldResult()
     by_sha, now = {c.hexsha: c for c in commits}, datetime.now(UTC)
-    held = [presumed[sha].model_copy(update={"paths": sorted(paths), "teams": pipeline.teams_of(sorted(paths))})
-            if sha in presumed else HeldCommit(
-                sha=sha, author=by_sha[sha].author.name or "", summary=by_sha[sha].summary,
-                teams=pipeline.teams_of(sorted(paths)), paths=sorted(paths), since=now, regression=input.soak,
-                depends=_depends(paths, failing),
-                reason=f"{caused[sha]}: {input.failures[caused[sha]]}" if sha in caused
-                else f"changes a path of held commit {holders[sha][:12]}")
-            for sha, paths in changes if sha in holders]
+    held = [
+        presumed[sha].model_copy(update={"paths": sorted(paths), "teams": pipeline.teams_of(sorted(paths))})
+        if sha in presumed
+        else HeldCommit(
+            sha=sha,
+            author=by_sha[sha].author.name or "",
+            summary=by_sha[sha].summary,
+            teams=pipeline.teams_of(sorted(paths)),
+            paths=sorted(paths),
+            since=now,
+            regression=input.soak,
+            depends=_depends(paths, failing),
+            reason=f"{caused[sha]}: {input.failures[caused[sha]]}"
+            if sha in caused
+            else f"changes a path of held commit {holders[sha][:12]}",
+        )
+        for sha, paths in changes
+        if sha in holders
+    ]
     if input.soak:
         return HoldResult(held=held)
     return HoldResult(commit=release_commit(repo, pipeline, input.target, input.live_commit, held), held=held)

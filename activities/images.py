@@ -30,8 +30,9 @@ def image_hash(runtime_digest: str, dockerfile: bytes) -> str:
     return hashlib.sha256(f"{runtime_digest}\n".encode() + dockerfile).hexdigest()[:16]
 
 
-def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str | None, ref: str | None = None
-              ) -> str | None:
+def image_for(
+    pipeline: PipelineSettings, digest: str, commit: str, given: str | None, ref: str | None = None
+) -> str | None:
     """The image of this runtime for the pipeline's kubernetes environments; None when there are none.
     `ref` is where a clone finds the commit (default: the pipeline's branch)."""
     settings = pipeline.image
@@ -46,7 +47,9 @@ def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str |
             raise ApplicationError(
                 f"image {given!r} is not this commit's runtime: expected {wanted!r} (the tag is the runtime hash of "
                 f"commit {commit[:12]}); build and push that tag in CI, then deploy with it",
-                type="BadInput", non_retryable=True)
+                type="BadInput",
+                non_retryable=True,
+            )
         return given
     if not _built(wanted):
         with keep_alive(f"kaniko {wanted}"):
@@ -57,27 +60,57 @@ def image_for(pipeline: PipelineSettings, digest: str, commit: str, given: str |
 
 def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, image: str, digest: str) -> dict:
     """A Job that builds `image` from `commit` with kaniko and pushes it; arguments, never a shell line."""
-    container = {"name": "kaniko", "image": settings.kaniko_image,
-                 "args": [f"--context={context}#{ref}#{commit}", f"--dockerfile={settings.dockerfile}",
-                          f"--destination={image}"]}
+    container = {
+        "name": "kaniko",
+        "image": settings.kaniko_image,
+        "args": [
+            f"--context={context}#{ref}#{commit}",
+            f"--dockerfile={settings.dockerfile}",
+            f"--destination={image}",
+        ],
+    }
     spec = {"restartPolicy": "Never", "containers": [container]}
     if settings.push_secret:
         container["volumeMounts"] = [{"name": "push", "mountPath": "/kaniko/.docker"}]
-        spec["volumes"] = [{"name": "push", "secret": {"secretName": settings.push_secret,
-                                                       "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}}]
-    return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": f"airagent-build-{digest[:16]}", "labels": {"app.kubernetes.io/managed-by": "airagent"}},
-            "spec": {"backoffLimit": 0, "activeDeadlineSeconds": int(settings.build_deadline.total_seconds()),
-                     "ttlSecondsAfterFinished": 86400, "template": {"spec": spec}}}
+        spec["volumes"] = [
+            {
+                "name": "push",
+                "secret": {
+                    "secretName": settings.push_secret,
+                    "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+                },
+            }
+        ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": f"airagent-build-{digest[:16]}", "labels": {"app.kubernetes.io/managed-by": "airagent"}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": int(settings.build_deadline.total_seconds()),
+            "ttlSecondsAfterFinished": 86400,
+            "template": {"spec": spec},
+        },
+    }
 
 
-def kaniko(settings: ImageSettings, target: KubernetesTarget, pipeline: PipelineSettings, commit: str, image: str,
-           digest: str, ref: str | None = None) -> None:
+def kaniko(
+    settings: ImageSettings,
+    target: KubernetesTarget,
+    pipeline: PipelineSettings,
+    commit: str,
+    image: str,
+    digest: str,
+    ref: str | None = None,
+) -> None:
     context = settings.context or (pipeline.repo if pipeline.repo_is_url else None)
     if context is None:
-        raise ApplicationError(f"pipeline {pipeline.name!r}: kaniko clones the commit from a URL, and `repo` is a "
-                               "local path; set image.context to the repository's git URL",
-                               type="BadInput", non_retryable=True)
+        raise ApplicationError(
+            f"pipeline {pipeline.name!r}: kaniko clones the commit from a URL, and `repo` is a "
+            "local path; set image.context to the repository's git URL",
+            type="BadInput",
+            non_retryable=True,
+        )
     context = "git://" + context.split("://", 1)[-1]  # kaniko's spelling of a git context, cloned over https
     namespace = settings.namespace or target.namespace
     job = kaniko_job(settings, context, ref or f"refs/heads/{pipeline.branch}", commit, image, digest)
@@ -94,18 +127,27 @@ def kaniko(settings: ImageSettings, target: KubernetesTarget, pipeline: Pipeline
 def _wait(batch: client.BatchV1Api, namespace: str, name: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        stream = watch.Watch().stream(batch.list_namespaced_job, namespace, field_selector=f"metadata.name={name}",
-                                      timeout_seconds=min(60, max(1, int(deadline - time.monotonic()))))
+        stream = watch.Watch().stream(
+            batch.list_namespaced_job,
+            namespace,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=min(60, max(1, int(deadline - time.monotonic()))),
+        )
         for event in stream:
             status = event["raw_object"].get("status") or {}
             if status.get("succeeded"):
                 return
-            failed = next((c for c in status.get("conditions") or []
-                           if c.get("type") == "Failed" and c.get("status") == "True"), None)
+            failed = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Failed" and c.get("status") == "True"),
+                None,
+            )
             if failed:
-                raise ApplicationError(f"building the image failed ({failed.get('reason')}: {failed.get('message')}); "
-                                       f"see `kubectl logs -n {namespace} job/{name}`",
-                                       type="ImageBuildFailed", non_retryable=True)
+                raise ApplicationError(
+                    f"building the image failed ({failed.get('reason')}: {failed.get('message')}); "
+                    f"see `kubectl logs -n {namespace} job/{name}`",
+                    type="ImageBuildFailed",
+                    non_retryable=True,
+                )
     raise TimeoutError(f"image build job {name} still running after {timeout:.0f}s")
 
 

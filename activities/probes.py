@@ -50,15 +50,18 @@ def import_errors(errors: list[dict[str, Any]], baseline: Baseline) -> ProbeRead
     return reading("import_errors", True, f"{len(files)} import errors, none new", threshold)
 
 
-def failure_rate(failed: int, finished: int, baseline: Baseline, settings: Probes,
-                 dags: list[str] | None = None) -> ProbeReading:
+def failure_rate(
+    failed: int, finished: int, baseline: Baseline, settings: Probes, dags: list[str] | None = None
+) -> ProbeReading:
     """Failed task instances during soak, against the share that failed before the roll; a failing reading
     names the DAGs they belong to, to trace the regression to commits."""
     before = baseline.failed / baseline.finished if baseline.finished else 0.0
     now = failed / finished if finished else 0.0
     limit = min(1.0, before + settings.failure_rate_tolerance)
-    threshold = (f"at most {limit:.0%} failed (before the roll {before:.0%} + {settings.failure_rate_tolerance:.0%}),"
-                 f" or fewer than {settings.min_failed_tasks} failed")
+    threshold = (
+        f"at most {limit:.0%} failed (before the roll {before:.0%} + {settings.failure_rate_tolerance:.0%}),"
+        f" or fewer than {settings.min_failed_tasks} failed"
+    )
     ok = failed < settings.min_failed_tasks or now <= limit
     verdict = reading("task_failure_rate", ok, f"{failed} of {finished} task instances failed ({now:.0%})", threshold)
     verdict.dag_ids = [] if ok else sorted(dags or [])
@@ -71,8 +74,12 @@ def components(processes: dict[str, Any], expected: list[str]) -> ProbeReading:
     down = [name for name in expected if not (processes.get(name) and processes[name].alive)]
     up = [f"{name} {processes[name].pid}" for name in expected if name not in down]
     if down:
-        return reading("components", False, f"not running: {', '.join(down)}"
-                       + (f"; running: {', '.join(up)}" if up else ""), threshold)
+        return reading(
+            "components",
+            False,
+            f"not running: {', '.join(down)}" + (f"; running: {', '.join(up)}" if up else ""),
+            threshold,
+        )
     return reading("components", True, "running: " + ", ".join(up), threshold)
 
 
@@ -99,6 +106,7 @@ def guarded(probe: str, threshold: str, read: Callable[[], ProbeReading]) -> Pro
 
 def airflow_probes(api: AirflowApi, baseline: Baseline, settings: Probes) -> list[ProbeReading]:
     """Every API probe once; each fails alone."""
+
     def rate() -> ProbeReading:
         failed = api.task_instances(["failed"], ended_after=baseline.at)
         finished = api.task_instances(["success", "failed"], ended_after=baseline.at)
@@ -116,8 +124,9 @@ def webhook(probe: WebhookProbe, release: Release, timeout: float) -> ProbeReadi
     threshold = "a 2xx answer"
     url = os.environ.get(probe.url_env)
     if not url:
-        return reading(probe.name, False, f"{probe.url_env} is not set on the worker; set it to the check's URL",
-                       threshold)
+        return reading(
+            probe.name, False, f"{probe.url_env} is not set on the worker; set it to the check's URL", threshold
+        )
     try:
         answer = httpx.get(url, params={"release": release.id, "commit": release.commit}, timeout=timeout)
     except httpx.HTTPError as err:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.targets.base import EnvironmentDown, NotLive, Rolled, RolloutFailed, UnexpectedLive
-from activities.targets.drivers import environment
 from airagent.config import EnvironmentSettings
 from airagent.models import Marker, RollbackInput, RollInput, RollResult
 
@@ -29,10 +29,14 @@ def roll(input: RollInput) -> RollResult:
         raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from None
     except LookupError as err:  # a workload or ConfigMap the target names is not there
         raise ApplicationError(str(err), type="BadTarget", non_retryable=True) from None
-    activity.logger.info("%s: %s %s: %s", input.environment.name, "rolled to" if rolled.changed else "already on",
-                         input.release.id, rolled.detail)
-    return _result(input.environment.name, rolled).model_copy(
-        update={"baseline": env.baseline(), "warnings": warnings})
+    activity.logger.info(
+        "%s: %s %s: %s",
+        input.environment.name,
+        "rolled to" if rolled.changed else "already on",
+        input.release.id,
+        rolled.detail,
+    )
+    return _result(input.environment.name, rolled).model_copy(update={"baseline": env.baseline(), "warnings": warnings})
 
 
 @activity.defn(name="rollback")
@@ -54,5 +58,6 @@ def read_marker(settings: EnvironmentSettings) -> Marker:
 
 
 def _result(name: str, rolled: Rolled) -> RollResult:
-    return RollResult(environment=name, live=rolled.live, previous=rolled.previous, changed=rolled.changed,
-                      detail=rolled.detail)
+    return RollResult(
+        environment=name, live=rolled.live, previous=rolled.previous, changed=rolled.changed, detail=rolled.detail
+    )

@@ -24,8 +24,12 @@ RUNTIME_EXTRAS = ["gunicorn"]
 
 
 def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
-    spec = {"python": runtime.python, "airflow": runtime.airflow, "extras": RUNTIME_EXTRAS,
-            "requirements": hashlib.sha256(requirements).hexdigest()}
+    spec = {
+        "python": runtime.python,
+        "airflow": runtime.airflow,
+        "extras": RUNTIME_EXTRAS,
+        "requirements": hashlib.sha256(requirements).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -40,8 +44,16 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
-        install = [_uv(), "pip", "install", "--quiet", "--python", tmp / "bin" / "python",
-                   f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
+        install = [
+            _uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            tmp / "bin" / "python",
+            f"apache-airflow=={runtime.airflow}",
+            *RUNTIME_EXTRAS,
+        ]
         if reqs:
             install += ["-r", requirements]
         process.run(install, timeout=1800)
@@ -55,7 +67,8 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
         raise ApplicationError(
             f"building the runtime (Airflow {runtime.airflow}, Python {runtime.python}"
             f"{', ' + str(requirements.name) if reqs else ''}) failed: {err.output[-3000:]}",
-            type="RuntimeBuildFailed", non_retryable=True,
+            type="RuntimeBuildFailed",
+            non_retryable=True,
         ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

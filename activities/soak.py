@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.probes import webhook
-from activities.targets.drivers import environment
 from airagent.models import SoakCheckInput, SoakCheckResult
 
 
@@ -18,6 +18,5 @@ def soak_check(input: SoakCheckInput) -> SoakCheckResult:
         probes = input.environment.probes
         readings += [webhook(w, input.release, probes.timeout.total_seconds()) for w in probes.webhooks]
     failing = [r for r in readings if not r.ok]
-    detail = "; ".join(r.line() for r in failing) if failing else \
-        ", ".join(f"{r.probe} ok" for r in readings)
+    detail = "; ".join(r.line() for r in failing) if failing else ", ".join(f"{r.probe} ok" for r in readings)
     return SoakCheckResult(healthy=not failing, detail=detail, readings=readings)

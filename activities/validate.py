@@ -40,5 +40,6 @@ def validate(input: ValidateInput) -> ValidationReport:
         repo = open_repository(pipeline, fetch=False)
     except RepoError as err:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
-    return review(report, pipeline, repo, Path(release.bundle), release.commit, input.live_commits,
-                  Path(release.runtime))
+    return review(
+        report, pipeline, repo, Path(release.bundle), release.commit, input.live_commits, Path(release.runtime)
+    )

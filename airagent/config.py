@@ -70,7 +70,8 @@ class Notification(Model):
     url_env: str = Field(description="environment variable, on the worker, holding the URL")
     on: list[Literal["succeeded", "failed", "rolled_back", "aborted", "held"]] = Field(
         ["succeeded", "failed", "rolled_back", "held"],
-        description="train outcomes to tell; `held`: a train that held commits back, whatever its outcome")
+        description="train outcomes to tell; `held`: a train that held commits back, whatever its outcome",
+    )
 
 
 class DeployWindow(Model):
@@ -107,18 +108,27 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 class LocalTarget(Model):
     type: Literal["local"] = "local"
     path: Path = Field(description="directory holding releases/, the `current` symlink and manifest.json")
-    airflow: bool = Field(True, description="run Airflow's components here (api-server, scheduler, dag-processor, "
-                                            "triggerer); false leaves only the files, for an Airflow run elsewhere")
-    port: int = Field(8080, ge=1024, le=65530,
-                      description="the api-server's port; the environment also uses the next four ports")
+    airflow: bool = Field(
+        True,
+        description="run Airflow's components here (api-server, scheduler, dag-processor, "
+        "triggerer); false leaves only the files, for an Airflow run elsewhere",
+    )
+    port: int = Field(
+        8080, ge=1024, le=65530, description="the api-server's port; the environment also uses the next four ports"
+    )
     database_url_env: str | None = Field(
-        None, description="environment variable, on the worker, holding the metadata database URL; "
-                          "default: SQLite in the environment's folder")
-    drain_timeout: Duration = Field(timedelta(minutes=10), ge=timedelta(0),
-                                    description="how long a restart waits for running tasks to finish")
-    live_timeout: Duration = Field(timedelta(minutes=2), gt=timedelta(0),
-                                   description="how long a roll waits for new DAG code to be parsed, "
-                                               "or for components to be healthy")
+        None,
+        description="environment variable, on the worker, holding the metadata database URL; "
+        "default: SQLite in the environment's folder",
+    )
+    drain_timeout: Duration = Field(
+        timedelta(minutes=10), ge=timedelta(0), description="how long a restart waits for running tasks to finish"
+    )
+    live_timeout: Duration = Field(
+        timedelta(minutes=2),
+        gt=timedelta(0),
+        description="how long a roll waits for new DAG code to be parsed, or for components to be healthy",
+    )
 
     @property
     def ports(self) -> range:
@@ -126,7 +136,11 @@ class LocalTarget(Model):
 
 
 def _dns_name(value: str) -> str:
-    if not value or len(value) > 253 or not all(c.isalnum() and c.islower() or c.isdigit() or c in "-." for c in value):
+    if (
+        not value
+        or len(value) > 253
+        or not all((c.isalnum() and c.islower()) or c.isdigit() or c in "-." for c in value)
+    ):
         raise ValueError(f"{value!r} is not a Kubernetes name; use lower-case letters, digits, '-' and '.'")
     return value
 
@@ -142,29 +156,48 @@ class KubernetesTarget(Model):
     namespace: str = Field(description="namespace the chart is installed in")
     release: str = Field("airflow", description="Helm release name; workload names derive from it")
     deployments: list[str] | None = Field(
-        None, description="Deployments to roll; default <release>-scheduler, -api-server, -dag-processor, -triggerer")
+        None, description="Deployments to roll; default <release>-scheduler, -api-server, -dag-processor, -triggerer"
+    )
     statefulsets: list[str] | None = Field(None, description="StatefulSets to roll; default <release>-worker")
-    config_map: str | None = Field("", description="the chart's Airflow config ConfigMap; default <release>-config, "
-                                                   "null when config is not managed through one")
-    workers: list[str] | None = Field(None, description="workloads whose pods run tasks and must drain; "
-                                                        "default the StatefulSets")
-    worker_drain: Duration = Field(timedelta(minutes=5), gt=timedelta(0),
-                                   description="time a worker needs to finish its tasks when asked to stop")
+    config_map: str | None = Field(
+        "",
+        description="the chart's Airflow config ConfigMap; default <release>-config, "
+        "null when config is not managed through one",
+    )
+    workers: list[str] | None = Field(
+        None, description="workloads whose pods run tasks and must drain; default the StatefulSets"
+    )
+    worker_drain: Duration = Field(
+        timedelta(minutes=5), gt=timedelta(0), description="time a worker needs to finish its tasks when asked to stop"
+    )
     dag_ref: str = Field("airagent/{env}", description="git ref the GitDagBundle tracks; {env} is the environment")
-    dag_remote: str | None = Field(None, description="git URL the GitDagBundle clones, where the ref is pushed; "
-                                                     "default the pipeline's repo when it is a URL")
-    rollout_deadline: Duration = Field(timedelta(minutes=15), gt=timedelta(0),
-                                       description="how long a roll or rollback may take to become ready")
-    api_url: str | None = Field(None, description="the Airflow api-server's URL as the worker reaches it; without "
-                                                  "it a roll is confirmed by the pods only and soak probes only pods")
+    dag_remote: str | None = Field(
+        None,
+        description="git URL the GitDagBundle clones, where the ref is pushed; "
+        "default the pipeline's repo when it is a URL",
+    )
+    rollout_deadline: Duration = Field(
+        timedelta(minutes=15), gt=timedelta(0), description="how long a roll or rollback may take to become ready"
+    )
+    api_url: str | None = Field(
+        None,
+        description="the Airflow api-server's URL as the worker reaches it; without "
+        "it a roll is confirmed by the pods only and soak probes only pods",
+    )
     credentials_file: Path | None = Field(
-        None, description="file holding `username:password` for the API (a mounted Secret); "
-                          "AIRAGENT_AIRFLOW_PASSWORD on the worker wins")
-    live_timeout: Duration = Field(timedelta(minutes=5), gt=timedelta(0),
-                                   description="how long a roll waits for Airflow to serve the new DAG version")
+        None,
+        description="file holding `username:password` for the API (a mounted Secret); "
+        "AIRAGENT_AIRFLOW_PASSWORD on the worker wins",
+    )
+    live_timeout: Duration = Field(
+        timedelta(minutes=5),
+        gt=timedelta(0),
+        description="how long a roll waits for Airflow to serve the new DAG version",
+    )
     context: str | None = Field(None, description="kubeconfig context; default the current one")
-    kubeconfig: Path | None = Field(None, description="kubeconfig file; default $KUBECONFIG, ~/.kube/config "
-                                                      "or the in-cluster service account")
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file; default $KUBECONFIG, ~/.kube/config or the in-cluster service account"
+    )
 
     @field_validator("namespace", "release")
     @classmethod
@@ -186,8 +219,11 @@ class KubernetesTarget(Model):
     def workloads(self) -> list[tuple[str, str]]:
         """(API plural, name) of every workload airagent rolls."""
         r = self.release
-        deployments = self.deployments if self.deployments is not None else [
-            f"{r}-scheduler", f"{r}-api-server", f"{r}-dag-processor", f"{r}-triggerer"]
+        deployments = (
+            self.deployments
+            if self.deployments is not None
+            else [f"{r}-scheduler", f"{r}-api-server", f"{r}-dag-processor", f"{r}-triggerer"]
+        )
         statefulsets = self.statefulsets if self.statefulsets is not None else [f"{r}-worker"]
         return [("deployments", n) for n in deployments] + [("statefulsets", n) for n in statefulsets]
 
@@ -208,9 +244,14 @@ def _target_type(value: Any) -> str:
 
 
 TARGET_TYPES = ("local", "kubernetes")
-Target = Annotated[Annotated[LocalTarget, Tag("local")] | Annotated[KubernetesTarget, Tag("kubernetes")],
-                   Discriminator(_target_type, custom_error_type="target_type",
-                                 custom_error_message="target type must be 'local' or 'kubernetes'")]
+Target = Annotated[
+    Annotated[LocalTarget, Tag("local")] | Annotated[KubernetesTarget, Tag("kubernetes")],
+    Discriminator(
+        _target_type,
+        custom_error_type="target_type",
+        custom_error_message="target type must be 'local' or 'kubernetes'",
+    ),
+]
 
 
 class WebhookProbe(Model):
@@ -218,19 +259,26 @@ class WebhookProbe(Model):
     2xx to a GET. It knows nothing of DAGs, so a failure it finds is untraced: bisection finds the culprit."""
 
     name: Name
-    url_env: str = Field(description="environment variable, on the worker, holding the URL (it may carry a "
-                                     "token); asked with GET and the query parameters `release` and `commit`")
+    url_env: str = Field(
+        description="environment variable, on the worker, holding the URL (it may carry a "
+        "token); asked with GET and the query parameters `release` and `commit`"
+    )
 
 
 class Probes(Model):
     """What soak holds an environment to; any failing probe rolls it back."""
 
     failure_rate_tolerance: float = Field(
-        0.1, ge=0, le=1, description="fail when the share of failed task instances during soak rises more than "
-                                     "this above the share before the roll")
+        0.1,
+        ge=0,
+        le=1,
+        description="fail when the share of failed task instances during soak rises more than "
+        "this above the share before the roll",
+    )
     min_failed_tasks: int = Field(1, ge=1, description="...and at least this many failed during soak")
-    baseline_window: Duration = Field(timedelta(hours=1), gt=timedelta(0),
-                                      description="how far back before the roll the failure rate is measured")
+    baseline_window: Duration = Field(
+        timedelta(hours=1), gt=timedelta(0), description="how far back before the roll the failure rate is measured"
+    )
     timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0), description="per API request")
     webhooks: list[WebhookProbe] = []
 
@@ -288,11 +336,15 @@ class Placeholders(Model):
     that reads a Variable at top level fails to parse here while it works in production.
     """
 
-    enabled: bool = Field(True, description="give made-up values to lookups not listed below; off: such a lookup "
-                                            "fails the file, naming what to add")
+    enabled: bool = Field(
+        True,
+        description="give made-up values to lookups not listed below; off: such a lookup "
+        "fails the file, naming what to add",
+    )
     variables: dict[str, Any] = Field({}, description="Variable key -> value (JSON text for deserialize_json)")
     connections: dict[str, str | dict[str, Any]] = Field(
-        {}, description="conn_id -> URI, or fields such as {conn_type: postgres, host: db}")
+        {}, description="conn_id -> URI, or fields such as {conn_type: postgres, host: db}"
+    )
     env: dict[str, str] = Field({}, description="environment variable -> value, for os.getenv in DAG files")
 
 
@@ -305,8 +357,9 @@ class ParseTime(Model):
     @model_validator(mode="after")
     def _ordered(self) -> ParseTime:
         if self.warn is not None and self.fail is not None and self.warn >= self.fail:
-            raise ValueError(f"warn ({self.warn.total_seconds():g}s) must be below fail "
-                             f"({self.fail.total_seconds():g}s)")
+            raise ValueError(
+                f"warn ({self.warn.total_seconds():g}s) must be below fail ({self.fail.total_seconds():g}s)"
+            )
         return self
 
 
@@ -319,10 +372,13 @@ class Policies(Model):
     required_tags: list[str] = Field([], description="every DAG carries all of these tags")
     min_retries: int | None = Field(None, ge=0, description="every task retries at least this many times")
     allowed_schedules: list[str | None] | None = Field(
-        None, description="schedules DAGs may use, as written: '@daily', a cron line, null for none; "
-                          "'assets' for asset-triggered, 'every 1:00:00' for a timedelta")
-    forbidden_imports: list[str] = Field([], description="modules DAG files must not import (a name covers its "
-                                                         "submodules), e.g. pandas")
+        None,
+        description="schedules DAGs may use, as written: '@daily', a cron line, null for none; "
+        "'assets' for asset-triggered, 'every 1:00:00' for a timedelta",
+    )
+    forbidden_imports: list[str] = Field(
+        [], description="modules DAG files must not import (a name covers its submodules), e.g. pandas"
+    )
 
 
 class ValidationSettings(Model):
@@ -330,32 +386,47 @@ class ValidationSettings(Model):
     parse_time: ParseTime = ParseTime()
     policies: Policies = Policies()
     allow_dag_removal: list[str] = Field(
-        [], description="dag_ids that may disappear from the live release without an "
-                        "'Airagent-Allow-Dag-Removal: <dag_id>' commit trailer")
+        [],
+        description="dag_ids that may disappear from the live release without an "
+        "'Airagent-Allow-Dag-Removal: <dag_id>' commit trailer",
+    )
 
 
 class ImageSettings(Model):
     """The runtime image of kubernetes environments: tagged by the runtime hash, so it is built once per runtime."""
 
-    repository: str = Field(description="image repository, e.g. registry.example.com/data/airflow; "
-                                        "the tag is always the runtime hash")
+    repository: str = Field(
+        description="image repository, e.g. registry.example.com/data/airflow; the tag is always the runtime hash"
+    )
     builder: Literal["external", "kaniko"] = Field(
-        "external", description="external: CI builds and pushes, and passes the image with deploy/notify; "
-                                "kaniko: a Job in the cluster builds it from the commit and pushes")
+        "external",
+        description="external: CI builds and pushes, and passes the image with deploy/notify; "
+        "kaniko: a Job in the cluster builds it from the commit and pushes",
+    )
     dockerfile: RepoPath = "Dockerfile"
-    context: str | None = Field(None, description="git URL the cluster clones the commit from (kaniko, and the "
-                                                  "validator Job); default the pipeline's repo when it is a URL")
-    namespace: str | None = Field(None, description="namespace of the build Job; default the first kubernetes "
-                                                    "environment's")
+    context: str | None = Field(
+        None,
+        description="git URL the cluster clones the commit from (kaniko, and the "
+        "validator Job); default the pipeline's repo when it is a URL",
+    )
+    namespace: str | None = Field(
+        None, description="namespace of the build Job; default the first kubernetes environment's"
+    )
     push_secret: str | None = Field(None, description="Secret (kubernetes.io/dockerconfigjson) kaniko pushes with")
     kaniko_image: str = "gcr.io/kaniko-project/executor:v1.23.2"
     build_deadline: Duration = Field(timedelta(minutes=30), gt=timedelta(0))
-    git_sync_image: str = Field("registry.k8s.io/git-sync/git-sync:v4.4.0",
-                                description="clones the commit for the validator Job, as the chart's git-sync does")
-    git_secret: str | None = Field(None, description="Secret with GITSYNC_USERNAME and GITSYNC_PASSWORD for a "
-                                                     "private repository (the chart's dags.gitSync.credentialsSecret)")
-    validate_deadline: Duration = Field(timedelta(minutes=15), gt=timedelta(0),
-                                        description="how long the validator Job may run, image pull included")
+    git_sync_image: str = Field(
+        "registry.k8s.io/git-sync/git-sync:v4.4.0",
+        description="clones the commit for the validator Job, as the chart's git-sync does",
+    )
+    git_secret: str | None = Field(
+        None,
+        description="Secret with GITSYNC_USERNAME and GITSYNC_PASSWORD for a "
+        "private repository (the chart's dags.gitSync.credentialsSecret)",
+    )
+    validate_deadline: Duration = Field(
+        timedelta(minutes=15), gt=timedelta(0), description="how long the validator Job may run, image pull included"
+    )
 
     @field_validator("repository")
     @classmethod
@@ -377,10 +448,16 @@ class _Pipeline(Model):
     dag_folder: RepoPath = "dags"
     plugins_folder: RepoPath = "plugins"
     allow_history_rewrite: bool = Field(False, description="deploy even when the live commit is not an ancestor")
-    isolation: bool = Field(True, description="hold back the commits a validation failure traces to and deploy "
-                                              "the rest; off: a train deploys all its commits or none")
-    poll_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0),
-                                    description="how often the conductor looks for new commits on the branch")
+    isolation: bool = Field(
+        True,
+        description="hold back the commits a validation failure traces to and deploy "
+        "the rest; off: a train deploys all its commits or none",
+    )
+    poll_interval: Duration = Field(
+        timedelta(seconds=30),
+        gt=timedelta(0),
+        description="how often the conductor looks for new commits on the branch",
+    )
     environments: list[EnvironmentSettings]
     windows: list[DeployWindow] = Field([], description="when trains may start; none means always")
     notifications: list[Notification] = []
@@ -411,10 +488,12 @@ class PipelineDeclaration(_Pipeline):
         """Checked where the file is read, not where a train's snapshot is: history must always decode."""
         running = [e for e in envs if isinstance(e.target, LocalTarget) and e.target.airflow]
         for i, a in enumerate(running):
-            for b in running[i + 1:]:
+            for b in running[i + 1 :]:
                 if set(a.target.ports) & set(b.target.ports):
-                    raise ValueError(f"{a.name} and {b.name} share ports (each uses port to port+4: "
-                                     f"{a.target.port} and {b.target.port}); give them ports at least 5 apart")
+                    raise ValueError(
+                        f"{a.name} and {b.name} share ports (each uses port to port+4: "
+                        f"{a.target.port} and {b.target.port}); give them ports at least 5 apart"
+                    )
         return envs
 
 
@@ -426,8 +505,14 @@ class PipelineSettings(_Pipeline):
     runtime: Runtime = Runtime()
 
     def teams_of(self, paths: list[str]) -> list[str]:
-        return sorted({team for team, globs in self.teams.items()
-                       for path in paths if any(fnmatch.fnmatchcase(path, g) for g in globs)})
+        return sorted(
+            {
+                team
+                for team, globs in self.teams.items()
+                for path in paths
+                if any(fnmatch.fnmatchcase(path, g) for g in globs)
+            }
+        )
 
     def environment(self, name: str) -> EnvironmentSettings:
         for env in self.environments:
@@ -443,8 +528,11 @@ class PipelineSettings(_Pipeline):
     @property
     def image_from_ci(self) -> bool:
         """Its trains roll the runtime image CI built: kubernetes environments with the `external` builder."""
-        return (self.image is not None and self.image.builder == "external"
-                and any(isinstance(e.target, KubernetesTarget) for e in self.environments))
+        return (
+            self.image is not None
+            and self.image.builder == "external"
+            and any(isinstance(e.target, KubernetesTarget) for e in self.environments)
+        )
 
 
 def is_url(repo: str) -> bool:
@@ -488,8 +576,11 @@ def _resolved(env: EnvironmentSettings, base: Path) -> EnvironmentSettings:
     if isinstance(target, LocalTarget):
         target = target.model_copy(update={"path": (base / target.path.expanduser()).resolve()})
     else:
-        paths = {f: (base / p.expanduser()).resolve() for f in ("kubeconfig", "credentials_file")
-                 if (p := getattr(target, f)) is not None}
+        paths = {
+            f: (base / p.expanduser()).resolve()
+            for f in ("kubeconfig", "credentials_file")
+            if (p := getattr(target, f)) is not None
+        }
         target = target.model_copy(update=paths)
     return env.model_copy(update={"target": target})
 

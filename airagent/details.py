@@ -26,15 +26,21 @@ def train(status: TrainStatus) -> str:
         lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
         lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
     if status.held:
-        lines += ["", f"**held back** ({len(status.held)}; the release `{(status.release_commit or '')[:12]}` leaves "
-                      "their changes out):"]
+        lines += [
+            "",
+            f"**held back** ({len(status.held)}; the release `{(status.release_commit or '')[:12]}` leaves "
+            "their changes out):",
+        ]
         lines += [_held(h) for h in status.held[:10]]
     if status.validation:
         lines += ["", "**validation**", "```", status.validation, "```"]
     if status.events:
         e = status.events[-1]
-        lines += ["", f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
-                      f"{e.message}){' — ' + e.reason if e.reason else ''}"]
+        lines += [
+            "",
+            f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
+            f"{e.message}){' — ' + e.reason if e.reason else ''}",
+        ]
     return "\n".join(lines)
 
 
@@ -42,8 +48,10 @@ def pipeline(status: ConductorStatus) -> str:
     """What the conductor is doing: the train running, what waits, what is held back and why."""
     s = status.state
     mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
-    lines = [f"**{mode}** · running `{s.running.id if s.running else '-'}` · queued `{(status.queued or '-')[:12]}` "
-             f"· last deployed `{(s.last_deployed or '-')[:12]}`"]
+    lines = [
+        f"**{mode}** · running `{s.running.id if s.running else '-'}` · queued `{(status.queued or '-')[:12]}` "
+        f"· last deployed `{(s.last_deployed or '-')[:12]}`"
+    ]
     if not status.window_open:
         lines += ["", f"window closed: {status.window}"]
     if s.blocked:

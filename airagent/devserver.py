@@ -51,8 +51,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 class DevServer:
     """`temporal server start-dev` with its database on disk, so a restart resumes every train."""
 
-    def __init__(self, state_dir: Path, port: int = 7233, ui_port: int = 8233,
-                 dynamic_config: dict[str, object] | None = None):
+    def __init__(
+        self, state_dir: Path, port: int = 7233, ui_port: int = 8233, dynamic_config: dict[str, object] | None = None
+    ):
         self.state_dir = state_dir
         self.dynamic_config = dynamic_config or {}
         self.db = state_dir / "temporal.db"
@@ -65,8 +66,19 @@ class DevServer:
         return f"localhost:{self.port}"
 
     def command(self) -> list[str]:
-        cmd = [binary("temporal"), "server", "start-dev", "--db-filename", str(self.db),
-               "--port", str(self.port), "--ui-port", str(self.ui_port), "--log-level", "warn"]
+        cmd = [
+            binary("temporal"),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.db),
+            "--port",
+            str(self.port),
+            "--ui-port",
+            str(self.ui_port),
+            "--log-level",
+            "warn",
+        ]
         for key in search_attributes.ALL:
             cmd += ["--search-attribute", f"{key.name}=Keyword"]
         for name, value in self.dynamic_config.items():
@@ -80,15 +92,18 @@ class DevServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             # Its own session, so a Ctrl-C meant for us reaches it only through stop().
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while not (port_open(self.port) and port_open(self.ui_port)):
             if self.process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited with {self.process.returncode}; see {self.log}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"temporal dev server did not listen on {self.port} within {timeout}s; see {self.log}")
+                raise RuntimeError(
+                    f"temporal dev server did not listen on {self.port} within {timeout}s; see {self.log}"
+                )
             time.sleep(0.2)
         return True
 
@@ -106,14 +121,17 @@ async def register_search_attributes(client: Client) -> None:
     """Add airagent's search attributes where missing: a server we did not start may lack them."""
     try:
         listed = await client.operator_service.list_search_attributes(
-            ListSearchAttributesRequest(namespace=client.namespace))
+            ListSearchAttributesRequest(namespace=client.namespace)
+        )
         existing = set(listed.custom_attributes)
     except RPCError as err:
         if err.status != RPCStatusCode.UNIMPLEMENTED:
             raise
         existing = set()  # the time-skipping test server cannot list, and accepts adding again
-    missing = {k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attributes.ALL
-               if k.name not in existing}
+    missing = {
+        k.name: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for k in search_attributes.ALL if k.name not in existing
+    }
     if missing:
         await client.operator_service.add_search_attributes(
-            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing))
+            AddSearchAttributesRequest(namespace=client.namespace, search_attributes=missing)
+        )

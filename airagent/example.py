@@ -16,7 +16,7 @@ AUTHORS = {
 
 def dag_file(dag_id: str, tasks: int = 3, schedule: str = "@daily", note: str = "") -> str:
     return dedent(f'''\
-        """{dag_id}: {note or 'an example pipeline'}."""
+        """{dag_id}: {note or "an example pipeline"}."""
         from datetime import datetime
 
         from airflow.sdk import DAG
@@ -67,14 +67,16 @@ FAILING_PATH = "dags/marketing/orders_feed_check.py"
 FILES = {
     "README.md": "# Airflow monorepo\n\nDAGs per team under `dags/`, deployed by airagent.\n",
     "requirements.txt": "# Extra Python packages for the Airflow runtime, one per line.\n",
-    "config/airflow.cfg": "[core]\nload_examples = False\ndags_are_paused_at_creation = False\n\n[dag_processor]\nrefresh_interval = 5\n",
-    "plugins/example_plugin.py": dedent('''\
+    "config/airflow.cfg": (
+        "[core]\nload_examples = False\ndags_are_paused_at_creation = False\n\n[dag_processor]\nrefresh_interval = 5\n"
+    ),
+    "plugins/example_plugin.py": dedent("""\
         from airflow.plugins_manager import AirflowPlugin
 
 
         class ExamplePlugin(AirflowPlugin):
             name = "example_plugin"
-        '''),
+        """),
     "dags/common/__init__.py": "",
     "dags/common/naming.py": 'def task_name(prefix: str, i: int) -> str:\n    return f"{prefix}_{i}"\n',
     "dags/marketing/orders_hourly.py": dag_file("orders_hourly", schedule="@hourly", note="orders by hour"),
@@ -84,8 +86,14 @@ FILES = {
 }
 
 
-def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True,
-                  port: int = 28080, pipeline: str = "main") -> str:
+def airagent_yaml(
+    envs: Path,
+    soak: str = "45s",
+    probe_interval: str = "5s",
+    airflow: bool = True,
+    port: int = 28080,
+    pipeline: str = "main",
+) -> str:
     def target(name: str, offset: int) -> str:
         where = f"type: local, path: {envs / name}"
         return f"{{{where}, port: {port + offset}}}" if airflow else f"{{{where}, airflow: false}}"
@@ -106,30 +114,45 @@ def airagent_yaml(envs: Path, soak: str = "45s", probe_interval: str = "5s", air
               finance: ["dags/finance/*"]
             environments:
               - name: staging
-                target: {target('staging', 0)}
+                target: {target("staging", 0)}
                 soak: {soak}
                 probe_interval: {probe_interval}
               - name: prod
-                target: {target('prod', 10)}
+                target: {target("prod", 10)}
                 soak: {soak}
                 probe_interval: {probe_interval}
         """)
 
 
-def create(path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True,
-           pipeline: str = "main") -> git.Repo:
+def create(
+    path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True, pipeline: str = "main"
+) -> git.Repo:
     """A fresh monorepo at `path`, its environments to live under `envs`, history by three authors."""
     repo = git.Repo.init(path, initial_branch="main")
     with repo.config_writer() as cfg:
         cfg.set_value("user", "name", AUTHORS["platform"][0])
         cfg.set_value("user", "email", AUTHORS["platform"][1])
-    commit(repo, {**{k: v for k, v in FILES.items() if not k.startswith("dags/")},
-                  "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow, pipeline=pipeline)},
-           "platform: runtime, plugins and airagent config", "platform")
-    commit(repo, {k: v for k, v in FILES.items() if k.startswith("dags/common") or k.startswith("dags/finance")},
-           "finance: ledger and fx DAGs", "finance")
-    commit(repo, {k: v for k, v in FILES.items() if k.startswith("dags/marketing")},
-           "marketing: orders and campaigns DAGs", "marketing")
+    commit(
+        repo,
+        {
+            **{k: v for k, v in FILES.items() if not k.startswith("dags/")},
+            "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow, pipeline=pipeline),
+        },
+        "platform: runtime, plugins and airagent config",
+        "platform",
+    )
+    commit(
+        repo,
+        {k: v for k, v in FILES.items() if k.startswith("dags/common") or k.startswith("dags/finance")},
+        "finance: ledger and fx DAGs",
+        "finance",
+    )
+    commit(
+        repo,
+        {k: v for k, v in FILES.items() if k.startswith("dags/marketing")},
+        "marketing: orders and campaigns DAGs",
+        "marketing",
+    )
     return repo
 
 

@@ -129,8 +129,10 @@ class DiffResult(BaseModel):
     target: str = Field(description="the commit the environments get")
     commits: list[Commit] = Field(description="the train's commits, newest first")
     environments: list[EnvironmentChange]
-    head: str | None = Field(None, description="when earlier holds stand: the commit asked for, which `target` "
-                                               "is airagent's release commit of")
+    head: str | None = Field(
+        None,
+        description="when earlier holds stand: the commit asked for, which `target` is airagent's release commit of",
+    )
     held: list[HeldCommit] = Field([], description="the earlier holds that stand, left out of `target`")
 
     @property
@@ -160,8 +162,9 @@ class Release(BaseModel):
     bundle: str = Field(description="path of the files at the commit on this host")
     dag_folder: str = Field(description="DAG folder, relative to the bundle")
     plugins_folder: str = Field(description="plugins folder, relative to the bundle")
-    image: str | None = Field(None, description="runtime image, `<repository>:<runtime hash>`, for kubernetes "
-                                                "environments")
+    image: str | None = Field(
+        None, description="runtime image, `<repository>:<runtime hash>`, for kubernetes environments"
+    )
 
 
 # --- validate -------------------------------------------------------------------------
@@ -209,8 +212,10 @@ class FileReport(BaseModel):
     def reasons(self) -> list[str]:
         found = [last_line(self.error)] if self.error else []
         if self.error and self.placeholders:
-            found[0] += (f" (parsed with placeholders for {', '.join(self.placeholders)}; give real values "
-                         "under validation.placeholders if the error comes from one)")
+            found[0] += (
+                f" (parsed with placeholders for {', '.join(self.placeholders)}; give real values "
+                "under validation.placeholders if the error comes from one)"
+            )
         return found + [f"{p.rule}: {p.message}" for p in self.problems]
 
 
@@ -260,9 +265,12 @@ class ValidationReport(BaseModel):
             for reason in f.reasons():
                 add(f.teams, f"{f.path}: {reason}{blame}")
         for r in self.removed:
-            add(r.teams, f"{r.path}: DAG {r.dag_id!r} is live but gone from this release; if that is meant, add "
-                         f"the trailer 'Airagent-Allow-Dag-Removal: {r.dag_id}' to a commit, or list it under "
-                         "validation.allow_dag_removal")
+            add(
+                r.teams,
+                f"{r.path}: DAG {r.dag_id!r} is live but gone from this release; if that is meant, add "
+                f"the trailer 'Airagent-Allow-Dag-Removal: {r.dag_id}' to a commit, or list it under "
+                "validation.allow_dag_removal",
+            )
         return dict(sorted(teams.items(), key=lambda kv: (kv[0] == "(no team)", kv[0])))
 
     def summary(self) -> str:
@@ -273,8 +281,10 @@ class ValidationReport(BaseModel):
         warnings = [f"warning: {f.path}: {w}" for f in self.files for w in f.warnings]
         if self.ok:
             return "\n".join([f"{head}: all parse", *warnings])
-        lines = [f"{head}: {len(self.broken)} broken, {len(self.duplicates)} duplicate dag_ids, "
-                 f"{len(self.removed)} removed DAGs"]
+        lines = [
+            f"{head}: {len(self.broken)} broken, {len(self.duplicates)} duplicate dag_ids, "
+            f"{len(self.removed)} removed DAGs"
+        ]
         for team, failures in self.by_team().items():
             lines.append(f"team {team}:" if team != "(no team)" else "no owning team:")
             lines += [f"  {line}" for line in failures]
@@ -292,10 +302,13 @@ class ValidateInput(BaseModel):
     release: Release
     # Optional so a train started before these existed still validates (parse only).
     pipeline: PipelineSettings | None = Field(
-        None, description="for policies, placeholders, teams, blame and the removal check")
+        None, description="for policies, placeholders, teams, blame and the removal check"
+    )
     live_commits: list[str] = Field(
-        [], description="commits live in the environments now: their DAGs must not vanish without consent, and "
-                        "the commits from each to the release carry the consent trailers")
+        [],
+        description="commits live in the environments now: their DAGs must not vanish without consent, and "
+        "the commits from each to the release carry the consent trailers",
+    )
 
 
 class HeldCommit(BaseModel):
@@ -308,11 +321,17 @@ class HeldCommit(BaseModel):
     paths: list[str] = Field([], description="what it changed; the release keeps these as the environment has them")
     reason: str = Field(description="the failure traced to it, or the held commit whose paths it shares")
     since: datetime | None = None
-    regression: bool = Field(False, description="held for a soak regression: until a later commit changes its "
-                                                "paths, as validation cannot tell it is fixed")
-    depends: list[str] = Field([], description="the failing files it changed and the modules they import: a later "
-                                               "commit changing none of them cannot have fixed it; empty for a commit "
-                                               "held only for sharing a path")
+    regression: bool = Field(
+        False,
+        description="held for a soak regression: until a later commit changes its "
+        "paths, as validation cannot tell it is fixed",
+    )
+    depends: list[str] = Field(
+        [],
+        description="the failing files it changed and the modules they import: a later "
+        "commit changing none of them cannot have fixed it; empty for a commit "
+        "held only for sharing a path",
+    )
 
 
 class HoldInput(BaseModel):
@@ -322,14 +341,19 @@ class HoldInput(BaseModel):
     live_commit: str | None = Field(None, description="what the first environment runs: held paths stay as there")
     bundle: str = Field(description="the failed release's files, to trace what its broken DAG files import")
     failures: dict[str, str] = Field(description="path from the repository root -> why it failed")
-    held: list[HeldCommit] = Field([], description="commits earlier trains held back: presumed held again unless a "
-                                                   "later commit of the train could have fixed them")
+    held: list[HeldCommit] = Field(
+        [],
+        description="commits earlier trains held back: presumed held again unless a "
+        "later commit of the train could have fixed them",
+    )
     soak: bool = Field(False, description="the failures are a soak regression: trace them, make no release")
 
 
 class HoldResult(BaseModel):
-    commit: str | None = Field(None, description="the release commit without the held changes; None: the failures "
-                                                 "trace to no commit of the train")
+    commit: str | None = Field(
+        None,
+        description="the release commit without the held changes; None: the failures trace to no commit of the train",
+    )
     held: list[HeldCommit] = []
 
 
@@ -346,13 +370,20 @@ class RollInput(BaseModel):
     environment: EnvironmentSettings
     release: Release
     mode: RolloutMode
-    dags: dict[str, list[str]] = Field({}, description="repository path -> dag_ids validation found there; "
-                                                      "a dags-only roll is done once Airflow serves them")
-    pipeline: PipelineSettings | None = Field(None, description="whose repository a kubernetes environment's DAG "
-                                                                "ref is moved in")
-    replaces: Expected | None = Field(None, description="what the train's diff saw live; the target refuses to roll "
-                                                        "over anything else; None only in inputs recorded before "
-                                                        "this check existed")
+    dags: dict[str, list[str]] = Field(
+        {},
+        description="repository path -> dag_ids validation found there; "
+        "a dags-only roll is done once Airflow serves them",
+    )
+    pipeline: PipelineSettings | None = Field(
+        None, description="whose repository a kubernetes environment's DAG ref is moved in"
+    )
+    replaces: Expected | None = Field(
+        None,
+        description="what the train's diff saw live; the target refuses to roll "
+        "over anything else; None only in inputs recorded before "
+        "this check existed",
+    )
 
 
 class RollbackInput(BaseModel):
@@ -471,8 +502,10 @@ class TrainStatus(BaseModel):
     mode: RolloutMode | None = None
     validation: str | None = None
     held: list[HeldCommit] = Field([], description="commits whose changes the release leaves out, and why")
-    release_commit: str | None = Field(None, description="what the release is made of when commits are held: "
-                                                         "airagent's commit of the target without them")
+    release_commit: str | None = Field(
+        None,
+        description="what the release is made of when commits are held: airagent's commit of the target without them",
+    )
     soak_failed: str | None = Field(None, description="the environment whose soak failed and was rolled back")
     bisect: BisectStep | None = None
     stages: list[StageRecord] = []
@@ -547,8 +580,11 @@ class DeployAnswer(BaseModel):
     accepted: bool
     train: str | None = Field(None, description="id of the train that deploys (or is deploying) the commit")
     message: str
-    asked: datetime | None = Field(None, description="when the conductor queued it: a run of the train that started "
-                                                     "earlier deployed the same commit before")
+    asked: datetime | None = Field(
+        None,
+        description="when the conductor queued it: a run of the train that started "
+        "earlier deployed the same commit before",
+    )
 
 
 class TrainRecord(BaseModel):
@@ -585,10 +621,14 @@ class Bisection(BaseModel):
     def step_input(self) -> BisectStep:
         n, probe = len(self.suspects), self.probe
         earlier = (self.good + self.bad) // 2 - self.good - 1
-        return BisectStep(environment=self.environment, step=self.step, steps=max((n - 1).bit_length(), self.step),
-                          why=f"the soak of {self.environment} failed after {n} commits ({self.why}); does it fail "
-                              f"with {probe.sha[:12]} ({probe.author}: {probe.summary})"
-                              + (f" and the {earlier} untested before it?" if earlier else "?"))
+        return BisectStep(
+            environment=self.environment,
+            step=self.step,
+            steps=max((n - 1).bit_length(), self.step),
+            why=f"the soak of {self.environment} failed after {n} commits ({self.why}); does it fail "
+            f"with {probe.sha[:12]} ({probe.author}: {probe.summary})"
+            + (f" and the {earlier} untested before it?" if earlier else "?"),
+        )
 
 
 class ConductorState(BaseModel):
@@ -605,10 +645,14 @@ class ConductorState(BaseModel):
     blocked: str | None = Field(None, description="why the queued commit's train cannot start now")
     images: dict[str, str] = Field({}, description="sha -> runtime image CI announced for it, newest last")
     requests: list[DeployRequest] = Field([], description="commits asked for by `deploy`, deployed first, in order")
-    follow: bool = Field(True, description="deploy the branch head on its own; off for a conductor that only "
-                                           "`airagent deploy` started")
-    held: list[HeldCommit] = Field([], description="commits the last good train left out; later trains leave them "
-                                                   "out too until a commit that could fix them lands")
+    follow: bool = Field(
+        True, description="deploy the branch head on its own; off for a conductor that only `airagent deploy` started"
+    )
+    held: list[HeldCommit] = Field(
+        [],
+        description="commits the last good train left out; later trains leave them "
+        "out too until a commit that could fix them lands",
+    )
     bisection: Bisection | None = None
     events: list[Event] = []
 

@@ -17,8 +17,11 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-_FINISHED = (EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED, EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
-             EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT)
+_FINISHED = (
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+)
 
 
 async def _replays(replayer: Replayer, history: WorkflowHistory, events: int) -> bool:
@@ -44,13 +47,19 @@ async def reset_point(history: WorkflowHistory, workflows: list[type]) -> int | 
         else:
             bad = middle
     started = cuts[good] - 1  # task `good` replays its past but makes other commands: reset to its end
-    finished = next((e for e in history.events[started + 1:] if e.event_type in _FINISHED), history.events[started])
+    finished = next((e for e in history.events[started + 1 :] if e.event_type in _FINISHED), history.events[started])
     return finished.event_id
 
 
 async def reset(client: Client, workflow_id: str, run_id: str, event_id: int, reason: str) -> str:
     """Reset the run to `event_id`; returns the new run's id."""
-    response = await client.workflow_service.reset_workflow_execution(ResetWorkflowExecutionRequest(
-        namespace=client.namespace, workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
-        reason=reason, workflow_task_finish_event_id=event_id, request_id=str(uuid.uuid4())))
+    response = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id, run_id=run_id),
+            reason=reason,
+            workflow_task_finish_event_id=event_id,
+            request_id=str(uuid.uuid4()),
+        )
+    )
     return response.run_id

@@ -22,7 +22,9 @@ def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
         try:
             return git.Repo(pipeline.repo)
         except (git.NoSuchPathError, git.InvalidGitRepositoryError):
-            raise RepoError(f"pipeline {pipeline.name!r}: {pipeline.repo} is not a git repository; fix `repo`") from None
+            raise RepoError(
+                f"pipeline {pipeline.name!r}: {pipeline.repo} is not a git repository; fix `repo`"
+            ) from None
     key = hashlib.sha256(pipeline.repo.encode()).hexdigest()[:16]
     path = home() / "repos" / f"{pipeline.name}-{key}.git"
     if not path.exists():
@@ -64,7 +66,7 @@ _MISSING = (git.BadName, git.BadObject, ValueError)
 
 def _lookup(repo: git.Repo, rev: str) -> str:
     commit = repo.commit(rev)
-    commit.tree  # a full sha (the all-zero one CI sends for a deleted branch) parses without a lookup
+    commit.tree  # noqa: B018 - a full sha (the all-zero one CI sends for a deleted branch) parses without a lookup
     return commit.hexsha
 
 

@@ -46,5 +46,6 @@ def state(windows: list[DeployWindow], now: datetime) -> WindowState:
     inside = [w for w in allows if spans[id(w)][0]]
     if allows and not inside:
         return WindowState(open=False, reason="outside every allow window", until=until)
-    return WindowState(open=True, reason=f"inside allow window {_label(inside[0])}" if inside else "no deny window now",
-                       until=until)
+    return WindowState(
+        open=True, reason=f"inside allow window {_label(inside[0])}" if inside else "no deny window now", until=until
+    )

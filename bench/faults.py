@@ -27,10 +27,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from interface.client import AirAgent
 from airagent.config import PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.repo import open_repository, resolve
+from interface.client import AirAgent
 from tests.conftest import start_train
 from tests.devserver import WorkerProcess
 from tests.faults import Lane, Scenario, run
@@ -65,7 +65,9 @@ async def latency(root: Path, server: DevServer, env: dict[str, str]) -> tuple[f
             since = time.time()
             conductor.append(await scheduled(agent, (await agent.deploy(lane.pipeline, lane.push(rng))).train, since))
             since = time.time()
-            direct.append(await scheduled(agent, (await start_directly(agent, lane.pipeline, lane.push(rng))).id, since))
+            direct.append(
+                await scheduled(agent, (await start_directly(agent, lane.pipeline, lane.push(rng))).id, since)
+            )
     finally:
         await client.get_workflow_handle(f"pipeline/{lane.pipeline.name}").terminate("bench over")
         worker.stop()
@@ -81,10 +83,15 @@ async def main(rounds: int) -> None:
             await register_search_attributes(await Client.connect(server.address))
             env = {**os.environ, "TEMPORAL_ADDRESS": server.address, "AIRAGENT_TASK_QUEUE": f"faults-{uuid.uuid4()}"}
             through_conductor, started_directly = await latency(
-                root, server, {**env, "AIRAGENT_TASK_QUEUE": f"latency-{uuid.uuid4()}"})
+                root, server, {**env, "AIRAGENT_TASK_QUEUE": f"latency-{uuid.uuid4()}"}
+            )
             began = datetime.now(UTC)
-            report = await run(root, server, env, Scenario(seed=2026, pipelines=2, rounds=rounds, restarts=5,
-                                                           restart_every=8, timeout=3600))
+            report = await run(
+                root,
+                server,
+                env,
+                Scenario(seed=2026, pipelines=2, rounds=rounds, restarts=5, restart_every=8, timeout=3600),
+            )
             took = (datetime.now(UTC) - began).total_seconds()
         finally:
             server.stop()

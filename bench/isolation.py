@@ -26,9 +26,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
+from interface.client import AirAgent
 from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
 
 TEAMS = 4
@@ -68,19 +68,23 @@ class Watch:
         """Seconds from each (team, version, committed at) to prod carrying that version or a newer one."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            found = [next((t for t, v in self.shown.get(team, []) if v >= version), None)
-                     for team, version, _ in commits]
+            found = [
+                next((t for t, v in self.shown.get(team, []) if v >= version), None) for team, version, _ in commits
+            ]
             if None not in found:
-                return [t - at for t, (_, _, at) in zip(found, commits)]
+                return [t - at for t, (_, _, at) in zip(found, commits, strict=True)]
             await asyncio.sleep(0.2)
-        raise SystemExit(f"never reached prod: {[c for c, f in zip(commits, found) if f is None]}")
+        raise SystemExit(f"never reached prod: {[c for c, f in zip(commits, found, strict=True) if f is None]}")
 
 
 def held_in_environments(envs: Path) -> int:
     """Releases in any environment that carry the broken DAG."""
-    return sum(1 for release in envs.glob("*/releases/*")
-               if (release / "dags" / "team0" / "dag.py").is_file()
-               and BROKEN in (release / "dags" / "team0" / "dag.py").read_text())
+    return sum(
+        1
+        for release in envs.glob("*/releases/*")
+        if (release / "dags" / "team0" / "dag.py").is_file()
+        and BROKEN in (release / "dags" / "team0" / "dag.py").read_text()
+    )
 
 
 def p95(values: list[float]) -> float:
@@ -98,15 +102,26 @@ async def main(per_stretch: int, interval: float) -> None:
             repo = example.create(root / "repo", root / "envs", airflow=False)
             example.commit(repo, {f"dags/team{t}/dag.py": team_dag(t, 0) for t in range(TEAMS)}, "teams", "platform")
             pipeline = PipelineSettings(
-                name="isolation", repo=str(root / "repo"), poll_interval="1h",
+                name="isolation",
+                repo=str(root / "repo"),
+                poll_interval="1h",
                 teams={f"team{t}": [f"dags/team{t}/*"] for t in range(TEAMS)},
-                environments=[EnvironmentSettings(name=e, target=LocalTarget(path=root / "envs" / e, airflow=False))
-                              for e in ("staging", "prod")])
+                environments=[
+                    EnvironmentSettings(name=e, target=LocalTarget(path=root / "envs" / e, airflow=False))
+                    for e in ("staging", "prod")
+                ],
+            )
             queue = f"isolation-{uuid.uuid4()}"
             agent = AirAgent(client, queue)
             with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                                  activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS):
+                async with Worker(
+                    client,
+                    task_queue=queue,
+                    workflows=WORKFLOWS,
+                    activities=ACTIVITIES,
+                    activity_executor=executor,
+                    max_concurrent_activities=ACTIVITY_THREADS,
+                ):
                     await agent.start_pipeline(pipeline)
                     watch = Watch(root / "envs" / "prod")
                     watching = asyncio.create_task(watch.run())
@@ -119,22 +134,28 @@ async def main(per_stretch: int, interval: float) -> None:
                         for i in range(per_stretch):
                             version += 1
                             team = teams[i % len(teams)]
-                            sha = example.commit(repo, {f"dags/team{team}/dag.py": team_dag(team, version)},
-                                                 f"team{team}: v{version}", "finance")
+                            sha = example.commit(
+                                repo,
+                                {f"dags/team{team}/dag.py": team_dag(team, version)},
+                                f"team{team}: v{version}",
+                                "finance",
+                            )
                             commits.append((team, version, time.time()))
                             await agent.notify(pipeline, sha)
                             await asyncio.sleep(interval)
                         return await watch.lags(commits)
 
                     healthy = await stretch(list(range(TEAMS)))
-                    broken = example.commit(repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops",
-                                            "marketing")
+                    broken = example.commit(
+                        repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops", "marketing"
+                    )
                     await agent.notify(pipeline, broken)
                     while_broken = await stretch(list(range(1, TEAMS)))
                     held = held_in_environments(root / "envs")
                     fixed_at = time.time()
-                    fix = example.commit(repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix",
-                                         "marketing")
+                    fix = example.commit(
+                        repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix", "marketing"
+                    )
                     await agent.notify(pipeline, fix)
                     [fix_lag] = await watch.lags([(0, version + 1, fixed_at)])
                     watching.cancel()

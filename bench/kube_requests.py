@@ -35,8 +35,12 @@ def main() -> None:
         (Path(tmp) / "repo" / "dag.py").write_text("# a DAG\n")
         repo.index.add(["dag.py"])
         sha = repo.index.commit("a DAG").hexsha
-        env = KubernetesEnvironment("staging", KubernetesTarget(namespace=cluster.namespace, rollout_deadline="60s"),
-                                    cluster.api, GitRef(repo.working_dir, "airagent/staging"))
+        env = KubernetesEnvironment(
+            "staging",
+            KubernetesTarget(namespace=cluster.namespace, rollout_deadline="60s"),
+            cluster.api,
+            GitRef(repo.working_dir, "airagent/staging"),
+        )
         figures = {}
         for name, rollout in (
             ("rebuild", Rollout(release="r1", commit=sha, mode=RolloutMode.rebuild, image="registry/airflow:r1")),

@@ -31,10 +31,10 @@ from temporalio.worker import Worker
 from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.models import TrainState, TrainStatus
+from interface.client import AirAgent
 from worker.main import ACTIVITIES, WORKFLOWS
 
 
@@ -87,11 +87,21 @@ async def main(dags: int) -> None:
         envs: list[LocalAirflow] = []
         try:
             repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
-            example.commit(repo, {f"dags/generated/dag_{i:03}.py": example.dag_file(f"generated_{i:03}")
-                                  for i in range(dags)}, f"{dags} generated DAGs", "platform")
-            settings = [EnvironmentSettings(name=name, target=LocalTarget(
-                path=root / "envs" / name, port=free_ports(5, first=22000 + 100 * i), live_timeout="120s"))
-                for i, name in enumerate(("staging", "prod"))]
+            example.commit(
+                repo,
+                {f"dags/generated/dag_{i:03}.py": example.dag_file(f"generated_{i:03}") for i in range(dags)},
+                f"{dags} generated DAGs",
+                "platform",
+            )
+            settings = [
+                EnvironmentSettings(
+                    name=name,
+                    target=LocalTarget(
+                        path=root / "envs" / name, port=free_ports(5, first=22000 + 100 * i), live_timeout="120s"
+                    ),
+                )
+                for i, name in enumerate(("staging", "prod"))
+            ]
             pipeline = PipelineSettings(name="lead", repo=str(repo.working_tree_dir), environments=settings)
             _, runtime = ensure_runtime(pipeline.runtime, None)
             envs = [LocalAirflow(e.name, e.target, e.probes) for e in settings]
@@ -102,13 +112,18 @@ async def main(dags: int) -> None:
             await register_search_attributes(client)
             queue = f"bench-{uuid.uuid4()}"
             with ThreadPoolExecutor(max_workers=8) as executor:
-                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                                  activity_executor=executor):
+                async with Worker(
+                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+                ):
                     agent = AirAgent(client, queue)
                     await deploy(agent, pipeline, repo.head.commit.hexsha)  # first train: restarts, unmeasured
 
-                    sha = example.commit(repo, {"dags/generated/dag_042.py": example.dag_file("generated_042", 5)},
-                                         "one DAG changes", "finance")
+                    sha = example.commit(
+                        repo,
+                        {"dags/generated/dag_042.py": example.dag_file("generated_042", 5)},
+                        "one DAG changes",
+                        "finance",
+                    )
                     started = time.monotonic()
                     status = await deploy(agent, pipeline, sha)
                     total = time.monotonic() - started

@@ -22,10 +22,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState
+from interface.client import AirAgent
 from worker.main import ACTIVITIES, WORKFLOWS
 
 
@@ -47,8 +47,9 @@ async def overhead(handle: WorkflowHandle) -> tuple[float, float]:
         if e.HasField("activity_task_started_event_attributes"):
             started[e.event_id] = e.event_time.ToDatetime()
         elif e.HasField("activity_task_completed_event_attributes"):
-            inside += (e.event_time.ToDatetime()
-                       - started[e.activity_task_completed_event_attributes.started_event_id]).total_seconds()
+            inside += (
+                e.event_time.ToDatetime() - started[e.activity_task_completed_event_attributes.started_event_id]
+            ).total_seconds()
     wall = (end - start).total_seconds()
     return wall, wall - inside
 
@@ -66,17 +67,24 @@ async def main(trains: int) -> None:
             agent = AirAgent(client, queue)
             figures = []
             with ThreadPoolExecutor(max_workers=8) as executor:
-                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                                  activity_executor=executor):
+                async with Worker(
+                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+                ):
                     for i in range(trains):
-                        example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
-                                       f"fx v{i}", "finance")
+                        example.commit(
+                            repo,
+                            {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
+                            f"fx v{i}",
+                            "finance",
+                        )
                         answer = await agent.deploy(pipeline)
                         status = await agent.wait(answer.train)
                         assert status.state == TrainState.succeeded, status.reason
                         figures.append(await overhead(client.get_workflow_handle(answer.train)))
-                        print(f"train {i + 1}: wall {figures[-1][0]:.2f}s, overhead {figures[-1][1]:.3f}s",
-                              file=sys.stderr)
+                        print(
+                            f"train {i + 1}: wall {figures[-1][0]:.2f}s, overhead {figures[-1][1]:.3f}s",
+                            file=sys.stderr,
+                        )
         finally:
             server.stop()
     walls = [w for w, _ in figures]

@@ -23,19 +23,23 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import DevServer
 from airagent.models import conductor_id
 from bench.orchestration import free_port
+from interface.client import AirAgent
 from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
 
 
 def pipeline(name: str, root: Path) -> PipelineSettings:
     return PipelineSettings(
-        name=name, repo=str(root / "repo"), poll_interval="1h",
-        environments=[EnvironmentSettings(name=env, target=LocalTarget(path=root / "envs" / env, airflow=False))
-                      for env in ("staging", "prod")],
+        name=name,
+        repo=str(root / "repo"),
+        poll_interval="1h",
+        environments=[
+            EnvironmentSettings(name=env, target=LocalTarget(path=root / "envs" / env, airflow=False))
+            for env in ("staging", "prod")
+        ],
     )
 
 
@@ -52,16 +56,30 @@ async def main(seconds: float, count: int, interval: float) -> None:
             repos = {name: example.create(root / name / "repo", root / name / "envs") for name in pipelines}
             committed: dict[str, list[tuple[str, float]]] = {name: [] for name in pipelines}
             with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-                async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                                  activity_executor=executor, max_concurrent_activities=ACTIVITY_THREADS):
+                async with Worker(
+                    client,
+                    task_queue=queue,
+                    workflows=WORKFLOWS,
+                    activities=ACTIVITIES,
+                    activity_executor=executor,
+                    max_concurrent_activities=ACTIVITY_THREADS,
+                ):
                     for p in pipelines.values():
                         await agent.start_pipeline(p)
                     started = time.time()
                     n = 0
                     while time.time() - started < seconds:
                         for name, repo in repos.items():
-                            sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + n % 5, note=f"v{n}")},
-                                                 f"fx v{n}", "finance")
+                            sha = example.commit(
+                                repo,
+                                {
+                                    "dags/finance/fx_rates.py": example.dag_file(
+                                        "fx_rates", tasks=2 + n % 5, note=f"v{n}"
+                                    )
+                                },
+                                f"fx v{n}",
+                                "finance",
+                            )
                             committed[name].append((sha, time.time()))
                             await agent.notify(pipelines[name], sha, by="bench")
                         n += 1
@@ -98,5 +116,10 @@ async def main(seconds: float, count: int, interval: float) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    asyncio.run(main(float(args[0]) if args else 180, int(args[1]) if len(args) > 1 else 10,
-                     float(args[2]) if len(args) > 2 else 2.0))
+    asyncio.run(
+        main(
+            float(args[0]) if args else 180,
+            int(args[1]) if len(args) > 1 else 10,
+            float(args[2]) if len(args) > 2 else 2.0,
+        )
+    )

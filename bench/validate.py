@@ -20,19 +20,19 @@ import time
 from pathlib import Path
 from textwrap import dedent
 
-from activities.validation import service as parser_service
 from activities.runtime import ensure_runtime
+from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 
 HELPERS = {
     "common/__init__.py": "",
-    "common/defaults.py": dedent('''\
+    "common/defaults.py": dedent("""\
         from datetime import datetime, timedelta
         DEFAULT_ARGS = {"owner": "data", "retries": 2, "retry_delay": timedelta(minutes=5)}
         START = datetime(2024, 1, 1)
-        '''),
-    "common/factory.py": dedent('''\
+        """),
+    "common/factory.py": dedent("""\
         from airflow.sdk import DAG
         from airflow.providers.standard.operators.bash import BashOperator
         from airflow.providers.standard.operators.empty import EmptyOperator
@@ -59,33 +59,33 @@ HELPERS = {
                     previous >> task
                     previous = task
             return dag
-        '''),
+        """),
 }
 
 
 def dag_file(team: int, n: int) -> str:
     kind = n % 20
     if kind == 0:  # a dynamic factory: several DAGs from one file
-        return dedent(f'''\
+        return dedent(f"""\
             from common.factory import build
 
             for region in ("us", "eu", "apac", "latam", "mea"):
                 globals()[f"dag_{{region}}"] = build(f"t{team}_f{n}_{{region}}", steps=6, tags=["team{team}", region])
-            ''')
+            """)
     if kind == 1:  # a heavy import and some top-level work
-        return dedent(f'''\
+        return dedent(f"""\
             import decimal, sqlite3, xml.etree.ElementTree
             import sqlalchemy.dialects.postgresql
             from common.factory import build
 
             RATES = {{i: decimal.Decimal(i) / 7 for i in range(20000)}}
             dag = build("t{team}_d{n}", steps=12, tags=["team{team}", "heavy"])
-            ''')
-    return dedent(f'''\
+            """)
+    return dedent(f"""\
         from common.factory import build
 
         dag = build("t{team}_d{n}", steps={4 + n % 9}, schedule="@hourly" if {n} % 2 else "@daily", tags=["team{team}"])
-        ''')
+        """)
 
 
 def generate(root: Path, files: int) -> Path:
@@ -100,7 +100,7 @@ def generate(root: Path, files: int) -> Path:
     return dags
 
 
-DAGBAG = dedent('''\
+DAGBAG = dedent("""\
     import sys
     from pathlib import Path
     folder = Path(sys.argv[1])
@@ -108,7 +108,7 @@ DAGBAG = dedent('''\
     from airflow.dag_processing.dagbag import DagBag
     bag = DagBag(dag_folder=str(folder), safe_mode=False, bundle_path=folder)
     print(len(bag.dags), len(bag.import_errors))
-    ''')
+    """)
 
 
 def timed(args: list, env: dict) -> tuple[float, str]:
@@ -124,9 +124,14 @@ def main(files: int) -> None:
         root = Path(scratch) / "repo"
         os.environ["AIRAGENT_HOME"] = str(Path(scratch) / "airagent")  # an empty validation cache, dropped after
         dags = generate(root, files)
-        env = {"PATH": os.environ["PATH"], "HOME": scratch, "AIRFLOW_HOME": str(Path(scratch) / "home"),
-               "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-               "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": scratch,
+            "AIRFLOW_HOME": str(Path(scratch) / "home"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+        }
         timed([python, "-c", "import airflow.dag_processing.dagbag"], env)  # warm the runtime's bytecode cache
         dagbag_seconds, out = timed([python, "-c", DAGBAG, dags], env)
         dagbag_dags, dagbag_errors = map(int, out.split())

@@ -18,26 +18,28 @@ from rich.table import Table
 
 from airagent import config as config_module
 from airagent import repair as repair_module
+from airagent.config import ConfigError
+from airagent.models import Control, conductor_id
+from airagent.repo import RepoError
 from interface.client import (
     CONTROLS,
     EXIT_TIMEOUT,
     PIPELINE_CONTROLS,
     AirAgent,
+    DeployRefused,
     NotFound,
     RollbackRefused,
-    DeployRefused,
     TrainRunning,
     exit_code,
 )
-from airagent.config import ConfigError
 from interface.display import follow, render, render_pipeline, timestamp
-from airagent.models import Control, conductor_id
-from airagent.repo import RepoError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or print its JSON Schema.")
 app.add_typer(config_app, name="config")
-pipeline_app = typer.Typer(no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed.")
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed."
+)
 app.add_typer(pipeline_app, name="pipeline")
 image_app = typer.Typer(no_args_is_help=True, help="The runtime image of kubernetes environments, for CI.")
 app.add_typer(image_app, name="image")
@@ -66,8 +68,9 @@ def friendly(fn):
         except RuntimeError as err:
             if "connect" not in str(err).lower():
                 raise
-            err_console.print(f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` "
-                              "or set TEMPORAL_ADDRESS")
+            err_console.print(
+                f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS"
+            )
             raise typer.Exit(2) from None
 
     return wrapper
@@ -90,8 +93,10 @@ def dev(
 
     server = devserver.DevServer(config_module.home(), port=port, ui_port=ui_port)
     server.start()
-    console.print(f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
-                  f"(state in {server.db}); Ctrl-C stops it")
+    console.print(
+        f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
+        f"(state in {server.db}); Ctrl-C stops it"
+    )
     try:
         server.process.wait()
     except KeyboardInterrupt:
@@ -131,8 +136,12 @@ def demo(
 def deploy(
     pipeline: PipelineOpt,
     sha: Annotated[str | None, typer.Option(help="commit to deploy (default: head of the branch)")] = None,
-    image: Annotated[str | None, typer.Option(help="runtime image CI built for the commit, tagged with its "
-                                                   "runtime hash (kubernetes, builder external)")] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="runtime image CI built for the commit, tagged with its runtime hash (kubernetes, builder external)"
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option(help="wait for the train to end; exit code tells how it ended")] = False,
     timeout: Annotated[float | None, typer.Option(help="seconds to wait, with --wait")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
@@ -148,11 +157,17 @@ def deploy(
             _emit({"train": answer.train, "message": answer.message}, as_json, f"{answer.train}: {answer.message}")
             return 0
         try:
-            status = await follow(agent, answer.train, quiet=as_json,
-                                   timeout=timedelta(seconds=timeout) if timeout else None, since=answer.asked)
+            status = await follow(
+                agent,
+                answer.train,
+                quiet=as_json,
+                timeout=timedelta(seconds=timeout) if timeout else None,
+                since=answer.asked,
+            )
         except TimeoutError:
-            _emit({"train": answer.train, "state": "timeout"}, as_json,
-                  f"{answer.train}: still running after {timeout}s")
+            _emit(
+                {"train": answer.train, "state": "timeout"}, as_json, f"{answer.train}: still running after {timeout}s"
+            )
             return EXIT_TIMEOUT
         if as_json:
             print(status.model_dump_json(indent=2))
@@ -216,8 +231,9 @@ _rollback_train = _control_command("rollback")
 @app.command()
 @friendly
 def repair(
-    workflow: Annotated[str, typer.Argument(help="a train or conductor id whose workflow tasks fail with a "
-                                                  "nondeterminism error")],
+    workflow: Annotated[
+        str, typer.Argument(help="a train or conductor id whose workflow tasks fail with a nondeterminism error")
+    ],
     reset: Annotated[bool, typer.Option("--reset", help="reset it there; without, only say where")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -231,17 +247,27 @@ def repair(
         history = await agent.client.get_workflow_handle(workflow, run_id=run_id).fetch_history()
         point = await repair_module.reset_point(history, WORKFLOWS)
         if point is None:
-            _emit({"workflow": workflow, "reset_to": None}, as_json,
-                  f"{workflow}: its whole history replays on this code; nothing to repair")
+            _emit(
+                {"workflow": workflow, "reset_to": None},
+                as_json,
+                f"{workflow}: its whole history replays on this code; nothing to repair",
+            )
         elif not reset:
-            _emit({"workflow": workflow, "reset_to": point}, as_json,
-                  f"{workflow}: replays up to the workflow task that ends at event {point}; "
-                  f"`airagent repair {workflow} --reset` runs that task again on this code")
+            _emit(
+                {"workflow": workflow, "reset_to": point},
+                as_json,
+                f"{workflow}: replays up to the workflow task that ends at event {point}; "
+                f"`airagent repair {workflow} --reset` runs that task again on this code",
+            )
         else:
-            new_run = await repair_module.reset(agent.client, workflow, run_id, point,
-                                                reason=f"airagent repair by {_user()}")
-            _emit({"workflow": workflow, "reset_to": point, "run_id": new_run}, as_json,
-                  f"{workflow}: reset to event {point}; it goes on as run {new_run}")
+            new_run = await repair_module.reset(
+                agent.client, workflow, run_id, point, reason=f"airagent repair by {_user()}"
+            )
+            _emit(
+                {"workflow": workflow, "reset_to": point, "run_id": new_run},
+                as_json,
+                f"{workflow}: reset to event {point}; it goes on as run {new_run}",
+            )
         return 0
 
     raise typer.Exit(run(go()))
@@ -269,9 +295,12 @@ def rollback(
 
     async def go() -> None:
         result = await (await AirAgent.connect()).rollback_environment(settings, env, to, by or _user(), reason)
-        _emit(result.model_dump(), as_json,
-              f"[green]{env} back on {result.live} (was {result.replaced}); pipeline frozen: {result.frozen}[/green]\n"
-              f"unfreeze with `airagent pipeline unfreeze --pipeline {pipeline} --reason ...`")
+        _emit(
+            result.model_dump(),
+            as_json,
+            f"[green]{env} back on {result.live} (was {result.replaced}); pipeline frozen: {result.frozen}[/green]\n"
+            f"unfreeze with `airagent pipeline unfreeze --pipeline {pipeline} --reason ...`",
+        )
 
     run(go())
 
@@ -314,8 +343,9 @@ def validate(
 
     cfg, base = config_module.load(config or path / config_module.DEFAULT_FILE)
     if pipeline is None and len(cfg.pipelines) != 1:
-        raise ConfigError(f"{len(cfg.pipelines)} pipelines declared; pick one with --pipeline "
-                          f"({', '.join(cfg.pipelines)})")
+        raise ConfigError(
+            f"{len(cfg.pipelines)} pipelines declared; pick one with --pipeline ({', '.join(cfg.pipelines)})"
+        )
     settings = cfg.pipeline(pipeline or next(iter(cfg.pipelines)), base)
     report = check_tree(settings, path.resolve(), sha)
     if as_json:
@@ -382,10 +412,17 @@ for _name in PIPELINE_CONTROLS:
 @friendly
 def notify(
     pipeline: PipelineOpt,
-    sha: Annotated[str | None, typer.Option(help="the commit that was merged (a hint; the branch head is deployed)")] = None,
+    sha: Annotated[
+        str | None, typer.Option(help="the commit that was merged (a hint; the branch head is deployed)")
+    ] = None,
     by: Annotated[str | None, typer.Option(help="who or what sends this, e.g. the CI job")] = None,
-    image: Annotated[str | None, typer.Option(help="the runtime image CI built and pushed for --sha, named by "
-                                                   "`airagent image tag` (kubernetes, builder external)")] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="the runtime image CI built and pushed for --sha, named by "
+            "`airagent image tag` (kubernetes, builder external)"
+        ),
+    ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: JsonOpt = False,
 ) -> None:
@@ -415,8 +452,10 @@ def image_tag(
 
     settings = config_module.load_pipeline(pipeline, config)
     if settings.image is None:
-        raise ConfigError(f"{config}: pipeline {pipeline} has no `image:` settings; add image.repository "
-                          "to give its kubernetes environments a runtime image")
+        raise ConfigError(
+            f"{config}: pipeline {pipeline} has no `image:` settings; add image.repository "
+            "to give its kubernetes environments a runtime image"
+        )
     try:
         print(tag_of(settings, sha))
     except ApplicationError as err:  # a commit whose Dockerfile path leaves the repository
@@ -439,8 +478,10 @@ def _local(pipeline: str, environment: str, config: Path):
     settings = config_module.load_pipeline(pipeline, config)
     env = settings.environment(environment)
     if env.target.type != "local":
-        raise ConfigError(f"{config}: environment {environment} is a {env.target.type} target: its Airflow runs "
-                          "as the cluster's workloads; `airagent env` starts and stops local environments")
+        raise ConfigError(
+            f"{config}: environment {environment} is a {env.target.type} target: its Airflow runs "
+            "as the cluster's workloads; `airagent env` starts and stops local environments"
+        )
     if not env.target.airflow:
         raise ConfigError(f"{config}: environment {environment} has `airflow: false`: airagent runs no Airflow there")
     return LocalAirflow(env.name, env.target, env.probes), settings
@@ -451,7 +492,8 @@ def _env_command(fn):
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        
+        from activities.targets.base import TargetError
+
         try:
             return fn(*args, **kwargs)
         except typer.Exit:  # a RuntimeError too, but the command's own answer
@@ -474,8 +516,10 @@ def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: Confi
     env, settings = _local(pipeline, environment, config)
     runtime = None if env.files.live() else ensure_runtime(settings.runtime, None)[1]
     message = env.up(runtime)
-    console.print(f"{environment}: {message}; API http://127.0.0.1:{env.target.port} "
-                  f"(login in {env.secrets / 'api-login'})", soft_wrap=True)
+    console.print(
+        f"{environment}: {message}; API http://127.0.0.1:{env.target.port} (login in {env.secrets / 'api-login'})",
+        soft_wrap=True,
+    )
 
 
 @env_app.command("down")
@@ -488,8 +532,9 @@ def env_down(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: Con
 
 @env_app.command("status")
 @_env_command
-def env_status(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG,
-               as_json: JsonOpt = False) -> None:
+def env_status(
+    environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False
+) -> None:
     """What runs there: the live release, each component, and Airflow's own health. Exit 1 when not all run."""
     env, _ = _local(pipeline, environment, config)
     live = env.files.live()
@@ -497,7 +542,7 @@ def env_status(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: C
     try:
         with env.api(timeout=3) as api:
             health = api.health()
-    except Exception as err:  # noqa: BLE001 - any failure to answer is what status reports
+    except Exception as err:
         health = {"error": f"{type(err).__name__}: {err}"}
     data = {
         "environment": environment,
@@ -512,10 +557,16 @@ def env_status(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: C
     else:
         table = Table("component", "pid", "state", "started on", "since")
         for name, p in sorted(processes.items()):
-            table.add_row(name, str(p.pid), "[green]running[/green]" if p.alive else "[red]down[/red]",
-                          p.release or "(empty)", timestamp(p.started))
-        console.print(f"[bold]{environment}[/bold]: live {data['live'] or 'nothing'}, "
-                      f"API http://127.0.0.1:{env.target.port}")
+            table.add_row(
+                name,
+                str(p.pid),
+                "[green]running[/green]" if p.alive else "[red]down[/red]",
+                p.release or "(empty)",
+                timestamp(p.started),
+            )
+        console.print(
+            f"[bold]{environment}[/bold]: live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}"
+        )
         console.print(table)
         console.print(f"health: {json.dumps(health)}", soft_wrap=True)
     raise typer.Exit(0 if data["running"] else 1)
@@ -528,8 +579,10 @@ def config_check(config: ConfigOpt = DEFAULT_CONFIG) -> None:
     cfg, base = config_module.load(config)
     for name in cfg.pipelines:
         p = cfg.pipeline(name, base)
-        console.print(f"[green]ok[/green] pipeline {name}: {p.repo} @ {p.branch} → "
-                      f"{' → '.join(e.name for e in p.environments)}", soft_wrap=True)
+        console.print(
+            f"[green]ok[/green] pipeline {name}: {p.repo} @ {p.branch} → {' → '.join(e.name for e in p.environments)}",
+            soft_wrap=True,
+        )
 
 
 @config_app.command("schema")
@@ -540,8 +593,11 @@ def config_schema() -> None:
 
 async def _send(wf_id: str, name: str, control: Control, as_json: bool) -> int:
     ack = await (await AirAgent.connect()).control(wf_id, name, control)
-    _emit(ack.model_dump(), as_json,
-          f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]")
+    _emit(
+        ack.model_dump(),
+        as_json,
+        f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]",
+    )
     return 0 if ack.accepted else 1
 
 

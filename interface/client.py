@@ -1,9 +1,9 @@
 """The Python client for CI and scripts; the CLI is a thin layer over it.
 
-    async with await AirAgent.connect() as agent:   # or AirAgent(client)
-        answer = await agent.deploy(load_pipeline("main"), sha)   # the conductor starts the train
-        status = await agent.wait(answer.train, timeout=timedelta(minutes=30))
-        sys.exit(exit_code(status))
+async with await AirAgent.connect() as agent:   # or AirAgent(client)
+    answer = await agent.deploy(load_pipeline("main"), sha)   # the conductor starts the train
+    status = await agent.wait(answer.train, timeout=timedelta(minutes=30))
+    sys.exit(exit_code(status))
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from airagent.models import (
     ConductorInput,
     ConductorState,
     ConductorStatus,
-    EnvironmentRollbackInput,
-    EnvironmentRollbackResult,
     Control,
     ControlAck,
     DeployAnswer,
     DeployRequest,
+    EnvironmentRollbackInput,
+    EnvironmentRollbackResult,
     Notify,
     TrainState,
     TrainStatus,
@@ -68,8 +68,10 @@ def exit_code(status: TrainStatus) -> int:
 
 class TrainRunning(Exception):
     def __init__(self, pipeline: str, running: str, hint: str = "wait for it or abort it"):
-        super().__init__(f"pipeline {pipeline!r} already has a train running: {running}; {hint} "
-                         f"(`airagent status {running} --watch`)")
+        super().__init__(
+            f"pipeline {pipeline!r} already has a train running: {running}; {hint} "
+            f"(`airagent status {running} --watch`)"
+        )
         self.running = running
 
 
@@ -94,8 +96,9 @@ class AirAgent:
     async def connect(cls, profile: str | None = None, queue: str | None = None) -> AirAgent:
         return cls(await connect(profile), queue)
 
-    async def deploy(self, pipeline: PipelineSettings, sha: str | None = None, image: str | None = None,
-                     by: str | None = None) -> DeployAnswer:
+    async def deploy(
+        self, pipeline: PipelineSettings, sha: str | None = None, image: str | None = None, by: str | None = None
+    ) -> DeployAnswer:
         """Ask the pipeline's conductor (started if none runs) to deploy `sha` (default: the branch head).
 
         The answer names the train, queued behind a running one if need be; the same sha twice is the
@@ -103,27 +106,36 @@ class AirAgent:
         target = resolve(open_repository(pipeline), pipeline, sha)
         # Started by deploy, a conductor deploys what it is asked and does not follow the branch.
         start = WithStartWorkflowOperation(
-            Conductor.run, ConductorInput(pipeline=pipeline, state=ConductorState(follow=False)),
-            id=conductor_id(pipeline.name), task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, static_summary=_conductor_summary(pipeline))
+            Conductor.run,
+            ConductorInput(pipeline=pipeline, state=ConductorState(follow=False)),
+            id=conductor_id(pipeline.name),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=_conductor_summary(pipeline),
+        )
         while True:
             try:
                 answer = await self.client.execute_update_with_start_workflow(
-                    Conductor.deploy_update, DeployRequest(sha=target, image=image, by=by),
-                    start_workflow_operation=start)
+                    Conductor.deploy_update,
+                    DeployRequest(sha=target, image=image, by=by),
+                    start_workflow_operation=start,
+                )
                 break
             except WorkflowUpdateRPCTimeoutOrCancelledError:
                 # No worker took the update in time; asking again for the same sha is harmless.
-                log.warning("the conductor of %s has not answered yet: is `airagent worker` running on task "
-                            "queue %s? asking again", pipeline.name, self.task_queue)
+                log.warning(
+                    "the conductor of %s has not answered yet: is `airagent worker` running on task "
+                    "queue %s? asking again",
+                    pipeline.name,
+                    self.task_queue,
+                )
         if not answer.accepted:
             raise DeployRefused(answer.message)
         return answer
 
     async def running_train(self, pipeline: str) -> str | None:
         """The pipeline's running train; its search attributes are set at start, so visibility sees it at once."""
-        query = (f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' "
-                 f"AND {sa.PIPELINE.name} = '{pipeline}'")
+        query = f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' AND {sa.PIPELINE.name} = '{pipeline}'"
         async for execution in self.client.list_workflows(query, limit=1):
             return execution.id
         return None
@@ -169,8 +181,11 @@ class AirAgent:
         try:
             description = await handle.describe()
             if description.status != WorkflowExecutionStatus.RUNNING:
-                return ControlAck(accepted=False, message=f"{wf_id} has already ended "
-                                  f"({_state(description.status, description.typed_search_attributes.get(sa.STATE))})")
+                return ControlAck(
+                    accepted=False,
+                    message=f"{wf_id} has already ended "
+                    f"({_state(description.status, description.typed_search_attributes.get(sa.STATE))})",
+                )
             return await handle.execute_update(name, control or Control(), result_type=ControlAck)
         except WorkflowUpdateFailedError as err:
             cause = err.cause
@@ -181,14 +196,19 @@ class AirAgent:
     async def start_pipeline(self, pipeline: PipelineSettings) -> WorkflowHandle:
         """Start the pipeline's conductor, or have the running one follow the branch from now on."""
         start = WithStartWorkflowOperation(
-            Conductor.run, ConductorInput(pipeline=pipeline), id=conductor_id(pipeline.name),
-            task_queue=self.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=_conductor_summary(pipeline))
+            Conductor.run,
+            ConductorInput(pipeline=pipeline),
+            id=conductor_id(pipeline.name),
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=_conductor_summary(pipeline),
+        )
         await self.client.execute_update_with_start_workflow(Conductor.follow_update, start_workflow_operation=start)
         return self.client.get_workflow_handle(conductor_id(pipeline.name))  # any run: it continues as new
 
-    async def notify(self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None,
-                     image: str | None = None) -> ControlAck:
+    async def notify(
+        self, pipeline: PipelineSettings, sha: str | None = None, by: str | None = None, image: str | None = None
+    ) -> ControlAck:
         """What CI calls after a merge: start the conductor if needed and have it look at the branch now.
         `image` is the runtime image CI built for `sha` (external builder); the conductor's train for it rolls that."""
         handle = await self.start_pipeline(pipeline)
@@ -197,8 +217,14 @@ class AirAgent:
         except WorkflowUpdateFailedError as err:
             return ControlAck(accepted=False, message=getattr(err.cause, "message", None) or str(err.cause or err))
 
-    async def rollback_environment(self, pipeline: PipelineSettings, environment: str, to_release: str | None = None,
-                                   by: str | None = None, reason: str | None = None) -> EnvironmentRollbackResult:
+    async def rollback_environment(
+        self,
+        pipeline: PipelineSettings,
+        environment: str,
+        to_release: str | None = None,
+        by: str | None = None,
+        reason: str | None = None,
+    ) -> EnvironmentRollbackResult:
         """Put an environment back on an earlier release outside any train, and freeze the pipeline."""
         pipeline.environment(environment)  # a clear KeyError for an unknown name
         running = await self.running_train(pipeline.name)
@@ -207,8 +233,9 @@ class AirAgent:
         try:
             return await self.client.execute_workflow(
                 EnvironmentRollback.run,
-                EnvironmentRollbackInput(pipeline=pipeline, environment=environment, to_release=to_release,
-                                         by=by, reason=reason),
+                EnvironmentRollbackInput(
+                    pipeline=pipeline, environment=environment, to_release=to_release, by=by, reason=reason
+                ),
                 id=rollback_id(pipeline.name, environment),
                 task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
@@ -222,8 +249,9 @@ class AirAgent:
         try:
             return await handle.query(Conductor.query_status)
         except RPCError as err:
-            raise NotFound(f"pipeline {name!r} has no conductor; start it with "
-                               f"`airagent pipeline start --pipeline {name}`") from err
+            raise NotFound(
+                f"pipeline {name!r} has no conductor; start it with `airagent pipeline start --pipeline {name}`"
+            ) from err
 
     async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
         query = "WorkflowType = 'DeployTrain'"
@@ -232,22 +260,26 @@ class AirAgent:
         trains = []
         async for ex in self.client.list_workflows(query, limit=limit):
             attrs = ex.typed_search_attributes
-            trains.append(TrainSummary(
-                id=ex.id,
-                pipeline=attrs.get(sa.PIPELINE) or "",
-                sha=attrs.get(sa.GIT_SHA) or "",
-                state=_state(ex.status, attrs.get(sa.STATE)),
-                stage=attrs.get(sa.STAGE),
-                started=ex.start_time,
-                ended=ex.close_time,
-            ))
+            trains.append(
+                TrainSummary(
+                    id=ex.id,
+                    pipeline=attrs.get(sa.PIPELINE) or "",
+                    sha=attrs.get(sa.GIT_SHA) or "",
+                    state=_state(ex.status, attrs.get(sa.STATE)),
+                    stage=attrs.get(sa.STAGE),
+                    started=ex.start_time,
+                    ended=ex.close_time,
+                )
+            )
         return trains
 
     async def latest(self, pipeline: str | None = None) -> str:
         trains = await self.history(pipeline, limit=1)
         if not trains:
-            raise NotFound(f"no trains yet{f' for pipeline {pipeline!r}' if pipeline else ''}; start one with "
-                               "`airagent deploy --pipeline P`")
+            raise NotFound(
+                f"no trains yet{f' for pipeline {pipeline!r}' if pipeline else ''}; start one with "
+                "`airagent deploy --pipeline P`"
+            )
         return trains[0].id
 
 

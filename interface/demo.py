@@ -26,11 +26,11 @@ from activities.runtime import ensure_runtime
 from activities.targets.local import LocalEnvironment
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
-from interface.display import follow, render_pipeline
 from airagent.models import TrainState, TrainStatus, train_id
+from interface.client import AirAgent
+from interface.display import follow, render_pipeline
 
 console = Console()
 TRAIN_TIMEOUT = timedelta(minutes=15)
@@ -53,11 +53,18 @@ def main(once: bool, repo: Path | None) -> int:
     worker: subprocess.Popen | None = None
     try:
         started = server.start()
-        console.print(f"[bold]Temporal[/bold] {'started' if started else 'already running'} on {server.address}, "
-                      f"Web UI http://localhost:{server.ui_port} (state in {server.db})")
+        console.print(
+            f"[bold]Temporal[/bold] {'started' if started else 'already running'} on {server.address}, "
+            f"Web UI http://localhost:{server.ui_port} (state in {server.db})"
+        )
         with open(state / "worker.log", "ab") as log:
-            worker = subprocess.Popen([binary("airagent"), "worker"], stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, env={**os.environ, "AIRAGENT_HOME": str(state)})
+            worker = subprocess.Popen(
+                [binary("airagent"), "worker"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "AIRAGENT_HOME": str(state)},
+            )
         console.print(f"[bold]worker[/bold] started (pid {worker.pid}, log {state / 'worker.log'})")
         checks = asyncio.run(scenario(state, repo))
         hints(server)
@@ -106,15 +113,21 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     checks.expect(status.state in (TrainState.succeeded, TrainState.noop), f"train ended {status.state.value}")
     for env in pipeline.environments:
         live = LocalEnvironment(env.target.path).live()
-        checks.expect(live is not None and live.commit == head,
-                      f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {env.target.path}")
+        checks.expect(
+            live is not None and live.commit == head,
+            f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {env.target.path}",
+        )
     if given:
         console.print("(a repository was given: the broken-commit step runs only on the example)")
         return checks
 
     console.rule("2. marketing commits a broken DAG, finance a good one: finance's goes live, marketing's is held")
-    broken = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.BROKEN_DAG},
-                            "marketing: orders_hourly reads the new orders feed", "marketing")
+    broken = example.commit(
+        git.Repo(repo),
+        {example.BROKEN_PATH: example.BROKEN_DAG},
+        "marketing: orders_hourly reads the new orders feed",
+        "marketing",
+    )
     fx = example.dag_file("fx_rates", tasks=3, schedule="@hourly", note=f"currency rates, {broken[:8]}")
     good = example.commit(git.Repo(repo), {"dags/finance/fx_rates.py": fx}, "finance: one more fx step", "finance")
     ack = await agent.notify(pipeline, good, by="demo (as CI would after a merge)")
@@ -122,18 +135,28 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     status = await train_for(agent, pipeline, good)
     checks.expect(status.state == TrainState.succeeded, f"train ended {status.state.value}: {status.reason}")
     checks.expect([h.sha for h in status.held] == [broken], f"held back: {[h.sha[:12] for h in status.held]}")
-    checks.expect(bool(status.held) and example.BROKEN_PATH in status.held[0].reason
-                  and "pandas_but_misspelled" in status.held[0].reason, f"the hold names {example.BROKEN_PATH} and its error")
+    checks.expect(
+        bool(status.held)
+        and example.BROKEN_PATH in status.held[0].reason
+        and "pandas_but_misspelled" in status.held[0].reason,
+        f"the hold names {example.BROKEN_PATH} and its error",
+    )
     for env in pipeline.environments:
         files = LocalEnvironment(env.target.path).current / "dags"
-        checks.expect((files / "finance/fx_rates.py").read_text() == fx
-                      and (files / example.BROKEN_PATH.removeprefix("dags/")).read_text() != example.BROKEN_DAG,
-                      f"{env.name} has finance's DAG and not marketing's broken one")
+        checks.expect(
+            (files / "finance/fx_rates.py").read_text() == fx
+            and (files / example.BROKEN_PATH.removeprefix("dags/")).read_text() != example.BROKEN_DAG,
+            f"{env.name} has finance's DAG and not marketing's broken one",
+        )
     console.print(render_pipeline(await agent.pipeline_status(pipeline.name)))
 
     console.rule("3. marketing repairs its DAG: the held commit and the fix go live together, the hold lifts")
-    fix = example.commit(git.Repo(repo), {example.BROKEN_PATH: example.dag_file("orders_hourly", schedule="@hourly")},
-                         "marketing: repair orders_hourly", "marketing")
+    fix = example.commit(
+        git.Repo(repo),
+        {example.BROKEN_PATH: example.dag_file("orders_hourly", schedule="@hourly")},
+        "marketing: repair orders_hourly",
+        "marketing",
+    )
     await agent.notify(pipeline, fix, by="demo (as CI would after a merge)")
     status = await train_for(agent, pipeline, fix)
     checks.expect(status.state == TrainState.succeeded and not status.held, f"train ended {status.state.value}")
@@ -141,17 +164,22 @@ async def scenario(state: Path, given: Path | None) -> Checks:
 
     console.rule("4. add a DAG whose task fails when it runs: staging must roll back by itself")
     before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
-    failing = example.commit(git.Repo(repo), {example.FAILING_PATH: example.FAILING_DAG},
-                             "marketing: check the new orders feed", "marketing")
+    failing = example.commit(
+        git.Repo(repo), {example.FAILING_PATH: example.FAILING_DAG}, "marketing: check the new orders feed", "marketing"
+    )
     await agent.notify(pipeline, failing, by="demo (as CI would after a merge)")
     status = await train_for(agent, pipeline, failing)
     staging, prod = pipeline.environments[0].name, pipeline.environments[-1].name
-    checks.expect(status.state == TrainState.rolled_back and status.environment == staging,
-                  f"train ended {status.state.value} in {status.environment}")
+    checks.expect(
+        status.state == TrainState.rolled_back and status.environment == staging,
+        f"train ended {status.state.value} in {status.environment}",
+    )
     checks.expect("task_failure_rate" in status.reason, f"the reason names the probe: {status.reason}")
     untouched(checks, pipeline, before)
-    checks.expect(all(not e.target.airflow or LocalAirflow(e.name, e.target).running() for e in pipeline.environments),
-                  f"{staging} and {prod} still running")
+    checks.expect(
+        all(not e.target.airflow or LocalAirflow(e.name, e.target).running() for e in pipeline.environments),
+        f"{staging} and {prod} still running",
+    )
     return checks
 
 
@@ -189,9 +217,15 @@ def prepare_example(root: Path) -> Path:
         return path
     repo = git.Repo(path)
     version = sum(1 for _ in repo.iter_commits())
-    good = example.dag_file("orders_hourly", tasks=3 + version % 3, schedule="@hourly", note=f"orders by hour, v{version}")
-    example.commit(repo, {example.BROKEN_PATH: good, example.FAILING_PATH: None}, f"marketing: orders_hourly "
-                   f"v{version}, without the feed check", "marketing")
+    good = example.dag_file(
+        "orders_hourly", tasks=3 + version % 3, schedule="@hourly", note=f"orders by hour, v{version}"
+    )
+    example.commit(
+        repo,
+        {example.BROKEN_PATH: good, example.FAILING_PATH: None},
+        f"marketing: orders_hourly v{version}, without the feed check",
+        "marketing",
+    )
     console.print(f"reusing the example monorepo at {path} (committed a fresh change to deploy)")
     return path
 
@@ -203,9 +237,9 @@ airagent pipeline status --pipeline main   # the conductor: running, queued, rec
 airagent history --pipeline main
 airagent status --pipeline main            # latest train; add --json for machines
 airagent pipeline pause --pipeline main --reason "hold on"   # or freeze / unfreeze / resume
-airagent notify --pipeline main -c {home() / 'demo' / 'repo' / 'airagent.yaml'}   # after a commit there
+airagent notify --pipeline main -c {home() / "demo" / "repo" / "airagent.yaml"}   # after a commit there
 airagent pause TRAIN --reason "looking"    # then: resume, abort, rollback, approve
-airagent env status staging -c {home() / 'demo' / 'repo' / 'airagent.yaml'}   # components, health
+airagent env status staging -c {home() / "demo" / "repo" / "airagent.yaml"}   # components, health
 airagent env down staging -c ...           # the environments keep running after the demo; this stops one
 temporal workflow list --query 'AiragentPipeline="main"'
 temporal workflow signal -w pipeline/main --name notify

@@ -10,14 +10,15 @@ from rich.table import Table
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from interface.client import AirAgent, NotFound
 from airagent.models import ConductorStatus, HeldCommit, Outcome, StageRecord, TrainStatus
+from interface.client import AirAgent, NotFound
 
 console = Console()
 
 
-async def follow(agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None,
-                 since: datetime | None = None) -> TrainStatus:
+async def follow(
+    agent: AirAgent, wf_id: str, quiet: bool = False, timeout: timedelta | None = None, since: datetime | None = None
+) -> TrainStatus:
     """Print each stage as it starts and ends, until the train is over; a queued train, a dead worker or a
     restarting server is waited for (up to `timeout`), and said once."""
     seen: dict[int, str] = {}
@@ -74,12 +75,17 @@ def render(wf_id: str, s: TrainStatus) -> Table:
     if s.bisect:
         table.add_row("bisection", s.bisect.line())
     for e in s.environments:
-        table.add_row(f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})")
+        table.add_row(
+            f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})"
+        )
         for readings in e.probes.values():
             last = readings[-1]
-            table.add_row(f"  {last.probe}", f"[{'green' if last.ok else 'red'}]{last.reading}[/] "
-                                           f"[dim]({timestamp(last.at)}, {len(readings)} kept; "
-                                           f"threshold: {last.threshold})[/dim]")
+            table.add_row(
+                f"  {last.probe}",
+                f"[{'green' if last.ok else 'red'}]{last.reading}[/] "
+                f"[dim]({timestamp(last.at)}, {len(readings)} kept; "
+                f"threshold: {last.threshold})[/dim]",
+            )
     for c in s.commits[:10]:
         table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
     for h in s.held:
@@ -90,15 +96,16 @@ def render(wf_id: str, s: TrainStatus) -> Table:
         table.add_row("validation", s.validation)
     for ev in s.events:
         verdict = "ok" if ev.accepted else "rejected"
-        table.add_row("control", f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'} ({verdict}: {ev.message})"
-                                 f"{' — ' + ev.reason if ev.reason else ''}")
+        table.add_row(
+            "control",
+            f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'} ({verdict}: {ev.message})"
+            f"{' — ' + ev.reason if ev.reason else ''}",
+        )
     return table
 
 
 def timestamp(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
-
-
 
 
 def render_pipeline(status: ConductorStatus) -> Table:

@@ -18,10 +18,10 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from airagent import example
-from interface.client import AirAgent
-from airagent.devserver import binary, register_search_attributes
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.devserver import binary, register_search_attributes
 from airagent.models import ConductorStatus, TrainInput, TrainStatus, train_id
+from interface.client import AirAgent
 from worker.main import ACTIVITIES, WORKFLOWS
 from workflows.train import DeployTrain
 
@@ -51,22 +51,28 @@ async def running_worker(client: Client):
     """A worker on a task queue of its own, and an AirAgent client that targets it."""
     queue = f"test-{uuid.uuid4()}"
     with ThreadPoolExecutor(max_workers=4) as executor:
-        async with Worker(client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                          activity_executor=executor):
+        async with Worker(
+            client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+        ):
             yield AirAgent(client, queue)
 
 
 async def start_train(agent: AirAgent, pipeline: PipelineSettings, sha: str, image: str | None = None):
     """Start a train directly, as the conductor would: for tests of the train on its own."""
     return await agent.client.start_workflow(
-        DeployTrain.run, TrainInput(pipeline=pipeline, target=sha, image=image), id=train_id(pipeline.name, sha),
-        task_queue=agent.task_queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE)
+        DeployTrain.run,
+        TrainInput(pipeline=pipeline, target=sha, image=image),
+        id=train_id(pipeline.name, sha),
+        task_queue=agent.task_queue,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
 
 
 async def current_details(agent: AirAgent, wf_id: str) -> str:
     """What the Web UI shows under a workflow's current details."""
-    meta = await agent.client.get_workflow_handle(wf_id).query("__temporal_workflow_metadata",
-                                                              result_type=WorkflowMetadata)
+    meta = await agent.client.get_workflow_handle(wf_id).query(
+        "__temporal_workflow_metadata", result_type=WorkflowMetadata
+    )
     return meta.current_details
 
 
@@ -114,8 +120,14 @@ def monorepo(tmp_path):
     return example.create(tmp_path / "repo", tmp_path / "envs")
 
 
-def make_pipeline(repo, envs_dir: Path, soak: str = "0s", probe_interval: str = "10s",
-                  environments: tuple[str, ...] = ("staging", "prod"), **settings) -> PipelineSettings:
+def make_pipeline(
+    repo,
+    envs_dir: Path,
+    soak: str = "0s",
+    probe_interval: str = "10s",
+    environments: tuple[str, ...] = ("staging", "prod"),
+    **settings,
+) -> PipelineSettings:
     """The example's pipeline, `main`, with its environments under `envs_dir`.
 
     They are files only (no Airflow components), which is all the orchestration tests need;
@@ -125,8 +137,12 @@ def make_pipeline(repo, envs_dir: Path, soak: str = "0s", probe_interval: str = 
         name="main",
         repo=str(repo.working_tree_dir),
         environments=[
-            EnvironmentSettings(name=name, target=LocalTarget(path=envs_dir / name, airflow=False), soak=soak,
-                                probe_interval=probe_interval)
+            EnvironmentSettings(
+                name=name,
+                target=LocalTarget(path=envs_dir / name, airflow=False),
+                soak=soak,
+                probe_interval=probe_interval,
+            )
             for name in environments
         ],
         **settings,

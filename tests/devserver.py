@@ -16,8 +16,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from interface.client import AirAgent, NotFound
 from airagent.devserver import DevServer, binary
+from interface.client import AirAgent, NotFound
 
 
 def free_port() -> int:
@@ -63,8 +63,13 @@ class WorkerProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([binary("airagent"), "worker"], env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [binary("airagent"), "worker"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)

@@ -16,21 +16,27 @@ import random
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import git
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowExecution, WorkflowExecutionStatus, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import PipelineSettings, load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState, TrainStatus
+from interface.client import AirAgent
 from tests.devserver import WorkerProcess, end_conductors
 from worker.main import WORKFLOWS
 
@@ -79,8 +85,9 @@ class Lane:
 
     @classmethod
     def create(cls, root: Path, name: str, soak: str) -> Lane:
-        repo = example.create(root / name / "repo", root / name / "envs", soak=soak, probe_interval="1s",
-                              airflow=False, pipeline=name)
+        repo = example.create(
+            root / name / "repo", root / name / "envs", soak=soak, probe_interval="1s", airflow=False, pipeline=name
+        )
         return cls(load_pipeline(name, root / name / "repo" / "airagent.yaml"), repo)
 
     def environments(self) -> dict[str, LocalEnvironment]:
@@ -88,8 +95,12 @@ class Lane:
 
     def push(self, rng: random.Random) -> str:
         tasks = rng.randint(1, 9)
-        sha = example.commit(self.repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=tasks)},
-                             f"finance: fx_rates with {tasks} tasks ({len(self.shas)})", "finance")
+        sha = example.commit(
+            self.repo,
+            {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=tasks)},
+            f"finance: fx_rates with {tasks} tasks ({len(self.shas)})",
+            "finance",
+        )
         self.shas.append(sha)
         return sha
 
@@ -139,11 +150,11 @@ async def drive(agent: AirAgent, lane: Lane, rng: random.Random, rounds: int, de
     loop = asyncio.get_running_loop()
     for _ in range(rounds):
         shas = [lane.push(rng) for _ in range(rng.choice((1, 1, 2)))]
-        answers = await asyncio.gather(*(retry(lambda s=sha: agent.deploy(lane.pipeline, s), deadline)
-                                         for sha in shas))
+        answers = await asyncio.gather(*(retry(lambda s=sha: agent.deploy(lane.pipeline, s), deadline) for sha in shas))
         for answer in answers:
-            await agent.wait(answer.train, timeout=timedelta(seconds=max(1.0, deadline - loop.time())),
-                             since=answer.asked)
+            await agent.wait(
+                answer.train, timeout=timedelta(seconds=max(1.0, deadline - loop.time())), since=answer.asked
+            )
 
 
 async def run(root: Path, server: DevServer, env: dict[str, str], scenario: Scenario) -> FaultReport:
@@ -186,11 +197,13 @@ async def judge(agent: AirAgent, lanes: list[Lane], deadline: float) -> FaultRep
         history = await retry(handle.fetch_history, deadline)
         failed = [e for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
         if failed:
-            report.nondeterministic.append(f"{ex.id}: {failed[0].workflow_task_failed_event_attributes.failure.message}")
+            report.nondeterministic.append(
+                f"{ex.id}: {failed[0].workflow_task_failed_event_attributes.failure.message}"
+            )
         else:
             try:
                 await replayer.replay_workflow(history)
-            except Exception as err:  # noqa: BLE001  any replay failure is the finding
+            except Exception as err:
                 report.nondeterministic.append(f"{ex.id}: replay: {err}")
         if ex.workflow_type != "DeployTrain":
             continue
@@ -200,21 +213,24 @@ async def judge(agent: AirAgent, lanes: list[Lane], deadline: float) -> FaultRep
             report.unfinished.append(ex.id)
             continue
         times = [e.event_time.ToDatetime() for e in history.events]
-        report.longest_still = max([report.longest_still, *((b - a).total_seconds() for a, b in zip(times, times[1:]))])
+        report.longest_still = max([report.longest_still, *((b - a).total_seconds() for a, b in pairwise(times))])
         pipeline = ex.id.split("/")[1]
         spans.setdefault(pipeline, []).append((described.start_time, described.close_time, ex.id))
         status = await retry(lambda h=handle: h.result(follow_runs=False), deadline)
-        if status.state == TrainState.succeeded and described.close_time >= last_succeeded.get(pipeline, (described.close_time,))[0]:
+        if (
+            status.state == TrainState.succeeded
+            and described.close_time >= last_succeeded.get(pipeline, (described.close_time,))[0]
+        ):
             last_succeeded[pipeline] = (described.close_time, status.release)
-    for pipeline, runs in spans.items():
+    for runs in spans.values():
         runs.sort()
-        report.overlapping += [f"{a[2]} and {b[2]}" for a, b in zip(runs, runs[1:]) if a[1] > b[0]]
+        report.overlapping += [f"{a[2]} and {b[2]}" for a, b in pairwise(runs) if a[1] > b[0]]
     for lane in lanes:
         expected = last_succeeded.get(lane.pipeline.name, (None, None))[1]
         for name, environment in lane.environments().items():
             manifest = environment.manifest()
             rolled = Counter(s.release for s in manifest.history if s.action == "roll")
-            report.doubled += [f"{lane.pipeline.name}/{name}: {r} rolled {n}×" for r, n in rolled.items() if n > 1]
+            report.doubled += [f"{lane.pipeline.name}/{name}: {r} rolled {n} times" for r, n in rolled.items() if n > 1]
             live = manifest.live.id if manifest.live else None
             if live != expected:
                 report.mismatched.append(f"{lane.pipeline.name}/{name}: live {live}, last succeeded train {expected}")

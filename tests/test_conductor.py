@@ -43,8 +43,11 @@ async def test_a_burst_of_commits_rides_few_trains_in_order(agent, drive, monore
     await agent.start_pipeline(pipeline)
     shas = []
     for i in range(50):
-        shas.append(example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
-                                   f"fx v{i}", "finance"))
+        shas.append(
+            example.commit(
+                monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)}, f"fx v{i}", "finance"
+            )
+        )
         await agent.notify(pipeline, shas[-1], by="ci")
 
     status = await drive.pipeline_until("main", settled(shas[-1]), step=timedelta(seconds=5))
@@ -83,13 +86,19 @@ async def test_a_failed_commit_is_not_retried_but_the_fix_flows(agent, drive, mo
 
 
 async def test_one_teams_broken_dag_is_held_while_another_teams_change_flows(agent, drive, monorepo, tmp_path):
-    pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="1m",
-                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    pipeline = make_pipeline(
+        monorepo,
+        tmp_path / "envs",
+        poll_interval="1m",
+        teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]},
+    )
     await agent.start_pipeline(pipeline)
     await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
 
     broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
-    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    good = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance"
+    )
     await agent.notify(pipeline, good)
     status = await drive.pipeline_until("main", settled(good))
 
@@ -100,8 +109,9 @@ async def test_one_teams_broken_dag_is_held_while_another_teams_change_flows(age
     assert broken not in live_commits(pipeline, "prod")
     assert broken[:8] in await current_details(agent, "pipeline/main")
 
-    fix = example.commit(monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=4)}, "fix",
-                         "marketing")
+    fix = example.commit(
+        monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=4)}, "fix", "marketing"
+    )
     await agent.notify(pipeline, fix)
     status = await drive.pipeline_until("main", settled(fix))
     assert status.state.held == [] and live_commits(pipeline, "prod")[-1] == fix
@@ -114,7 +124,9 @@ async def test_pause_and_freeze_hold_new_trains_while_the_running_one_finishes(a
     conductor = "pipeline/main"
 
     assert (await agent.control(conductor, "pause", Control(by="ops", reason="release freeze week"))).accepted
-    newer = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
+    newer = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance"
+    )
     held = await drive.pipeline_until("main", lambda s: s.state.running is None and s.queued == newer)
     assert [t.sha for t in held.state.trains] == [first.state.running.sha]
     assert held.state.trains[0].state == "succeeded"  # the running train was not touched
@@ -132,18 +144,17 @@ async def test_pause_and_freeze_hold_new_trains_while_the_running_one_finishes(a
     assert done.state.last_deployed == newer
     # A rejected update never reaches the conductor; the accepted controls are its log, with who and why.
     assert [(e.control, e.by, e.reason) for e in done.state.events] == [
-        ("pause", "ops", "release freeze week"), ("freeze", "ops", "incident 42"), ("resume", "ops", None),
+        ("pause", "ops", "release freeze week"),
+        ("freeze", "ops", "incident 42"),
+        ("resume", "ops", None),
         ("unfreeze", "ops", "resolved"),
     ]
-
-
 
 
 async def test_a_deny_window_delays_the_train_until_it_closes(agent, drive, monorepo, tmp_path):
     now = await drive.env.get_current_time()
     opened = now - timedelta(minutes=1)
-    deny = DeployWindow(kind="deny", name="change freeze", cron=f"{opened.minute} {opened.hour} * * *",
-                        duration="2h")
+    deny = DeployWindow(kind="deny", name="change freeze", cron=f"{opened.minute} {opened.hour} * * *", duration="2h")
     pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="10m", windows=[deny])
     await agent.start_pipeline(pipeline)
 
@@ -182,8 +193,9 @@ async def test_a_deploy_before_the_conductor_polls_rides_one_train(agent, drive,
     assert live_commits(pipeline, "prod") == [head]
 
 
-async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_conductor(agent, drive, monorepo,
-                                                                                        tmp_path):
+async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_conductor(
+    agent, drive, monorepo, tmp_path
+):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="5m")
     pipeline.environments[0].require_approval = True
     head = monorepo.head.commit.hexsha
@@ -223,22 +235,35 @@ def monitoring(env: Path):
         server.shutdown()
 
 
-async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(agent, drive, monorepo,
-                                                                                        tmp_path, monkeypatch):
+async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(
+    agent, drive, monorepo, tmp_path, monkeypatch
+):
     with monitoring(tmp_path / "envs" / "staging") as url:
         monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
-        pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h",
-                                 teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+        pipeline = make_pipeline(
+            monorepo,
+            tmp_path / "envs",
+            soak="20s",
+            poll_interval="1h",
+            teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]},
+        )
         staging, prod = pipeline.environments
-        staging = staging.model_copy(update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])})
+        staging = staging.model_copy(
+            update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])}
+        )
         pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
         await agent.start_pipeline(pipeline)
         await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
-        edits = [("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=6)),
-                 ("finance", "dags/finance/ledger_daily.py", example.dag_file("ledger_daily", tasks=3)),
-                 ("marketing", "dags/marketing/campaigns.py",
-                  example.dag_file("campaigns", tasks=2) + "# BREAKS_MONITORING\n"),
-                 ("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=7))]
+        edits = [
+            ("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=6)),
+            ("finance", "dags/finance/ledger_daily.py", example.dag_file("ledger_daily", tasks=3)),
+            (
+                "marketing",
+                "dags/marketing/campaigns.py",
+                example.dag_file("campaigns", tasks=2) + "# BREAKS_MONITORING\n",
+            ),
+            ("finance", "dags/finance/fx_rates.py", example.dag_file("fx_rates", tasks=7)),
+        ]
         shas = [example.commit(monorepo, {path: text}, f"{team}: {path}", team) for team, path, text in edits]
         await agent.notify(pipeline, shas[-1])
 
@@ -248,10 +273,16 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
         assert "monitoring: HTTP 500" in step.why and shas[1][:12] in step.why
         assert "bisection step 1 of ~2 on staging" in await current_details(agent, "pipeline/main")
         status = await drive.pipeline_until(
-            "main", lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+            "main", lambda s: s.state.last_deployed == shas[-1] and s.state.running is None
+        )
 
-    assert [t.state for t in status.state.trains] == ["succeeded", "rolled_back", "succeeded", "rolled_back",
-                                                      "succeeded"]
+    assert [t.state for t in status.state.trains] == [
+        "succeeded",
+        "rolled_back",
+        "succeeded",
+        "rolled_back",
+        "succeeded",
+    ]
     assert [t.sha for t in status.state.trains[2:4]] == [shas[1], shas[2]]
     [held] = status.state.held
     assert (held.sha, held.regression, held.teams) == (shas[2], True, ["marketing"])

@@ -41,9 +41,7 @@ def pipeline_with(env_lines: str = "", pipeline_lines: str = "") -> str:
     """A one-pipeline file; extra lines go into the pipeline and into its only environment."""
     return (
         "pipelines:\n"
-        "  main:\n"
-        + "".join(f"    {line}\n" for line in pipeline_lines.splitlines())
-        + "    environments:\n"
+        "  main:\n" + "".join(f"    {line}\n" for line in pipeline_lines.splitlines()) + "    environments:\n"
         "      - name: staging\n"
         "        target: {type: local, path: envs/staging}\n"
         + "".join(f"        {line}\n" for line in env_lines.splitlines())
@@ -118,9 +116,18 @@ def test_bad_duration_names_the_field(tmp_path):
     assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.soak:")
 
 
-@pytest.mark.parametrize(("written", "seconds"), [
-    ("90", 90), ('"90"', 90), ("30s", 30), ("5m", 300), ("1h", 3600), ("1.5h", 5400), ("250ms", 0.25),
-])
+@pytest.mark.parametrize(
+    ("written", "seconds"),
+    [
+        ("90", 90),
+        ('"90"', 90),
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1.5h", 5400),
+        ("250ms", 0.25),
+    ],
+)
 def test_durations(tmp_path, written, seconds):
     config, _ = load(write(tmp_path, pipeline_with(env_lines=f"soak: {written}\nprobe_interval: {written}")))
     env = config.pipelines["main"].environments[0]

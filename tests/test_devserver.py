@@ -16,12 +16,21 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.local import LocalEnvironment
 from airagent import example, repair
-from interface.client import AirAgent, DeployRefused, NotFound
 from airagent.config import load_pipeline
 from airagent.devserver import DevServer, binary
 from airagent.models import TrainState, conductor_id, train_id
+from interface.client import AirAgent, DeployRefused, NotFound
 from tests.devserver import (  # noqa: F401  fixtures
-    WorkerProcess, agent, airagent, cli_env, dev_server, free_port, until, until_pipeline, worker)
+    WorkerProcess,
+    agent,
+    airagent,
+    cli_env,
+    dev_server,
+    free_port,
+    until,
+    until_pipeline,
+    worker,
+)
 
 pytestmark = pytest.mark.devserver
 
@@ -175,8 +184,12 @@ async def test_worker_killed_while_a_conductor_train_runs_both_resume(agent, wor
 
 @pytest.fixture(scope="module")
 def short_history_server(tmp_path_factory):
-    server = DevServer(tmp_path_factory.mktemp("temporal-short"), port=free_port(), ui_port=free_port(),
-                       dynamic_config={"limit.historyCount.suggestContinueAsNew": 40})
+    server = DevServer(
+        tmp_path_factory.mktemp("temporal-short"),
+        port=free_port(),
+        ui_port=free_port(),
+        dynamic_config={"limit.historyCount.suggestContinueAsNew": 40},
+    )
     server.start()
     yield server
     server.stop()
@@ -196,8 +209,11 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
         shas = [repo.head.commit.hexsha]
         for i in range(3):
             await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
-            shas.append(example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)},
-                                       f"fx {i}", "finance"))
+            shas.append(
+                example.commit(
+                    repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)}, f"fx {i}", "finance"
+                )
+            )
             await agent.notify(pipeline, shas[-1])
         status = await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
 
@@ -212,9 +228,23 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
 def set_current_version(server: DevServer, deployment: str, build_id: str) -> None:
     """The operator's step of a rollout, through the `temporal` CLI as docs/upgrading.md shows it."""
     for _ in range(100):
-        done = subprocess.run([binary("temporal"), "worker", "deployment", "set-current-version",
-                               "--address", server.address, "--deployment-name", deployment,
-                               "--build-id", build_id, "--yes"], capture_output=True, text=True)
+        done = subprocess.run(
+            [
+                binary("temporal"),
+                "worker",
+                "deployment",
+                "set-current-version",
+                "--address",
+                server.address,
+                "--deployment-name",
+                deployment,
+                "--build-id",
+                build_id,
+                "--yes",
+            ],
+            capture_output=True,
+            text=True,
+        )
         if done.returncode == 0:
             return
         time.sleep(0.3)  # the version exists once its worker has polled
@@ -223,8 +253,13 @@ def set_current_version(server: DevServer, deployment: str, build_id: str) -> No
 
 async def test_trains_stay_on_their_version_and_the_conductor_moves_on(dev_server, agent, cli_env, tmp_path):
     deployment = f"airagent-{tmp_path.name}"
-    workers = [WorkerProcess({**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
-                             tmp_path / f"worker-{build_id}.log") for build_id in ("v1", "v2")]
+    workers = [
+        WorkerProcess(
+            {**cli_env, "AIRAGENT_DEPLOYMENT": deployment, "AIRAGENT_BUILD_ID": build_id},
+            tmp_path / f"worker-{build_id}.log",
+        )
+        for build_id in ("v1", "v2")
+    ]
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     pipeline.environments[1].require_approval = True

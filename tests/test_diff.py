@@ -41,22 +41,25 @@ def commit_bytes(repo, path: str, data: bytes, message: str) -> str:
 # --- classification --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "kind"), [
-    ("dags/finance/ledger_daily.py", Kind.dags),
-    ("dags/README.md", Kind.ignored),  # ignored is checked first
-    ("plugins/operators/s3.py", Kind.plugins),
-    ("config/airflow.cfg", Kind.config),
-    ("airflow_local_settings.py", Kind.config),
-    ("requirements.txt", Kind.dependencies),
-    ("requirements-dev.txt", Kind.dependencies),
-    ("Dockerfile", Kind.image),
-    ("image/entrypoint.sh", Kind.image),
-    ("docs/guide/setup.txt", Kind.ignored),
-    ("tests/test_dags.py", Kind.ignored),
-    ("airagent.yaml", Kind.ignored),
-    ("setup.cfg", Kind.config),  # outside every glob: `unmatched`
-    ("src/shared/lib.py", Kind.config),
-])
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("dags/finance/ledger_daily.py", Kind.dags),
+        ("dags/README.md", Kind.ignored),  # ignored is checked first
+        ("plugins/operators/s3.py", Kind.plugins),
+        ("config/airflow.cfg", Kind.config),
+        ("airflow_local_settings.py", Kind.config),
+        ("requirements.txt", Kind.dependencies),
+        ("requirements-dev.txt", Kind.dependencies),
+        ("Dockerfile", Kind.image),
+        ("image/entrypoint.sh", Kind.image),
+        ("docs/guide/setup.txt", Kind.ignored),
+        ("tests/test_dags.py", Kind.ignored),
+        ("airagent.yaml", Kind.ignored),
+        ("setup.cfg", Kind.config),  # outside every glob: `unmatched`
+        ("src/shared/lib.py", Kind.config),
+    ],
+)
 def test_classify_default_rules(path, kind):
     assert classify(path, RULES) == kind
 
@@ -67,15 +70,18 @@ def test_unmatched_kind_is_configurable():
     assert classify("plugins/x.py", rules) == Kind.plugins
 
 
-@pytest.mark.parametrize(("kinds", "mode"), [
-    ({Kind.dags}, RolloutMode.dags_only),
-    ({Kind.ignored}, RolloutMode.dags_only),
-    ({Kind.dags, Kind.ignored}, RolloutMode.dags_only),
-    ({Kind.plugins}, RolloutMode.restart),
-    ({Kind.dags, Kind.config}, RolloutMode.restart),
-    ({Kind.dependencies}, RolloutMode.rebuild),
-    ({Kind.image, Kind.plugins, Kind.dags}, RolloutMode.rebuild),
-])
+@pytest.mark.parametrize(
+    ("kinds", "mode"),
+    [
+        ({Kind.dags}, RolloutMode.dags_only),
+        ({Kind.ignored}, RolloutMode.dags_only),
+        ({Kind.dags, Kind.ignored}, RolloutMode.dags_only),
+        ({Kind.plugins}, RolloutMode.restart),
+        ({Kind.dags, Kind.config}, RolloutMode.restart),
+        ({Kind.dependencies}, RolloutMode.rebuild),
+        ({Kind.image, Kind.plugins, Kind.dags}, RolloutMode.rebuild),
+    ],
+)
 def test_rollout_mode_for_kinds(kinds, mode):
     assert RolloutMode.for_kinds(kinds) == mode
 
@@ -85,11 +91,15 @@ def test_rollout_mode_for_kinds(kinds, mode):
 
 def test_added_modified_deleted(monorepo):
     base = monorepo.head.commit.hexsha
-    head = example.commit(monorepo, {
-        "dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5),
-        "dags/finance/tax.py": example.dag_file("tax"),
-        "README.md": None,
-    }, "finance: tax DAG")
+    head = example.commit(
+        monorepo,
+        {
+            "dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5),
+            "dags/finance/tax.py": example.dag_file("tax"),
+            "README.md": None,
+        },
+        "finance: tax DAG",
+    )
     assert changes(monorepo, base, head) == {
         "README.md": (Kind.ignored, "deleted", None),
         "dags/finance/fx_rates.py": (Kind.dags, "modified", None),
@@ -99,18 +109,28 @@ def test_added_modified_deleted(monorepo):
 
 def test_rename_within_a_kind_is_one_entry(monorepo):
     base = monorepo.head.commit.hexsha
-    head = example.commit(monorepo, {
-        "dags/finance/fx_rates.py": None, "dags/finance/fx.py": example.FILES["dags/finance/fx_rates.py"],
-    }, "finance: shorter name")
+    head = example.commit(
+        monorepo,
+        {
+            "dags/finance/fx_rates.py": None,
+            "dags/finance/fx.py": example.FILES["dags/finance/fx_rates.py"],
+        },
+        "finance: shorter name",
+    )
     assert changes(monorepo, base, head) == {"dags/finance/fx.py": (Kind.dags, "renamed", "dags/finance/fx_rates.py")}
 
 
 def test_rename_between_kinds_counts_both(monorepo):
     """Moving a plugin into dags/ changes the plugins too: the mode must restart."""
     base = monorepo.head.commit.hexsha
-    head = example.commit(monorepo, {
-        "plugins/example_plugin.py": None, "dags/example_plugin.py": example.FILES["plugins/example_plugin.py"],
-    }, "platform: move the plugin")
+    head = example.commit(
+        monorepo,
+        {
+            "plugins/example_plugin.py": None,
+            "dags/example_plugin.py": example.FILES["plugins/example_plugin.py"],
+        },
+        "platform: move the plugin",
+    )
     assert changes(monorepo, base, head) == {
         "dags/example_plugin.py": (Kind.dags, "renamed", "plugins/example_plugin.py"),
         "plugins/example_plugin.py": (Kind.plugins, "deleted", None),
@@ -170,8 +190,12 @@ def test_environments_on_different_commits_get_their_own_diff(monorepo, pipeline
     """Prod lags staging: each gets the files it lacks, the commits are those prod lacks."""
     first = monorepo.head.commit.hexsha
     prod = deploy(pipeline, "prod", first)
-    fx = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
-                        "finance: more fx steps", "finance")
+    fx = example.commit(
+        monorepo,
+        {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
+        "finance: more fx steps",
+        "finance",
+    )
     staging = deploy(pipeline, "staging", fx)
     plugin = example.commit(monorepo, {"plugins/audit.py": "AUDIT = True\n"}, "platform: audit plugin", "platform")
 
@@ -183,7 +207,8 @@ def test_environments_on_different_commits_get_their_own_diff(monorepo, pipeline
     assert [f.path for f in on_prod.files] == ["dags/finance/fx_rates.py", "plugins/audit.py"]
     assert on_staging.mode == on_prod.mode == RolloutMode.restart
     assert [(c.summary, c.author) for c in result.commits] == [
-        ("platform: audit plugin", "Linus Ops"), ("finance: more fx steps", "Grace Hopper"),
+        ("platform: audit plugin", "Linus Ops"),
+        ("finance: more fx steps", "Grace Hopper"),
     ]
 
     # Staging already runs fx: it needs nothing, prod needs the DAG change only.

@@ -13,6 +13,7 @@ import contextlib
 import json
 import subprocess
 from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,10 @@ from temporalio.worker import Replayer
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import load_pipeline
 from airagent.devserver import binary
 from airagent.models import TrainState, train_id
+from interface.client import AirAgent
 from tests.devserver import agent, cli_env, dev_server, until, worker  # noqa: F401  fixtures
 from worker.main import WORKFLOWS
 
@@ -78,20 +79,40 @@ async def test_deploys_from_separate_processes_run_one_train_at_a_time(agent, wo
     pipeline, shas = five_commits(tmp_path)
     config = str(tmp_path / "repo" / "airagent.yaml")
 
-    procs = [subprocess.Popen([binary("airagent"), "deploy", "--pipeline", "main", "--sha", sha, "--json",
-                               "-c", config], env=cli_env, stdout=subprocess.PIPE, text=True) for sha in shas]
+    procs = [
+        subprocess.Popen(
+            [binary("airagent"), "deploy", "--pipeline", "main", "--sha", sha, "--json", "-c", config],
+            env=cli_env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for sha in shas
+    ]
     answers = [json.loads(proc.communicate(timeout=120)[0]) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 5, answers
     # Arrival order at the conductor is the race's: a commit older than what is live is refused at diff.
     await assert_one_at_a_time_newest_live(agent, pipeline, [a["train"] for a in answers], shas[-1])
 
 
-async def test_deploy_wait_outlasts_a_stopped_worker_and_a_server_restart(agent, worker, dev_server, cli_env,
-                                                                            tmp_path):
+async def test_deploy_wait_outlasts_a_stopped_worker_and_a_server_restart(agent, worker, dev_server, cli_env, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="5s", probe_interval="1s", airflow=False)
-    waiting = subprocess.Popen([binary("airagent"), "deploy", "--pipeline", "main", "--wait", "--timeout", "400",
-                                "-c", str(tmp_path / "repo" / "airagent.yaml")], env=cli_env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    waiting = subprocess.Popen(
+        [
+            binary("airagent"),
+            "deploy",
+            "--pipeline",
+            "main",
+            "--wait",
+            "--timeout",
+            "400",
+            "-c",
+            str(tmp_path / "repo" / "airagent.yaml"),
+        ],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     train = train_id("main", repo.head.commit.hexsha)
     await until(agent, train, lambda s: s.stage == "soak")
 
@@ -110,8 +131,12 @@ async def test_deploy_wait_outlasts_a_stopped_worker_and_a_server_restart(agent,
 def five_commits(tmp_path: Path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
-    shas = [example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)},
-                           f"fx {i}", "finance") for i in range(5)]
+    shas = [
+        example.commit(
+            repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3 + i)}, f"fx {i}", "finance"
+        )
+        for i in range(5)
+    ]
     return pipeline, shas
 
 
@@ -119,9 +144,13 @@ async def assert_one_at_a_time_newest_live(agent: AirAgent, pipeline, trains: li
     """No two trains overlapped (by their histories' times), prod runs `newest`, no release rolled twice."""
     for train in trains:
         await agent.wait(train, timeout=timedelta(minutes=3))
-    spans = sorted([(d.start_time, d.close_time) for d in
-                    [await agent.client.get_workflow_handle(t).describe() for t in set(trains)]])
-    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
+    spans = sorted(
+        [
+            (d.start_time, d.close_time)
+            for d in [await agent.client.get_workflow_handle(t).describe() for t in set(trains)]
+        ]
+    )
+    assert all(earlier[1] <= later[0] for earlier, later in pairwise(spans)), spans
     prod = LocalEnvironment(pipeline.environment("prod").target.path).manifest()
     assert prod.live.commit == newest
     rolled = [s.release for s in prod.history if s.action == "roll"]

@@ -14,8 +14,11 @@ from workflows.environment_rollback import EnvironmentRollback
 
 async def roll_back(agent, pipeline, env: str, **kwargs):
     return await agent.client.execute_workflow(
-        EnvironmentRollback.run, EnvironmentRollbackInput(pipeline=pipeline, environment=env, **kwargs),
-        id=f"rollback/main/{env}", task_queue=agent.task_queue)
+        EnvironmentRollback.run,
+        EnvironmentRollbackInput(pipeline=pipeline, environment=env, **kwargs),
+        id=f"rollback/main/{env}",
+        task_queue=agent.task_queue,
+    )
 
 
 async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(agent, drive, monorepo, tmp_path):
@@ -37,7 +40,9 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
     assert "prod rolled back" in frozen.state.frozen and "oncall" in frozen.state.frozen
     assert "numbers look off" in frozen.state.frozen
 
-    newer = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3)}, "fix", "finance")
+    newer = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3)}, "fix", "finance"
+    )
     await agent.notify(pipeline, newer)
     held = await drive.pipeline_until("main", lambda s: s.queued == newer)
     assert held.state.running is None and len(held.state.trains) == 2

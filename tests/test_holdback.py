@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from activities.validation import service as parser_service
-from activities.runtime import ensure_runtime
 from activities.diff import train_commits
 from activities.holdback import hold_back, touched
+from activities.runtime import ensure_runtime
+from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
 from airagent import example
 from airagent.config import PipelineSettings, Runtime
@@ -27,9 +27,17 @@ NAMING = "dags/common/naming.py"
 def hold(repo, pipeline, live: str, failures: dict[str, str], bundle: str | None = None, regressions=()):
     target = repo.head.commit.hexsha
     commits = [c.sha for c in train_commits(repo, [live], target)]
-    return hold_back(HoldInput(pipeline=pipeline, target=target, commits=commits, live_commit=live,
-                               bundle=bundle or repo.working_tree_dir, failures=failures,
-                               held=list(regressions)))
+    return hold_back(
+        HoldInput(
+            pipeline=pipeline,
+            target=target,
+            commits=commits,
+            live_commit=live,
+            bundle=bundle or repo.working_tree_dir,
+            failures=failures,
+            held=list(regressions),
+        )
+    )
 
 
 def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_path):
@@ -42,13 +50,17 @@ def test_the_broken_commit_is_held_and_the_release_keeps_every_other_change(tmp_
     result = hold(repo, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError: pandas_but_misspelled"})
 
     assert [(h.sha, h.teams, h.author) for h in result.held] == [
-        (broken, ["marketing"], example.AUTHORS["marketing"][0])]
+        (broken, ["marketing"], example.AUTHORS["marketing"][0])
+    ]
     assert example.BROKEN_PATH in result.held[0].reason and "pandas_but_misspelled" in result.held[0].reason
     release = repo.commit(result.commit)
     assert list(release.parents) == [repo.commit(good)]
     assert (release.tree / example.BROKEN_PATH).data_stream.read() == (
-        repo.commit(live).tree / example.BROKEN_PATH).data_stream.read()
-    assert (release.tree / "dags/finance/fx_rates.py").binsha == (repo.commit(good).tree / "dags/finance/fx_rates.py").binsha
+        repo.commit(live).tree / example.BROKEN_PATH
+    ).data_stream.read()
+    assert (release.tree / "dags/finance/fx_rates.py").binsha == (
+        repo.commit(good).tree / "dags/finance/fx_rates.py"
+    ).binsha
     assert stands_for(repo, result.commit) == (good, [broken])
     assert repo.head.commit.hexsha == good and f"refs/airagent/releases/{result.commit}" in [r.path for r in repo.refs]
 
@@ -60,8 +72,9 @@ def test_a_broken_shared_module_holds_its_commit_and_a_commit_sharing_a_path_wit
     added = example.commit(repo, {"dags/finance/new_one.py": example.dag_file("new_one")}, "new DAG", "finance")
     breaks = example.commit(repo, {NAMING: "def task_name(:\n"}, "naming v2", "platform")
     same_file = example.commit(repo, {NAMING: "def task_name(:\n    pass\n"}, "naming v3", "platform")
-    unrelated = example.commit(repo, {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=5)},
-                               "campaigns", "marketing")
+    unrelated = example.commit(
+        repo, {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=5)}, "campaigns", "marketing"
+    )
 
     # Every DAG importing the module fails; the commits that changed the module are the culprits.
     failing = {p: "SyntaxError" for p in ("dags/finance/fx_rates.py", "dags/finance/ledger_daily.py")}
@@ -152,8 +165,11 @@ def test_a_release_without_the_held_commits_parses_and_carries_every_independent
         repo = git.Repo.init(root / "repo", initial_branch="main")
         with repo.config_writer() as cfg:
             cfg.set_value("user", "name", "Dev").set_value("user", "email", "dev@example.com")
-        initial = {SHARED: "VALUE = 1\n", "dags/common/__init__.py": "",
-                   **{p: _content(p, 0, False, i % 2 == 0) for i, p in enumerate(TEAM_FILES)}}
+        initial = {
+            SHARED: "VALUE = 1\n",
+            "dags/common/__init__.py": "",
+            **{p: _content(p, 0, False, i % 2 == 0) for i, p in enumerate(TEAM_FILES)},
+        }
         live = example.commit(repo, initial, "initial")
         for n, edits in enumerate(commits, start=1):
             example.commit(repo, {p: _content(p, n, broken, shared) for p, broken, shared in edits}, f"change {n}")
@@ -167,8 +183,16 @@ def test_a_release_without_the_held_commits_parses_and_carries_every_independent
             if not (found := _failing(runtime, bundle, pipeline)):
                 break
             failures |= found
-            result = hold_back(HoldInput(pipeline=pipeline, target=head.hexsha, commits=carried, live_commit=live,
-                                         bundle=str(bundle), failures=failures))
+            result = hold_back(
+                HoldInput(
+                    pipeline=pipeline,
+                    target=head.hexsha,
+                    commits=carried,
+                    live_commit=live,
+                    bundle=str(bundle),
+                    failures=failures,
+                )
+            )
             assert result.commit, f"{found} traced to no commit"
             tree, held = repo.commit(result.commit).tree, result.held
 
@@ -190,9 +214,17 @@ def test_a_regression_stays_held_until_a_later_commit_changes_its_paths(tmp_path
     pipeline = make_pipeline(repo, tmp_path / "envs")
     live = repo.head.commit.hexsha
     failing = example.commit(repo, {example.FAILING_PATH: example.FAILING_DAG}, "check the feed", "marketing")
-    traced = hold_back(HoldInput(pipeline=pipeline, target=failing, commits=[failing], live_commit=live,
-                                 bundle=repo.working_tree_dir, soak=True,
-                                 failures={example.FAILING_PATH: "tasks of orders_feed_check failed"}))
+    traced = hold_back(
+        HoldInput(
+            pipeline=pipeline,
+            target=failing,
+            commits=[failing],
+            live_commit=live,
+            bundle=repo.working_tree_dir,
+            soak=True,
+            failures={example.FAILING_PATH: "tasks of orders_feed_check failed"},
+        )
+    )
     assert [(h.sha, h.regression) for h in traced.held] == [(failing, True)] and traced.commit is None
 
     example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx", "finance")
@@ -208,8 +240,9 @@ def test_a_held_commit_is_presumed_held_until_a_later_commit_could_have_fixed_it
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
     pipeline = make_pipeline(repo, tmp_path / "envs")
     live = repo.head.commit.hexsha
-    broken = example.commit(repo, {example.BROKEN_PATH: "from common import naming\n" + example.BROKEN_DAG},
-                            "marketing: v2", "marketing")
+    broken = example.commit(
+        repo, {example.BROKEN_PATH: "from common import naming\n" + example.BROKEN_DAG}, "marketing: v2", "marketing"
+    )
     first = hold(repo, pipeline, live, {example.BROKEN_PATH: "ModuleNotFoundError: pandas_but_misspelled"})
     assert {example.BROKEN_PATH, NAMING} <= set(first.held[0].depends)
 

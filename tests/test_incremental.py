@@ -12,15 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activities.validation import service as parser_service
 from activities.runtime import ensure_runtime
+from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
 from tests.conftest import make_pipeline
 
-HEAD = ("from datetime import datetime\nfrom airflow.sdk import DAG\n"
-        "from airflow.providers.standard.operators.empty import EmptyOperator\n")
+HEAD = (
+    "from datetime import datetime\nfrom airflow.sdk import DAG\n"
+    "from airflow.providers.standard.operators.empty import EmptyOperator\n"
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -37,12 +39,14 @@ def dag_file(name: str, source: str) -> str:
         "helper": "from helpers.factory import suffix\n",
         "names": "import helpers.names\nsuffix = helpers.names.PREFIX\n",
         "data": "import json, pathlib\nsuffix = json.loads((pathlib.Path(__file__).parent / 'data.json')"
-                ".read_text())['suffix']\n",
+        ".read_text())['suffix']\n",
         "dynamic": "import importlib\nsuffix = importlib.import_module('helpers.' + 'names').PREFIX\n",
         "missing": "from extras import suffix\n",
     }
-    return (HEAD + lookups[source] + f"with DAG(f'{name}_{{suffix}}', start_date=datetime(2024, 1, 1), "
-            "schedule=None):\n    EmptyOperator(task_id='t')\n")
+    return (
+        HEAD + lookups[source] + f"with DAG(f'{name}_{{suffix}}', start_date=datetime(2024, 1, 1), "
+        "schedule=None):\n    EmptyOperator(task_id='t')\n"
+    )
 
 
 START = {
@@ -75,8 +79,9 @@ def apply(root: Path, change: tuple) -> None:
     if kind == "prefix":
         writes["dags/helpers/names.py"] = f"PREFIX = {args[0]!r}\n"
     elif kind == "break_helper":
-        writes["dags/helpers/factory.py"] = ("from helpers.names import PREFIX\nsuffix = PREFIX + " +
-                                             ("(\n" if args[0] else "'_f'\n"))
+        writes["dags/helpers/factory.py"] = "from helpers.names import PREFIX\nsuffix = PREFIX + " + (
+            "(\n" if args[0] else "'_f'\n"
+        )
     elif kind == "data":
         writes["dags/data.json"] = f'{{"suffix": "{args[0]}"}}'
     elif kind == "dag":
@@ -108,8 +113,13 @@ def cache_home(path: Path):
 
 def essence(report: ValidationReport) -> tuple:
     """All a report says about the DAGs, without timings or where results came from."""
-    return (sorted((f.path, f.dag_ids, last_line(f.error), [p.message for p in f.problems], f.placeholders)
-                   for f in report.files), report.duplicates)
+    return (
+        sorted(
+            (f.path, f.dag_ids, last_line(f.error), [p.message for p in f.problems], f.placeholders)
+            for f in report.files
+        ),
+        report.duplicates,
+    )
 
 
 @settings(max_examples=10, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

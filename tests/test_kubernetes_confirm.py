@@ -21,8 +21,8 @@ import pytest
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
 from activities.runtime import ensure_runtime
-from activities.targets.kube_airflow import KubernetesAirflow, not_live
 from activities.targets.base import NotLive
+from activities.targets.kube_airflow import KubernetesAirflow, not_live
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings, Runtime
@@ -33,16 +33,22 @@ from tests.kube import cluster as kube
 pytestmark = pytest.mark.airflow
 
 REF = "airagent/staging"
-DAGS = {"dags/marketing/orders_hourly.py": ["orders_hourly"], "dags/marketing/campaigns.py": ["campaigns"],
-        "dags/finance/ledger_daily.py": ["ledger_daily"], "dags/finance/fx_rates.py": ["fx_rates"]}
+DAGS = {
+    "dags/marketing/orders_hourly.py": ["orders_hourly"],
+    "dags/marketing/campaigns.py": ["campaigns"],
+    "dags/finance/ledger_daily.py": ["ledger_daily"],
+    "dags/finance/fx_rates.py": ["fx_rates"],
+}
 EXPECTED = {d for ids in DAGS.values() for d in ids}
 
 
 def bundle_env(repo: Path, storage: Path) -> dict[str, str]:
     """What a chart's values would set: the git connection and a GitDagBundle on the environment's ref."""
-    bundle = {"name": "monorepo", "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
-              "kwargs": {"tracking_ref": REF, "subdir": "dags", "git_conn_id": "airagent_git",
-                         "refresh_interval": 2}}
+    bundle = {
+        "name": "monorepo",
+        "classpath": "airflow.providers.git.bundles.git.GitDagBundle",
+        "kwargs": {"tracking_ref": REF, "subdir": "dags", "git_conn_id": "airagent_git", "refresh_interval": 2},
+    }
     return {
         "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([bundle]),
         "AIRFLOW_CONN_AIRAGENT_GIT": json.dumps({"conn_type": "git", "host": str(repo)}),
@@ -89,9 +95,15 @@ class World:
 
     def commit(self, files: dict[str, str], message: str) -> Release:
         sha = example.commit(self.repo, files, message)
-        return Release(id=f"{sha[:12]}-{self.runtime_hash[:8]}", commit=sha, runtime_hash=self.runtime_hash,
-                       runtime=str(self.runtime), bundle=str(self.repo.working_tree_dir), dag_folder="dags",
-                       plugins_folder="plugins")
+        return Release(
+            id=f"{sha[:12]}-{self.runtime_hash[:8]}",
+            commit=sha,
+            runtime_hash=self.runtime_hash,
+            runtime=str(self.runtime),
+            bundle=str(self.repo.working_tree_dir),
+            dag_folder="dags",
+            plugins_folder="plugins",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +131,23 @@ def world(tmp_path_factory):
             with AirflowApi(api_url, Credentials.load(local.secrets / "api-login")) as api:
                 wait_for(lambda: healthy(api), 180, "Airflow healthy")
                 wait_for(lambda: at_commit(api, repo.head.commit.hexsha), 180, "the DAGs served at the first commit")
-            target = KubernetesTarget(namespace=kube.NAMESPACE, kubeconfig=kube.kubeconfig(
-                root / "kubeconfig", cluster.emulator.host), rollout_deadline="30s", live_timeout="120s",
-                api_url=api_url, credentials_file=local.secrets / "api-login")
+            target = KubernetesTarget(
+                namespace=kube.NAMESPACE,
+                kubeconfig=kube.kubeconfig(root / "kubeconfig", cluster.emulator.host),
+                rollout_deadline="30s",
+                live_timeout="120s",
+                api_url=api_url,
+                credentials_file=local.secrets / "api-login",
+            )
             settings = EnvironmentSettings(name="staging", target=target)
             pipeline = PipelineSettings(name="main", repo=str(repo.working_tree_dir), environments=[settings])
             world = World(settings, pipeline, repo, cluster, digest, runtime)
             # A first release live, so each test has one to roll from and back to.
-            world.driver().roll(world.commit({"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", 3)},
-                                             "finance: ledger"), RolloutMode.dags_only, DAGS)
+            world.driver().roll(
+                world.commit({"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", 3)}, "finance: ledger"),
+                RolloutMode.dags_only,
+                DAGS,
+            )
             yield world
         finally:
             for component in started:
@@ -150,8 +170,11 @@ def test_a_dags_only_roll_returns_once_airflow_serves_every_dag_at_the_commit(wo
     assert served(driver.target) == {d: new.commit for d in EXPECTED}
     assert world.repo.heads[REF].commit.hexsha == new.commit
     assert rolled.changed and "no pod template patched" in rolled.detail, rolled.detail
-    assert [c for c in world.cluster.emulator.since(mark)
-            if c.verb == "patch" and c.resource in ("deployments", "statefulsets")] == []
+    assert [
+        c
+        for c in world.cluster.emulator.since(mark)
+        if c.verb == "patch" and c.resource in ("deployments", "statefulsets")
+    ] == []
     marker = driver.marker()
     assert (marker.live, marker.live_commit) == (new.id, new.commit)
 
@@ -171,9 +194,11 @@ def test_a_dag_broken_at_parse_fails_confirm_and_rollback_moves_the_ref_back(wor
         impatient.roll(broken, RolloutMode.dags_only, DAGS)
 
     # Airflow marks a DAG whose file no longer imports stale: the API stops serving it.
-    assert str(failed.value) == (f"staging: release {broken.id} (commit {broken.commit[:12]}) not served within "
-                                 "0:00:30: still waiting for orders_hourly (not served), "
-                                 "import error in marketing/orders_hourly.py")
+    assert str(failed.value) == (
+        f"staging: release {broken.id} (commit {broken.commit[:12]}) not served within "
+        "0:00:30: still waiting for orders_hourly (not served), "
+        "import error in marketing/orders_hourly.py"
+    )
     assert impatient.env.record().pending == broken.id
 
     # The train's rollback: the ref goes back to an older commit, which GitDagBundle must follow.

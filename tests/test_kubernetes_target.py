@@ -18,15 +18,12 @@ import pytest
 import yaml
 from kubernetes import client
 from pydantic import ValidationError
-
 from temporalio.exceptions import ApplicationError
-
 from temporalio.testing import ActivityEnvironment
 
 from activities import images
 from activities.roll import roll
-from activities.targets.base import UnexpectedLive
-from activities.targets.base import RolloutFailed, RolloutTimeout
+from activities.targets.base import RolloutFailed, RolloutTimeout, UnexpectedLive
 from activities.targets.kube_rollout import deployment_progress, statefulset_progress
 from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
 from airagent.config import EnvironmentSettings, ImageSettings, PipelineSettings
@@ -35,8 +32,13 @@ from tests.kube import cluster as kube
 
 KUBECONFIG = os.environ.get("AIRAGENT_KUBECONFIG")
 INFRA = Path(__file__).resolve().parent.parent / "infra"
-WORKLOADS = ["deployments/airflow-scheduler", "deployments/airflow-api-server", "deployments/airflow-dag-processor",
-             "deployments/airflow-triggerer", "statefulsets/airflow-worker"]
+WORKLOADS = [
+    "deployments/airflow-scheduler",
+    "deployments/airflow-api-server",
+    "deployments/airflow-dag-processor",
+    "deployments/airflow-triggerer",
+    "statefulsets/airflow-worker",
+]
 
 
 @pytest.fixture(params=["emulator", "kubeconfig"])
@@ -81,8 +83,7 @@ class Confirmations(list):
 def environment(cluster, repo, confirm=None, **settings) -> KubernetesEnvironment:
     settings.setdefault("rollout_deadline", "20s")
     target = KubernetesTarget(namespace=cluster.namespace, **settings)
-    return KubernetesEnvironment("staging", target, cluster.api, GitRef(repo.working_dir, "airagent/staging"),
-                                 confirm)
+    return KubernetesEnvironment("staging", target, cluster.api, GitRef(repo.working_dir, "airagent/staging"), confirm)
 
 
 def rebuild(release: str, commit: str, image: str) -> Rollout:
@@ -147,9 +148,11 @@ def test_rebuild_rolls_every_workload_and_waits_until_it_is_out(cluster, repo):
             assert containers[1]["image"] == kube.GIT_SYNC_IMAGE  # sidecars keep their own image
     if cluster.emulator:
         watches = sum(c.watch for c in calls)
-        print(f"\nAPI requests per rebuild roll of a 5-workload environment: {len(calls)} "
-              f"({watches} watches, {len(calls) - watches} one-shot requests: "
-              f"{dict(Counter(c.verb for c in calls if not c.watch))}; 0 polls)")
+        print(
+            f"\nAPI requests per rebuild roll of a 5-workload environment: {len(calls)} "
+            f"({watches} watches, {len(calls) - watches} one-shot requests: "
+            f"{dict(Counter(c.verb for c in calls if not c.watch))}; 0 polls)"
+        )
         # Reads happen once each, before the patches; everything after them is watched.
         assert watches == len(WORKLOADS) + 1
         assert Counter(c.verb for c in calls)["get"] == 1 + len(WORKLOADS) + 1
@@ -219,8 +222,15 @@ def test_rollback_restores_byte_identical_templates_config_and_ref(cluster, repo
     env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.restart, config=config))
     on_r1 = templates(cluster)
     image = "busybox:1.37" if not cluster.emulator else "apache/airflow:3.1.1"
-    env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.rebuild, image=image,
-                     config={"airflow.cfg": "[core]\nparallelism = 8\n"}))
+    env.roll(
+        Rollout(
+            release="r2",
+            commit=c2,
+            mode=RolloutMode.rebuild,
+            image=image,
+            config={"airflow.cfg": "[core]\nparallelism = 8\n"},
+        )
+    )
     assert templates(cluster) != on_r1
 
     report = env.rollback("r1")
@@ -318,8 +328,9 @@ def test_a_roll_whose_replaces_matches_or_is_absent_rolls_as_before(cluster, rep
     env = environment(cluster, repo)
     env.roll(Rollout(release="r1", commit=c1, mode=RolloutMode.dags_only), Expected(live=None) if checked else None)
 
-    report = env.roll(Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only),
-                      Expected(live="r1") if checked else None)
+    report = env.roll(
+        Rollout(release="r2", commit=c2, mode=RolloutMode.dags_only), Expected(live="r1") if checked else None
+    )
 
     assert report.changed and (report.live, report.previous) == ("r2", "r1")
     assert repo.heads["airagent/staging"].commit.hexsha == c2
@@ -329,16 +340,30 @@ def test_the_roll_activity_fails_an_unexpected_live_release_for_good(cluster, re
     """Through the driver the worker builds from settings; the record's absence means nothing is live."""
     emulator = emulated(cluster).emulator
     c1, _ = commits(repo)
-    target = KubernetesTarget(namespace=cluster.namespace, kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig",
-                                                                                      emulator.host))
-    release = Release(id="r1", commit=c1, runtime_hash="0" * 16, runtime=str(tmp_path / "runtime"),
-                      bundle=str(tmp_path / "bundle"), dag_folder="dags", plugins_folder="plugins")
+    target = KubernetesTarget(
+        namespace=cluster.namespace, kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig", emulator.host)
+    )
+    release = Release(
+        id="r1",
+        commit=c1,
+        runtime_hash="0" * 16,
+        runtime=str(tmp_path / "runtime"),
+        bundle=str(tmp_path / "bundle"),
+        dag_folder="dags",
+        plugins_folder="plugins",
+    )
     mark = len(emulator.calls)
 
     with pytest.raises(ApplicationError) as failed:
-        ActivityEnvironment().run(roll, RollInput(environment=EnvironmentSettings(name="staging", target=target),
-                                                  release=release, mode=RolloutMode.dags_only,
-                                                  replaces=Expected(live="r0")))
+        ActivityEnvironment().run(
+            roll,
+            RollInput(
+                environment=EnvironmentSettings(name="staging", target=target),
+                release=release,
+                mode=RolloutMode.dags_only,
+                replaces=Expected(live="r0"),
+            ),
+        )
 
     assert failed.value.non_retryable and failed.value.type == "UnexpectedLive"
     assert failed.value.message.startswith("staging runs nothing but this train expected r0")
@@ -348,9 +373,12 @@ def test_the_roll_activity_fails_an_unexpected_live_release_for_good(cluster, re
 def test_preflight_names_short_grace_periods_and_capacity_drops(cluster, repo):
     apps = client.AppsV1Api(cluster.api)
     env = environment(cluster, repo, worker_drain="15m")
-    apps.patch_namespaced_deployment("airflow-scheduler", cluster.namespace, {
-        "spec": {"replicas": 4, "strategy": {"rollingUpdate": {"maxUnavailable": "50%", "maxSurge": 1}}}},
-        _content_type="application/merge-patch+json")
+    apps.patch_namespaced_deployment(
+        "airflow-scheduler",
+        cluster.namespace,
+        {"spec": {"replicas": 4, "strategy": {"rollingUpdate": {"maxUnavailable": "50%", "maxSurge": 1}}}},
+        _content_type="application/merge-patch+json",
+    )
 
     warnings = env.preflight()
 
@@ -358,7 +386,8 @@ def test_preflight_names_short_grace_periods_and_capacity_drops(cluster, repo):
     assert any(w.startswith("airflow-scheduler: maxUnavailable lets 2 of 4") for w in warnings), warnings
     assert len(warnings) == 2
     assert environment(cluster, repo, worker_drain="5m").preflight() == [
-        w for w in warnings if not w.startswith("airflow-worker")]
+        w for w in warnings if not w.startswith("airflow-worker")
+    ]
 
 
 def test_git_ref_pushes_to_the_remote_the_bundle_clones(repo, tmp_path):
@@ -371,12 +400,15 @@ def test_git_ref_pushes_to_the_remote_the_bundle_clones(repo, tmp_path):
     assert ref.read() == c2 == remote.heads["airagent/prod"].commit.hexsha
 
 
-@pytest.mark.parametrize(("settings", "field", "hint"), [
-    ({"namespace": "Airflow_Prod"}, "namespace", "lower-case"),
-    ({"namespace": "a", "drain": "5m"}, "drain", "Extra inputs are not permitted"),
-    ({"namespace": "a", "rollout_deadline": "0s"}, "rollout_deadline", "greater than"),
-    ({"namespace": "a", "dag_ref": "--upload-pack=x"}, "dag_ref", "airagent/{env}"),
-])
+@pytest.mark.parametrize(
+    ("settings", "field", "hint"),
+    [
+        ({"namespace": "Airflow_Prod"}, "namespace", "lower-case"),
+        ({"namespace": "a", "drain": "5m"}, "drain", "Extra inputs are not permitted"),
+        ({"namespace": "a", "rollout_deadline": "0s"}, "rollout_deadline", "greater than"),
+        ({"namespace": "a", "dag_ref": "--upload-pack=x"}, "dag_ref", "airagent/{env}"),
+    ],
+)
 def test_bad_target_settings_name_the_field_and_the_fix(settings, field, hint):
     with pytest.raises(ValidationError) as err:
         KubernetesTarget(**settings)
@@ -412,15 +444,31 @@ def test_rbac_jobs_role_grants_exactly_what_the_kaniko_builder_and_the_validator
     with kube.emulated(delay=0.05, progress_deadline=0.8) as cluster:
         config = kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host)
         target = KubernetesTarget(namespace=cluster.namespace, kubeconfig=config)
-        pipeline = PipelineSettings(name="main", repo="https://git.example/monorepo.git",
-                                    environments=[EnvironmentSettings(name="staging", target=target)])
+        pipeline = PipelineSettings(
+            name="main",
+            repo="https://git.example/monorepo.git",
+            environments=[EnvironmentSettings(name="staging", target=target)],
+        )
         mark = len(cluster.emulator.calls)
-        images.kaniko(ImageSettings(repository="registry.example/airflow", builder="kaniko"), target, pipeline,
-                      "a" * 40, "registry.example/airflow:0123456789abcdef", "0123456789abcdef")
+        images.kaniko(
+            ImageSettings(repository="registry.example/airflow", builder="kaniko"),
+            target,
+            pipeline,
+            "a" * 40,
+            "registry.example/airflow:0123456789abcdef",
+            "0123456789abcdef",
+        )
         with pytest.raises(ApplicationError, match="building the image failed"):
-            images.kaniko(ImageSettings(repository="registry.example/airflow", builder="kaniko",
-                                        kaniko_image="registry.invalid/kaniko:1"), target, pipeline,
-                          "b" * 40, "registry.example/airflow:fedcba9876543210", "fedcba9876543210")
+            images.kaniko(
+                ImageSettings(
+                    repository="registry.example/airflow", builder="kaniko", kaniko_image="registry.invalid/kaniko:1"
+                ),
+                target,
+                pipeline,
+                "b" * 40,
+                "registry.example/airflow:fedcba9876543210",
+                "fedcba9876543210",
+            )
         cluster.controller.kubelet = Scripted({"git-sync": (0, ""), "validate": (0, 'airagent-report: {"files": []}')})
         run_validator(cluster, files=())
         with pytest.raises(ApplicationError, match="ErrImagePull"):
@@ -437,9 +485,13 @@ def assert_role_grants_exactly(role_name: str, calls, caller: str) -> None:
     """Every call is allowed by infra/rbac.yaml's Role `role_name`, and every grant of it is used by one."""
     docs = [d for d in yaml.safe_load_all((INFRA / "rbac.yaml").read_text()) if d]
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == role_name)
-    grants = {(verb, resource, name)
-              for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]
-              for name in rule.get("resourceNames") or [None]}
+    grants = {
+        (verb, resource, name)
+        for rule in role["rules"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [None]
+    }
     used = set()
     for c in calls:
         named, anywhere = (c.verb, c.resource, c.name), (c.verb, c.resource, None)

@@ -21,20 +21,26 @@ from airagent import example
 from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings, home
 from airagent.models import TrainState, conductor_id
 from airagent.repo import stands_for
+from tests.conftest import start_train
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
-from tests.conftest import start_train
 
 REGISTRY = "registry.example/data/airflow"
 CONTEXT = "https://git.example/monorepo.git"  # where the cluster clones commits from (kaniko, the validator's git-sync)
-WORKLOADS = ["deployments/airflow-scheduler", "deployments/airflow-api-server", "deployments/airflow-dag-processor",
-             "deployments/airflow-triggerer", "statefulsets/airflow-worker"]
+WORKLOADS = [
+    "deployments/airflow-scheduler",
+    "deployments/airflow-api-server",
+    "deployments/airflow-dag-processor",
+    "deployments/airflow-triggerer",
+    "statefulsets/airflow-worker",
+]
 
 
 def kube_pipeline(repo, config: Path) -> PipelineSettings:
     target = KubernetesTarget(namespace=kube.NAMESPACE, kubeconfig=config, worker_drain="15m", rollout_deadline="30s")
     return PipelineSettings(
-        name="main", repo=str(repo.working_tree_dir),
+        name="main",
+        repo=str(repo.working_tree_dir),
         environments=[EnvironmentSettings(name="staging", target=target)],
         image=ImageSettings(repository=REGISTRY, builder="kaniko", context=CONTEXT),
     )
@@ -48,8 +54,11 @@ def run_validator_jobs(cluster, pipeline: PipelineSettings, repo, origin: Path |
 
 
 def build_jobs(cluster) -> list[str]:
-    return [j["metadata"]["name"] for j in cluster.emulator.store.list("jobs")[0]
-            if j["metadata"]["name"].startswith("airagent-build-")]
+    return [
+        j["metadata"]["name"]
+        for j in cluster.emulator.store.list("jobs")[0]
+        if j["metadata"]["name"].startswith("airagent-build-")
+    ]
 
 
 @pytest.fixture
@@ -77,7 +86,9 @@ def templates(cluster) -> dict[str, dict]:
 
 
 def template_patches(calls) -> list[str]:
-    return [f"{c.resource}/{c.name}" for c in calls if c.verb == "patch" and c.resource in ("deployments", "statefulsets")]
+    return [
+        f"{c.resource}/{c.name}" for c in calls if c.verb == "patch" and c.resource in ("deployments", "statefulsets")
+    ]
 
 
 async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent, drive, world, monorepo, cluster):
@@ -98,8 +109,12 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
     assert monorepo.heads["airagent/staging"].commit.hexsha == monorepo.head.commit.hexsha
 
     mark = len(emulator.calls)
-    sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
-                         "finance: more fx steps", "finance")
+    sha = example.commit(
+        monorepo,
+        {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
+        "finance: more fx steps",
+        "finance",
+    )
     second = await drive.finish((await start_train(agent, world, sha)).id)
 
     assert second.state == TrainState.succeeded, second.reason
@@ -111,8 +126,12 @@ async def test_trains_roll_kubernetes_dags_only_rebuild_and_crash_rollback(agent
 
     cluster.controller.crash("airflow-scheduler")
     mark = len(emulator.calls)
-    bad = example.commit(monorepo, {"Dockerfile": "FROM apache/airflow:3.1.0\nRUN pip install nothing\n"},
-                         "platform: new image", "platform")
+    bad = example.commit(
+        monorepo,
+        {"Dockerfile": "FROM apache/airflow:3.1.0\nRUN pip install nothing\n"},
+        "platform: new image",
+        "platform",
+    )
     third = await drive.finish((await start_train(agent, world, bad)).id)
     cluster.controller.heal()
 
@@ -137,20 +156,30 @@ async def test_an_image_from_ci_must_carry_the_runtime_hash(agent, drive, world,
 def write_config(path: Path, pipeline: PipelineSettings, image: bool = True) -> Path:
     """airagent.yaml for the kube pipeline, as a platform team would write it (builder external)."""
     target = pipeline.environments[0].target
-    declared = {"repo": pipeline.repo, "environments": [{"name": "staging", "target": {
-        "type": "kubernetes", "namespace": target.namespace, "kubeconfig": str(target.kubeconfig)}}]}
-    path.write_text(yaml.safe_dump({"pipelines": {"main": {**declared, **({"image": {"repository": REGISTRY}}
-                                                                         if image else {})}}}))
+    declared = {
+        "repo": pipeline.repo,
+        "environments": [
+            {
+                "name": "staging",
+                "target": {"type": "kubernetes", "namespace": target.namespace, "kubeconfig": str(target.kubeconfig)},
+            }
+        ],
+    }
+    path.write_text(
+        yaml.safe_dump({"pipelines": {"main": {**declared, **({"image": {"repository": REGISTRY}} if image else {})}}})
+    )
     return path
 
 
 def airagent_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("airagent")), *args], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("airagent")), *args], capture_output=True, text=True, timeout=120
+    )
 
 
-async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, drive, world, monorepo, cluster,
-                                                                        tmp_path):
+async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(
+    agent, drive, world, monorepo, cluster, tmp_path
+):
     pipeline = world.model_copy(update={"image": ImageSettings(repository=REGISTRY, context=CONTEXT)})  # external
     head = monorepo.head.commit.hexsha
     await agent.start_pipeline(pipeline)
@@ -160,8 +189,16 @@ async def test_the_conductor_rolls_the_image_ci_announced_for_the_commit(agent, 
         assert waiting.state.trains == []
 
         # CI learns the tag without building anything, builds and pushes it, then tells the conductor.
-        told = airagent_cli("image", "tag", "-p", "main", "--sha", head[:12],
-                            "-c", str(write_config(tmp_path / "airagent.yaml", pipeline)))
+        told = airagent_cli(
+            "image",
+            "tag",
+            "-p",
+            "main",
+            "--sha",
+            head[:12],
+            "-c",
+            str(write_config(tmp_path / "airagent.yaml", pipeline)),
+        )
         assert told.returncode == 0, told.stderr
         tag = told.stdout.strip()
         assert tag.startswith(f"{REGISTRY}:")
@@ -203,8 +240,11 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     that cannot be pulled fail validate, and neither touches the environment."""
     emulator = cluster.emulator
     # A repository of its own: files parsed in an image are cached under it, and this test must see Jobs run.
-    world = world.model_copy(update={"image": world.image.model_copy(
-        update={"repository": f"registry.example/{uuid.uuid4().hex[:8]}/airflow"})})
+    world = world.model_copy(
+        update={
+            "image": world.image.model_copy(update={"repository": f"registry.example/{uuid.uuid4().hex[:8]}/airflow"})
+        }
+    )
     first = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert first.state == TrainState.succeeded, first.reason
@@ -216,13 +256,16 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     [log] = [text for (_, name, container), text in emulator.store.logs.items() if container == "validate"]
     report = json.loads(log.split("airagent-report: ", 1)[1])
     assert sorted(d for f in report["files"] for d in f["dag_ids"]) == [
-        "campaigns", "fx_rates", "ledger_daily", "orders_hourly"]  # parsed by Airflow's DagBag
+        "campaigns",
+        "fx_rates",
+        "ledger_daily",
+        "orders_hourly",
+    ]  # parsed by Airflow's DagBag
     assert "6 files, 4 DAGs (6 parsed, 0 from cache): all parse" in first.validation
 
     before = ref_and_record(cluster, monorepo)
     mark = len(emulator.calls)
-    example.commit(monorepo, {"dags/marketing/campaigns.py": "import no_such_module\n"}, "marketing: oops",
-                   "marketing")
+    example.commit(monorepo, {"dags/marketing/campaigns.py": "import no_such_module\n"}, "marketing: oops", "marketing")
     broken = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert broken.state == TrainState.failed and broken.stages[-1].name == "validate", broken.reason
@@ -231,10 +274,15 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     assert len(validator_jobs(cluster)) == 2
     assert template_patches(emulator.since(mark)) == [] and ref_and_record(cluster, monorepo) == before
 
-    example.commit(monorepo, {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=3)},
-                   "marketing: fixed", "marketing")
-    unpullable = world.model_copy(update={"image": world.image.model_copy(
-        update={"repository": "registry.invalid/data/airflow"})})
+    example.commit(
+        monorepo,
+        {"dags/marketing/campaigns.py": example.dag_file("campaigns", tasks=3)},
+        "marketing: fixed",
+        "marketing",
+    )
+    unpullable = world.model_copy(
+        update={"image": world.image.model_copy(update={"repository": "registry.invalid/data/airflow"})}
+    )
     mark = len(emulator.calls)
     pulled = await drive.finish((await start_train(agent, unpullable, monorepo.head.commit.hexsha)).id)
 
@@ -268,8 +316,7 @@ async def test_a_held_back_train_moves_the_dag_ref_to_the_release_commit(agent, 
     broken_path, good_path = "dags/marketing/orders_daily.py", "dags/finance/fx_weekly.py"
     does_not_import = "import pandas_but_misspelled\n" + example.dag_file("orders_daily")
     broken = example.commit(monorepo, {broken_path: does_not_import}, "marketing: daily orders", "marketing")
-    good = pushed(example.commit(monorepo, {good_path: example.dag_file("fx_weekly")}, "finance: weekly fx",
-                                 "finance"))
+    good = pushed(example.commit(monorepo, {good_path: example.dag_file("fx_weekly")}, "finance: weekly fx", "finance"))
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
 
@@ -283,8 +330,9 @@ async def test_a_held_back_train_moves_the_dag_ref_to_the_release_commit(agent, 
     assert broken_path not in paths(ref)
 
     # The fix lifts the hold: the held commit rides the next train with it, and the ref is the fix itself.
-    fix = pushed(example.commit(monorepo, {broken_path: example.dag_file("orders_daily")}, "marketing: fixed",
-                                "marketing"))
+    fix = pushed(
+        example.commit(monorepo, {broken_path: example.dag_file("orders_daily")}, "marketing: fixed", "marketing")
+    )
     fixed = await drive.finish((await start_train(agent, pipeline, fix)).id)
 
     assert fixed.state == TrainState.succeeded and fixed.held == [], fixed.reason

@@ -10,15 +10,15 @@ import pytest
 
 from airagent import example
 from airagent.models import TrainState
+from tests.conftest import start_train
 from tests.kube import cluster as kube
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
 from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, run_validator_jobs
-from tests.conftest import start_train
 
 pytestmark = pytest.mark.devserver
 
 
-async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_env, tmp_path):  # noqa: F811
+async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_env, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
     # Slow pods: the roll is still waiting on them when the worker dies.
     with kube.emulated(delay=2.0, progress_deadline=120) as cluster:
@@ -29,8 +29,9 @@ async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_
         try:
             handle = await start_train(agent, pipeline, repo.head.commit.hexsha)
             for _ in range(600):
-                if any(c.verb == "patch" and c.resource in ("deployments", "statefulsets")
-                       for c in cluster.emulator.calls):
+                if any(
+                    c.verb == "patch" and c.resource in ("deployments", "statefulsets") for c in cluster.emulator.calls
+                ):
                     break
                 await asyncio.sleep(0.2)
             else:
@@ -43,7 +44,8 @@ async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_
         calls = cluster.emulator.calls
 
     assert status.state == TrainState.succeeded, status.reason
-    patched = Counter(f"{c.resource}/{c.name}" for c in calls
-                      if c.verb == "patch" and c.resource in ("deployments", "statefulsets"))
+    patched = Counter(
+        f"{c.resource}/{c.name}" for c in calls if c.verb == "patch" and c.resource in ("deployments", "statefulsets")
+    )
     assert sorted(patched) == sorted(WORKLOADS)
     assert set(patched.values()) == {1}, patched  # each template patched exactly once across both attempts

@@ -27,14 +27,14 @@ from tests.conftest import make_pipeline
 
 pytestmark = pytest.mark.airflow
 
-SLEEPER = dedent('''\
+SLEEPER = dedent("""\
     from datetime import datetime
     from airflow.sdk import DAG
     from airflow.providers.standard.operators.bash import BashOperator
 
     with DAG("sleeper", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
         BashOperator(task_id="nap", bash_command="sleep 12")
-    ''')
+    """)
 
 
 def target(path, **settings) -> LocalTarget:
@@ -57,8 +57,7 @@ def trigger(env: LocalAirflow, dag_id: str) -> str:
 
 def task_state(env: LocalAirflow, dag_id: str, run_id: str, task_id: str) -> str | None:
     with env.api() as api:
-        response = api.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}",
-                                headers=api._auth())
+        response = api.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", headers=api._auth())
         return response.json().get("state") if response.status_code == 200 else None
 
 
@@ -103,8 +102,12 @@ def test_up_is_found_by_a_new_driver_and_up_again_starts_nothing(live):
 def test_dags_only_roll_is_live_without_restarting_anything(live):
     env, repo, pipeline = live
     before = pids(env)
-    sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates_v2", tasks=2)},
-                         "finance: fx rates, second version", "finance")
+    sha = example.commit(
+        repo,
+        {"dags/finance/fx_rates.py": example.dag_file("fx_rates_v2", tasks=2)},
+        "finance: fx rates, second version",
+        "finance",
+    )
     release, dags = built(pipeline, sha)
 
     manifest, changed, detail = env.roll(release, RolloutMode.dags_only, dags)
@@ -121,8 +124,12 @@ def test_restart_roll_drains_a_running_task_before_restarting(live):
     run_id = trigger(env, "sleeper")
     wait_for(lambda: task_state(env, "sleeper", run_id, "nap") == "running", 90, "the nap task running")
     before = pids(env)
-    sha = example.commit(repo, {"plugins/example_plugin.py": example.FILES["plugins/example_plugin.py"] + "# v2\n"},
-                         "platform: touch the plugin", "platform")
+    sha = example.commit(
+        repo,
+        {"plugins/example_plugin.py": example.FILES["plugins/example_plugin.py"] + "# v2\n"},
+        "platform: touch the plugin",
+        "platform",
+    )
     release, dags = built(pipeline, sha)
 
     _, _, detail = env.roll(release, RolloutMode.restart, dags)
@@ -137,8 +144,12 @@ def test_restart_roll_drains_a_running_task_before_restarting(live):
 def test_a_dags_only_roll_that_does_not_go_live_in_time_fails(live):
     env, repo, pipeline = live
     impatient = LocalAirflow(env.name, env.target.model_copy(update={"live_timeout": timedelta(seconds=3)}))
-    sha = example.commit(repo, {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=2)},
-                         "finance: shorter ledger", "finance")
+    sha = example.commit(
+        repo,
+        {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=2)},
+        "finance: shorter ledger",
+        "finance",
+    )
     release, dags = built(pipeline, sha)
     dags["dags/finance/ledger_daily.py"].append("never_defined")  # a DAG Airflow will never serve
 
@@ -148,8 +159,12 @@ def test_a_dags_only_roll_that_does_not_go_live_in_time_fails(live):
 
 def test_api_answers_throughout_a_restart(live):
     env, repo, pipeline = live
-    sha = example.commit(repo, {"config/airflow.cfg": example.FILES["config/airflow.cfg"] + "\n# tuned\n"},
-                         "platform: tune config", "platform")
+    sha = example.commit(
+        repo,
+        {"config/airflow.cfg": example.FILES["config/airflow.cfg"] + "\n# tuned\n"},
+        "platform: tune config",
+        "platform",
+    )
     release, dags = built(pipeline, sha)
     url = f"http://127.0.0.1:{env.target.port}/api/v2/monitor/health"
     answers: list[bool] = []
@@ -189,18 +204,21 @@ def test_a_killed_component_fails_the_components_probe(live):
 def test_cli_env_status_and_up_on_a_running_environment(live, tmp_path):
     env, repo, _ = live
     config = tmp_path / "airagent.yaml"
-    config.write_text(dedent(f"""\
+    config.write_text(
+        dedent(f"""\
         pipelines:
           main:
             repo: {repo.working_tree_dir}
             environments:
               - name: staging
                 target: {{type: local, path: {env.target.path}, port: {env.target.port}}}
-        """))
+        """)
+    )
     airagent = [binary("airagent")]
 
-    status = subprocess.run([*airagent, "env", "status", "staging", "-c", config, "--json"],
-                            capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [*airagent, "env", "status", "staging", "-c", config, "--json"], capture_output=True, text=True, timeout=120
+    )
     up = subprocess.run([*airagent, "env", "up", "staging", "-c", config], capture_output=True, text=True, timeout=120)
     missing = subprocess.run([*airagent, "env", "up", "qa", "-c", config], capture_output=True, text=True, timeout=120)
 

@@ -12,8 +12,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.build import build
+from activities.environment import LocalDriver
 from activities.roll import roll
-from activities.targets.drivers import LocalDriver
 from activities.targets.base import UnexpectedLive
 from activities.targets.local import LocalEnvironment
 from airagent import example
@@ -27,8 +27,15 @@ def release(tmp_path: Path, name: str) -> Release:
     bundle = tmp_path / "built" / name / "bundle"
     (bundle / "dags").mkdir(parents=True)
     (bundle / "dags" / "dag.py").write_text(f"# release {name}\n")
-    return Release(id=name, commit=hashlib.sha1(name.encode()).hexdigest(), runtime_hash="0" * 16,
-                   runtime=str(tmp_path / "runtime"), bundle=str(bundle), dag_folder="dags", plugins_folder="plugins")
+    return Release(
+        id=name,
+        commit=hashlib.sha1(name.encode()).hexdigest(),
+        runtime_hash="0" * 16,
+        runtime=str(tmp_path / "runtime"),
+        bundle=str(bundle),
+        dag_folder="dags",
+        plugins_folder="plugins",
+    )
 
 
 def swaps(env: LocalEnvironment) -> list[tuple]:
@@ -37,8 +44,13 @@ def swaps(env: LocalEnvironment) -> list[tuple]:
 
 def leftovers(env: LocalEnvironment) -> list[str]:
     """Temporary links, copies and manifests a finished change must not leave behind."""
-    return [p.name for folder in (env.path, env.releases) if folder.exists() for p in folder.iterdir()
-            if p.name.startswith(".")]
+    return [
+        p.name
+        for folder in (env.path, env.releases)
+        if folder.exists()
+        for p in folder.iterdir()
+        if p.name.startswith(".")
+    ]
 
 
 @pytest.fixture
@@ -155,11 +167,15 @@ def state(env: LocalEnvironment) -> tuple:
     return manifest, env.linked(), installed, sorted(p.name for p in env.path.iterdir()) if env.path.exists() else []
 
 
-@pytest.mark.parametrize(("rolled", "expected"), [
-    (["a", "b"], "a"),  # another train rolled b since the diff saw a
-    (["a"], None),  # the diff saw nothing live, someone rolled a since
-    ([], "a"),  # the diff saw a, someone put the environment back to nothing
-], ids=["other-release", "first-deploy", "emptied"])
+@pytest.mark.parametrize(
+    ("rolled", "expected"),
+    [
+        (["a", "b"], "a"),  # another train rolled b since the diff saw a
+        (["a"], None),  # the diff saw nothing live, someone rolled a since
+        ([], "a"),  # the diff saw a, someone put the environment back to nothing
+    ],
+    ids=["other-release", "first-deploy", "emptied"],
+)
 def test_a_roll_over_an_unexpected_release_is_refused_and_changes_nothing(env, tmp_path, rolled, expected):
     for name in rolled:
         env.roll(release(tmp_path, name))
@@ -219,8 +235,15 @@ def test_the_roll_activity_fails_an_unexpected_live_release_for_good(tmp_path):
     LocalEnvironment(settings.target.path).roll(release(tmp_path, "a"))
 
     with pytest.raises(ApplicationError) as failed:
-        ActivityEnvironment().run(roll, RollInput(environment=settings, release=release(tmp_path, "b"),
-                                                  mode=RolloutMode.dags_only, replaces=Expected(live="z")))
+        ActivityEnvironment().run(
+            roll,
+            RollInput(
+                environment=settings,
+                release=release(tmp_path, "b"),
+                mode=RolloutMode.dags_only,
+                replaces=Expected(live="z"),
+            ),
+        )
 
     assert failed.value.non_retryable and failed.value.type == "UnexpectedLive"
     assert failed.value.message.startswith("staging runs a (commit ") and "expected z" in failed.value.message
@@ -245,11 +268,16 @@ def repo_with_dags_link(tmp_path, request) -> git.Repo:
     return repo
 
 
-@pytest.mark.parametrize("repo_with_dags_link", [
-    lambda outside: "../../outside",
-    lambda outside: os.path.relpath(outside, outside.parent / "repo"),  # ../outside: out of the bundle too
-    lambda outside: str(outside),
-], indirect=True, ids=["relative", "one-up", "absolute"])
+@pytest.mark.parametrize(
+    "repo_with_dags_link",
+    [
+        lambda outside: "../../outside",
+        lambda outside: os.path.relpath(outside, outside.parent / "repo"),  # ../outside: out of the bundle too
+        lambda outside: str(outside),
+    ],
+    indirect=True,
+    ids=["relative", "one-up", "absolute"],
+)
 def test_build_refuses_a_dag_folder_linked_outside_the_repository(repo_with_dags_link, tmp_path):
     repo = repo_with_dags_link
     sha = repo.head.commit.hexsha

@@ -50,11 +50,16 @@ def receivers(monkeypatch):
 
 async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, drive, monorepo, tmp_path, receivers):
     webhook, slack, down = receivers
-    pipeline = make_pipeline(monorepo, tmp_path / "envs",
-                             notifications=[Notification(type="webhook", url_env="HOOK_URL"),
-                                            Notification(type="slack", url_env="SLACK_URL", on=["failed"]),
-                                            Notification(type="webhook", url_env="DOWN_URL")],
-                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    pipeline = make_pipeline(
+        monorepo,
+        tmp_path / "envs",
+        notifications=[
+            Notification(type="webhook", url_env="HOOK_URL"),
+            Notification(type="slack", url_env="SLACK_URL", on=["failed"]),
+            Notification(type="webhook", url_env="DOWN_URL"),
+        ],
+        teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]},
+    )
 
     good = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert good.state == TrainState.succeeded
@@ -77,13 +82,20 @@ async def test_outcomes_are_delivered_and_a_dead_receiver_fails_nothing(agent, d
 
 async def test_the_team_whose_commit_is_held_back_is_told(agent, drive, monorepo, tmp_path, receivers):
     webhook, slack, _ = receivers
-    pipeline = make_pipeline(monorepo, tmp_path / "envs",
-                             notifications=[Notification(type="webhook", url_env="HOOK_URL"),
-                                            Notification(type="slack", url_env="SLACK_URL", on=["failed", "held"])],
-                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    pipeline = make_pipeline(
+        monorepo,
+        tmp_path / "envs",
+        notifications=[
+            Notification(type="webhook", url_env="HOOK_URL"),
+            Notification(type="slack", url_env="SLACK_URL", on=["failed", "held"]),
+        ],
+        teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]},
+    )
     await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "orders v2", "marketing")
-    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    good = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance"
+    )
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.validation import service as parser_service
 from activities.runtime import ensure_runtime
+from activities.validation import service as parser_service
 from activities.validation.cache import PARSER
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime
@@ -39,12 +39,15 @@ def socket_of(runtime: Path) -> int:
 
 
 def test_the_warm_parser_fails_a_file_that_hangs_exits_or_dies_alone_and_keeps_serving(runtime, tmp_path):
-    root = tree(tmp_path / "repo", {
-        "dags/fine.py": GOOD,
-        "dags/hangs.py": "import time\ntime.sleep(600)\n",
-        "dags/exits.py": "import os\nos._exit(7)\n",
-        "dags/killed.py": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
-    })
+    root = tree(
+        tmp_path / "repo",
+        {
+            "dags/fine.py": GOOD,
+            "dags/hangs.py": "import time\ntime.sleep(600)\n",
+            "dags/exits.py": "import os\nos._exit(7)\n",
+            "dags/killed.py": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        },
+    )
 
     report = parse_tree(runtime, root, "dags", "plugins", timeout=3)
     server = socket_of(runtime)
@@ -75,13 +78,21 @@ def test_a_parser_that_died_is_started_again(runtime, tmp_path):
 
 
 def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_settings(runtime, tmp_path):
-    roots = [tree(tmp_path / f"repo{i}", {
-        f"dags/d{i}.py": dag(f"d{i}", body="from airflow.sdk import Variable\nv = Variable.get('name')\n"
-                                           ).replace(f"DAG('d{i}'", f"DAG(f'd{i}_{{v}}'"),
-        "plugins/helper.py": f"NAME = 'p{i}'\n",
-        f"dags/uses_plugin_{i}.py": dag(f"u{i}", body="from helper import NAME\n").replace(
-            f"DAG('u{i}'", "DAG(f'u_{NAME}'"),
-    }) for i in range(3)]
+    roots = [
+        tree(
+            tmp_path / f"repo{i}",
+            {
+                f"dags/d{i}.py": dag(
+                    f"d{i}", body="from airflow.sdk import Variable\nv = Variable.get('name')\n"
+                ).replace(f"DAG('d{i}'", f"DAG(f'd{i}_{{v}}'"),
+                "plugins/helper.py": f"NAME = 'p{i}'\n",
+                f"dags/uses_plugin_{i}.py": dag(f"u{i}", body="from helper import NAME\n").replace(
+                    f"DAG('u{i}'", "DAG(f'u_{NAME}'"
+                ),
+            },
+        )
+        for i in range(3)
+    ]
 
     def validate(i: int):
         pipeline = settings(tmp_path / f"s{i}", placeholders={"enabled": False, "variables": {"name": f"v{i}"}})
@@ -98,10 +109,11 @@ def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_set
 @pytest.mark.parametrize("ending", ["idle", "socket removed"])
 def test_a_server_ends_by_itself(runtime, ending):
     server = parser_service.server_dir(runtime)
-    process = subprocess.Popen([runtime / "bin" / "python", PARSER, "--serve", server,
-                                "--idle", "1" if ending == "idle" else "600"],
-                               stdout=subprocess.PIPE, env={"PATH": os.environ["PATH"], "HOME": str(server),
-                                                            "AIRFLOW_HOME": str(server / "airflow")})
+    process = subprocess.Popen(
+        [runtime / "bin" / "python", PARSER, "--serve", server, "--idle", "1" if ending == "idle" else "600"],
+        stdout=subprocess.PIPE,
+        env={"PATH": os.environ["PATH"], "HOME": str(server), "AIRFLOW_HOME": str(server / "airflow")},
+    )
     try:
         assert process.stdout.readline() == b"ready\n"
         if ending == "socket removed":

@@ -16,23 +16,31 @@ def rules(**policy) -> ValidationSettings:
 
 
 def file(*dags: DagFacts, imports=(), seconds=0.1, same_file=()) -> FileReport:
-    return FileReport(path="dags/x.py", dag_ids=[d.dag_id for d in dags], dags=list(dags), imports=list(imports),
-                      parse_seconds=seconds, same_file_duplicates=list(same_file))
+    return FileReport(
+        path="dags/x.py",
+        dag_ids=[d.dag_id for d in dags],
+        dags=list(dags),
+        imports=list(imports),
+        parse_seconds=seconds,
+        same_file_duplicates=list(same_file),
+    )
 
 
 TIDY = DagFacts(dag_id="tidy", owners=["data"], tags=["tier-1"], schedule="@daily", retries={"a": 2})
-SLOPPY = DagFacts(dag_id="sloppy", owners=["airflow", "bob"], tags=[], schedule="*/5 * * * *",
-                  retries={"a": 0, "b": 3})
+SLOPPY = DagFacts(dag_id="sloppy", owners=["airflow", "bob"], tags=[], schedule="*/5 * * * *", retries={"a": 0, "b": 3})
 
 
-@pytest.mark.parametrize(("policy", "expected"), [
-    ({"require_owner": True}, "DAG 'sloppy' has tasks without an owner"),
-    ({"allowed_owners": ["data"]}, "DAG 'sloppy' has owner 'airflow', not one of ['data']"),
-    ({"require_tags": True}, "DAG 'sloppy' has no tags"),
-    ({"required_tags": ["tier-1"]}, "DAG 'sloppy' lacks the tags ['tier-1']"),
-    ({"min_retries": 1}, "task 'a' of DAG 'sloppy' retries 0 times, fewer than 1"),
-    ({"allowed_schedules": ["@daily", None]}, "DAG 'sloppy' has schedule '*/5 * * * *'"),
-])
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ({"require_owner": True}, "DAG 'sloppy' has tasks without an owner"),
+        ({"allowed_owners": ["data"]}, "DAG 'sloppy' has owner 'airflow', not one of ['data']"),
+        ({"require_tags": True}, "DAG 'sloppy' has no tags"),
+        ({"required_tags": ["tier-1"]}, "DAG 'sloppy' lacks the tags ['tier-1']"),
+        ({"min_retries": 1}, "task 'a' of DAG 'sloppy' retries 0 times, fewer than 1"),
+        ({"allowed_schedules": ["@daily", None]}, "DAG 'sloppy' has schedule '*/5 * * * *'"),
+    ],
+)
 def test_each_policy_fails_only_the_dag_that_breaks_it_and_names_itself(policy, expected):
     rule = next(iter(policy))
     checked = policies.check(file(TIDY, SLOPPY), rules(**policy))
@@ -43,10 +51,12 @@ def test_each_policy_fails_only_the_dag_that_breaks_it_and_names_itself(policy, 
 
 
 def test_forbidden_imports_cover_submodules_once_per_rule():
-    checked = policies.check(file(TIDY, imports=["pandas", "pandas.io.sql", "pandasql", "json"]),
-                             rules(forbidden_imports=["pandas"]))
+    checked = policies.check(
+        file(TIDY, imports=["pandas", "pandas.io.sql", "pandasql", "json"]), rules(forbidden_imports=["pandas"])
+    )
     assert [p.message for p in checked.problems] == [
-        "the file imports 'pandas', which is forbidden; remove the import (validation.policies.forbidden_imports)"]
+        "the file imports 'pandas', which is forbidden; remove the import (validation.policies.forbidden_imports)"
+    ]
 
 
 def test_parse_time_budget_warns_then_fails_and_same_file_duplicates_fail():
@@ -70,7 +80,8 @@ def test_removal_needs_a_trailer_or_the_config():
 
 def test_a_mistake_in_the_validation_section_names_file_line_and_field(tmp_path):
     path = tmp_path / "airagent.yaml"
-    path.write_text(dedent("""\
+    path.write_text(
+        dedent("""\
         pipelines:
           main:
             environments: [{name: staging, target: {type: local, path: envs/staging}}]
@@ -78,7 +89,8 @@ def test_a_mistake_in_the_validation_section_names_file_line_and_field(tmp_path)
               parse_time: {warn: 30s, fail: 5s}
               policies:
                 min_retrys: 1
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as err:
         load(path)
     message = str(err.value)

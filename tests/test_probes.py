@@ -14,6 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -44,12 +45,15 @@ def test_health_reads_each_part_of_the_json_not_the_status_code():
     assert not down.ok and "triggerer unhealthy" in down.reading and "scheduler healthy" in down.reading
 
 
-@pytest.mark.parametrize("answer, seen", [
-    (["not", "a", "mapping"], "malformed answer"),
-    ({"metadatabase": {"status": "healthy"}}, "scheduler missing"),
-    ({**recorded("health"), "dag_processor": {"status": None}}, "dag_processor missing"),
-    ({**recorded("health"), "scheduler": "healthy"}, "scheduler missing"),
-])
+@pytest.mark.parametrize(
+    "answer, seen",
+    [
+        (["not", "a", "mapping"], "malformed answer"),
+        ({"metadatabase": {"status": "healthy"}}, "scheduler missing"),
+        ({**recorded("health"), "dag_processor": {"status": None}}, "dag_processor missing"),
+        ({**recorded("health"), "scheduler": "healthy"}, "scheduler missing"),
+    ],
+)
 def test_malformed_health_answers_fail_with_what_was_wrong(answer, seen):
     verdict = probes.health(answer)
     assert not verdict.ok and seen in verdict.reading
@@ -94,19 +98,19 @@ class Replay(BaseHTTPRequestHandler):
     """Serves the recordings by path; `mode` makes every answer slow, garbled, failing or refused."""
 
     mode = "ok"
-    routes = {
+    routes: ClassVar[dict[str, str]] = {
         "/api/v2/monitor/health": "health",
         "/api/v2/importErrors": "import_errors_one",
         "/api/v2/dags": "dags",
     }
 
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.mode == "refuse" or body != {"username": "airagent", "password": "s3cret"}:
             return self._send(401, {"detail": "Invalid credentials"})
         self._send(201, {"access_token": "token"})
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         url = urlparse(self.path)
         if self.mode == "slow":
             time.sleep(1.5)
@@ -118,8 +122,9 @@ class Replay(BaseHTTPRequestHandler):
             return self._send(401, {"detail": "Not authenticated"})
         if url.path.endswith("/taskInstances"):
             states = parse_qs(url.query)["state"]
-            return self._send(200, recorded("task_instances_failed" if states == ["failed"] else
-                                            "task_instances_finished"))
+            return self._send(
+                200, recorded("task_instances_failed" if states == ["failed"] else "task_instances_finished")
+            )
         self._send(200, recorded(self.routes[url.path]))
 
     def _send(self, code: int, body) -> None:
@@ -156,11 +161,14 @@ def test_recorded_answers_over_http(airflow):
     assert not readings["task_failure_rate"].ok
 
 
-@pytest.mark.parametrize("mode, seen", [
-    ("slow", "no answer within the timeout"),
-    ("garbled", "malformed answer"),
-    ("error", "HTTP 503 from /api/v2/monitor/health"),
-])
+@pytest.mark.parametrize(
+    "mode, seen",
+    [
+        ("slow", "no answer within the timeout"),
+        ("garbled", "malformed answer"),
+        ("error", "HTTP 503 from /api/v2/monitor/health"),
+    ],
+)
 def test_slow_garbled_and_failing_answers_are_failing_readings_not_crashes(airflow, mode, seen):
     Replay.mode = mode
     with api(airflow) as client:
@@ -187,12 +195,21 @@ def test_nothing_listening_is_a_clear_failing_reading():
 
 
 SMOKE = WebhookProbe(name="smoke", url_env="AIRAGENT_CHECK_URL")
-RELEASE = Release(id="abc-123", commit="a" * 40, runtime_hash="h", runtime="/r", bundle="/b", dag_folder="dags",
-                  plugins_folder="plugins")
+RELEASE = Release(
+    id="abc-123",
+    commit="a" * 40,
+    runtime_hash="h",
+    runtime="/r",
+    bundle="/b",
+    dag_folder="dags",
+    plugins_folder="plugins",
+)
 
 
-@pytest.mark.parametrize("mode, ok, seen", [("ok", True, "HTTP 200"), ("error", False, "HTTP 503"),
-                                            ("slow", False, "no answer (ReadTimeout)")])
+@pytest.mark.parametrize(
+    "mode, ok, seen",
+    [("ok", True, "HTTP 200"), ("error", False, "HTTP 503"), ("slow", False, "no answer (ReadTimeout)")],
+)
 def test_a_webhook_probe_is_healthy_on_2xx_and_never_shows_its_url(airflow, monkeypatch, mode, ok, seen):
     Replay.mode = mode
     url = f"http://127.0.0.1:{airflow.server_port}/api/v2/monitor/health?token=s3cret-token"

@@ -25,8 +25,14 @@ async def test_replays(path: Path):
 
 
 def test_histories_are_recorded():
-    assert {p.stem for p in HISTORIES} >= {"train_succeeded", "train_aborted", "train_failed_validate", "conductor",
-                                          "train_under_faults", "conductor_window_under_faults"}
+    assert {p.stem for p in HISTORIES} >= {
+        "train_succeeded",
+        "train_aborted",
+        "train_failed_validate",
+        "conductor",
+        "train_under_faults",
+        "conductor_window_under_faults",
+    }
 
 
 async def test_the_wedged_train_of_the_evidence_is_repaired_by_a_reset_to_the_task_that_went_wrong():
@@ -38,4 +44,3 @@ async def test_the_wedged_train_of_the_evidence_is_repaired_by_a_reset_to_the_ta
     assert (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure is not None
 
     assert await reset_point(history, WORKFLOWS) == 58  # the task that started the timer at event 59
-

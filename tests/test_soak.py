@@ -19,14 +19,18 @@ from tests.test_local_airflow import wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.devserver]
 
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A monorepo and one real, running Airflow environment (staging) for the module."""
     root = tmp_path_factory.mktemp("soak")
     repo = example.create(root / "repo", root / "envs")
     settings = EnvironmentSettings(
-        name="staging", soak="25s", probe_interval="3s",
-        target=LocalTarget(path=root / "envs" / "staging", port=free_ports(5), drain_timeout="30s", live_timeout="90s"))
+        name="staging",
+        soak="25s",
+        probe_interval="3s",
+        target=LocalTarget(path=root / "envs" / "staging", port=free_ports(5), drain_timeout="30s", live_timeout="90s"),
+    )
     pipeline = make_pipeline(repo, root / "envs").model_copy(update={"environments": [settings]})
     env = LocalAirflow("staging", settings.target, settings.probes)
     env.up(ensure_runtime(pipeline.runtime, None)[1])
@@ -35,14 +39,14 @@ def world(tmp_path_factory):
 
 
 @pytest.fixture
-def worker(cli_env, tmp_path):  # noqa: F811 - one worker per test, killed by some
+def worker(cli_env, tmp_path):
     w = WorkerProcess(cli_env, tmp_path / "worker.log")
     w.start()
     yield w
     w.stop()
 
 
-async def deploy(agent, pipeline, sha, predicate=lambda s: s.state.finished, timeout=400):  # noqa: F811
+async def deploy(agent, pipeline, sha, predicate=lambda s: s.state.finished, timeout=400):
     await agent.deploy(pipeline, sha)
     return await until(agent, train_id(pipeline.name, sha), predicate, timeout=timeout)
 
@@ -51,14 +55,15 @@ def rolls_of(env: LocalAirflow, release: str) -> int:
     return sum(1 for s in env.files.manifest().history if s.action == "roll" and s.release == release)
 
 
-async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(agent, worker, world):  # noqa: F811
+async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(agent, worker, world):
     repo, pipeline, env = world
     first = await deploy(agent, pipeline, repo.head.commit.hexsha)
     assert first.state == TrainState.succeeded, first.reason
     good = env.files.live()
 
-    sha = example.commit(repo, {example.FAILING_PATH: example.FAILING_DAG},
-                         "marketing: check the orders feed", "marketing")
+    sha = example.commit(
+        repo, {example.FAILING_PATH: example.FAILING_DAG}, "marketing: check the orders feed", "marketing"
+    )
     status = await deploy(agent, pipeline, sha)
 
     assert status.state == TrainState.rolled_back, status.reason
@@ -84,7 +89,7 @@ async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(
     repo.git.revert(sha, no_edit=True)
 
 
-async def test_a_component_killed_during_soak_rolls_back(agent, worker, world):  # noqa: F811
+async def test_a_component_killed_during_soak_rolls_back(agent, worker, world):
     repo, pipeline, env = world
     before = env.files.live()
     sha = example.commit(repo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)}, "fx", "finance")
@@ -99,10 +104,11 @@ async def test_a_component_killed_during_soak_rolls_back(agent, worker, world): 
     assert env.running(), "the rollback brings every component back"
 
 
-async def test_worker_killed_during_soak_resumes_and_rolls_once(agent, worker, world):  # noqa: F811
+async def test_worker_killed_during_soak_resumes_and_rolls_once(agent, worker, world):
     repo, pipeline, env = world
-    sha = example.commit(repo, {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=6)},
-                         "ledger", "finance")
+    sha = example.commit(
+        repo, {"dags/finance/ledger_daily.py": example.dag_file("ledger_daily", tasks=6)}, "ledger", "finance"
+    )
     soaking = await deploy(agent, pipeline, sha, lambda s: s.stage == "soak" and s.state == TrainState.running)
     pids = {name: p.pid for name, p in env.processes().items()}
     worker.kill()

@@ -34,8 +34,13 @@ async def test_deploys_head_through_both_environments(agent, pipeline, monorepo,
 
     assert status.state == TrainState.succeeded, status.reason
     assert [(s.name, s.environment) for s in status.stages] == [
-        ("diff", None), ("build", None), ("validate", None),
-        ("roll", "staging"), ("soak", "staging"), ("roll", "prod"), ("soak", "prod"),
+        ("diff", None),
+        ("build", None),
+        ("validate", None),
+        ("roll", "staging"),
+        ("soak", "staging"),
+        ("roll", "prod"),
+        ("soak", "prod"),
     ]
     assert all(s.ended and s.ended >= s.started for s in status.stages)
     assert live_commit(pipeline, "staging") == live_commit(pipeline, "prod") == head
@@ -48,8 +53,12 @@ async def test_deploys_head_through_both_environments(agent, pipeline, monorepo,
 async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, drive):
     first = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert first.state == TrainState.succeeded
-    sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
-                         "finance: more fx steps", "finance")
+    sha = example.commit(
+        monorepo,
+        {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)},
+        "finance: more fx steps",
+        "finance",
+    )
     second = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert second.state == TrainState.succeeded, second.reason
     assert second.mode == "dags-only"
@@ -62,11 +71,14 @@ async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, dr
     assert len(swaps(pipeline, "prod")) == 2
 
 
-@pytest.mark.parametrize("path, content", [(example.BROKEN_PATH, example.BROKEN_DAG),
-                                           ("plugins/example_plugin.py", "import pandas_but_misspelled\n")],
-                         ids=["dag", "plugin"])
-async def test_a_broken_dag_or_plugin_fails_validate_and_touches_nothing(agent, pipeline, monorepo, drive, path,
-                                                                         content):
+@pytest.mark.parametrize(
+    "path, content",
+    [(example.BROKEN_PATH, example.BROKEN_DAG), ("plugins/example_plugin.py", "import pandas_but_misspelled\n")],
+    ids=["dag", "plugin"],
+)
+async def test_a_broken_dag_or_plugin_fails_validate_and_touches_nothing(
+    agent, pipeline, monorepo, drive, path, content
+):
     good = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     assert good.state == TrainState.succeeded
     before = {env: swaps(pipeline, env) for env in ("staging", "prod")}
@@ -124,7 +136,8 @@ async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, d
     status = await drive.finish(handle.id)
     assert status.state == TrainState.succeeded
     assert [(e.control, e.by, e.accepted) for e in status.events] == [
-        ("pause", "ops", True), ("resume", "ops", True),
+        ("pause", "ops", True),
+        ("resume", "ops", True),
     ]
     assert paused.events[0].reason == "investigating"
 
@@ -151,8 +164,11 @@ async def test_probes_go_on_while_paused_and_still_roll_back(agent, monorepo, tm
 async def test_abort_during_prod_soak_rolls_back_prod_and_staging(agent, pipeline, monorepo, tmp_path, drive):
     first = await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     soaky = make_pipeline(monorepo, tmp_path / "envs", soak="30m", probe_interval="10m")
-    sha = example.commit(monorepo, {"plugins/example_plugin.py": "# v2\n" + example.FILES["plugins/example_plugin.py"]},
-                         "platform: plugin v2")
+    sha = example.commit(
+        monorepo,
+        {"plugins/example_plugin.py": "# v2\n" + example.FILES["plugins/example_plugin.py"]},
+        "platform: plugin v2",
+    )
     handle = await start_train(agent, soaky, sha)
     await drive.until(handle.id, soaking("prod"))
     assert live_commit(soaky, "prod") == sha
@@ -221,8 +237,9 @@ async def test_approval_gate_holds_prod(agent, monorepo, tmp_path, drive):
 async def test_a_broken_dag_is_held_back_and_the_other_teams_change_reaches_prod(agent, pipeline, monorepo, drive):
     live = (await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)).target
     broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
-    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)},
-                          "finance: more fx", "finance")
+    good = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "finance: more fx", "finance"
+    )
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
 
@@ -236,7 +253,9 @@ async def test_a_broken_dag_is_held_back_and_the_other_teams_change_reaches_prod
     assert (files / "marketing/orders_hourly.py").read_text() == example.FILES[example.BROKEN_PATH]
 
     # The fix lifts the hold: the held commit and the fix ride the next train together.
-    fix = example.commit(monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=5)}, "fix", "marketing")
+    fix = example.commit(
+        monorepo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=5)}, "fix", "marketing"
+    )
     fixed = await drive.finish((await start_train(agent, pipeline, fix)).id)
     assert fixed.state == TrainState.succeeded and fixed.held == [], fixed.reason
     assert {c.sha for c in fixed.commits} >= {broken, fix} and live not in {c.sha for c in fixed.commits}
@@ -247,7 +266,9 @@ async def test_isolation_off_fails_the_whole_train(agent, monorepo, tmp_path, dr
     pipeline = make_pipeline(monorepo, tmp_path / "envs", isolation=False)
     await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: hourly v2", "marketing")
-    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    good = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance"
+    )
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
     assert status.state == TrainState.failed and status.stage == "validate" and status.held == []
@@ -257,7 +278,9 @@ async def test_requirements_that_do_not_resolve_are_held_back_and_the_rest_deplo
     await drive.finish((await start_train(agent, pipeline, monorepo.head.commit.hexsha)).id)
     unresolvable = example.FILES["requirements.txt"] + "airagent-no-such-package-anywhere==0.0.1\n"
     bad = example.commit(monorepo, {"requirements.txt": unresolvable}, "platform: a new package", "platform")
-    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    good = example.commit(
+        monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance"
+    )
 
     status = await drive.finish((await start_train(agent, pipeline, good)).id)
 

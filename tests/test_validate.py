@@ -11,10 +11,10 @@ import git
 import pytest
 
 from activities import process
-from activities.validation import service as parser_service
 from activities.build import build
 from activities.runtime import ensure_runtime
 from activities.validate import validate
+from activities.validation import service as parser_service
 from activities.validation.cache import PARSER
 from activities.validation.parse import parse_tree
 from airagent import example
@@ -22,8 +22,11 @@ from airagent.config import PipelineSettings, Runtime
 from airagent.models import BuildInput, FileReport, ValidateInput, ValidationReport, last_line
 from tests.conftest import make_pipeline
 
-GOOD = example.dag_file("fine").replace("from common.naming import task_name\n", "").replace(
-    'task_name("step", i)', 'f"step_{i}"')
+GOOD = (
+    example.dag_file("fine")
+    .replace("from common.naming import task_name\n", "")
+    .replace('task_name("step", i)', 'f"step_{i}"')
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -72,16 +75,19 @@ def test_cli_validate_checks_a_working_tree_before_merge(tmp_path):
     assert broken.returncode == 3
     assert f"{example.BROKEN_PATH}: ModuleNotFoundError: No module named 'pandas_but_misspelled'" in broken.stdout
 
-    committed = subprocess.run([*airagent, "--sha", repo.head.commit.hexsha[:10]], capture_output=True, text=True,
-                               timeout=300)
+    committed = subprocess.run(
+        [*airagent, "--sha", repo.head.commit.hexsha[:10]], capture_output=True, text=True, timeout=300
+    )
     assert committed.returncode == 0, committed.stdout  # the commit, not the files on disk
 
 
 def dag(dag_id: str, body: str = "", schedule: str = "None", args: str = "{}", tags: str = "[]") -> str:
-    return (f"from datetime import datetime\nfrom airflow.sdk import DAG\n"
-            f"from airflow.providers.standard.operators.empty import EmptyOperator\n{body}\n"
-            f"with DAG({dag_id!r}, start_date=datetime(2024, 1, 1), schedule={schedule}, default_args={args}, "
-            f"tags={tags}):\n    EmptyOperator(task_id='a') >> EmptyOperator(task_id='b')\n")
+    return (
+        f"from datetime import datetime\nfrom airflow.sdk import DAG\n"
+        f"from airflow.providers.standard.operators.empty import EmptyOperator\n{body}\n"
+        f"with DAG({dag_id!r}, start_date=datetime(2024, 1, 1), schedule={schedule}, default_args={args}, "
+        f"tags={tags}):\n    EmptyOperator(task_id='a') >> EmptyOperator(task_id='b')\n"
+    )
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:
@@ -102,25 +108,34 @@ def check(root: Path, pipeline: PipelineSettings) -> dict[str, FileReport]:
 
 
 def test_lookups_get_placeholders_and_network_or_database_fail_with_the_reason(tmp_path):
-    root = tree(tmp_path / "repo", {
-        "dags/lookups.py": dag("lookups", body=(
-            "import os\nfrom airflow.sdk import Variable, BaseHook\n"
-            "v = Variable.get('bucket')\ncfg = Variable.get('cfg', deserialize_json=True)\n"
-            "host = BaseHook.get_connection('warehouse').host\ne = os.getenv('REGION')\n"
-            "zone = os.environ.get('ZONE', 'eu-1')\n")).replace("DAG('lookups'", "DAG(f'lookups_{v}_{e}'"),
-        "dags/network.py": "import socket\nsocket.create_connection(('db.example.com', 5432), timeout=60)\n",
-        "dags/database.py": ("from airflow.settings import Session\nfrom airflow.models import DagRun\n"
-                             "Session().query(DagRun).all()\n"),
-        "dags/cycle.py": dag("cycle").replace(">> EmptyOperator(task_id='b')",
-                                              ">> (b := EmptyOperator(task_id='b'))\n    b >> b.upstream_list[0]"),
-        "dags/twice.py": dag("twice") + dag("twice").split("\n", 3)[3],
-    })
+    root = tree(
+        tmp_path / "repo",
+        {
+            "dags/lookups.py": dag(
+                "lookups",
+                body=(
+                    "import os\nfrom airflow.sdk import Variable, BaseHook\n"
+                    "v = Variable.get('bucket')\ncfg = Variable.get('cfg', deserialize_json=True)\n"
+                    "host = BaseHook.get_connection('warehouse').host\ne = os.getenv('REGION')\n"
+                    "zone = os.environ.get('ZONE', 'eu-1')\n"
+                ),
+            ).replace("DAG('lookups'", "DAG(f'lookups_{v}_{e}'"),
+            "dags/network.py": "import socket\nsocket.create_connection(('db.example.com', 5432), timeout=60)\n",
+            "dags/database.py": (
+                "from airflow.settings import Session\nfrom airflow.models import DagRun\n"
+                "Session().query(DagRun).all()\n"
+            ),
+            "dags/cycle.py": dag("cycle").replace(
+                ">> EmptyOperator(task_id='b')", ">> (b := EmptyOperator(task_id='b'))\n    b >> b.upstream_list[0]"
+            ),
+            "dags/twice.py": dag("twice") + dag("twice").split("\n", 3)[3],
+        },
+    )
 
     files = check(root, settings(tmp_path))
 
     assert files["lookups.py"].dag_ids == ["lookups_airagent-placeholder-bucket_airagent-placeholder-REGION"]
-    assert files["lookups.py"].placeholders == ["connection warehouse", "env REGION", "variable bucket",
-                                                "variable cfg"]
+    assert files["lookups.py"].placeholders == ["connection warehouse", "env REGION", "variable bucket", "variable cfg"]
     assert "NetworkAtParseTime" in last_line(files["network.py"].error)
     assert "db.example.com" in files["network.py"].error
     assert "DatabaseAtParseTime" in last_line(files["database.py"].error)
@@ -129,9 +144,15 @@ def test_lookups_get_placeholders_and_network_or_database_fail_with_the_reason(t
     assert [p.rule for p in files["twice.py"].problems] == ["duplicate_dag_id"]
 
     # Placeholders off: given values are used, any other lookup fails naming the setting to fill.
-    strict = settings(tmp_path, placeholders={"enabled": False, "variables": {"bucket": "raw"},
-                                              "connections": {"warehouse": "postgres://u:p@wh:5432/db"},
-                                              "env": {"REGION": "eu"}})
+    strict = settings(
+        tmp_path,
+        placeholders={
+            "enabled": False,
+            "variables": {"bucket": "raw"},
+            "connections": {"warehouse": "postgres://u:p@wh:5432/db"},
+            "env": {"REGION": "eu"},
+        },
+    )
     files = check(root, strict)
     assert "validation.placeholders.variables has no 'cfg'" in files["lookups.py"].error
     lookups = root / "dags/lookups.py"
@@ -141,22 +162,43 @@ def test_lookups_get_placeholders_and_network_or_database_fail_with_the_reason(t
 
 
 def test_policies_and_parse_time_budget_name_the_rule(tmp_path):
-    root = tree(tmp_path / "repo", {
-        "dags/good.py": dag("good", schedule="'@daily'", args="{'owner': 'data', 'retries': 2}", tags="['team']"),
-        "dags/sloppy.py": dag("sloppy", body="import json\n",
-                              schedule="'*/5 * * * *'"),
-        "dags/slow.py": dag("slow", body="import time\ntime.sleep(1.5)\n", schedule="'@daily'",
-                            args="{'owner': 'data', 'retries': 2}", tags="['team']"),
-    })
-    pipeline = settings(tmp_path, parse_time={"warn": "1s", "fail": "10s"}, policies={
-        "require_owner": True, "require_tags": True, "min_retries": 1,
-        "allowed_schedules": ["@daily", "@hourly"], "forbidden_imports": ["json"]})
+    root = tree(
+        tmp_path / "repo",
+        {
+            "dags/good.py": dag("good", schedule="'@daily'", args="{'owner': 'data', 'retries': 2}", tags="['team']"),
+            "dags/sloppy.py": dag("sloppy", body="import json\n", schedule="'*/5 * * * *'"),
+            "dags/slow.py": dag(
+                "slow",
+                body="import time\ntime.sleep(1.5)\n",
+                schedule="'@daily'",
+                args="{'owner': 'data', 'retries': 2}",
+                tags="['team']",
+            ),
+        },
+    )
+    pipeline = settings(
+        tmp_path,
+        parse_time={"warn": "1s", "fail": "10s"},
+        policies={
+            "require_owner": True,
+            "require_tags": True,
+            "min_retries": 1,
+            "allowed_schedules": ["@daily", "@hourly"],
+            "forbidden_imports": ["json"],
+        },
+    )
 
     files = check(root, pipeline)
 
     assert not files["good.py"].failed and files["good.py"].warnings == []
     assert sorted(p.rule for p in files["sloppy.py"].problems) == [
-        "allowed_schedules", "forbidden_imports", "min_retries", "min_retries", "require_owner", "require_tags"]
+        "allowed_schedules",
+        "forbidden_imports",
+        "min_retries",
+        "min_retries",
+        "require_owner",
+        "require_tags",
+    ]
     assert all(f"(validation.policies.{p.rule})" in p.message for p in files["sloppy.py"].problems)
     assert not files["slow.py"].failed
     assert "over validation.parse_time.warn (1s)" in files["slow.py"].warnings[0]
@@ -164,12 +206,20 @@ def test_policies_and_parse_time_budget_name_the_rule(tmp_path):
 
 def test_removed_dags_need_consent_and_failures_name_team_and_author(tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
-    pipeline = make_pipeline(repo, tmp_path / "envs",
-                             teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]})
+    pipeline = make_pipeline(
+        repo, tmp_path / "envs", teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]}
+    )
     live = repo.head.commit.hexsha
-    example.commit(repo, {"CODEOWNERS": "dags/finance/ @acme/finance-eng\n",
-                          "dags/marketing/campaigns.py": None,
-                          example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: retire campaigns", "marketing")
+    example.commit(
+        repo,
+        {
+            "CODEOWNERS": "dags/finance/ @acme/finance-eng\n",
+            "dags/marketing/campaigns.py": None,
+            example.BROKEN_PATH: example.BROKEN_DAG,
+        },
+        "marketing: retire campaigns",
+        "marketing",
+    )
 
     def run(sha: str) -> ValidationReport:
         release = build(BuildInput(pipeline=pipeline, target=sha))
@@ -177,7 +227,8 @@ def test_removed_dags_need_consent_and_failures_name_team_and_author(tmp_path):
 
     report = run(repo.head.commit.hexsha)
     assert [(r.dag_id, r.path, r.teams) for r in report.removed] == [
-        ("campaigns", "dags/marketing/campaigns.py", ["marketing"])]
+        ("campaigns", "dags/marketing/campaigns.py", ["marketing"])
+    ]
     broken = {f.path: f for f in report.broken}
     assert broken[example.BROKEN_PATH].teams == ["marketing"]
     assert broken[example.BROKEN_PATH].last_commit.author == example.AUTHORS["marketing"][0]
@@ -186,21 +237,29 @@ def test_removed_dags_need_consent_and_failures_name_team_and_author(tmp_path):
     assert "team marketing:" in summary and "Airagent-Allow-Dag-Removal: campaigns" in summary
     assert f"last changed in {repo.head.commit.hexsha[:8]} by Ada Lovelace" in summary
 
-    example.commit(repo, {example.BROKEN_PATH: example.FILES[example.BROKEN_PATH]},
-                   "marketing: fix orders\n\ncampaigns moved to the vendor tool.\n\n"
-                   "Airagent-Allow-Dag-Removal: campaigns\n", "marketing")
+    example.commit(
+        repo,
+        {example.BROKEN_PATH: example.FILES[example.BROKEN_PATH]},
+        "marketing: fix orders\n\ncampaigns moved to the vendor tool.\n\nAiragent-Allow-Dag-Removal: campaigns\n",
+        "marketing",
+    )
     report = run(repo.head.commit.hexsha)
     assert report.ok, report.summary()
     assert report.parsed < len(report.files)  # unchanged files came from the cache
 
 
-PLUGIN = ("from airflow.plugins_manager import AirflowPlugin\n\n\n"
-          "class {name}(AirflowPlugin):\n    name = {name!r}\n")
+PLUGIN = "from airflow.plugins_manager import AirflowPlugin\n\n\nclass {name}(AirflowPlugin):\n    name = {name!r}\n"
 
 
 def test_a_plugin_that_does_not_import_fails_like_a_dag_file(tmp_path):
-    root = tree(tmp_path / "tree", {"dags/fine.py": dag("fine"), "plugins/good.py": PLUGIN.format(name="good"),
-                                    "plugins/broken.py": "import no_such_package\n" + PLUGIN.format(name="broken")})
+    root = tree(
+        tmp_path / "tree",
+        {
+            "dags/fine.py": dag("fine"),
+            "plugins/good.py": PLUGIN.format(name="good"),
+            "plugins/broken.py": "import no_such_package\n" + PLUGIN.format(name="broken"),
+        },
+    )
     pipeline = settings(tmp_path)
 
     files = check(root, pipeline)

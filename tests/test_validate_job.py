@@ -30,14 +30,26 @@ class Scripted(Kubelet):
 
 
 def release(image: str = "registry.example/airflow:0123456789abcdef") -> Release:
-    return Release(id="r1", commit="c" * 40, runtime_hash="0123456789abcdef", runtime="/nonexistent",
-                   bundle="/nonexistent", dag_folder="dags", plugins_folder="plugins", image=image)
+    return Release(
+        id="r1",
+        commit="c" * 40,
+        runtime_hash="0123456789abcdef",
+        runtime="/nonexistent",
+        bundle="/nonexistent",
+        dag_folder="dags",
+        plugins_folder="plugins",
+        image=image,
+    )
 
 
 def run_validator(cluster, files=("a.py",), image: str | None = None, **settings) -> list[dict]:
-    job, config_map, ref = validate_job.manifests(ImageSettings(repository="registry.example/airflow", **settings),
-                                                  cluster.namespace, release(*filter(None, [image])), URL,
-                                                  {"files": list(files)})
+    job, config_map, ref = validate_job.manifests(
+        ImageSettings(repository="registry.example/airflow", **settings),
+        cluster.namespace,
+        release(*filter(None, [image])),
+        URL,
+        {"files": list(files)},
+    )
     return validate_job.run(cluster.api, ref, job, config_map, list(files))
 
 
@@ -67,8 +79,11 @@ def test_a_retried_activity_reads_the_job_it_started():
         kubelet = cluster.controller.kubelet = Scripted({"git-sync": (0, ""), "validate": (0, report)})
         first, again = run_validator(cluster), run_validator(cluster)
         jobs = cluster.emulator.store.list("jobs")[0]
-        [config_map] = [c for c in cluster.emulator.store.list("configmaps")[0]
-                        if c["metadata"]["name"].startswith("airagent-validate-")]
+        [config_map] = [
+            c
+            for c in cluster.emulator.store.list("configmaps")[0]
+            if c["metadata"]["name"].startswith("airagent-validate-")
+        ]
     assert first == again == [{"path": "a.py", "dag_ids": ["a"]}]
     assert len(jobs) == 1 and kubelet.runs_made == 1
     assert config_map["metadata"]["ownerReferences"][0]["uid"] == jobs[0]["metadata"]["uid"]  # goes with the Job
@@ -76,8 +91,13 @@ def test_a_retried_activity_reads_the_job_it_started():
 
 
 def test_the_job_spec_passes_arguments_never_a_shell_line():
-    job, _, _ = validate_job.manifests(ImageSettings(repository="registry.example/airflow", git_secret="git-creds"),
-                                       "airflow", release(), "https://git.example/x.git; rm -rf /", {"files": []})
+    job, _, _ = validate_job.manifests(
+        ImageSettings(repository="registry.example/airflow", git_secret="git-creds"),
+        "airflow",
+        release(),
+        "https://git.example/x.git; rm -rf /",
+        {"files": []},
+    )
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"][0] == "python" and "sh" not in pod["containers"][0]["command"]
     assert pod["initContainers"][0]["args"][0] == "--repo=https://git.example/x.git; rm -rf /"  # one argument

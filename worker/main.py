@@ -29,7 +29,19 @@ from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
 WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
-ACTIVITIES = [diff, build, validate, hold_back, roll, rollback, soak_check, poll_branch, read_clock, announce, read_marker]
+ACTIVITIES = [
+    diff,
+    build,
+    validate,
+    hold_back,
+    roll,
+    rollback,
+    soak_check,
+    poll_branch,
+    read_clock,
+    announce,
+    read_marker,
+]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)
 ACTIVITY_THREADS = 8
@@ -42,12 +54,17 @@ def deployment() -> WorkerDeploymentConfig | None:
         return None
     build_id = os.environ.get("AIRAGENT_BUILD_ID")
     if not build_id:
-        raise SystemExit("AIRAGENT_DEPLOYMENT is set but AIRAGENT_BUILD_ID is not; set it to this worker's "
-                         "version, e.g. the git sha of the airagent release")
+        raise SystemExit(
+            "AIRAGENT_DEPLOYMENT is set but AIRAGENT_BUILD_ID is not; set it to this worker's "
+            "version, e.g. the git sha of the airagent release"
+        )
     # Pinned: a train finishes on the code it started with; the conductor moves between trains
     # by continuing as new on the current version.
-    return WorkerDeploymentConfig(version=WorkerDeploymentVersion(deployment_name=name, build_id=build_id),
-                                  use_worker_versioning=True, default_versioning_behavior=VersioningBehavior.PINNED)
+    return WorkerDeploymentConfig(
+        version=WorkerDeploymentVersion(deployment_name=name, build_id=build_id),
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
 
 
 def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Worker:
@@ -73,8 +90,9 @@ async def serve(queue: str | None = None) -> None:
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         worker = new_worker(client, queue, executor)
         version = worker.config().get("deployment_config")
-        logging.getLogger("airagent").info("worker polling task queue %s%s", queue,
-                                           f" as {version.version}" if version else " (unversioned)")
+        logging.getLogger("airagent").info(
+            "worker polling task queue %s%s", queue, f" as {version.version}" if version else " (unversioned)"
+        )
         async with worker:
             await stop.wait()
             logging.getLogger("airagent").info("stopping: waiting for running activities")

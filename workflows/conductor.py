@@ -9,14 +9,13 @@ not tried again on its own; a newer commit is, and so is one asked for again.
 
 from __future__ import annotations
 
-import asyncio
-from itertools import takewhile
 from datetime import timedelta
+from itertools import takewhile
 
 from temporalio import workflow
-from temporalio.workflow import ContinueAsNewVersioningBehavior
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
+from temporalio.workflow import ContinueAsNewVersioningBehavior
 
 from workflows.controls import Controlled
 
@@ -51,8 +50,11 @@ KEEP_IMAGES = 50
 # Well under Temporal's limits; continue-as-new also follows the server's own suggestion.
 MAX_HISTORY = 5_000
 NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
-POLL = dict(start_to_close_timeout=timedelta(minutes=2), heartbeat_timeout=HEARTBEAT,
-            retry_policy=RetryPolicy(maximum_attempts=3))
+POLL = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=RetryPolicy(maximum_attempts=3),
+)
 CLOCK = dict(start_to_close_timeout=timedelta(seconds=10))
 WINDOW_READS_CLOCK = "window-reads-the-server-clock"
 BISECT = "bisect-untraced-soak-failures"
@@ -77,13 +79,15 @@ class Conductor(Controlled):
             if self._time_for_a_new_run():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 # Runs are pinned to a worker version; the next one starts on the current version.
-                workflow.continue_as_new(ConductorInput(pipeline=self.pipeline, state=self.state),
-                                         initial_versioning_behavior=ContinueAsNewVersioningBehavior.AUTO_UPGRADE)
+                workflow.continue_as_new(
+                    ConductorInput(pipeline=self.pipeline, state=self.state),
+                    initial_versioning_behavior=ContinueAsNewVersioningBehavior.AUTO_UPGRADE,
+                )
             self.wake = False
             self._publish()
             try:
                 await workflow.wait_condition(lambda: self.wake, timeout=self._nap())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def _queued(self) -> str | None:
@@ -105,15 +109,18 @@ class Conductor(Controlled):
             return None
         # Without its image a rebuild would fail, and a failed commit is never retried: wait for CI instead.
         if self.pipeline.image_from_ci and self._image(sha) is None:
-            self.state.blocked = (f"waiting for CI to announce the image of {sha[:12]} "
-                                  f"(`airagent notify --sha {sha[:12]} --image <repository>:<runtime hash>`)")
+            self.state.blocked = (
+                f"waiting for CI to announce the image of {sha[:12]} "
+                f"(`airagent notify --sha {sha[:12]} --image <repository>:<runtime hash>`)"
+            )
             return None
         return sha
 
     def _image(self, sha: str) -> str | None:
         """The image CI announced for `sha`; CI may have sent the commit abbreviated."""
-        return next((image for announced, image in reversed(self.state.images.items()) if sha.startswith(announced)),
-                    None)
+        return next(
+            (image for announced, image in reversed(self.state.images.items()) if sha.startswith(announced)), None
+        )
 
     def _window(self) -> windows.WindowState:
         """For what is shown and how long to nap; whether a train starts is `_window_now`'s."""
@@ -151,11 +158,13 @@ class Conductor(Controlled):
         try:
             handle = await workflow.start_child_workflow(
                 DeployTrain.run,
-                TrainInput(pipeline=self.pipeline, target=sha, image=self._image(sha), held=self.state.held,
-                           bisect=step),
+                TrainInput(
+                    pipeline=self.pipeline, target=sha, image=self._image(sha), held=self.state.held, bisect=step
+                ),
                 id=record.id,
                 static_summary=f"Bisect {self.pipeline.name} @ {sha[:12]} on {step.environment}: step {step.step}"
-                if step else f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
+                if step
+                else f"Deploy {self.pipeline.name} @ {sha[:12]}, started by the conductor",
             )
         except WorkflowAlreadyStartedError:
             # Someone ran `airagent deploy` for this commit; look again after the next nap.
@@ -206,8 +215,9 @@ class Conductor(Controlled):
         if len(suspects) == 1:
             self._hold(suspects[0], f"the soak of {status.soak_failed} failed with it alone ({why})", sha)
         elif suspects:
-            self.state.bisection = Bisection(head=sha, environment=status.soak_failed, why=why, suspects=suspects,
-                                             bad=len(suspects) - 1)
+            self.state.bisection = Bisection(
+                head=sha, environment=status.soak_failed, why=why, suspects=suspects, bad=len(suspects) - 1
+            )
 
     def _bisected(self, bisection: Bisection, status: TrainStatus | None) -> None:
         """One step's verdict narrows the suspects; the last holds the culprit back and deploys the head again."""
@@ -222,13 +232,23 @@ class Conductor(Controlled):
         bisection.step += 1
         if culprit := bisection.found:
             self.state.bisection = None
-            self._hold(culprit, f"bisection: the soak of {bisection.environment} failed with it and passed "
-                                f"without it ({bisection.why})", bisection.head)
+            self._hold(
+                culprit,
+                f"bisection: the soak of {bisection.environment} failed with it and passed "
+                f"without it ({bisection.why})",
+                bisection.head,
+            )
 
     def _hold(self, commit: Commit, reason: str, head: str) -> None:
         """Hold back a commit an untraced soak failure was narrowed down to; the next train fills in its paths."""
-        held = HeldCommit(sha=commit.sha, author=commit.author, summary=commit.summary, reason=reason,
-                          since=workflow.now(), regression=True)
+        held = HeldCommit(
+            sha=commit.sha,
+            author=commit.author,
+            summary=commit.summary,
+            reason=reason,
+            since=workflow.now(),
+            regression=True,
+        )
         self.state.held = [*(h for h in self.state.held if h.sha != commit.sha), held]
         self._retry(head)
 
@@ -250,8 +270,11 @@ class Conductor(Controlled):
     def _time_for_a_new_run(self) -> bool:
         """Between trains: when history grows long, or when a new airagent version became current."""
         info = workflow.info()
-        return (info.is_continue_as_new_suggested() or info.get_current_history_length() > MAX_HISTORY
-                or info.is_target_worker_deployment_version_changed())
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > MAX_HISTORY
+            or info.is_target_worker_deployment_version_changed()
+        )
 
     # --- controls -----------------------------------------------------------------------
 
@@ -270,12 +293,15 @@ class Conductor(Controlled):
     def _apply(self, name: str, control: Control | None) -> ControlAck:
         control = control or Control()
         refusal = self._refusal(name, control)
-        message = refusal or {
-            "pause": "no new trains will start; a running train goes on",
-            "resume": "trains flow again",
-            "freeze": f"frozen: {control.reason}",
-            "unfreeze": "unfrozen; trains flow again",
-        }[name]
+        message = (
+            refusal
+            or {
+                "pause": "no new trains will start; a running train goes on",
+                "resume": "trains flow again",
+                "freeze": f"frozen: {control.reason}",
+                "unfreeze": "unfrozen; trains flow again",
+            }[name]
+        )
         if refusal is None:
             if name in ("pause", "resume"):
                 self.state.paused = name == "pause"
@@ -320,9 +346,14 @@ class Conductor(Controlled):
         if s.running and s.running.sha == request.sha:
             answer = DeployAnswer(accepted=True, train=train, message=f"{train} is deploying it")
         elif s.paused or s.frozen:
-            why = (f"pipeline {self.pipeline.name} is frozen: {s.frozen}; `airagent pipeline unfreeze` lets trains "
-                   "flow again") if s.frozen else (f"pipeline {self.pipeline.name} is paused; `airagent pipeline "
-                                                    "resume` lets trains flow again")
+            why = (
+                (
+                    f"pipeline {self.pipeline.name} is frozen: {s.frozen}; `airagent pipeline unfreeze` lets trains "
+                    "flow again"
+                )
+                if s.frozen
+                else (f"pipeline {self.pipeline.name} is paused; `airagent pipeline resume` lets trains flow again")
+            )
             answer = DeployAnswer(accepted=False, message=why)
         else:
             if request.image:
@@ -330,8 +361,9 @@ class Conductor(Controlled):
             if all(r.sha != request.sha for r in s.requests):
                 s.requests = [*s.requests, request]
             self.wake = True
-            answer = DeployAnswer(accepted=True, train=train, message=self._wait_reason(request.sha),
-                                  asked=workflow.now())
+            answer = DeployAnswer(
+                accepted=True, train=train, message=self._wait_reason(request.sha), asked=workflow.now()
+            )
         event = self._event("deploy", Control(by=request.by), answer.accepted, answer.message)
         s.events = [*s.events, event][-KEEP_EVENTS:]
         return answer
@@ -349,8 +381,12 @@ class Conductor(Controlled):
     def follow_update(self) -> ControlAck:
         """`pipeline start`: from now on the branch head deploys itself, also where `deploy` started the conductor."""
         was, self.state.follow, self.wake = self.state.follow, True, True
-        return ControlAck(accepted=True, message=f"already following {self.pipeline.branch}" if was
-                          else f"following {self.pipeline.branch} from now on")
+        return ControlAck(
+            accepted=True,
+            message=f"already following {self.pipeline.branch}"
+            if was
+            else f"following {self.pipeline.branch} from now on",
+        )
 
     @workflow.signal(name="pause")
     def pause(self, control: Control | None = None) -> None:
@@ -403,5 +439,10 @@ class Conductor(Controlled):
     @workflow.query(name="status")
     def query_status(self) -> ConductorStatus:
         window = self._window()
-        return ConductorStatus(pipeline=self.pipeline.name, queued=self._queued(), window_open=window.open,
-                               window=window.reason, state=self.state)
+        return ConductorStatus(
+            pipeline=self.pipeline.name,
+            queued=self._queued(),
+            window_open=window.open,
+            window=window.reason,
+            state=self.state,
+        )

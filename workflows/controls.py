@@ -23,5 +23,12 @@ class Controlled:
 
     @staticmethod
     def _event(name: str, control: Control, accepted: bool, message: str) -> Event:
-        return Event(at=workflow.now(), control=name, by=control.by, reason=control.reason,
-                     environment=control.environment, accepted=accepted, message=message)
+        return Event(
+            at=workflow.now(),
+            control=name,
+            by=control.by,
+            reason=control.reason,
+            environment=control.environment,
+            accepted=accepted,
+            message=message,
+        )

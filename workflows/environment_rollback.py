@@ -35,17 +35,23 @@ class EnvironmentRollback:
         marker = await workflow.execute_activity(read_marker, env, **READ)
         target = input.to_release or marker.previous
         if target is None:
-            raise ApplicationError(f"{env.name} has no earlier release to go back to", type="BadInput",
-                                   non_retryable=True)
+            raise ApplicationError(
+                f"{env.name} has no earlier release to go back to", type="BadInput", non_retryable=True
+            )
         if target not in marker.rolled:
-            raise ApplicationError(f"{target} was never live on {env.name}; pick one of {', '.join(marker.rolled)}",
-                                   type="BadInput", non_retryable=True)
-        frozen = (f"{env.name} rolled back from {marker.live} to {target}"
-                  f"{' by ' + input.by if input.by else ''}{': ' + input.reason if input.reason else ''}")
+            raise ApplicationError(
+                f"{target} was never live on {env.name}; pick one of {', '.join(marker.rolled)}",
+                type="BadInput",
+                non_retryable=True,
+            )
+        frozen = (
+            f"{env.name} rolled back from {marker.live} to {target}"
+            f"{' by ' + input.by if input.by else ''}{': ' + input.reason if input.reason else ''}"
+        )
         await self._freeze(input, frozen)
-        result = await workflow.execute_activity(rollback, RollbackInput(environment=env, to_release=target,
-                                                                               pipeline=input.pipeline),
-                                                 **ROLLBACK)
+        result = await workflow.execute_activity(
+            rollback, RollbackInput(environment=env, to_release=target, pipeline=input.pipeline), **ROLLBACK
+        )
         return EnvironmentRollbackResult(environment=env.name, live=result.live, replaced=marker.live, frozen=frozen)
 
     async def _freeze(self, input: EnvironmentRollbackInput, reason: str) -> None:

@@ -7,7 +7,6 @@ or waiting for approval. Everything that touches the world is an activity.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -17,8 +16,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.controls import Controlled
 
 with workflow.unsafe.imports_passed_through():
-    from activities.build import build
     from activities.announce import announce
+    from activities.build import build
     from activities.diff import diff
     from activities.holdback import hold_back
     from activities.roll import roll, rollback
@@ -57,23 +56,37 @@ with workflow.unsafe.imports_passed_through():
 # Activities that may run long heartbeat every few seconds: a lost worker shows within HEARTBEAT.
 HEARTBEAT = timedelta(seconds=30)
 # Every activity heartbeats or is short, so a killed worker's activity is retried elsewhere within HEARTBEAT.
-QUICK = dict(start_to_close_timeout=timedelta(minutes=5), heartbeat_timeout=HEARTBEAT,
-             retry_policy=RetryPolicy(maximum_attempts=3))
-LONG = dict(start_to_close_timeout=timedelta(minutes=45), heartbeat_timeout=HEARTBEAT,
-            retry_policy=RetryPolicy(maximum_attempts=3))
-ROLL = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
-            retry_policy=RetryPolicy(maximum_attempts=5))
+QUICK = dict(
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=RetryPolicy(maximum_attempts=3),
+)
+LONG = dict(
+    start_to_close_timeout=timedelta(minutes=45),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=RetryPolicy(maximum_attempts=3),
+)
+ROLL = dict(
+    start_to_close_timeout=timedelta(minutes=15),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=RetryPolicy(maximum_attempts=5),
+)
 # Deliveries retry for a few minutes, then give up: a notification never holds a train.
-ANNOUNCE = dict(start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)))
+ANNOUNCE = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)),
+)
 # Rounds of holding back before a release that still fails validation fails the train.
 MAX_HOLD_ROUNDS = 3
 # A failure's text travels in history and notifications: the head of it says enough.
 MAX_REASON = 1000
 HOLD_BACK = "hold-back"
 # A rollback is how an environment gets well again: keep trying for longer.
-ROLLBACK = dict(start_to_close_timeout=timedelta(minutes=15), heartbeat_timeout=HEARTBEAT,
-                retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)))
+ROLLBACK = dict(
+    start_to_close_timeout=timedelta(minutes=15),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
+)
 
 
 class _Stop(Exception):
@@ -81,8 +94,14 @@ class _Stop(Exception):
 
 
 class _Failed(Exception):
-    def __init__(self, stage: str, detail: str, environment: str | None = None,
-                 state: TrainState = TrainState.failed, kind: str | None = None):
+    def __init__(
+        self,
+        stage: str,
+        detail: str,
+        environment: str | None = None,
+        state: TrainState = TrainState.failed,
+        kind: str | None = None,
+    ):
         super().__init__(detail)
         self.stage, self.detail, self.environment, self.state, self.kind = stage, detail, environment, state, kind
 
@@ -114,8 +133,9 @@ class DeployTrain(Controlled):
 
     @workflow.run
     async def run(self, input: TrainInput) -> TrainStatus:
-        workflow.upsert_search_attributes([sa.PIPELINE.value_set(input.pipeline.name),
-                                           sa.GIT_SHA.value_set(input.target)])
+        workflow.upsert_search_attributes(
+            [sa.PIPELINE.value_set(input.pipeline.name), sa.GIT_SHA.value_set(input.target)]
+        )
         await self._journey(input)
         if workflow.patched("announce") and self.status.state != TrainState.noop:
             await self._announce()
@@ -127,8 +147,11 @@ class DeployTrain(Controlled):
             presume = input.held if self.pipeline.isolation and workflow.patched(HOLD_BACK) else []
             change = await self._diff(input.target, presume)
             if change.held and self._holds_everything(change.held):
-                raise _Failed("diff", "every commit of this train is held back: "
-                                      + "; ".join(f"{h.sha[:12]} {h.reason}" for h in change.held))
+                raise _Failed(
+                    "diff",
+                    "every commit of this train is held back: "
+                    + "; ".join(f"{h.sha[:12]} {h.reason}" for h in change.held),
+                )
             if change.empty:
                 return self._finish(TrainState.noop, "every environment already runs this commit")
             await self._checkpoint()
@@ -170,17 +193,25 @@ class DeployTrain(Controlled):
                 continue
             try:
                 await workflow.execute_activity(
-                    announce, Announcement(pipeline=self.pipeline, receiver=index, status=self.status,
-                                           changed=self.changed, broken=broken), **ANNOUNCE)
+                    announce,
+                    Announcement(
+                        pipeline=self.pipeline, receiver=index, status=self.status, changed=self.changed, broken=broken
+                    ),
+                    **ANNOUNCE,
+                )
             except ActivityError as err:
-                self.status.events.append(self._event(
-                    "notify", Control(), False, f"{receiver.type} notification not delivered: {_cause(err)}"))
+                self.status.events.append(
+                    self._event(
+                        "notify", Control(), False, f"{receiver.type} notification not delivered: {_cause(err)}"
+                    )
+                )
 
     # --- stages -----------------------------------------------------------------------
 
     async def _diff(self, target: str, presume: list[HeldCommit] | None = None) -> DiffResult:
-        change: DiffResult = await self._activity("diff", None, diff, DiffInput(
-            pipeline=self.pipeline, target=target, held=presume or []), QUICK)
+        change: DiffResult = await self._activity(
+            "diff", None, diff, DiffInput(pipeline=self.pipeline, target=target, held=presume or []), QUICK
+        )
         if change.held:  # earlier holds stand: the target is the release commit of the head without them
             self.status.held, self.status.target, self.status.commits = change.held, change.head, change.commits
         if self.status.held:
@@ -198,8 +229,15 @@ class DeployTrain(Controlled):
         return change
 
     async def _build(self, input: TrainInput) -> Release:
-        release: Release = await self._activity("build", None, build, BuildInput(
-            pipeline=input.pipeline, target=self.status.release_commit or self.status.target, image=input.image), LONG)
+        release: Release = await self._activity(
+            "build",
+            None,
+            build,
+            BuildInput(
+                pipeline=input.pipeline, target=self.status.release_commit or self.status.target, image=input.image
+            ),
+            LONG,
+        )
         self.status.release = release.id
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
@@ -213,8 +251,9 @@ class DeployTrain(Controlled):
         except _Failed as failure:
             if failure.kind != "RuntimeBuildFailed" or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
                 raise
-            self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(
-                f"{failure.kind}: ")[:MAX_REASON]
+            self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(f"{failure.kind}: ")[
+                :MAX_REASON
+            ]
             hold = await self._hold_back(self._hold_input(input, self.failures))
             if hold.commit is None or self._holds_everything(hold.held):
                 raise
@@ -232,15 +271,23 @@ class DeployTrain(Controlled):
         while True:
             self.report = None
             try:
-                await self._validate(ValidateInput(
-                    release=self.release, pipeline=input.pipeline,
-                    live_commits=[e.live_commit for e in change.environments if e.live_commit]))
+                await self._validate(
+                    ValidateInput(
+                        release=self.release,
+                        pipeline=input.pipeline,
+                        live_commits=[e.live_commit for e in change.environments if e.live_commit],
+                    )
+                )
                 return change
             except _Failed:
                 rounds += 1
                 # Only a report's failures trace to commits; a validate that could not run fails the train.
-                if (self.report is None or rounds > MAX_HOLD_ROUNDS or not self.pipeline.isolation
-                        or not workflow.patched(HOLD_BACK)):
+                if (
+                    self.report is None
+                    or rounds > MAX_HOLD_ROUNDS
+                    or not self.pipeline.isolation
+                    or not workflow.patched(HOLD_BACK)
+                ):
                     raise
             failures |= self.report.failures()
             hold = await self._hold_back(self._hold_input(input, failures))
@@ -253,10 +300,16 @@ class DeployTrain(Controlled):
 
     def _hold_input(self, input: TrainInput, failures: dict[str, str], soak: bool = False) -> HoldInput:
         """What `hold_back` needs of this train: its head and commits, and what the first environment runs."""
-        return HoldInput(pipeline=self.pipeline, target=self.status.target, commits=[c.sha for c in self.status.commits],
-                         live_commit=self.status.environments[0].live_commit,
-                         bundle=self.release.bundle if self.release else "", failures=failures,
-                         held=input.held, soak=soak)
+        return HoldInput(
+            pipeline=self.pipeline,
+            target=self.status.target,
+            commits=[c.sha for c in self.status.commits],
+            live_commit=self.status.environments[0].live_commit,
+            bundle=self.release.bundle if self.release else "",
+            failures=failures,
+            held=input.held,
+            soak=soak,
+        )
 
     def _holds_everything(self, held: list[HeldCommit]) -> bool:
         return {c.sha for c in self.status.commits} <= {h.sha for h in held}
@@ -266,11 +319,15 @@ class DeployTrain(Controlled):
         try:
             hold: HoldResult = await workflow.execute_activity(hold_back, request, **QUICK)
         except ActivityError as err:
-            raise _Failed(self._stages[-1].name, f"{self._stages[-1].detail}\n(could not hold back: {_cause(err)})"
-                          ) from None
+            raise _Failed(
+                self._stages[-1].name, f"{self._stages[-1].detail}\n(could not hold back: {_cause(err)})"
+            ) from None
         if hold.held:
-            self._stages[-1].detail = (self._stages[-1].detail or "") + "\nheld back: " + ", ".join(
-                f"{h.sha[:12]} ({h.author})" for h in hold.held)
+            self._stages[-1].detail = (
+                (self._stages[-1].detail or "")
+                + "\nheld back: "
+                + ", ".join(f"{h.sha[:12]} ({h.author})" for h in hold.held)
+            )
         return hold
 
     async def _trace_regression(self, input: TrainInput, env: str) -> None:
@@ -278,13 +335,17 @@ class DeployTrain(Controlled):
         them: the conductor holds those back from the next train. Best effort: the rollback is done."""
         readings = self._env(env).probes.get("task_failure_rate", [])[-1:]
         dags = {d for r in readings if not r.ok for d in r.dag_ids}
-        files = {f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
-                 for f in (self.report.files if self.report else []) if dags & set(f.dag_ids)}
+        files = {
+            f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
+            for f in (self.report.files if self.report else [])
+            if dags & set(f.dag_ids)
+        }
         if not files or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
             return
         try:
-            hold: HoldResult = await workflow.execute_activity(hold_back, self._hold_input(input, files, soak=True),
-                                                               **QUICK)
+            hold: HoldResult = await workflow.execute_activity(
+                hold_back, self._hold_input(input, files, soak=True), **QUICK
+            )
         except ActivityError:
             return
         known = {h.sha for h in self.status.held}
@@ -318,9 +379,20 @@ class DeployTrain(Controlled):
         status.state = "rolling"
         dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
         try:
-            result = await self._activity("roll", env.name, roll, RollInput(
-                environment=env, release=self.release, mode=change.mode, dags=dags, pipeline=self.pipeline,
-                replaces=Expected(live=change.live_release)), ROLL)
+            result = await self._activity(
+                "roll",
+                env.name,
+                roll,
+                RollInput(
+                    environment=env,
+                    release=self.release,
+                    mode=change.mode,
+                    dags=dags,
+                    pipeline=self.pipeline,
+                    replaces=Expected(live=change.live_release),
+                ),
+                ROLL,
+            )
         except _Failed as failure:
             if failure.kind in REFUSED_UNTOUCHED:  # refused before changing anything: nothing to undo
                 self.touched.remove(env.name)
@@ -332,7 +404,8 @@ class DeployTrain(Controlled):
         status.warnings = result.warnings
         status.live, status.live_commit, status.state = result.live, self.release.commit, "soaking"
         self._stages[-1].detail = f"{change.live_release or 'nothing'} → {result.live} ({change.mode})" + (
-            f": {result.detail}" if result.detail else "")
+            f": {result.detail}" if result.detail else ""
+        )
 
     async def _soak(self, env: EnvironmentSettings) -> None:
         """Probe on an interval for the configured time. Paused time does not count, but probes go on:
@@ -352,15 +425,18 @@ class DeployTrain(Controlled):
             await self._checkpoint(record, hold=False)
             paused, started, tick = self.paused, workflow.now(), min(env.probe_interval, remaining)
             # A pause or resume ends the tick early, so a tick that ran out was all paused or all not.
-            fired = await _timer(tick, lambda: self.paused != paused or self.stop is not None)
+            fired = await _timer(tick, lambda: self.paused != paused or self.stop is not None)  # noqa: B023
             if not paused:
                 remaining -= (tick if fired else timedelta(0)) if by_ticks else workflow.now() - started
             self._show_paused(record, remaining)
             if self.stop or self.paused != paused:
                 continue
             try:
-                check = await workflow.execute_activity(soak_check, SoakCheckInput(
-                    environment=env, release=self.release, baseline=self.baselines.get(env.name)), **LONG)
+                check = await workflow.execute_activity(
+                    soak_check,
+                    SoakCheckInput(environment=env, release=self.release, baseline=self.baselines.get(env.name)),
+                    **LONG,
+                )
             except ActivityError as err:
                 self._end(record, Outcome.failed, _cause(err))
                 raise _Failed("soak", _cause(err), env.name) from None
@@ -389,9 +465,17 @@ class DeployTrain(Controlled):
         for name in environments:
             before = self.before[name]
             try:
-                result = await self._activity("rollback", name, rollback, RollbackInput(
-                    environment=self.pipeline.environment(name), to_release=before.live_release,
-                    pipeline=self.pipeline), ROLLBACK)
+                result = await self._activity(
+                    "rollback",
+                    name,
+                    rollback,
+                    RollbackInput(
+                        environment=self.pipeline.environment(name),
+                        to_release=before.live_release,
+                        pipeline=self.pipeline,
+                    ),
+                    ROLLBACK,
+                )
             except _Failed as failure:
                 problems.append(f"rollback of {name} failed: {failure.detail}")
                 continue
@@ -582,12 +666,15 @@ class DeployTrain(Controlled):
         attrs = (self.status.stage, self.status.state.value, self.status.environment)
         if attrs != self._published:
             self._published = attrs
-            workflow.upsert_search_attributes([
-                sa.STAGE.value_set(self.status.stage) if self.status.stage else sa.STAGE.value_unset(),
-                sa.STATE.value_set(self.status.state.value),
-                sa.ENVIRONMENT.value_set(self.status.environment) if self.status.environment
-                else sa.ENVIRONMENT.value_unset(),
-            ])
+            workflow.upsert_search_attributes(
+                [
+                    sa.STAGE.value_set(self.status.stage) if self.status.stage else sa.STAGE.value_unset(),
+                    sa.STATE.value_set(self.status.state.value),
+                    sa.ENVIRONMENT.value_set(self.status.environment)
+                    if self.status.environment
+                    else sa.ENVIRONMENT.value_unset(),
+                ]
+            )
         workflow.set_current_details(details.train(self.status))
 
 
@@ -603,7 +690,7 @@ async def _timer(timeout: timedelta, wake) -> bool:
     """Wait `timeout` unless `wake()` comes true first; whether the timer ran out."""
     try:
         await workflow.wait_condition(wake, timeout=timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False
 

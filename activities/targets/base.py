@@ -20,8 +20,9 @@ class Rolled(NamedTuple):
 
 
 class Driver(Protocol):
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
-             replaces: Expected | None = None) -> Rolled:
+    def roll(
+        self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
+    ) -> Rolled:
         """Raises UnexpectedLive, changing nothing, when the record names another live release than `replaces`."""
 
     def rollback(self, to: str | None) -> Rolled: ...
@@ -52,17 +53,19 @@ class TargetError(Exception):
 class UnexpectedLive(TargetError):
     """The environment's record names another live release than the roll's diff saw: someone moved it since."""
 
-    def __init__(self, environment: str, expected: str | None, live: str | None, live_commit: str | None,
-                 release: str):
+    def __init__(self, environment: str, expected: str | None, live: str | None, live_commit: str | None, release: str):
         self.environment, self.expected, self.live, self.release = environment, expected, live, release
         runs = f"{live} (commit {live_commit[:12]})" if live and live_commit else live or "nothing"
-        super().__init__(f"{environment} runs {runs} but this train expected {expected or 'nothing'} there, to "
-                         f"replace with {release}: another train or a person changed it since the diff; nothing "
-                         "was changed, and the next train will diff again")
+        super().__init__(
+            f"{environment} runs {runs} but this train expected {expected or 'nothing'} there, to "
+            f"replace with {release}: another train or a person changed it since the diff; nothing "
+            "was changed, and the next train will diff again"
+        )
 
 
-def check_live(environment: str, replaces: Expected | None, live: str | None, live_commit: str | None,
-               release: str) -> None:
+def check_live(
+    environment: str, replaces: Expected | None, live: str | None, live_commit: str | None, release: str
+) -> None:
     """Refuse a roll over anything but what its diff saw, or `release` itself (a retry); None checks nothing."""
     if replaces is not None and live not in (replaces.live, release):
         raise UnexpectedLive(environment, replaces.live, live, live_commit, release)

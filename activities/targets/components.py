@@ -63,21 +63,34 @@ class Components:
     def records(self) -> list[Process]:
         if not self.run.exists():
             return []
-        return sorted((Process.model_validate_json(p.read_text()) for p in self.run.glob("*.json")),
-                      key=lambda p: p.name)
+        return sorted(
+            (Process.model_validate_json(p.read_text()) for p in self.run.glob("*.json")), key=lambda p: p.name
+        )
 
-    def start(self, name: str, argv: Sequence[str | Path], env: Mapping[str, str], cwd: Path,
-              release: str | None = None, port: int | None = None) -> Process:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        env: Mapping[str, str],
+        cwd: Path,
+        release: str | None = None,
+        port: int | None = None,
+    ) -> Process:
         self.run.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         launched = subprocess.run(
             [sys.executable, LAUNCHER, self.logs / f"{name}.log", cwd, "--", *map(str, argv)],
-            env=dict(env), capture_output=True, text=True, timeout=60)
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if launched.returncode != 0:
             raise RuntimeError(f"could not start {name}: {launched.stderr.strip()}")
         pid = int(launched.stdout)
-        process = Process(name=name, pid=pid, ticks=_start_ticks(pid) or 0, started=datetime.now(UTC),
-                          release=release, port=port)
+        process = Process(
+            name=name, pid=pid, ticks=_start_ticks(pid) or 0, started=datetime.now(UTC), release=release, port=port
+        )
         self._write(process)
         return process
 

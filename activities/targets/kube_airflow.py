@@ -35,22 +35,34 @@ class KubernetesAirflow:
         self.name, self.target, self.settings = settings.name, settings.target, settings.probes
         self.pipeline = pipeline
         self.dags: dict[str, list[str]] = {}
-        self.env = KubernetesEnvironment(self.name, self.target, connect(self.target), _LazyRef(self),
-                                         confirm=self._confirm, observe=self._observe)
+        self.env = KubernetesEnvironment(
+            self.name, self.target, connect(self.target), _LazyRef(self), confirm=self._confirm, observe=self._observe
+        )
 
     # --- roll and rollback -----------------------------------------------------------------
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
-             replaces: Expected | None = None) -> Rolled:
+    def roll(
+        self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
+    ) -> Rolled:
         if mode == RolloutMode.rebuild and not release.image:
-            raise RolloutFailed(f"release {release.id} changes the runtime but has no image; give the pipeline "
-                                f"`image:` settings (builder external: pass the image CI built, tagged "
-                                f"{release.runtime_hash}, to deploy or notify)", reason="NoImage")
+            raise RolloutFailed(
+                f"release {release.id} changes the runtime but has no image; give the pipeline "
+                f"`image:` settings (builder external: pass the image CI built, tagged "
+                f"{release.runtime_hash}, to deploy or notify)",
+                reason="NoImage",
+            )
         self.dags = dags
         config = None if mode == RolloutMode.dags_only else self._config(release)
-        report = self.env.roll(Rollout(release=release.id, commit=release.commit, mode=mode,
-                                       image=release.image if mode == RolloutMode.rebuild else None, config=config),
-                              replaces)
+        report = self.env.roll(
+            Rollout(
+                release=release.id,
+                commit=release.commit,
+                mode=mode,
+                image=release.image if mode == RolloutMode.rebuild else None,
+                config=config,
+            ),
+            replaces,
+        )
         return _from_report(report, mode.value)
 
     def rollback(self, to: str | None) -> Rolled:
@@ -72,8 +84,12 @@ class KubernetesAirflow:
 
     def marker(self) -> Marker:
         record = self.env.record()
-        return Marker(live=record.live, previous=record.previous, live_commit=record.live_commit,
-                      rolled=list(dict.fromkeys(s.release for s in record.history if s.release)))
+        return Marker(
+            live=record.live,
+            previous=record.previous,
+            live_commit=record.live_commit,
+            rolled=list(dict.fromkeys(s.release for s in record.history if s.release)),
+        )
 
     def baseline(self) -> Baseline | None:
         return self.env.record().baseline
@@ -83,10 +99,15 @@ class KubernetesAirflow:
     def api(self) -> AirflowApi | None:
         if not self.target.api_url:
             return None
-        fix = (f"`credentials_file` of environment {self.name}'s target in airagent.yaml: a mounted Secret "
-               "holding username:password")
-        return AirflowApi(self.target.api_url, Credentials.load(self.target.credentials_file, fix),
-                          timeout=self.settings.timeout.total_seconds())
+        fix = (
+            f"`credentials_file` of environment {self.name}'s target in airagent.yaml: a mounted Secret "
+            "holding username:password"
+        )
+        return AirflowApi(
+            self.target.api_url,
+            Credentials.load(self.target.credentials_file, fix),
+            timeout=self.settings.timeout.total_seconds(),
+        )
 
     def _observe(self) -> Baseline:
         baseline = Baseline(at=datetime.now(UTC), restarts=self._restarts())
@@ -114,8 +135,10 @@ class KubernetesAirflow:
                 if not missing:
                     return
                 if time.monotonic() > deadline:
-                    raise NotLive(f"{self.name}: release {release} (commit {commit[:12]}) not served within "
-                                  f"{self.target.live_timeout}: still waiting for {', '.join(missing[:10])}")
+                    raise NotLive(
+                        f"{self.name}: release {release} (commit {commit[:12]}) not served within "
+                        f"{self.target.live_timeout}: still waiting for {', '.join(missing[:10])}"
+                    )
                 time.sleep(2)
 
     # --- probes ----------------------------------------------------------------------------
@@ -123,8 +146,14 @@ class KubernetesAirflow:
     def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
         record = self.env.record()
         ok = record.live == release.id and record.pending is None
-        readings = [probes.reading("marker", ok, f"record: live {record.live}, pending {record.pending}",
-                                   f"live {release.id}, nothing pending")]
+        readings = [
+            probes.reading(
+                "marker",
+                ok,
+                f"record: live {record.live}, pending {record.pending}",
+                f"live {release.id}, nothing pending",
+            )
+        ]
         if not ok:
             return readings
         baseline = baseline or record.baseline or Baseline(at=datetime.now(UTC))
@@ -139,8 +168,11 @@ class KubernetesAirflow:
         """The pods of the workloads airagent rolls, matched by each workload's selector."""
         selectors = [obj["spec"]["selector"].get("matchLabels") or {} for obj in self.env.read_workloads().values()]
         listed = json.loads(self.env.core.list_namespaced_pod(self.target.namespace, _preload_content=False).data)
-        return [p for p in listed["items"]
-                if any(all((p["metadata"].get("labels") or {}).get(k) == v for k, v in s.items()) for s in selectors)]
+        return [
+            p
+            for p in listed["items"]
+            if any(all((p["metadata"].get("labels") or {}).get(k) == v for k, v in s.items()) for s in selectors)
+        ]
 
     def _restarts(self) -> dict[str, int]:
         return {p["metadata"]["name"]: _restart_count(p) for p in self._pods()}
@@ -156,13 +188,18 @@ class _LazyRef:
         if self._ref is None:
             pipeline = self.owner.pipeline
             if pipeline is None:
-                raise LookupError(f"{self.owner.name}: moving the DAG ref needs the pipeline's repository; "
-                                  "this request came without it (a train started by an older worker): retry it "
-                                  "from a new train")
+                raise LookupError(
+                    f"{self.owner.name}: moving the DAG ref needs the pipeline's repository; "
+                    "this request came without it (a train started by an older worker): retry it "
+                    "from a new train"
+                )
             repo = open_repository(pipeline, fetch=False)
             remote = self.owner.target.dag_remote or (pipeline.repo if pipeline.repo_is_url else None)
-            self._ref = GitRef(repo.working_tree_dir or repo.git_dir,
-                               self.owner.target.dag_ref.format(env=self.owner.name), remote=remote)
+            self._ref = GitRef(
+                repo.working_tree_dir or repo.git_dir,
+                self.owner.target.dag_ref.format(env=self.owner.name),
+                remote=remote,
+            )
         return self._ref
 
     def read(self) -> str | None:
@@ -172,14 +209,18 @@ class _LazyRef:
         self._open().move(commit)
 
 
-def not_live(dags: list[dict], errors: list[dict], expected: set[str], commit: str,
-             baseline: Baseline | None) -> list[str]:
+def not_live(
+    dags: list[dict], errors: list[dict], expected: set[str], commit: str, baseline: Baseline | None
+) -> list[str]:
     """What is still missing for `commit` to be live: unserved DAGs, DAGs at another commit, new import errors."""
     served = {d["dag_id"]: d for d in dags}
     checked = expected or set(served)
     missing = [f"{d} (not served)" for d in sorted(checked) if d not in served]
-    missing += [f"{d} (at {str(served[d].get('bundle_version'))[:12]})" for d in sorted(checked)
-                if d in served and served[d].get("bundle_version") != commit]
+    missing += [
+        f"{d} (at {str(served[d].get('bundle_version'))[:12]})"
+        for d in sorted(checked)
+        if d in served and served[d].get("bundle_version") != commit
+    ]
     before = set(baseline.import_errors) if baseline else set()
     missing += [f"import error in {f}" for f in sorted({str(e.get("filename")) for e in errors} - before)]
     return missing
@@ -198,8 +239,9 @@ def pods(found: list[dict], baseline: Baseline) -> ProbeReading:
         if (more := _restart_count(pod) - baseline.restarts.get(name, 0)) > 0:
             restarted.append(f"{name} +{more}")
     if stuck or restarted:
-        return probes.reading("pods", False, "; ".join(filter(None, [", ".join(stuck), ", ".join(restarted)])),
-                              threshold)
+        return probes.reading(
+            "pods", False, "; ".join(filter(None, [", ".join(stuck), ", ".join(restarted)])), threshold
+        )
     return probes.reading("pods", True, f"{len(found)} pods running, no restarts", threshold)
 
 
@@ -211,5 +253,9 @@ def _from_report(report: RollReport, what: str) -> Rolled:
     if not report.changed:
         return Rolled(report.live, report.previous, False, "already live")
     patched = f"patched {', '.join(report.patched)}" if report.patched else "no pod template patched"
-    return Rolled(report.live, report.previous, True, f"{what}: {patched}"
-                  + (f"; {'; '.join(report.rollout)}" if report.rollout else ""))
+    return Rolled(
+        report.live,
+        report.previous,
+        True,
+        f"{what}: {patched}" + (f"; {'; '.join(report.rollout)}" if report.rollout else ""),
+    )

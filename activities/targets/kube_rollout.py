@@ -63,9 +63,12 @@ def deployment_progress(d: dict) -> tuple[bool, str]:
         return False, f"{name}: waiting for the new spec to be observed"
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
-            raise RolloutFailed(f"deployment {name} exceeded its progress deadline "
-                                f"(progressDeadlineSeconds={spec.get('progressDeadlineSeconds', 600)})",
-                                workload=name, reason="ProgressDeadlineExceeded")
+            raise RolloutFailed(
+                f"deployment {name} exceeded its progress deadline "
+                f"(progressDeadlineSeconds={spec.get('progressDeadlineSeconds', 600)})",
+                workload=name,
+                reason="ProgressDeadlineExceeded",
+            )
     want, updated = spec.get("replicas", 1), status.get("updatedReplicas", 0)
     if updated < want:
         return False, f"{name}: {updated} of {want} new replicas updated"
@@ -80,8 +83,12 @@ def statefulset_progress(s: dict) -> tuple[bool, str]:
     name, spec, status = s["metadata"]["name"], s["spec"], s.get("status") or {}
     strategy = (spec.get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy != "RollingUpdate":
-        raise RolloutFailed(f"statefulset {name} uses updateStrategy {strategy}: its pods never roll on their own; "
-                            "set updateStrategy.type: RollingUpdate", workload=name, reason=strategy)
+        raise RolloutFailed(
+            f"statefulset {name} uses updateStrategy {strategy}: its pods never roll on their own; "
+            "set updateStrategy.type: RollingUpdate",
+            workload=name,
+            reason=strategy,
+        )
     if not status.get("observedGeneration") or s["metadata"].get("generation", 0) > status["observedGeneration"]:
         return False, f"{name}: waiting for the new spec to be observed"
     want = spec.get("replicas", 1)
@@ -93,7 +100,10 @@ def statefulset_progress(s: dict) -> tuple[bool, str]:
             return False, f"{name}: {status.get('updatedReplicas', 0)} of {want - partition} partitioned pods updated"
         return True, f"{name}: partitioned roll complete"
     if status.get("updateRevision") != status.get("currentRevision"):
-        return False, f"{name}: {status.get('updatedReplicas', 0)} of {want} pods at revision {status.get('updateRevision')}"
+        return (
+            False,
+            f"{name}: {status.get('updatedReplicas', 0)} of {want} pods at revision {status.get('updateRevision')}",
+        )
     return True, f"{name}: rolled out"
 
 
@@ -108,8 +118,10 @@ def pod_failure(pod: dict) -> str | None:
 
 
 def pod_ready(pod: dict) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def wait(api: client.ApiClient, namespace: str, workloads: list[Workload], timeout: float) -> list[str]:
@@ -133,8 +145,17 @@ def wait(api: client.ApiClient, namespace: str, workloads: list[Workload], timeo
         _check_pod(pod, workloads)
     events: queue.Queue = queue.Queue()
     listers = {"deployments": apps.list_namespaced_deployment, "statefulsets": apps.list_namespaced_stateful_set}
-    streams = [_Stream(listers[w.kind], namespace, w.obj["metadata"]["resourceVersion"], events, w.name,
-                       field_selector=f"metadata.name={w.name}") for w in pending.values()]
+    streams = [
+        _Stream(
+            listers[w.kind],
+            namespace,
+            w.obj["metadata"]["resourceVersion"],
+            events,
+            w.name,
+            field_selector=f"metadata.name={w.name}",
+        )
+        for w in pending.values()
+    ]
     streams.append(_Stream(core.list_namespaced_pod, namespace, pods["metadata"]["resourceVersion"], events, None))
     for s in streams:
         s.start()
@@ -142,8 +163,11 @@ def wait(api: client.ApiClient, namespace: str, workloads: list[Workload], timeo
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RolloutTimeout("rollout deadline passed: " + "; ".join(notes[n] for n in pending),
-                                     workload=", ".join(pending), reason="DeadlineExceeded")
+                raise RolloutTimeout(
+                    "rollout deadline passed: " + "; ".join(notes[n] for n in pending),
+                    workload=", ".join(pending),
+                    reason="DeadlineExceeded",
+                )
             try:
                 name, kind, obj = events.get(timeout=left)
             except queue.Empty:
@@ -177,7 +201,9 @@ def _check_pod(pod: dict, workloads: list[Workload]) -> None:
 class _Stream(threading.Thread):
     """One watch, resumed from where it stopped, feeding (key, event type, object) into a queue."""
 
-    def __init__(self, lister, namespace: str, resource_version: str | None, out: queue.Queue, key: str | None, **selectors):
+    def __init__(
+        self, lister, namespace: str, resource_version: str | None, out: queue.Queue, key: str | None, **selectors
+    ):
         super().__init__(name=f"watch-{key or 'pods'}", daemon=True)
         self.lister, self.namespace, self.rv, self.out, self.key = lister, namespace, resource_version, out, key
         self.selectors = selectors
@@ -191,9 +217,14 @@ class _Stream(threading.Thread):
     def run(self) -> None:
         while not self.stopped:
             try:
-                for event in self.watch.stream(self.lister, self.namespace, resource_version=self.rv,
-                                               timeout_seconds=WATCH_SECONDS, allow_watch_bookmarks=True,
-                                               **self.selectors):
+                for event in self.watch.stream(
+                    self.lister,
+                    self.namespace,
+                    resource_version=self.rv,
+                    timeout_seconds=WATCH_SECONDS,
+                    allow_watch_bookmarks=True,
+                    **self.selectors,
+                ):
                     obj = event["raw_object"]
                     self.rv = obj["metadata"]["resourceVersion"]
                     if event["type"] != "BOOKMARK":
@@ -204,7 +235,7 @@ class _Stream(threading.Thread):
                 if self.stopped:
                     return
                 if err.status == 410:  # history compacted past our resourceVersion: a watch without one
-                    self.rv = None     # starts with the current state, and needs no `list` right
+                    self.rv = None  # starts with the current state, and needs no `list` right
                     continue
                 self.out.put((self.key, "ERROR", err))
                 return

@@ -41,13 +41,22 @@ from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, Field
 
 from activities.targets import kube_rollout
-from activities.targets.base import RolloutFailed, RolloutTimeout, check_live
+from activities.targets.base import check_live
 from activities.targets.kube_rollout import RELEASE_ANNOTATION, Workload
 from airagent.config import KubernetesTarget
 from airagent.models import Baseline, Expected, RolloutMode
 
-__all__ = ["KubernetesTarget", "KubernetesEnvironment", "Rollout", "RollReport", "Record", "Snapshot",
-           "DagRef", "GitRef", "connect"]
+__all__ = [
+    "DagRef",
+    "GitRef",
+    "KubernetesEnvironment",
+    "KubernetesTarget",
+    "Record",
+    "RollReport",
+    "Rollout",
+    "Snapshot",
+    "connect",
+]
 
 RECORD_KEY = "record.json"
 KEEP_SNAPSHOTS = 5  # a ConfigMap holds 1 MiB; five sets of templates fit with room to spare
@@ -60,8 +69,9 @@ class Rollout(BaseModel):
     commit: str
     mode: RolloutMode
     image: str | None = Field(None, description="full image reference; needed by rebuild")
-    config: dict[str, str] | None = Field(None, description="the chart ConfigMap's data for this release; "
-                                                            "None leaves it as it is")
+    config: dict[str, str] | None = Field(
+        None, description="the chart ConfigMap's data for this release; None leaves it as it is"
+    )
 
 
 class Snapshot(BaseModel):
@@ -85,8 +95,10 @@ class Record(BaseModel):
     live: str | None = None
     live_commit: str | None = None
     previous: str | None = None
-    pending: str | None = Field(None, description="release a roll or rollback is moving to until it is done; "
-                                                  "'' for a rollback to before airagent")
+    pending: str | None = Field(
+        None,
+        description="release a roll or rollback is moving to until it is done; '' for a rollback to before airagent",
+    )
     snapshots: list[Snapshot] = []
     history: list[Swap] = []
     baseline: Baseline | None = Field(None, description="how Airflow was before the roll in progress or last done")
@@ -144,8 +156,9 @@ Observe = Callable[[], Baseline]
 def connect(target: KubernetesTarget) -> client.ApiClient:
     """An API client from the target's kubeconfig/context, else the pod's service account, else ~/.kube/config."""
     if target.kubeconfig or target.context:
-        return config.new_client_from_config(config_file=str(target.kubeconfig) if target.kubeconfig else None,
-                                             context=target.context)
+        return config.new_client_from_config(
+            config_file=str(target.kubeconfig) if target.kubeconfig else None, context=target.context
+        )
     try:
         conf = client.Configuration()
         config.load_incluster_config(client_configuration=conf)
@@ -157,8 +170,15 @@ def connect(target: KubernetesTarget) -> client.ApiClient:
 class KubernetesEnvironment:
     """One environment in a namespace. Knows nothing of Temporal: a test drives it directly."""
 
-    def __init__(self, name: str, target: KubernetesTarget, api: client.ApiClient, ref: DagRef,
-                 confirm: Confirm | None = None, observe: Observe | None = None):
+    def __init__(
+        self,
+        name: str,
+        target: KubernetesTarget,
+        api: client.ApiClient,
+        ref: DagRef,
+        confirm: Confirm | None = None,
+        observe: Observe | None = None,
+    ):
         self.name, self.target, self.api, self.ref, self.confirm = name, target, api, ref, confirm
         self.observe = observe
         self.core, self.apps = client.CoreV1Api(api), client.AppsV1Api(api)
@@ -177,19 +197,28 @@ class KubernetesEnvironment:
             if err.status == 404:
                 return Record(), None
             raise
-        return Record.model_validate_json((cm.get("data") or {}).get(RECORD_KEY, "{}")), \
-            cm["metadata"]["resourceVersion"]
+        return Record.model_validate_json((cm.get("data") or {}).get(RECORD_KEY, "{}")), cm["metadata"][
+            "resourceVersion"
+        ]
 
     def _write_record(self, record: Record, rv: str | None) -> str:
         data = {RECORD_KEY: record.model_dump_json()}
         if rv is None:
-            body = {"metadata": {"name": self.record_name, "labels": {"app.kubernetes.io/managed-by": "airagent"}},
-                    "data": data}
+            body = {
+                "metadata": {"name": self.record_name, "labels": {"app.kubernetes.io/managed-by": "airagent"}},
+                "data": data,
+            }
             cm = self._raw(self.core.create_namespaced_config_map, self.target.namespace, body)
         else:
-            cm = self._raw(self.core.patch_namespaced_config_map, self.record_name, self.target.namespace,
-                           [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-                            {"op": "replace", "path": "/data", "value": data}])
+            cm = self._raw(
+                self.core.patch_namespaced_config_map,
+                self.record_name,
+                self.target.namespace,
+                [
+                    {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                    {"op": "replace", "path": "/data", "value": data},
+                ],
+            )
         return cm["metadata"]["resourceVersion"]
 
     # --- roll and rollback ---------------------------------------------------------------
@@ -218,8 +247,9 @@ class KubernetesEnvironment:
             if rollout.config is not None and config_cm is not None:
                 patched += self._patch_config(config_cm, rollout.config)
             before = record.snapshot(record.live)  # a resumed roll must not mistake its own new image for the old
-            old_image = _main_image(before.templates if before else
-                                    {key: obj["spec"]["template"] for key, obj in workloads.items()})
+            old_image = _main_image(
+                before.templates if before else {key: obj["spec"]["template"] for key, obj in workloads.items()}
+            )
             desired = {key: _desired(obj["spec"]["template"], rollout, old_image) for key, obj in workloads.items()}
             patched += self._patch_templates(workloads, desired)
             notes = self._wait(workloads)
@@ -228,8 +258,10 @@ class KubernetesEnvironment:
             self.confirm(rollout.release, rollout.commit)
         record.previous, record.live, record.live_commit = record.live, rollout.release, rollout.commit
         record.pending = None
-        record.history = [*record.history, Swap(at=datetime.now(UTC), action="roll", release=rollout.release,
-                                                replaced=record.previous)][-100:]
+        record.history = [
+            *record.history,
+            Swap(at=datetime.now(UTC), action="roll", release=rollout.release, replaced=record.previous),
+        ][-100:]
         self._write_record(record, rv)
         return RollReport(live=record.live, previous=record.previous, changed=True, patched=patched, rollout=notes)
 
@@ -241,8 +273,10 @@ class KubernetesEnvironment:
         target = record.snapshot(to)
         if target is None:
             known = [s.release for s in record.snapshots]
-            raise LookupError(f"environment {self.name} has no snapshot of release {to!r} to roll back to; "
-                              f"it has snapshots of {known}")
+            raise LookupError(
+                f"environment {self.name} has no snapshot of release {to!r} to roll back to; "
+                f"it has snapshots of {known}"
+            )
         workloads = self.read_workloads()
         config_cm = self.read_config()
         if record.pending is None and record.snapshot(record.live) is None:
@@ -254,8 +288,10 @@ class KubernetesEnvironment:
             patched += self._patch_config(config_cm, target.config)
         missing = set(workloads) - set(target.templates)
         if missing:
-            raise LookupError(f"the snapshot of {to!r} has no template for {sorted(missing)}; "
-                              "they were added to the target after it was taken")
+            raise LookupError(
+                f"the snapshot of {to!r} has no template for {sorted(missing)}; "
+                "they were added to the target after it was taken"
+            )
         patched += self._patch_templates(workloads, {key: target.templates[key] for key in workloads})
         self._unstick(workloads)
         notes = self._wait(workloads)
@@ -265,8 +301,10 @@ class KubernetesEnvironment:
             self.confirm(to, target.commit)
         replaced = record.live
         record.previous, record.live, record.live_commit, record.pending = replaced, to, target.commit, None
-        record.history = [*record.history, Swap(at=datetime.now(UTC), action="rollback", release=to,
-                                                replaced=replaced)][-100:]
+        record.history = [
+            *record.history,
+            Swap(at=datetime.now(UTC), action="rollback", release=to, replaced=replaced),
+        ][-100:]
         self._write_record(record, rv)
         return RollReport(live=to, previous=replaced, changed=True, patched=patched, rollout=notes)
 
@@ -282,26 +320,33 @@ class KubernetesEnvironment:
             replicas = spec.get("replicas", 1)
             grace = spec["template"]["spec"].get("terminationGracePeriodSeconds", 30)
             if name in self.target.drained and grace < drain:
-                warnings.append(f"{name}: terminationGracePeriodSeconds is {grace}s, shorter than the {drain:.0f}s "
-                                f"worker drain; running tasks are killed on a roll. Raise it to at least {drain:.0f}")
+                warnings.append(
+                    f"{name}: terminationGracePeriodSeconds is {grace}s, shorter than the {drain:.0f}s "
+                    f"worker drain; running tasks are killed on a roll. Raise it to at least {drain:.0f}"
+                )
             if kind == "deployments":
                 strategy = spec.get("strategy") or {}
                 if strategy.get("type") == "Recreate":
-                    warnings.append(f"{name}: strategy Recreate stops every pod before starting new ones; "
-                                    "use RollingUpdate with maxUnavailable: 0")
+                    warnings.append(
+                        f"{name}: strategy Recreate stops every pod before starting new ones; "
+                        "use RollingUpdate with maxUnavailable: 0"
+                    )
                     continue
                 unavailable = _scaled((strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"), replicas)
                 if unavailable > 0:
-                    warnings.append(f"{name}: maxUnavailable lets {unavailable} of {replicas} running pods go before "
-                                    "their replacements are ready; set maxUnavailable: 0 and maxSurge: 1")
+                    warnings.append(
+                        f"{name}: maxUnavailable lets {unavailable} of {replicas} running pods go before "
+                        "their replacements are ready; set maxUnavailable: 0 and maxSurge: 1"
+                    )
             else:
                 strategy = spec.get("updateStrategy") or {}
                 if strategy.get("type") == "OnDelete":
-                    warnings.append(f"{name}: updateStrategy OnDelete never restarts pods on a roll; "
-                                    "use RollingUpdate")
+                    warnings.append(f"{name}: updateStrategy OnDelete never restarts pods on a roll; use RollingUpdate")
                 elif replicas == 1:
-                    warnings.append(f"{name}: a StatefulSet replaces its pods one at a time, stopping each first; "
-                                    "with 1 replica it has none running during a roll. Run at least 2")
+                    warnings.append(
+                        f"{name}: a StatefulSet replaces its pods one at a time, stopping each first; "
+                        "with 1 replica it has none running during a roll. Run at least 2"
+                    )
         return warnings
 
     # --- helpers -------------------------------------------------------------------------
@@ -312,16 +357,20 @@ class KubernetesEnvironment:
 
     def read_workloads(self) -> dict[str, dict]:
         """Every rolled workload as the server holds it, by `<plural>/<name>`: what rolls, probes and records read."""
-        readers = {"deployments": self.apps.read_namespaced_deployment,
-                   "statefulsets": self.apps.read_namespaced_stateful_set}
+        readers = {
+            "deployments": self.apps.read_namespaced_deployment,
+            "statefulsets": self.apps.read_namespaced_stateful_set,
+        }
         out = {}
         for kind, name in self.target.workloads():
             try:
                 out[f"{kind}/{name}"] = self._raw(readers[kind], name, self.target.namespace)
             except ApiException as err:
                 if err.status == 404:
-                    raise LookupError(f"{kind[:-1]} {name} not found in namespace {self.target.namespace}; fix the "
-                                      f"target's `release`, `deployments` or `statefulsets`") from None
+                    raise LookupError(
+                        f"{kind[:-1]} {name} not found in namespace {self.target.namespace}; fix the "
+                        f"target's `release`, `deployments` or `statefulsets`"
+                    ) from None
                 raise
         return out
 
@@ -334,37 +383,56 @@ class KubernetesEnvironment:
             return self._raw(self.core.read_namespaced_config_map, name, self.target.namespace)
         except ApiException as err:
             if err.status == 404:
-                raise LookupError(f"configmap {name} not found in namespace {self.target.namespace}; set the "
-                                  "target's `config_map` to the chart's, or null") from None
+                raise LookupError(
+                    f"configmap {name} not found in namespace {self.target.namespace}; set the "
+                    "target's `config_map` to the chart's, or null"
+                ) from None
             raise
 
     def _snapshot(self, release: str | None, workloads: dict[str, dict], config_cm: dict | None) -> Snapshot:
-        return Snapshot(release=release, commit=self.ref.read(),
-                        templates={key: obj["spec"]["template"] for key, obj in workloads.items()},
-                        config=(config_cm.get("data") or {}) if config_cm is not None else None,
-                        taken=datetime.now(UTC))
+        return Snapshot(
+            release=release,
+            commit=self.ref.read(),
+            templates={key: obj["spec"]["template"] for key, obj in workloads.items()},
+            config=(config_cm.get("data") or {}) if config_cm is not None else None,
+            taken=datetime.now(UTC),
+        )
 
     def _patch_config(self, cm: dict, data: dict[str, str]) -> list[str]:
         if (cm.get("data") or {}) == data:
             return []
-        self._raw(self.core.patch_namespaced_config_map, cm["metadata"]["name"], self.target.namespace,
-                  [{"op": "test", "path": "/metadata/resourceVersion", "value": cm["metadata"]["resourceVersion"]},
-                   {"op": "add", "path": "/data", "value": data}])
+        self._raw(
+            self.core.patch_namespaced_config_map,
+            cm["metadata"]["name"],
+            self.target.namespace,
+            [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": cm["metadata"]["resourceVersion"]},
+                {"op": "add", "path": "/data", "value": data},
+            ],
+        )
         return [f"configmaps/{cm['metadata']['name']}"]
 
     def _patch_templates(self, workloads: dict[str, dict], desired: dict[str, dict]) -> list[str]:
         """Replace each template that differs; updates `workloads` in place with what the server returned."""
-        patchers = {"deployments": self.apps.patch_namespaced_deployment,
-                    "statefulsets": self.apps.patch_namespaced_stateful_set}
+        patchers = {
+            "deployments": self.apps.patch_namespaced_deployment,
+            "statefulsets": self.apps.patch_namespaced_stateful_set,
+        }
         patched = []
         for key, obj in workloads.items():
             if obj["spec"]["template"] == desired[key]:
                 continue
             kind, name = key.split("/")
-            workloads[key] = self._raw(patchers[kind], name, self.target.namespace, [
-                # generation, not resourceVersion: status moves all the time, the spec only when someone changes it
-                {"op": "test", "path": "/metadata/generation", "value": obj["metadata"]["generation"]},
-                {"op": "replace", "path": "/spec/template", "value": desired[key]}])
+            workloads[key] = self._raw(
+                patchers[kind],
+                name,
+                self.target.namespace,
+                [
+                    # generation, not resourceVersion: status moves all the time, the spec only when someone changes it
+                    {"op": "test", "path": "/metadata/generation", "value": obj["metadata"]["generation"]},
+                    {"op": "replace", "path": "/spec/template", "value": desired[key]},
+                ],
+            )
             patched.append(key)
         return patched
 
@@ -382,13 +450,17 @@ class KubernetesEnvironment:
             pods = self._raw(self.core.list_namespaced_pod, self.target.namespace, label_selector=selector)
             for pod in pods["items"]:
                 if not restored.owns(pod) and not kube_rollout.pod_ready(pod):
-                    self.core.delete_namespaced_pod(pod["metadata"]["name"], self.target.namespace,
-                                                    _preload_content=False)
+                    self.core.delete_namespaced_pod(
+                        pod["metadata"]["name"], self.target.namespace, _preload_content=False
+                    )
 
     def _wait(self, workloads: dict[str, dict]) -> list[str]:
-        return kube_rollout.wait(self.api, self.target.namespace,
-                                 [Workload(key.split("/")[0], obj) for key, obj in workloads.items()],
-                                 self.target.rollout_deadline.total_seconds())
+        return kube_rollout.wait(
+            self.api,
+            self.target.namespace,
+            [Workload(key.split("/")[0], obj) for key, obj in workloads.items()],
+            self.target.rollout_deadline.total_seconds(),
+        )
 
 
 def _desired(template: dict, rollout: Rollout, old_image: str | None) -> dict:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import configparser
 import hashlib
+import json
 import os
 import secrets
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,8 +48,8 @@ DEFAULTS = {
 
 
 class LocalAirflow:
-    def __init__(self, name: str, target: LocalTarget, probes: Probes = Probes()):
-        self.name, self.target, self.settings = name, target, probes
+    def __init__(self, name: str, target: LocalTarget, probes: Probes | None = None):
+        self.name, self.target, self.settings = name, target, probes or Probes()
         self.files = LocalEnvironment(target.path, name)
         self.components = Components(target.path)
         self.home = target.path / "airflow"
@@ -76,8 +76,11 @@ class LocalAirflow:
         return not self.stopped()
 
     def api(self, timeout: float | None = None) -> AirflowApi:
-        return AirflowApi(f"http://127.0.0.1:{self.target.port}", Credentials.load(self.secrets / "api-login"),
-                          timeout=timeout or self.settings.timeout.total_seconds())
+        return AirflowApi(
+            f"http://127.0.0.1:{self.target.port}",
+            Credentials.load(self.secrets / "api-login"),
+            timeout=timeout or self.settings.timeout.total_seconds(),
+        )
 
     # --- up and down ----------------------------------------------------------------------
 
@@ -114,8 +117,9 @@ class LocalAirflow:
 
     # --- roll and rollback ----------------------------------------------------------------------
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
-             replaces: Expected | None = None) -> tuple[Manifest, bool, str]:
+    def roll(
+        self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
+    ) -> tuple[Manifest, bool, str]:
         """Make `release` live and confirm Airflow runs it; returns the manifest, whether it changed, what was done.
 
         Refuses (UnexpectedLive) when another release than `replaces` names is live, before writing anything.
@@ -173,8 +177,9 @@ class LocalAirflow:
 
     # --- dags-only: confirm the new code is what Airflow serves ----------------------------------
 
-    def confirm_dags(self, release: Release, dags: dict[str, list[str]], before: Release | None,
-                     swapped: datetime) -> str:
+    def confirm_dags(
+        self, release: Release, dags: dict[str, list[str]], before: Release | None, swapped: datetime
+    ) -> str:
         """Done when every DAG of the release is served and each changed file was parsed after the swap."""
         fresh = differing(Path(before.bundle), Path(release.bundle)) if before else None
         expected = {dag_id: path for path, ids in dags.items() for dag_id in ids}
@@ -193,14 +198,21 @@ class LocalAirflow:
                     new_errors = errors - set(baseline.import_errors if baseline else [])
                     missing = [f"import error in {f}" for f in sorted(new_errors)]
                     missing += [f"{d} (not served)" for d in expected if d not in served]
-                    missing += [f"{d} (not parsed since the swap)" for d in sorted(must_reparse)
-                                if d in served and not _parsed_after(served[d], swapped)]
+                    missing += [
+                        f"{d} (not parsed since the swap)"
+                        for d in sorted(must_reparse)
+                        if d in served and not _parsed_after(served[d], swapped)
+                    ]
                     if not missing:
-                        return (f"dags-only: {len(expected)} DAGs served, {len(must_reparse)} re-parsed after "
-                                f"the swap, no new import errors; nothing restarted")
+                        return (
+                            f"dags-only: {len(expected)} DAGs served, {len(must_reparse)} re-parsed after "
+                            f"the swap, no new import errors; nothing restarted"
+                        )
                 if time.monotonic() > deadline:
-                    raise NotLive(f"new DAG code not live within {self.target.live_timeout}: still waiting for "
-                                  f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+                    raise NotLive(
+                        f"new DAG code not live within {self.target.live_timeout}: still waiting for "
+                        f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}"
+                    )
                 time.sleep(1)
 
     # --- restart and rebuild ----------------------------------------------------------------------
@@ -233,15 +245,19 @@ class LocalAirflow:
                 while running := api.running():
                     first = first or running
                     if time.monotonic() - started >= limit:
-                        return (f"drain gave up after {limit:.0f}s with {len(running)} still running "
-                                f"({', '.join(running[:5])}); the scheduler finishes them before it exits")
+                        return (
+                            f"drain gave up after {limit:.0f}s with {len(running)} still running "
+                            f"({', '.join(running[:5])}); the scheduler finishes them before it exits"
+                        )
                     time.sleep(1)
         except (httpx.HTTPError, PermissionError) as err:
             return f"drain skipped: the API did not answer ({type(err).__name__}); the scheduler finishes its tasks"
         if not first:
             return "drain: no task was running"
-        return (f"drained {len(first)} running task instance{'s' if len(first) > 1 else ''} "
-                f"({', '.join(first[:5])}) in {time.monotonic() - started:.0f}s")
+        return (
+            f"drained {len(first)} running task instance{'s' if len(first) > 1 else ''} "
+            f"({', '.join(first[:5])}) in {time.monotonic() - started:.0f}s"
+        )
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.target.live_timeout.total_seconds()
@@ -257,8 +273,11 @@ class LocalAirflow:
                     last = f"no answer ({type(err).__name__})"
                 dead = [name for name, p in self.processes().items() if not p.alive]
                 if dead or time.monotonic() > deadline:
-                    why = f"{', '.join(dead)} exited (see {self.components.logs})" if dead else \
-                        f"not healthy within {self.target.live_timeout}"
+                    why = (
+                        f"{', '.join(dead)} exited (see {self.components.logs})"
+                        if dead
+                        else f"not healthy within {self.target.live_timeout}"
+                    )
                     raise NotLive(f"{self.name}: {why}; health: {last}")
                 time.sleep(0.5)
 
@@ -300,31 +319,38 @@ class LocalAirflow:
         try:
             api = self.api()
         except FileNotFoundError as err:
-            return readings + [probes.reading("health", False, str(err), "an answer")]
+            return [*readings, probes.reading("health", False, str(err), "an answer")]
         with api:
             return readings + probes.airflow_probes(api, baseline, self.settings)
 
     # --- starting components ----------------------------------------------------------------------
 
     def _start(self, name: str, python: Path, release: Release | None) -> Process:
-        return self.components.start(name, [python.with_name("airflow"), name], self._env(python, release),
-                                     cwd=self.home, release=release.id if release else None)
+        return self.components.start(
+            name,
+            [python.with_name("airflow"), name],
+            self._env(python, release),
+            cwd=self.home,
+            release=release.id if release else None,
+        )
 
     def _start_api(self, slot: str, python: Path, release: Release | None) -> Process:
         port = self.target.port + API_SLOTS.index(slot) + 1
         env = self._env(python, release)
         # Both slots listen on the shared port; each also on its own, so airagent can ask the new one directly.
-        env["GUNICORN_CMD_ARGS"] = (f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
-                                    f"--control-socket {self.components.run / (slot + '.ctl')}")
+        env["GUNICORN_CMD_ARGS"] = (
+            f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
+            f"--control-socket {self.components.run / (slot + '.ctl')}"
+        )
         argv = [python.with_name("airflow"), "api-server", "--port", str(self.target.port)]
-        return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None,
-                                     port=port)
+        return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None, port=port)
 
     def _migrate(self, python: Path, release: Release | None) -> None:
         """`airflow db migrate` is idempotent and quick; a new runtime may bring a new schema."""
         self.home.mkdir(parents=True, exist_ok=True)
-        process.run([python.with_name("airflow"), "db", "migrate"], env=self._env(python, release),
-                    cwd=self.home, timeout=600)
+        process.run(
+            [python.with_name("airflow"), "db", "migrate"], env=self._env(python, release), cwd=self.home, timeout=600
+        )
 
     def _env(self, python: Path, release: Release | None) -> dict[str, str]:
         port = self.target.port
@@ -361,8 +387,10 @@ class LocalAirflow:
         name = self.target.database_url_env
         if name:
             if not os.environ.get(name):
-                raise EnvironmentDown(f"{self.name}: target.database_url_env names {name}, which is not set on "
-                                      "this worker; export it or remove the setting to use SQLite")
+                raise EnvironmentDown(
+                    f"{self.name}: target.database_url_env names {name}, which is not set on "
+                    "this worker; export it or remove the setting to use SQLite"
+                )
             return os.environ[name]
         return f"sqlite:///{self.home / 'airflow.db'}"
 
@@ -375,7 +403,7 @@ class LocalAirflow:
         login = self.secrets / "api-login"
         if not login.exists():
             password = secrets.token_urlsafe(24)
-            _write(self.secrets / "passwords.json", '{"%s": "%s"}' % (USER, password), private=True)
+            _write(self.secrets / "passwords.json", json.dumps({USER: password}), private=True)
             _write(login, f"{USER}:{password}", private=True)
 
     def _grace(self, name: str) -> float:
@@ -383,8 +411,10 @@ class LocalAirflow:
         return max(self.target.drain_timeout.total_seconds(), 30.0) if name == "scheduler" else 30.0
 
     def _down_message(self) -> str:
-        return (f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
-                f"`airagent env up {self.name}` before deploying")
+        return (
+            f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
+            f"`airagent env up {self.name}` before deploying"
+        )
 
 
 def _restart_key(release: Release) -> str:
@@ -398,9 +428,11 @@ def _restart_key(release: Release) -> str:
 
 def _digests(root: Path) -> dict[str, str]:
     """Content hashes of a release's own files; Python's bytecode caches written beside them are not its own."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in root.rglob("*")
-            if p.is_file() and p.name != "release.json" and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "release.json" and "__pycache__" not in p.parts
+    }
 
 
 def _parsed_after(dag: dict, moment: datetime) -> bool:

@@ -36,8 +36,18 @@ from airagent.config import home
 
 PARSER = Path(__file__).with_name("parser.py")
 # Calls that import or run code by a name `ast` cannot see.
-DYNAMIC = {"import_module", "__import__", "exec", "eval", "run_path", "run_module", "load_source",
-           "spec_from_file_location", "SourceFileLoader", "load_module"}
+DYNAMIC = {
+    "import_module",
+    "__import__",
+    "exec",
+    "eval",
+    "run_path",
+    "run_module",
+    "load_source",
+    "spec_from_file_location",
+    "SourceFileLoader",
+    "load_module",
+}
 _modules: dict[str, tuple[list[tuple[int, str, list[str]]], bool]] = {}  # content digest -> (imports, dynamic)
 REMEMBERED = 20_000
 _remembered: dict[tuple[Path, str], dict] = {}  # (cache folder, key) -> result; never stale, keys are content
@@ -51,8 +61,10 @@ def _module_info(content_digest: str, data: bytes) -> tuple[list[tuple[int, str,
     if content_digest not in _modules:
         tree = syntax_tree(data)
         dynamic = tree is not None and any(
-            isinstance(node, ast.Call) and (getattr(node.func, "id", None) or getattr(node.func, "attr", None))
-            in DYNAMIC for node in ast.walk(tree))
+            isinstance(node, ast.Call)
+            and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) in DYNAMIC
+            for node in ast.walk(tree)
+        )
         _modules[content_digest] = (imported_names(tree), dynamic)
     return _modules[content_digest]
 
@@ -86,11 +98,16 @@ def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[st
     dags = (bundle / dag_folder).resolve()
     digests, edges, dynamic = _graph(dags)
     everything = digest(json.dumps(sorted(digests.items())).encode())
-    shared = digest(json.dumps({
-        "parser": digest(PARSER.read_bytes()),
-        "context": context,
-        "others": _other_files(bundle, dags, list(ignored)),
-    }, sort_keys=True).encode())
+    shared = digest(
+        json.dumps(
+            {
+                "parser": digest(PARSER.read_bytes()),
+                "context": context,
+                "others": _other_files(bundle, dags, list(ignored)),
+            },
+            sort_keys=True,
+        ).encode()
+    )
     keys = {}
     for rel in digests:
         closure = _closure(edges, rel)
@@ -120,8 +137,12 @@ def _graph(dags: Path) -> tuple[dict[str, str], dict[str, set[str]], set[str]]:
         imports, is_dynamic = _module_info(digests[rel], data)
         if is_dynamic:
             dynamic.add(rel)
-        edges[rel] = {c for level, module, members in imports for c in _candidates(rel, level, module, tuple(members))
-                      if c in digests and c != rel}
+        edges[rel] = {
+            c
+            for level, module, members in imports
+            for c in _candidates(rel, level, module, tuple(members))
+            if c in digests and c != rel
+        }
     return digests, edges, dynamic
 
 

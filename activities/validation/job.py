@@ -33,11 +33,11 @@ from pydantic import BaseModel, Field
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
-from activities.validation.parse import parse_changed
-from activities.validation.parser import REPORT_MARKER
 from activities.targets.kube_rollout import FATAL_WAITING, WATCH_SECONDS
 from activities.targets.kubernetes import connect
 from activities.validation.cache import PARSER
+from activities.validation.parse import parse_changed
+from activities.validation.parser import REPORT_MARKER
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Release, ValidationReport
 from airagent.repo import cluster_url
@@ -68,8 +68,7 @@ class ValidatorJob(BaseModel):
 
     def failed(self, message: str) -> ApplicationError:
         # Same spec, same name: a retry would find this very Job failed again.
-        return ApplicationError(f"validator job {self.name}: {message}", type="ValidatorJobFailed",
-                                non_retryable=True)
+        return ApplicationError(f"validator job {self.name}: {message}", type="ValidatorJobFailed", non_retryable=True)
 
 
 def parse_in_image(release: Release, pipeline: PipelineSettings) -> ValidationReport:
@@ -80,62 +79,131 @@ def parse_in_image(release: Release, pipeline: PipelineSettings) -> ValidationRe
     namespace = pipeline.image.namespace or target.namespace
 
     def parse(files: list[str]) -> list[dict]:
-        job, config_map, ref = manifests(pipeline.image, namespace, release, url, {
-            "files": files, "placeholders": pipeline.validation.placeholders.model_dump(mode="json")})
+        job, config_map, ref = manifests(
+            pipeline.image,
+            namespace,
+            release,
+            url,
+            {"files": files, "placeholders": pipeline.validation.placeholders.model_dump(mode="json")},
+        )
         with keep_alive(f"validator job {ref.name}"), connect(target) as api:
             return run(api, ref, job, config_map, files)
 
-    return parse_changed({"image": release.image}, Path(release.bundle), release.dag_folder,
-                         release.plugins_folder, pipeline, None, parse)
+    return parse_changed(
+        {"image": release.image},
+        Path(release.bundle),
+        release.dag_folder,
+        release.plugins_folder,
+        pipeline,
+        None,
+        parse,
+    )
 
 
 def clone_url(pipeline: PipelineSettings) -> str:
     url = cluster_url(pipeline)
     if url is None:
-        raise ApplicationError(f"pipeline {pipeline.name!r}: the validator Job clones the commit from a git URL, "
-                               "and `repo` is a local path; set image.context to the repository's git URL",
-                               type="BadInput", non_retryable=True)
+        raise ApplicationError(
+            f"pipeline {pipeline.name!r}: the validator Job clones the commit from a git URL, "
+            "and `repo` is a local path; set image.context to the repository's git URL",
+            type="BadInput",
+            non_retryable=True,
+        )
     return url
 
 
-def manifests(settings: ImageSettings, namespace: str, release: Release, url: str,
-              parse_settings: dict) -> tuple[dict, dict, ValidatorJob]:
+def manifests(
+    settings: ImageSettings, namespace: str, release: Release, url: str, parse_settings: dict
+) -> tuple[dict, dict, ValidatorJob]:
     """The Job and its ConfigMap (owner set once the Job exists); argument lists, never a shell line."""
     script, settings_json = PARSER.read_text(), json.dumps(parse_settings, sort_keys=True)
     deadline = int(settings.validate_deadline.total_seconds())
-    key = json.dumps([release.commit, release.image, hashlib.sha256(script.encode()).hexdigest(), settings_json,
-                      url, release.dag_folder, release.plugins_folder, settings.git_sync_image, settings.git_secret,
-                      deadline])
+    key = json.dumps(
+        [
+            release.commit,
+            release.image,
+            hashlib.sha256(script.encode()).hexdigest(),
+            settings_json,
+            url,
+            release.dag_folder,
+            release.plugins_folder,
+            settings.git_sync_image,
+            settings.git_secret,
+            deadline,
+        ]
+    )
     name = f"airagent-validate-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     labels = {"app.kubernetes.io/managed-by": "airagent", LABEL: name}
-    git_sync = {"name": "git-sync", "image": settings.git_sync_image,
-                "args": [f"--repo={url}", f"--ref={release.commit}", f"--root={GIT_ROOT}",
-                         f"--link={Path(CHECKOUT).name}", "--one-time", "--depth=1"],
-                "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT}]}
+    git_sync = {
+        "name": "git-sync",
+        "image": settings.git_sync_image,
+        "args": [
+            f"--repo={url}",
+            f"--ref={release.commit}",
+            f"--root={GIT_ROOT}",
+            f"--link={Path(CHECKOUT).name}",
+            "--one-time",
+            "--depth=1",
+        ],
+        "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT}],
+    }
     if settings.git_secret:
         git_sync["envFrom"] = [{"secretRef": {"name": settings.git_secret}}]
-    env = {"AIRFLOW__CORE__DAGS_FOLDER": f"{CHECKOUT}/{release.dag_folder}",
-           "AIRFLOW__CORE__PLUGINS_FOLDER": f"{CHECKOUT}/{release.plugins_folder}",
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
-           "PYTHONDONTWRITEBYTECODE": "1"}  # the checkout is mounted read-only
-    validator = {"name": CONTAINER, "image": release.image, "workingDir": CHECKOUT,
-                 "command": ["python", f"{PARSER_DIR}/parser.py", f"{CHECKOUT}/{release.dag_folder}", "-",
-                             str(WORKERS), "--settings", f"{PARSER_DIR}/settings.json"],
-                 "env": [{"name": k, "value": v} for k, v in env.items()],
-                 "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT, "readOnly": True},
-                                  {"name": "parser", "mountPath": PARSER_DIR, "readOnly": True}]}
-    pod = {"restartPolicy": "Never", "activeDeadlineSeconds": deadline,
-           "automountServiceAccountToken": False,  # DAG code runs here: it gets no API token
-           "enableServiceLinks": False,
-           "initContainers": [git_sync], "containers": [validator],
-           "volumes": [{"name": "checkout", "emptyDir": {}}, {"name": "parser", "configMap": {"name": name}}]}
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name, "labels": labels},
-           "spec": {"backoffLimit": 0, "activeDeadlineSeconds": deadline + JOB_GRACE, "ttlSecondsAfterFinished": TTL,
-                    "template": {"metadata": {"labels": labels}, "spec": pod}}}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels},
-                  "data": {"parser.py": script, "settings.json": settings_json}}
-    ref = ValidatorJob(name=name, namespace=namespace, commit=release.commit, image=release.image, url=url,
-                       deadline=deadline)
+    env = {
+        "AIRFLOW__CORE__DAGS_FOLDER": f"{CHECKOUT}/{release.dag_folder}",
+        "AIRFLOW__CORE__PLUGINS_FOLDER": f"{CHECKOUT}/{release.plugins_folder}",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }  # the checkout is mounted read-only
+    validator = {
+        "name": CONTAINER,
+        "image": release.image,
+        "workingDir": CHECKOUT,
+        "command": [
+            "python",
+            f"{PARSER_DIR}/parser.py",
+            f"{CHECKOUT}/{release.dag_folder}",
+            "-",
+            str(WORKERS),
+            "--settings",
+            f"{PARSER_DIR}/settings.json",
+        ],
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "volumeMounts": [
+            {"name": "checkout", "mountPath": GIT_ROOT, "readOnly": True},
+            {"name": "parser", "mountPath": PARSER_DIR, "readOnly": True},
+        ],
+    }
+    pod = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": deadline,
+        "automountServiceAccountToken": False,  # DAG code runs here: it gets no API token
+        "enableServiceLinks": False,
+        "initContainers": [git_sync],
+        "containers": [validator],
+        "volumes": [{"name": "checkout", "emptyDir": {}}, {"name": "parser", "configMap": {"name": name}}],
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": deadline + JOB_GRACE,
+            "ttlSecondsAfterFinished": TTL,
+            "template": {"metadata": {"labels": labels}, "spec": pod},
+        },
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": labels},
+        "data": {"parser.py": script, "settings.json": settings_json},
+    }
+    ref = ValidatorJob(
+        name=name, namespace=namespace, commit=release.commit, image=release.image, url=url, deadline=deadline
+    )
     return job, config_map, ref
 
 
@@ -158,8 +226,15 @@ def run(api: client.ApiClient, ref: ValidatorJob, job: dict, config_map: dict, f
 
 def _create_config_map(core: client.CoreV1Api, namespace: str, config_map: dict, job_uid: str) -> None:
     """Owned by the Job, so the garbage collector removes it with the Job."""
-    owned = {**config_map, "metadata": {**config_map["metadata"], "ownerReferences": [
-        {"apiVersion": "batch/v1", "kind": "Job", "name": config_map["metadata"]["name"], "uid": job_uid}]}}
+    owned = {
+        **config_map,
+        "metadata": {
+            **config_map["metadata"],
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": config_map["metadata"]["name"], "uid": job_uid}
+            ],
+        },
+    }
     try:
         core.create_namespaced_config_map(namespace, owned, _preload_content=False)
     except ApiException as err:
@@ -172,18 +247,25 @@ def _finished_pod(core: client.CoreV1Api, ref: ValidatorJob, missing_config: dic
     patience = ref.deadline + 2 * JOB_GRACE  # past the Job's own deadline, which ends it for sure
     deadline = time.monotonic() + patience
     while (left := deadline - time.monotonic()) > 0:
-        for event in watch.Watch().stream(core.list_namespaced_pod, ref.namespace, label_selector=f"{LABEL}={ref.name}",
-                                          timeout_seconds=max(1, int(min(WATCH_SECONDS, left)))):
+        for event in watch.Watch().stream(
+            core.list_namespaced_pod,
+            ref.namespace,
+            label_selector=f"{LABEL}={ref.name}",
+            timeout_seconds=max(1, int(min(WATCH_SECONDS, left))),
+        ):
             pod, name = event["raw_object"], event["raw_object"]["metadata"]["name"]
             if missing_config is not None:
-                uid = next((o["uid"] for o in pod["metadata"].get("ownerReferences") or [] if o.get("kind") == "Job"),
-                           None)
+                uid = next(
+                    (o["uid"] for o in pod["metadata"].get("ownerReferences") or [] if o.get("kind") == "Job"), None
+                )
                 if uid:
                     _create_config_map(core, ref.namespace, missing_config, uid)
                     missing_config = None
             if event["type"] == "DELETED":
-                raise ref.failed(f"pod {name} was deleted before it finished (past the Job's deadline, or by "
-                                 f"someone); see `kubectl describe job -n {ref.namespace} {ref.name}`")
+                raise ref.failed(
+                    f"pod {name} was deleted before it finished (past the Job's deadline, or by "
+                    f"someone); see `kubectl describe job -n {ref.namespace} {ref.name}`"
+                )
             status = pod.get("status") or {}
             if status.get("phase") == "Succeeded":
                 return pod
@@ -191,8 +273,10 @@ def _finished_pod(core: client.CoreV1Api, ref: ValidatorJob, missing_config: dic
                 raise ref.failed(_why_failed(core, ref, pod))
             if stuck := _stuck(name, status):
                 raise ref.failed(stuck)
-    raise TimeoutError(f"validator job {ref.name}: no pod finished within {patience:.0f}s; "
-                       f"see `kubectl describe job -n {ref.namespace} {ref.name}`")
+    raise TimeoutError(
+        f"validator job {ref.name}: no pod finished within {patience:.0f}s; "
+        f"see `kubectl describe job -n {ref.namespace} {ref.name}`"
+    )
 
 
 def _statuses(status: dict) -> list[dict]:
@@ -204,9 +288,11 @@ def _stuck(pod: str, status: dict) -> str | None:
     for c in _statuses(status):
         waiting = (c.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in FATAL_WAITING:
-            fix = ("check image.git_sync_image, and that image.git_secret names a Secret in this namespace"
-                   if c["name"] == "git-sync" else
-                   f"check that image {c.get('image')} was pushed and that this namespace may pull it")
+            fix = (
+                "check image.git_sync_image, and that image.git_secret names a Secret in this namespace"
+                if c["name"] == "git-sync"
+                else f"check that image {c.get('image')} was pushed and that this namespace may pull it"
+            )
             return f"pod {pod} container {c['name']}: {waiting['reason']}: {waiting.get('message', '')}; {fix}"
     return None
 
@@ -214,29 +300,36 @@ def _stuck(pod: str, status: dict) -> str | None:
 def _why_failed(core: client.CoreV1Api, ref: ValidatorJob, pod: dict) -> str:
     name, status = pod["metadata"]["name"], pod.get("status") or {}
     if status.get("reason") == "DeadlineExceeded":
-        return (f"pod {name} ran past its deadline ({ref.deadline:.0f}s, image pull included) and was "
-                "stopped (DeadlineExceeded); raise image.validate_deadline, or look for a DAG file that is slow "
-                "to import")
+        return (
+            f"pod {name} ran past its deadline ({ref.deadline:.0f}s, image pull included) and was "
+            "stopped (DeadlineExceeded); raise image.validate_deadline, or look for a DAG file that is slow "
+            "to import"
+        )
     for c in _statuses(status):
         ended = (c.get("state") or {}).get("terminated") or {}
         if not ended or ended.get("exitCode", 0) == 0:
             continue
         reason, code = ended.get("reason") or "Error", ended.get("exitCode")
         if reason == "OOMKilled":
-            return (f"pod {name} container {c['name']} was OOMKilled parsing the DAG files; give the namespace's "
-                    "pods more memory (a LimitRange), or look for a DAG file that loads large data at import")
+            return (
+                f"pod {name} container {c['name']} was OOMKilled parsing the DAG files; give the namespace's "
+                "pods more memory (a LimitRange), or look for a DAG file that loads large data at import"
+            )
         tail = _log(core, ref.namespace, name, c["name"])[-LOG_TAIL:]
         if c["name"] == "git-sync":
-            return (f"pod {name}: git-sync could not fetch commit {ref.commit[:12]} from {_without_password(ref.url)} "
-                    f"(exit {code}); check image.context and image.git_secret. Its log:\n{tail}")
+            return (
+                f"pod {name}: git-sync could not fetch commit {ref.commit[:12]} from {_without_password(ref.url)} "
+                f"(exit {code}); check image.context and image.git_secret. Its log:\n{tail}"
+            )
         return f"pod {name} container {c['name']} ended {reason} (exit {code}). Its log:\n{tail}"
     return f"pod {name} failed ({status.get('reason') or 'no reason given'}: {status.get('message', '')})"
 
 
 def _log(core: client.CoreV1Api, namespace: str, pod: str, container: str) -> str:
     try:
-        return core.read_namespaced_pod_log(pod, namespace, container=container,
-                                            _preload_content=False).data.decode(errors="replace")
+        return core.read_namespaced_pod_log(pod, namespace, container=container, _preload_content=False).data.decode(
+            errors="replace"
+        )
     except ApiException as err:
         return f"(log unavailable: {err.status} {err.reason})"
 
@@ -245,14 +338,16 @@ def _report(ref: ValidatorJob, pod: str, log: str, files: list[str]) -> list[dic
     """The parser's file reports from the log's marked line, covering exactly the files asked for."""
     line = next((line for line in reversed(log.splitlines()) if line.startswith(REPORT_MARKER)), None)
     try:
-        results = json.loads(line[len(REPORT_MARKER):])["files"] if line else None
+        results = json.loads(line[len(REPORT_MARKER) :])["files"] if line else None
         paths = sorted(r["path"] for r in results) if isinstance(results, list) else None
     except (ValueError, KeyError, TypeError):
         paths = None
     if paths != sorted(files):
-        raise ref.failed(f"pod {pod} finished without a report of the {len(files)} files asked for (a log line "
-                         f"starting {REPORT_MARKER.strip()!r}); the image's Python may lack Airflow. The end of its "
-                         f"log:\n{log[-LOG_TAIL:]}")
+        raise ref.failed(
+            f"pod {pod} finished without a report of the {len(files)} files asked for (a log line "
+            f"starting {REPORT_MARKER.strip()!r}); the image's Python may lack Airflow. The end of its "
+            f"log:\n{log[-LOG_TAIL:]}"
+        )
     return results
 
 

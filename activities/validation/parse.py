@@ -20,23 +20,39 @@ PARSE_TIMEOUT = 900.0
 
 
 def parse_release(release: Release, pipeline: PipelineSettings | None = None) -> ValidationReport:
-    return parse_tree(Path(release.runtime), Path(release.bundle), release.dag_folder, release.plugins_folder,
-                      pipeline)
+    return parse_tree(Path(release.runtime), Path(release.bundle), release.dag_folder, release.plugins_folder, pipeline)
 
 
-def parse_tree(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str,
-               pipeline: PipelineSettings | None = None, timeout: float | None = None) -> ValidationReport:
+def parse_tree(
+    runtime: Path,
+    bundle: Path,
+    dag_folder: str,
+    plugins_folder: str,
+    pipeline: PipelineSettings | None = None,
+    timeout: float | None = None,
+) -> ValidationReport:
     """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
     settings = pipeline.validation if pipeline else ValidationSettings()
     return parse_changed(
-        {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")}, bundle, dag_folder,
-        plugins_folder, pipeline, timeout,
-        lambda todo: _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout))
+        {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")},
+        bundle,
+        dag_folder,
+        plugins_folder,
+        pipeline,
+        timeout,
+        lambda todo: _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout),
+    )
 
 
-def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: str,
-                  pipeline: PipelineSettings | None, timeout: float | None,
-                  parse: Callable[[list[str]], list[dict]]) -> ValidationReport:
+def parse_changed(
+    runtime: dict,
+    bundle: Path,
+    dag_folder: str,
+    plugins_folder: str,
+    pipeline: PipelineSettings | None,
+    timeout: float | None,
+    parse: Callable[[list[str]], list[dict]],
+) -> ValidationReport:
     """Files not in the cache go to `parse` (paths relative to the DAG folder); `runtime` names what parses them.
 
     Then apply the pipeline's rules and name owners, so a report means the same
@@ -44,8 +60,13 @@ def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: 
     """
     settings = pipeline.validation if pipeline else ValidationSettings()
     ignored = (pipeline.classification if pipeline else Classification()).ignored
-    context = {**runtime, "timeout": timeout, "placeholders": settings.placeholders.model_dump(mode="json"),
-               "dag_folder": dag_folder, "plugins_folder": plugins_folder}
+    context = {
+        **runtime,
+        "timeout": timeout,
+        "placeholders": settings.placeholders.model_dump(mode="json"),
+        "dag_folder": dag_folder,
+        "plugins_folder": plugins_folder,
+    }
     keys = cache.file_keys(bundle, dag_folder, context, ignored)
     found = cache.load(keys.values())
     results = {rel: found.get(key) for rel, key in keys.items()}
@@ -58,8 +79,9 @@ def parse_changed(runtime: dict, bundle: Path, dag_folder: str, plugins_folder: 
                 cache.store(keys[rel], result)
     files = plugin_reports(results.pop(PLUGINS), plugins_folder, cached=PLUGINS not in todo)
     for rel in sorted(results):
-        report = FileReport.model_validate({**results[rel], "path": _from_root(dag_folder, rel),
-                                            "cached": rel not in todo})
+        report = FileReport.model_validate(
+            {**results[rel], "path": _from_root(dag_folder, rel), "cached": rel not in todo}
+        )
         files.append(policies.check(report, settings))
     owners: dict[str, list[str]] = {}
     for f in files:
@@ -73,8 +95,10 @@ def plugin_reports(result: dict, plugins_folder: str, cached: bool) -> list[File
     """A plugin that does not import, as Airflow would find it, fails like a DAG file; one that loads is not listed."""
     if result.get("error"):  # the load itself hung or died
         return [FileReport(path=plugins_folder, error=result["error"], cached=cached)]
-    return [FileReport(path=_from_root(plugins_folder, rel), error=error, cached=cached)
-            for rel, error in sorted(result.get("plugins", {}).items())]
+    return [
+        FileReport(path=_from_root(plugins_folder, rel), error=error, cached=cached)
+        for rel, error in sorted(result.get("plugins", {}).items())
+    ]
 
 
 def read(path: Path) -> str:
@@ -84,11 +108,24 @@ def read(path: Path) -> str:
         return ""
 
 
-def _run_parser(runtime: Path, bundle: Path, dag_folder: str, plugins_folder: str, files: list[str],
-                settings: ValidationSettings, timeout: float | None) -> list[dict]:
-    request = {"folder": str(bundle / dag_folder), "plugins_folder": str(bundle / plugins_folder), "cwd": str(bundle),
-               "files": files, "placeholders": settings.placeholders.model_dump(mode="json"),
-               "workers": os.cpu_count() or 1, "timeout": timeout}
+def _run_parser(
+    runtime: Path,
+    bundle: Path,
+    dag_folder: str,
+    plugins_folder: str,
+    files: list[str],
+    settings: ValidationSettings,
+    timeout: float | None,
+) -> list[dict]:
+    request = {
+        "folder": str(bundle / dag_folder),
+        "plugins_folder": str(bundle / plugins_folder),
+        "cwd": str(bundle),
+        "files": files,
+        "placeholders": settings.placeholders.model_dump(mode="json"),
+        "workers": os.cpu_count() or 1,
+        "timeout": timeout,
+    }
     try:
         return service.parse(runtime, request, PARSE_TIMEOUT)
     except service.ParserFailed as err:

@@ -41,6 +41,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import ClassVar
 
 MAX_TRACEBACK_LINES = 30
 REPORT_MARKER = "airagent-report: "
@@ -49,8 +50,12 @@ PLACEHOLDER = "airagent-placeholder"
 # in a worker of its own so a plugin that hangs or exits fails alone too.
 PLUGINS = "<plugins>"
 # What nearly every DAG file imports: loaded once here, inherited by every fork.
-WARM_MODULES = ("airflow.sdk", "airflow.providers.standard.operators.empty",
-                "airflow.providers.standard.operators.python", "airflow.providers.standard.operators.bash")
+WARM_MODULES = (
+    "airflow.sdk",
+    "airflow.providers.standard.operators.empty",
+    "airflow.providers.standard.operators.python",
+    "airflow.providers.standard.operators.bash",
+)
 # Parsed once before forking, so what Airflow sets up lazily on a first DAG (policies,
 # plugins, providers) is set up once, not in every child.
 WARM_DAG = """
@@ -153,7 +158,8 @@ class Lookups:
         if not self.enabled:
             raise MissingPlaceholder(
                 f"Variable.get({key!r}) at parse time, and validation.placeholders.variables has no {key!r} "
-                f"(placeholders are off); give it a value there, or {MOVE_IT}")
+                f"(placeholders are off); give it a value there, or {MOVE_IT}"
+            )
         self.used.add(f"variable {key}")
         return {} if deserialize_json else f"{PLACEHOLDER}-{key}"
 
@@ -161,16 +167,27 @@ class Lookups:
         if conn_id in self.connections:
             given = self.connections[conn_id]
             if isinstance(given, str):
-                return cls.from_uri(given, conn_id=conn_id) if hasattr(cls, "from_uri") else cls(conn_id=conn_id,
-                                                                                                  uri=given)
+                return (
+                    cls.from_uri(given, conn_id=conn_id)
+                    if hasattr(cls, "from_uri")
+                    else cls(conn_id=conn_id, uri=given)
+                )
             return cls(conn_id=conn_id, **given)
         if not self.enabled:
             raise MissingPlaceholder(
                 f"connection {conn_id!r} looked up at parse time, and validation.placeholders.connections has no "
-                f"{conn_id!r} (placeholders are off); give it a value there, or {MOVE_IT}")
+                f"{conn_id!r} (placeholders are off); give it a value there, or {MOVE_IT}"
+            )
         self.used.add(f"connection {conn_id}")
-        return cls(conn_id=conn_id, conn_type="generic", host=f"{PLACEHOLDER}.invalid", login=PLACEHOLDER,
-                   password=PLACEHOLDER, schema=PLACEHOLDER, port=1)
+        return cls(
+            conn_id=conn_id,
+            conn_type="generic",
+            host=f"{PLACEHOLDER}.invalid",
+            login=PLACEHOLDER,
+            password=PLACEHOLDER,
+            schema=PLACEHOLDER,
+            port=1,
+        )
 
     def getenv(self, real, key, default=None):
         if not sys._getframe(2).f_code.co_filename.startswith(self.folder):
@@ -201,12 +218,14 @@ class Lookups:
         ModelVariable.get = classmethod(model_variable)
         Connection.get = classmethod(lambda cls, conn_id: lookups.connection(conn_id, Connection))
         ModelConnection.get_connection_from_secrets = classmethod(
-            lambda cls, conn_id, team_name=None: lookups.connection(conn_id, ModelConnection))
+            lambda cls, conn_id, team_name=None: lookups.connection(conn_id, ModelConnection)
+        )
 
         real_getenv, real_get = os.getenv, type(os.environ).get
         os.getenv = lambda key, default=None: lookups.getenv(real_getenv, key, default)
         type(os.environ).get = lambda env, key, default=None: lookups.getenv(
-            lambda k, d: real_get(env, k, d), key, default)
+            lambda k, d: real_get(env, k, d), key, default
+        )
         self._guard_network_and_database()
 
     @staticmethod
@@ -215,18 +234,21 @@ class Lookups:
             where = next((a for a in args if isinstance(a, tuple)), args[0] if args else "")
             raise NetworkAtParseTime(
                 f"this DAG file reached for the network ({where!r}) while being parsed; the validator blocks it "
-                f"because the DAG processor parses every file every few seconds: {MOVE_IT}")
+                f"because the DAG processor parses every file every few seconds: {MOVE_IT}"
+            )
 
         def database(*args, **kwargs):
             raise DatabaseAtParseTime(
                 "this DAG file opened a database connection while being parsed; the validator blocks it because "
-                f"the DAG processor parses every file every few seconds and has no database in Airflow 3: {MOVE_IT}")
+                f"the DAG processor parses every file every few seconds and has no database in Airflow 3: {MOVE_IT}"
+            )
 
         for name in ("connect", "connect_ex"):
             setattr(socket.socket, name, lambda self, address, _n=network: _n(address))
         socket.create_connection = network
         socket.getaddrinfo = network
         import sqlite3
+
         sqlite3.connect = database
         try:
             from sqlalchemy.engine import Engine
@@ -239,7 +261,7 @@ class Lookups:
 class DagCounter:
     """Counts the DAG objects a file creates: DagBag keeps only the last of two with one dag_id, silently."""
 
-    created: list[str] = []
+    created: ClassVar[list[str]] = []
 
     @classmethod
     def install(cls) -> None:
@@ -322,7 +344,6 @@ class Parser:
             "transient": False,
         }
 
-
     @staticmethod
     def load_plugins() -> dict:
         """The import errors of the plugins folder's files, by path inside it; an installed package's are not
@@ -337,14 +358,25 @@ class Parser:
                 errors[Path(where).resolve().relative_to(folder).as_posix()] = trim(error)
             except ValueError:
                 continue
-        return {"path": PLUGINS, "dag_ids": [], "error": None, "plugins": errors,
-                "parse_seconds": round(time.perf_counter() - started, 4), "transient": False}
+        return {
+            "path": PLUGINS,
+            "dag_ids": [],
+            "error": None,
+            "plugins": errors,
+            "parse_seconds": round(time.perf_counter() - started, 4),
+            "transient": False,
+        }
 
 
 def failed(folder: Path, path: Path, error: str, seconds: float) -> dict:
     """A file whose worker hung or died: not cached, as the next try may go otherwise."""
-    return {"path": path.relative_to(folder).as_posix(), "dag_ids": [], "error": error,
-            "parse_seconds": round(seconds, 4), "transient": True}
+    return {
+        "path": path.relative_to(folder).as_posix(),
+        "dag_ids": [],
+        "error": error,
+        "parse_seconds": round(seconds, 4),
+        "transient": True,
+    }
 
 
 class Worker:
@@ -356,7 +388,7 @@ class Worker:
 
     # Descriptors no worker may keep open: every worker's pipe ends, and a warm request's
     # connection, whose end-of-file the client waits for.
-    held: set[int] = set()
+    held: ClassVar[set[int]] = set()
 
     def __init__(self, folder: Path, lookups: Lookups | None):
         jobs_read, jobs_write = os.pipe()
@@ -421,8 +453,9 @@ class Worker:
         return os.waitpid(self.pid, 0)[1]
 
 
-def parse_all(folder: Path, files: list[Path], workers: int, timeout: float,
-              lookups: Lookups | None = None) -> list[dict]:
+def parse_all(
+    folder: Path, files: list[Path], workers: int, timeout: float, lookups: Lookups | None = None
+) -> list[dict]:
     pending, results = list(files), {}
     pool = [Worker(folder, lookups) for _ in range(min(workers, len(files)) or 1)]
     try:
@@ -449,9 +482,12 @@ def parse_all(folder: Path, files: list[Path], workers: int, timeout: float,
                     path = w.path
                     w.kill()
                     results[path] = failed(
-                        folder, path,
+                        folder,
+                        path,
                         f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not block "
-                        "at import: move network, database and long work into tasks", now - w.started)
+                        "at import: move network, database and long work into tasks",
+                        now - w.started,
+                    )
                     pool[i] = Worker(folder, lookups)
     finally:
         for w in pool:
@@ -627,7 +663,12 @@ if __name__ == "__main__":
     if args.serve:
         serve(args.serve, args.idle)
     elif args.folder and args.out:
-        main(args.folder.resolve(), args.out, args.workers, args.timeout,
-             json.loads(args.settings.read_text()) if args.settings else {})
+        main(
+            args.folder.resolve(),
+            args.out,
+            args.workers,
+            args.timeout,
+            json.loads(args.settings.read_text()) if args.settings else {},
+        )
     else:
         cli.error("give FOLDER and OUT, or --serve DIRECTORY")

@@ -42,8 +42,13 @@ def blame(report: ValidationReport, repo: git.Repo, sha: str) -> None:
     for f in report.broken:
         last = next(repo.iter_commits(sha, paths=f.path, max_count=1), None)
         if last is not None:
-            f.last_commit = Commit(sha=last.hexsha, author=last.author.name or "", email=last.author.email or "",
-                                   summary=str(last.summary), at=last.authored_datetime)
+            f.last_commit = Commit(
+                sha=last.hexsha,
+                author=last.author.name or "",
+                email=last.author.email or "",
+                summary=str(last.summary),
+                at=last.authored_datetime,
+            )
 
 
 # --- DAGs that must not vanish --------------------------------------------------------
@@ -74,8 +79,14 @@ def dags_of_commit(pipeline: PipelineSettings, repo: git.Repo, commit: str, runt
     return {d: f.path for f in report.files for d in f.dag_ids}
 
 
-def check_removals(report: ValidationReport, pipeline: PipelineSettings, repo: git.Repo, target: str,
-                   live_commits: list[str], runtime: Path) -> None:
+def check_removals(
+    report: ValidationReport,
+    pipeline: PipelineSettings,
+    repo: git.Repo,
+    target: str,
+    live_commits: list[str],
+    runtime: Path,
+) -> None:
     """DAGs live in an environment and gone from this release fail it, unless a commit of the train or the
     config agrees to their removal."""
     live: dict[str, str] = {}
@@ -90,12 +101,22 @@ def check_removals(report: ValidationReport, pipeline: PipelineSettings, repo: g
     # A file that fails to import shows no DAGs; that failure is reported already, not as a removal.
     failing = {f.path for f in report.files if f.error}
     consent = policies.consented(trailers, pipeline.validation.allow_dag_removal)
-    report.removed = [RemovedDag(dag_id=d, path=p) for d, p in policies.removed_dags(live, current, consent).items()
-                      if p not in failing]
+    report.removed = [
+        RemovedDag(dag_id=d, path=p)
+        for d, p in policies.removed_dags(live, current, consent).items()
+        if p not in failing
+    ]
 
 
-def review(report: ValidationReport, pipeline: PipelineSettings, repo: git.Repo | None, tree: Path,
-           commit: str | None, live_commits: list[str], runtime: Path) -> ValidationReport:
+def review(
+    report: ValidationReport,
+    pipeline: PipelineSettings,
+    repo: git.Repo | None,
+    tree: Path,
+    commit: str | None,
+    live_commits: list[str],
+    runtime: Path,
+) -> ValidationReport:
     """What the pipeline adds to a parse: removals needing consent, owning teams, blame."""
     if repo is not None and commit:
         check_removals(report, pipeline, repo, commit, live_commits, runtime)

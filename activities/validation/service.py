@@ -139,8 +139,13 @@ def _start(runtime: Path, server: Path) -> None:
     with open(server / "log", "wb") as log:
         process = subprocess.Popen(
             [str(runtime / "bin" / "python"), str(PARSER), "--serve", str(server), "--idle", str(IDLE_SECONDS)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env, cwd=server,
-            start_new_session=True)  # its own process group, so stop() ends its children too
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            cwd=server,
+            start_new_session=True,
+        )  # its own process group, so stop() ends its children too
     with process.stdout:
         ready = select.select([process.stdout], [], [], START_SECONDS)[0] and process.stdout.readline()
     if ready != b"ready\n":

@@ -31,8 +31,11 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
     if sha is not None and repo is None:
         raise RepoError(f"{root} is not a git repository, so --sha cannot be looked up; drop --sha")
     with tempfile.TemporaryDirectory(prefix="airagent-check-") as scratch:
-        commit = resolve(repo, pipeline, sha) if sha else (repo.head.commit.hexsha if repo and repo.head.is_valid()
-                                                              else None)
+        commit = (
+            resolve(repo, pipeline, sha)
+            if sha
+            else (repo.head.commit.hexsha if repo and repo.head.is_valid() else None)
+        )
         tree = root
         if sha is not None:
             tree = Path(scratch)

@@ -21,21 +21,27 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import binary, register_search_attributes
 from airagent.models import Control
-from worker.main import ACTIVITIES, WORKFLOWS
+from interface.client import AirAgent
 from tests.conftest import start_train
+from worker.main import ACTIVITIES, WORKFLOWS
 
 HERE = Path(__file__).parent
 
 
 def pipeline(root: Path, soak: str) -> PipelineSettings:
     return PipelineSettings(
-        name="main", repo=str(root / "repo"), poll_interval="1m",
-        environments=[EnvironmentSettings(name=n, target=LocalTarget(path=root / "envs" / n, airflow=False), soak=soak,
-                                          probe_interval="10m") for n in ("staging", "prod")],
+        name="main",
+        repo=str(root / "repo"),
+        poll_interval="1m",
+        environments=[
+            EnvironmentSettings(
+                name=n, target=LocalTarget(path=root / "envs" / n, airflow=False), soak=soak, probe_interval="10m"
+            )
+            for n in ("staging", "prod")
+        ],
     )
 
 
@@ -52,14 +58,16 @@ async def save(env: WorkflowEnvironment, wf_id: str, name: str) -> None:
 
 
 async def main() -> None:
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=binary("temporal-test-server"),
-                                                        data_converter=pydantic_data_converter)
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=binary("temporal-test-server"), data_converter=pydantic_data_converter
+    )
     await register_search_attributes(env.client)
     queue = f"record-{uuid.uuid4()}"
     async with env:
         with ThreadPoolExecutor(4) as executor, tempfile.TemporaryDirectory() as tmp:
-            async with Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES,
-                              activity_executor=executor):
+            async with Worker(
+                env.client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+            ):
                 agent = AirAgent(env.client, queue)
                 root = Path(tmp)
                 repo = example.create(root / "repo", root / "envs")
@@ -86,8 +94,9 @@ async def main() -> None:
                 while broken not in (await agent.pipeline_status("main")).state.failed:
                     await env.sleep(timedelta(seconds=20))
                 await save(env, f"train/main/{broken[:12]}", "train_failed_validate")
-                fix = example.commit(repo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=5)}, "fix",
-                                     "marketing")
+                fix = example.commit(
+                    repo, {example.BROKEN_PATH: example.dag_file("orders_hourly", tasks=5)}, "fix", "marketing"
+                )
                 await agent.control(conductor.id, "pause", Control(by="ops"))
                 await agent.control(conductor.id, "resume", Control(by="ops"))
                 await agent.notify(quick, fix)

@@ -5,7 +5,8 @@
 On a dev server of its own, with `airagent worker` as a process that is SIGKILLed:
 
 - `train_under_faults`: a train whose worker is killed as it starts (its first workflow
-  task or `diff` in flight) and during the soak's timer, paused while soaking across another kill, resumed, and whose server restarts;
+  task or `diff` in flight) and during the soak's timer, paused while soaking across
+  another kill, resumed, and whose server restarts;
 - `conductor_window_under_faults`: a conductor holding a deploy in a deny window, its worker
   killed while it naps, then starting the train once the window closes.
 """
@@ -23,10 +24,10 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from airagent import example
-from interface.client import AirAgent
 from airagent.config import DeployWindow, load_pipeline
 from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.models import Control
+from interface.client import AirAgent
 from tests.devserver import WorkerProcess
 
 HERE = Path(__file__).parent
@@ -76,12 +77,14 @@ async def train_under_faults(agent: AirAgent, server: DevServer, worker: WorkerP
 
 
 async def conductor_window_under_faults(agent: AirAgent, worker: WorkerProcess, root: Path) -> None:
-    example.create(root / "windowed" / "repo", root / "windowed" / "envs", soak="0s", airflow=False,
-                   pipeline="windowed")
+    example.create(
+        root / "windowed" / "repo", root / "windowed" / "envs", soak="0s", airflow=False, pipeline="windowed"
+    )
     pipeline = load_pipeline("windowed", root / "windowed" / "repo" / "airagent.yaml")
     now = datetime.now(UTC)
-    pipeline.windows = [DeployWindow(kind="deny", name="recording freeze", cron=f"{now.minute} {now.hour} * * *",
-                                     duration="2m")]
+    pipeline.windows = [
+        DeployWindow(kind="deny", name="recording freeze", cron=f"{now.minute} {now.hour} * * *", duration="2m")
+    ]
     answer = await agent.deploy(pipeline)
     await asyncio.sleep(5)
     await crash(worker, down=3)
@@ -99,8 +102,9 @@ async def main() -> None:
         worker = WorkerProcess(env, root / "worker.log")
         try:
             await register_search_attributes(await Client.connect(server.address))
-            agent = AirAgent(await Client.connect(server.address, data_converter=pydantic_data_converter),
-                             env["AIRAGENT_TASK_QUEUE"])
+            agent = AirAgent(
+                await Client.connect(server.address, data_converter=pydantic_data_converter), env["AIRAGENT_TASK_QUEUE"]
+            )
             worker.start()
             await train_under_faults(agent, server, worker, root)
             await conductor_window_under_faults(agent, worker, root)

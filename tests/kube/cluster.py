@@ -38,29 +38,45 @@ class Cluster:
 
 def kubeconfig(path: Path, server: str) -> Path:
     """What a person would point airagent at: a kubeconfig naming the cluster (here, the emulator)."""
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
-        "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "airagent", "user": {}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "airagent"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emulator",
+                "clusters": [{"name": "emulator", "cluster": {"server": server}}],
+                "users": [{"name": "airagent", "user": {}}],
+                "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "airagent"}}],
+            }
+        )
+    )
     return path
 
 
 def workloads(image: str) -> list[tuple[str, dict]]:
     """The chart's scheduler, api-server, dag-processor, triggerer Deployments and worker StatefulSet."""
+
     def template(component: str, grace: int) -> dict:
         command = ["sh", "-c", "sleep 3600"] if image == REAL_IMAGE else ["bash", "-c", f"exec airflow {component}"]
         return {
-            "metadata": {"labels": {"tier": "airflow", "component": component, "release": "airflow"},
-                         "annotations": {"checksum/airflow-config": "0f1e2d"}},
+            "metadata": {
+                "labels": {"tier": "airflow", "component": component, "release": "airflow"},
+                "annotations": {"checksum/airflow-config": "0f1e2d"},
+            },
             "spec": {
                 "terminationGracePeriodSeconds": grace,
                 "containers": [
-                    {"name": component, "image": image, "command": command,
-                     "env": [{"name": "AIRFLOW__CORE__EXECUTOR", "value": "CeleryExecutor"}]},
-                    {"name": "git-sync", "image": image if image == REAL_IMAGE else GIT_SYNC_IMAGE,
-                     "command": ["sh", "-c", "sleep 3600"]},
+                    {
+                        "name": component,
+                        "image": image,
+                        "command": command,
+                        "env": [{"name": "AIRFLOW__CORE__EXECUTOR", "value": "CeleryExecutor"}],
+                    },
+                    {
+                        "name": "git-sync",
+                        "image": image if image == REAL_IMAGE else GIT_SYNC_IMAGE,
+                        "command": ["sh", "-c", "sleep 3600"],
+                    },
                 ],
             },
         }
@@ -70,20 +86,43 @@ def workloads(image: str) -> list[tuple[str, dict]]:
 
     out = []
     for component in ("scheduler", "api-server", "dag-processor", "triggerer"):
-        out.append(("deployments", {
-            "metadata": {"name": f"airflow-{component}", "labels": {"release": "airflow"}},
-            "spec": {"replicas": 1, "selector": selector(component), "progressDeadlineSeconds": 600,
-                     "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-                     "template": template(component, 60)}}))
-    out.append(("statefulsets", {
-        "metadata": {"name": "airflow-worker", "labels": {"release": "airflow"}},
-        "spec": {"replicas": 2, "selector": selector("worker"), "serviceName": "airflow-worker",
-                 "updateStrategy": {"type": "RollingUpdate"}, "template": template("worker", 600)}}))
+        out.append(
+            (
+                "deployments",
+                {
+                    "metadata": {"name": f"airflow-{component}", "labels": {"release": "airflow"}},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": selector(component),
+                        "progressDeadlineSeconds": 600,
+                        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                        "template": template(component, 60),
+                    },
+                },
+            )
+        )
+    out.append(
+        (
+            "statefulsets",
+            {
+                "metadata": {"name": "airflow-worker", "labels": {"release": "airflow"}},
+                "spec": {
+                    "replicas": 2,
+                    "selector": selector("worker"),
+                    "serviceName": "airflow-worker",
+                    "updateStrategy": {"type": "RollingUpdate"},
+                    "template": template("worker", 600),
+                },
+            },
+        )
+    )
     return out
 
 
-CONFIG = {"metadata": {"name": "airflow-config"},
-          "data": {"airflow.cfg": "[core]\nexecutor = CeleryExecutor\nparallelism = 32\n"}}
+CONFIG = {
+    "metadata": {"name": "airflow-config"},
+    "data": {"airflow.cfg": "[core]\nexecutor = CeleryExecutor\nparallelism = 32\n"},
+}
 
 
 @contextmanager
@@ -117,8 +156,9 @@ def real(kubeconfig: str):
     core.create_namespace({"metadata": {"name": namespace}})
     try:
         for resource, obj in workloads(REAL_IMAGE):
-            create = apps.create_namespaced_deployment if resource == "deployments" \
-                else apps.create_namespaced_stateful_set
+            create = (
+                apps.create_namespaced_deployment if resource == "deployments" else apps.create_namespaced_stateful_set
+            )
             create(namespace, obj)
         core.create_namespaced_config_map(namespace, CONFIG)
         yield Cluster(api, namespace, REAL_IMAGE)

@@ -104,17 +104,28 @@ class Controller:
         if new is None:
             template = copy.deepcopy(spec["template"])
             template["metadata"].setdefault("labels", {})["pod-template-hash"] = h
-            new = self.store.create("replicasets", {
-                "metadata": {"name": f"{name}-{h}", "namespace": ns, "labels": template["metadata"]["labels"],
-                             "ownerReferences": [_owner(d)]},
-                "spec": {"replicas": replicas, "selector": spec["selector"], "template": template}})
+            new = self.store.create(
+                "replicasets",
+                {
+                    "metadata": {
+                        "name": f"{name}-{h}",
+                        "namespace": ns,
+                        "labels": template["metadata"]["labels"],
+                        "ownerReferences": [_owner(d)],
+                    },
+                    "spec": {"replicas": replicas, "selector": spec["selector"], "template": template},
+                },
+            )
             sets.append(new)
         pods = self.store.list("pods", ns)[0]
         owned = {rs["metadata"]["name"]: [p for p in pods if _owned(p, rs)] for rs in sets}
         fresh = owned[new["metadata"]["name"]]
         for _ in range(replicas - len(fresh)):
-            fresh.append(self._make_pod(ns, f"{new['metadata']['name']}-{uuid.uuid4().hex[:5]}", new,
-                                        new["spec"]["template"], name, {}))
+            fresh.append(
+                self._make_pod(
+                    ns, f"{new['metadata']['name']}-{uuid.uuid4().hex[:5]}", new, new["spec"]["template"], name, {}
+                )
+            )
         ready = [p for p in fresh if _ready(p)]
         if len(ready) >= replicas:  # the new set is up: retire the old ones
             for rs in sets:
@@ -130,18 +141,33 @@ class Controller:
             since = self._progress[(ns, name)] = (generation, time.monotonic())
         complete = len(ready) >= replicas and len(alive) == replicas
         if complete:
-            progressing = {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
-                           "message": f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.'}
+            progressing = {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "NewReplicaSetAvailable",
+                "message": f'ReplicaSet "{new["metadata"]["name"]}" has successfully progressed.',
+            }
         elif time.monotonic() - since[1] > self.progress_deadline:
-            progressing = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
-                           "message": f'ReplicaSet "{new["metadata"]["name"]}" has timed out progressing.'}
+            progressing = {
+                "type": "Progressing",
+                "status": "False",
+                "reason": "ProgressDeadlineExceeded",
+                "message": f'ReplicaSet "{new["metadata"]["name"]}" has timed out progressing.',
+            }
         else:
-            progressing = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
-                           "message": f'ReplicaSet "{new["metadata"]["name"]}" is progressing.'}
+            progressing = {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "ReplicaSetUpdated",
+                "message": f'ReplicaSet "{new["metadata"]["name"]}" is progressing.',
+            }
         available = sum(_ready(p) for p in alive)
         status = {
-            "observedGeneration": generation, "replicas": len(alive), "updatedReplicas": len(fresh),
-            "readyReplicas": available, "availableReplicas": available,
+            "observedGeneration": generation,
+            "replicas": len(alive),
+            "updatedReplicas": len(fresh),
+            "readyReplicas": available,
+            "availableReplicas": available,
             "unavailableReplicas": max(0, replicas - available),
             "conditions": [{"type": "Available", "status": "True" if available >= replicas else "False"}, progressing],
         }
@@ -156,9 +182,14 @@ class Controller:
         pods = {p["metadata"]["name"]: p for p in self.store.list("pods", ns)[0] if _owned(p, s)}
         for i in range(replicas):
             if f"{name}-{i}" not in pods:
-                pods[f"{name}-{i}"] = self._make_pod(ns, f"{name}-{i}", s, spec["template"], name,
-                                                     {"controller-revision-hash": revision,
-                                                      "statefulset.kubernetes.io/pod-name": f"{name}-{i}"})
+                pods[f"{name}-{i}"] = self._make_pod(
+                    ns,
+                    f"{name}-{i}",
+                    s,
+                    spec["template"],
+                    name,
+                    {"controller-revision-hash": revision, "statefulset.kubernetes.io/pod-name": f"{name}-{i}"},
+                )
         ordered = [pods[f"{name}-{i}"] for i in range(replicas)]
         stale = [p for p in ordered if p["metadata"]["labels"]["controller-revision-hash"] != revision]
         if stale and all(_ready(p) for p in ordered):
@@ -169,11 +200,15 @@ class Controller:
         current = s.get("status", {}).get("currentRevision")
         if (updated == replicas and ready == replicas) or current is None:
             current = revision if not stale else current
-        status = {"observedGeneration": meta.get("generation", 1), "replicas": len(ordered),
-                  "readyReplicas": ready, "availableReplicas": ready, "updatedReplicas": updated,
-                  "currentReplicas": sum(p["metadata"]["labels"]["controller-revision-hash"] == current
-                                         for p in ordered),
-                  "updateRevision": revision}
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "replicas": len(ordered),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "updatedReplicas": updated,
+            "currentReplicas": sum(p["metadata"]["labels"]["controller-revision-hash"] == current for p in ordered),
+            "updateRevision": revision,
+        }
         if current:
             status["currentRevision"] = current
         self._set_status("statefulsets", s, status)
@@ -189,8 +224,17 @@ class Controller:
             return
         images = [c["image"] for c in j["spec"]["template"]["spec"]["containers"]]
         if any(".invalid/" in i for i in images):
-            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                                   "message": "Job has reached the specified backoff limit"}]}
+            status = {
+                "failed": 1,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                    }
+                ],
+            }
         else:
             status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
         self._set_status("jobs", j, status)
@@ -225,17 +269,47 @@ class Controller:
             return {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}}
 
         def statuses(kind: str) -> list[dict]:
-            return [{"name": c["name"], "image": c["image"], "imageID": "", "ready": False, "restartCount": 0,
-                     "state": state(c)} for c in pod["spec"].get(kind, [])]
+            return [
+                {
+                    "name": c["name"],
+                    "image": c["image"],
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": state(c),
+                }
+                for c in pod["spec"].get(kind, [])
+            ]
 
         current = self.store.get("pods", ns, name)
         if current is not None:
-            self.store.replace("pods", {**current, "status": {
-                "phase": "Succeeded" if ok else "Failed", "conditions": [{"type": "Ready", "status": "False"}],
-                "initContainerStatuses": statuses("initContainers"), "containerStatuses": statuses("containers")}})
-        done = ({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]} if ok else
-                {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                              "message": "Job has reached the specified backoff limit"}]})
+            self.store.replace(
+                "pods",
+                {
+                    **current,
+                    "status": {
+                        "phase": "Succeeded" if ok else "Failed",
+                        "conditions": [{"type": "Ready", "status": "False"}],
+                        "initContainerStatuses": statuses("initContainers"),
+                        "containerStatuses": statuses("containers"),
+                    },
+                },
+            )
+        done = (
+            {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+            if ok
+            else {
+                "failed": 1,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "BackoffLimitExceeded",
+                        "message": "Job has reached the specified backoff limit",
+                    }
+                ],
+            }
+        )
         current = self.store.get("jobs", job["metadata"]["namespace"], job["metadata"]["name"])
         if current is not None:
             self.store.replace("jobs", {**current, "status": done})
@@ -245,15 +319,29 @@ class Controller:
     def _make_pod(self, ns, name, owner, template, workload, labels) -> dict:
         spec = copy.deepcopy(template["spec"])
         images = [c["image"] for c in spec["containers"]]
-        fate = ("crash" if workload in self.crashing else "pull" if any(".invalid/" in i for i in images)
-                else "stuck" if workload in self.stuck else "ok")
-        pod = self.store.create("pods", {
-            "metadata": {"name": name, "namespace": ns,
-                         "labels": {**template["metadata"].get("labels", {}), **labels},
-                         "annotations": dict(template["metadata"].get("annotations", {})),
-                         "ownerReferences": [_owner(owner)]},
-            "spec": spec,
-            "status": _pod_status(spec, "ContainerCreating", 0)})
+        fate = (
+            "crash"
+            if workload in self.crashing
+            else "pull"
+            if any(".invalid/" in i for i in images)
+            else "stuck"
+            if workload in self.stuck
+            else "ok"
+        )
+        pod = self.store.create(
+            "pods",
+            {
+                "metadata": {
+                    "name": name,
+                    "namespace": ns,
+                    "labels": {**template["metadata"].get("labels", {}), **labels},
+                    "annotations": dict(template["metadata"].get("annotations", {})),
+                    "ownerReferences": [_owner(owner)],
+                },
+                "spec": spec,
+                "status": _pod_status(spec, "ContainerCreating", 0),
+            },
+        )
         self._born[(ns, name)] = (time.monotonic(), fate)
         return pod
 
@@ -272,8 +360,11 @@ class Controller:
             born, fate = self._born.get(key, (now, "ok"))
             if now - born < self.delay or fate in ("stuck", "kubelet"):
                 continue
-            waiting = {"ok": None, "crash": "CrashLoopBackOff",
-                       "pull": "ErrImagePull" if now - born < 3 * self.delay else "ImagePullBackOff"}[fate]
+            waiting = {
+                "ok": None,
+                "crash": "CrashLoopBackOff",
+                "pull": "ErrImagePull" if now - born < 3 * self.delay else "ImagePullBackOff",
+            }[fate]
             status = _pod_status(pod["spec"], waiting, 3 if fate == "crash" else 0)
             if pod.get("status") != status:
                 self.store.replace("pods", {**pod, "status": status})
@@ -284,14 +375,26 @@ class Controller:
 
 
 def _pod_status(spec: dict, waiting: str | None, restarts: int) -> dict:
-    state = {"waiting": {"reason": waiting, "message": f"{waiting} (emulated)"}} if waiting else \
-        {"running": {"startedAt": "2025-01-01T00:00:00Z"}}
+    state = (
+        {"waiting": {"reason": waiting, "message": f"{waiting} (emulated)"}}
+        if waiting
+        else {"running": {"startedAt": "2025-01-01T00:00:00Z"}}
+    )
     ready = waiting is None
     return {
         "phase": "Running" if ready or waiting == "CrashLoopBackOff" else "Pending",
         "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-        "containerStatuses": [{"name": c["name"], "image": c["image"], "imageID": "", "ready": ready,
-                               "restartCount": restarts, "state": state} for c in spec["containers"]],
+        "containerStatuses": [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": ready,
+                "restartCount": restarts,
+                "state": state,
+            }
+            for c in spec["containers"]
+        ],
     }
 
 
@@ -300,8 +403,13 @@ def _ready(pod: dict) -> bool:
 
 
 def _owner(obj: dict) -> dict:
-    return {"apiVersion": obj.get("apiVersion", "apps/v1"), "kind": obj.get("kind"), "name": obj["metadata"]["name"],
-            "uid": obj["metadata"]["uid"], "controller": True}
+    return {
+        "apiVersion": obj.get("apiVersion", "apps/v1"),
+        "kind": obj.get("kind"),
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+    }
 
 
 def _owned(child: dict, parent: dict) -> bool:
@@ -374,13 +482,22 @@ class Kubelet:
     def _python(self, container: dict, local, scratch: Path, deadline: int | None) -> tuple[int, str]:
         argv = [local(a) for a in container.get("command", []) + container.get("args", [])]
         argv[0] = str(self.runtime / "bin" / "python")
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch),
-               "AIRFLOW_HOME": str(scratch / "airflow"),
-               **{e["name"]: local(e["value"]) for e in container.get("env", [])}}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(scratch),
+            "AIRFLOW_HOME": str(scratch / "airflow"),
+            **{e["name"]: local(e["value"]) for e in container.get("env", [])},
+        }
         try:
-            done = subprocess.run(argv, env=env, cwd=local(container.get("workingDir") or str(scratch)),
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  timeout=deadline)
+            done = subprocess.run(
+                argv,
+                env=env,
+                cwd=local(container.get("workingDir") or str(scratch)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=deadline,
+            )
         except subprocess.TimeoutExpired as err:
             return 137, (err.output or b"").decode(errors="replace")
         return done.returncode, done.stdout.decode(errors="replace")
@@ -388,9 +505,11 @@ class Kubelet:
 
 def _mapper(mounts: dict[str, Path]):
     """Path in the container -> path on this host, by the longest mount path it lies under."""
+
     def local(value: str) -> str:
         for mount in sorted(mounts, key=len, reverse=True):
             if value == mount or value.startswith(mount.rstrip("/") + "/"):
-                return str(mounts[mount]) + value[len(mount.rstrip("/")):]
+                return str(mounts[mount]) + value[len(mount.rstrip("/")) :]
         return value
+
     return local

@@ -62,8 +62,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message = code, reason, message
 
     def status(self) -> dict:
-        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                "message": self.message, "reason": self.reason, "code": self.code}
+        return {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
 
 
 class Store:
@@ -83,8 +90,11 @@ class Store:
 
     def list(self, resource: str, namespace: str | None = None) -> tuple[list[dict], int]:
         with self.changed:
-            items = [copy.deepcopy(o) for (r, ns, _), o in sorted(self.objects.items())
-                     if r == resource and (namespace is None or ns == namespace)]
+            items = [
+                copy.deepcopy(o)
+                for (r, ns, _), o in sorted(self.objects.items())
+                if r == resource and (namespace is None or ns == namespace)
+            ]
             return items, self.rv
 
     def create(self, resource: str, obj: dict) -> dict:
@@ -110,8 +120,12 @@ class Store:
             if old is None:
                 raise ApiError(404, "NotFound", f'{resource} "{meta["name"]}" not found')
             if expect_rv and expect_rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'the object {meta["name"]} has been modified; '
-                                                "please apply your changes to the latest version and try again")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f"the object {meta['name']} has been modified; "
+                    "please apply your changes to the latest version and try again",
+                )
             meta["resourceVersion"] = old["metadata"]["resourceVersion"]
             if obj == old:
                 return copy.deepcopy(old)
@@ -251,7 +265,7 @@ def _route(path: str) -> tuple[str, str, str | None]:
     for plural, (prefix, _, _) in RESOURCES.items():
         head = f"{prefix}/namespaces/"
         if path.startswith(head):
-            parts = path[len(head):].split("/")
+            parts = path[len(head) :].split("/")
             if len(parts) >= 2 and parts[1] == plural and len(parts) <= 3:
                 return plural, parts[0], parts[2] if len(parts) == 3 else None
             if plural == "pods" and len(parts) == 4 and parts[1] == plural and parts[3] == "log":
@@ -291,8 +305,13 @@ def _handler(api: Emulator):
             try:
                 resource, namespace, name = _route(url.path)
                 collection = name is None
-                verb = {"GET": "watch" if watch else ("get" if name else "list"), "POST": "create",
-                        "PATCH": "patch", "PUT": "update", "DELETE": "delete"}[method]
+                verb = {
+                    "GET": "watch" if watch else ("get" if name else "list"),
+                    "POST": "create",
+                    "PATCH": "patch",
+                    "PUT": "update",
+                    "DELETE": "delete",
+                }[method]
                 if verb in ("list", "watch") and (field := query.get("fieldSelector", "")).startswith("metadata.name="):
                     name = field.split("=", 1)[1].split(",")[0]  # what RBAC's resourceNames match on
                 api.record(Call(method, url.path, verb, resource, namespace, name, watch))
@@ -300,7 +319,10 @@ def _handler(api: Emulator):
                     return self._watch(resource, namespace, query)
                 if resource == "pods/log":
                     return self._log(namespace, name, query)
-                self._send(200 if method != "POST" else 201, self._act(method, resource, namespace, None if collection else name, query, body))
+                self._send(
+                    200 if method != "POST" else 201,
+                    self._act(method, resource, namespace, None if collection else name, query, body),
+                )
             except ApiError as err:
                 self._send(err.code, err.status())
             except (KeyError, ValueError, TypeError) as err:
@@ -309,11 +331,19 @@ def _handler(api: Emulator):
         def _act(self, method, resource, namespace, name, query, body):
             if method == "GET" and name is None:
                 items, rv = store.list(resource, namespace)
-                items = [o for o in items if _labels_match(query.get("labelSelector"), o["metadata"].get("labels", {}))
-                         and _fields_match(query.get("fieldSelector"), o)]
+                items = [
+                    o
+                    for o in items
+                    if _labels_match(query.get("labelSelector"), o["metadata"].get("labels", {}))
+                    and _fields_match(query.get("fieldSelector"), o)
+                ]
                 _, kind, api_version = RESOURCES[resource]
-                return {"kind": f"{kind}List", "apiVersion": api_version,
-                        "metadata": {"resourceVersion": str(rv)}, "items": items}
+                return {
+                    "kind": f"{kind}List",
+                    "apiVersion": api_version,
+                    "metadata": {"resourceVersion": str(rv)},
+                    "items": items,
+                }
             if method == "POST":
                 obj = json.loads(body)
                 obj.setdefault("metadata", {})["namespace"] = namespace
@@ -334,8 +364,11 @@ def _handler(api: Emulator):
             elif kind == "application/merge-patch+json":
                 patched = merge_patch(current, json.loads(body))
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"this emulator does not speak {kind!r}; "
-                                                            "send a JSON patch or a JSON merge patch")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    f"this emulator does not speak {kind!r}; send a JSON patch or a JSON merge patch",
+                )
             return store.replace(resource, patched, current["metadata"]["resourceVersion"])
 
         def _watch(self, resource, namespace, query):
@@ -364,8 +397,16 @@ def _handler(api: Emulator):
                         self._event(resource, namespace, label, field, kind, obj)
                     if not fresh and bookmarks:  # also tells us, by failing, that the client left
                         _, kind, api_version = RESOURCES[resource]
-                        self._chunk({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
-                                                                    "metadata": {"resourceVersion": str(rv)}}})
+                        self._chunk(
+                            {
+                                "type": "BOOKMARK",
+                                "object": {
+                                    "kind": kind,
+                                    "apiVersion": api_version,
+                                    "metadata": {"resourceVersion": str(rv)},
+                                },
+                            }
+                        )
                 self.wfile.write(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
@@ -373,8 +414,11 @@ def _handler(api: Emulator):
 
         def _event(self, resource, namespace, label, field, kind, obj):
             meta = obj["metadata"]
-            if meta.get("namespace") == namespace and _labels_match(label, meta.get("labels", {})) \
-                    and _fields_match(field, obj):
+            if (
+                meta.get("namespace") == namespace
+                and _labels_match(label, meta.get("labels", {}))
+                and _fields_match(field, obj)
+            ):
                 self._chunk({"type": kind, "object": obj})
 
         def _log(self, namespace, name, query):

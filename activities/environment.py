@@ -1,16 +1,18 @@
-"""What every target's driver offers, so the roll and soak stages do not care which target an environment is.
+"""An environment's driver, whatever its target, so the roll and soak stages do not care which one it is.
 
-A driver rolls, rolls back, reads its environment's own record (the marker), probes,
-and hands back the baseline it took before its roll in progress. `environment()` picks
-the driver by the target's type.
+A driver (targets/base.py) rolls, rolls back, reads its environment's own record (the
+marker), probes, and hands back the baseline it took before its roll in progress.
+`environment()` picks the driver by the target's type. The local driver lives here
+because a files-only environment's probe is a parse of its live release: this is where
+targets and validation meet, so neither imports the other.
 """
 
 from __future__ import annotations
 
+from activities.probes import reading
 from activities.targets.base import Driver, Rolled
 from activities.targets.local_airflow import LocalAirflow
 from activities.validation.parse import parse_release
-from activities.probes import reading
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 
@@ -31,8 +33,9 @@ class LocalDriver:
         self.airflow = LocalAirflow(settings.name, settings.target, settings.probes)
         self.files, self.runs_airflow = self.airflow.files, settings.target.airflow
 
-    def roll(self, release: Release, mode: RolloutMode, dags: dict[str, list[str]],
-             replaces: Expected | None = None) -> Rolled:
+    def roll(
+        self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
+    ) -> Rolled:
         return _from_manifest(*self.airflow.roll(release, mode, dags, replaces))
 
     def rollback(self, to: str | None) -> Rolled:
@@ -68,8 +71,12 @@ class LocalDriver:
 
 
 def _from_manifest(manifest, changed: bool, detail: str) -> Rolled:
-    return Rolled(manifest.live.id if manifest.live else None, manifest.previous.id if manifest.previous else None,
-                  changed, detail)
+    return Rolled(
+        manifest.live.id if manifest.live else None,
+        manifest.previous.id if manifest.previous else None,
+        changed,
+        detail,
+    )
 
 
 def _parses(live: Release) -> ProbeReading:
