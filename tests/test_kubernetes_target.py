@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -170,12 +169,11 @@ def test_a_failing_pod_fails_the_roll_early_and_rollback_restores(cluster, repo,
     else:
         image = "registry.invalid/airflow:3.1.1"
 
-    started = time.monotonic()
     with pytest.raises(RolloutFailed) as failed:
         env.roll(rebuild("r1", c1, image))
 
-    assert time.monotonic() - started < 10  # far inside the 30 s deadline
     err = failed.value
+    assert not isinstance(err, RolloutTimeout), "failed at once, not at the 30 s deadline"
     assert err.reason == ("CrashLoopBackOff" if fault == "crash" else "ErrImagePull")
     assert err.pod and err.pod in str(err) and err.reason in str(err)
     if fault == "crash":

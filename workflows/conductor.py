@@ -13,11 +13,11 @@ from datetime import timedelta
 from itertools import takewhile
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ContinueAsNewVersioningBehavior
 
 from workflows.controls import Controlled
+from workflows.options import CLOCK, POLL
 
 with workflow.unsafe.imports_passed_through():
     from activities.clock import read_clock
@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
         TrainStatus,
         train_id,
     )
-    from workflows.train import HEARTBEAT, DeployTrain
+    from workflows.train import DeployTrain
 
 KEEP_TRAINS = 20
 KEEP_FAILED = 100
@@ -50,12 +50,6 @@ KEEP_IMAGES = 50
 # Well under Temporal's limits; continue-as-new also follows the server's own suggestion.
 MAX_HISTORY = 5_000
 NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
-POLL = dict(
-    start_to_close_timeout=timedelta(minutes=2),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=RetryPolicy(maximum_attempts=3),
-)
-CLOCK = dict(start_to_close_timeout=timedelta(seconds=10))
 WINDOW_READS_CLOCK = "window-reads-the-server-clock"
 BISECT = "bisect-untraced-soak-failures"
 

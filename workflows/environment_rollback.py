@@ -7,11 +7,10 @@ trains flow again.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
+
+from workflows.options import READ, ROLLBACK
 
 with workflow.unsafe.imports_passed_through():
     from activities.roll import read_marker, rollback
@@ -22,9 +21,6 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
         conductor_id,
     )
-    from workflows.train import ROLLBACK
-
-READ = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))
 
 
 @workflow.defn(name="EnvironmentRollback")

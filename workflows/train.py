@@ -10,10 +10,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityConfig
 
 from workflows.controls import Controlled
+from workflows.options import ANNOUNCE, LONG, QUICK, ROLL, ROLLBACK
 
 with workflow.unsafe.imports_passed_through():
     from activities.announce import announce
@@ -53,40 +54,11 @@ with workflow.unsafe.imports_passed_through():
         ValidationReport,
     )
 
-# Activities that may run long heartbeat every few seconds: a lost worker shows within HEARTBEAT.
-HEARTBEAT = timedelta(seconds=30)
-# Every activity heartbeats or is short, so a killed worker's activity is retried elsewhere within HEARTBEAT.
-QUICK = dict(
-    start_to_close_timeout=timedelta(minutes=5),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=RetryPolicy(maximum_attempts=3),
-)
-LONG = dict(
-    start_to_close_timeout=timedelta(minutes=45),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=RetryPolicy(maximum_attempts=3),
-)
-ROLL = dict(
-    start_to_close_timeout=timedelta(minutes=15),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=RetryPolicy(maximum_attempts=5),
-)
-# Deliveries retry for a few minutes, then give up: a notification never holds a train.
-ANNOUNCE = dict(
-    start_to_close_timeout=timedelta(seconds=30),
-    retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=timedelta(seconds=2)),
-)
 # Rounds of holding back before a release that still fails validation fails the train.
 MAX_HOLD_ROUNDS = 3
 # A failure's text travels in history and notifications: the head of it says enough.
 MAX_REASON = 1000
 HOLD_BACK = "hold-back"
-# A rollback is how an environment gets well again: keep trying for longer.
-ROLLBACK = dict(
-    start_to_close_timeout=timedelta(minutes=15),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=RetryPolicy(maximum_attempts=10, maximum_interval=timedelta(seconds=30)),
-)
 
 
 class _Stop(Exception):
@@ -632,7 +604,7 @@ class DeployTrain(Controlled):
     def _env(self, name: str) -> EnvironmentStatus:
         return self.status.environment_status(name)
 
-    async def _activity(self, stage: str, env: str | None, fn, arg, options: dict):
+    async def _activity(self, stage: str, env: str | None, fn, arg, options: ActivityConfig):
         record = self._begin(stage, env)
         try:
             result = await workflow.execute_activity(fn, arg, **options)
