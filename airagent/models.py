@@ -64,6 +64,25 @@ class Outcome(StrEnum):
 # --- controls -------------------------------------------------------------------------
 
 
+class TrainControl(StrEnum):
+    """What a person may ask of a running train: each is a signal and an update of that name."""
+
+    pause = "pause"
+    resume = "resume"
+    abort = "abort"
+    rollback = "rollback"
+    approve = "approve"
+
+
+class PipelineControl(StrEnum):
+    """What a person may ask of a pipeline's conductor: each is a signal and an update of that name."""
+
+    pause = "pause"
+    resume = "resume"
+    freeze = "freeze"
+    unfreeze = "unfreeze"
+
+
 class Control(BaseModel):
     """Input of every signal and update; all optional so a bare `temporal workflow signal` works."""
 

@@ -19,12 +19,10 @@ from rich.table import Table
 from airagent import config as config_module
 from airagent import repair as repair_module
 from airagent.config import ConfigError
-from airagent.models import Control, conductor_id
+from airagent.models import Control, PipelineControl, TrainControl, conductor_id
 from airagent.repo import RepoError
 from interface.client import (
-    CONTROLS,
     EXIT_TIMEOUT,
-    PIPELINE_CONTROLS,
     AirAgent,
     DeployRefused,
     NotFound,
@@ -202,7 +200,7 @@ def status(
     raise typer.Exit(run(go()))
 
 
-def _control_command(name: str):
+def _control_command(name: TrainControl):
     def command(
         train: Annotated[str, typer.Argument(help="train id, e.g. train/main/1a2b3c4d5e6f")],
         reason: Annotated[str | None, typer.Option(help="why; kept in the train's event log")] = None,
@@ -213,19 +211,19 @@ def _control_command(name: str):
         raise typer.Exit(run(_send(train, name, Control(by=by or _user(), reason=reason, environment=env), as_json)))
 
     command.__doc__ = {
-        "pause": "Hold the train at its next safe point (a paused soak's clock stops).",
-        "resume": "Let a paused train go on.",
-        "abort": "Stop the train and roll back every environment it changed.",
-        "rollback": "Roll back now (every environment the train changed, or --env) and end the train.",
-        "approve": "Pass the manual approval gate before an environment.",
+        TrainControl.pause: "Hold the train at its next safe point (a paused soak's clock stops).",
+        TrainControl.resume: "Let a paused train go on.",
+        TrainControl.abort: "Stop the train and roll back every environment it changed.",
+        TrainControl.rollback: "Roll back now (every environment the train changed, or --env) and end the train.",
+        TrainControl.approve: "Pass the manual approval gate before an environment.",
     }[name]
     return friendly(command)
 
 
-for _name in CONTROLS:
-    if _name != "rollback":
+for _name in TrainControl:
+    if _name != TrainControl.rollback:
         app.command(name=_name)(_control_command(_name))
-_rollback_train = _control_command("rollback")
+_rollback_train = _control_command(TrainControl.rollback)
 
 
 @app.command()
@@ -386,7 +384,7 @@ def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
     run(go())
 
 
-def _pipeline_control(name: str):
+def _pipeline_control(name: PipelineControl):
     def command(
         pipeline: PipelineOpt,
         reason: Annotated[str | None, typer.Option(help="why; kept in the conductor's event log")] = None,
@@ -396,15 +394,15 @@ def _pipeline_control(name: str):
         raise typer.Exit(run(_send(conductor_id(pipeline), name, Control(by=by or _user(), reason=reason), as_json)))
 
     command.__doc__ = {
-        "pause": "Start no new trains (a running train goes on).",
-        "resume": "Let trains start again after a pause.",
-        "freeze": "Kill switch: start no new trains until unfrozen; needs --reason.",
-        "unfreeze": "Lift a freeze.",
+        PipelineControl.pause: "Start no new trains (a running train goes on).",
+        PipelineControl.resume: "Let trains start again after a pause.",
+        PipelineControl.freeze: "Kill switch: start no new trains until unfrozen; needs --reason.",
+        PipelineControl.unfreeze: "Lift a freeze.",
     }[name]
     return friendly(command)
 
 
-for _name in PIPELINE_CONTROLS:
+for _name in PipelineControl:
     pipeline_app.command(name=_name)(_pipeline_control(_name))
 
 

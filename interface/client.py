@@ -38,6 +38,8 @@ from airagent.models import (
     EnvironmentRollbackInput,
     EnvironmentRollbackResult,
     Notify,
+    PipelineControl,
+    TrainControl,
     TrainState,
     TrainStatus,
     TrainSummary,
@@ -49,8 +51,6 @@ from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
-CONTROLS = ("pause", "resume", "abort", "rollback", "approve")
-PIPELINE_CONTROLS = ("pause", "resume", "freeze", "unfreeze")
 EXIT_CODES = {
     TrainState.succeeded: 0,
     TrainState.noop: 0,
@@ -174,7 +174,7 @@ class AirAgent:
 
     async def control(self, wf_id: str, name: str, control: Control | None = None) -> ControlAck:
         """Send a control as an update, so the answer says whether the train (or conductor) took it."""
-        known = PIPELINE_CONTROLS if wf_id.startswith("pipeline/") else CONTROLS
+        known = [c.value for c in (PipelineControl if wf_id.startswith("pipeline/") else TrainControl)]
         if name not in known:
             raise ValueError(f"unknown control {name!r}; one of {', '.join(known)}")
         handle = self.client.get_workflow_handle(wf_id)

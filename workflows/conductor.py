@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         DeployRequest,
         HeldCommit,
         Notify,
+        PipelineControl,
         PollInput,
         TrainInput,
         TrainRecord,
@@ -272,35 +273,35 @@ class Conductor(Controlled):
 
     # --- controls -----------------------------------------------------------------------
 
-    def _refusal(self, name: str, control: Control) -> str | None:
+    def _refusal(self, name: PipelineControl, control: Control) -> str | None:
         s = self.state
-        if name == "pause" and s.paused:
+        if name == PipelineControl.pause and s.paused:
             return "already paused"
-        if name == "resume" and not s.paused:
+        if name == PipelineControl.resume and not s.paused:
             return "not paused"
-        if name == "freeze" and not control.reason:
+        if name == PipelineControl.freeze and not control.reason:
             return "a freeze needs a reason, so whoever unfreezes knows what to check"
-        if name == "unfreeze" and not s.frozen:
+        if name == PipelineControl.unfreeze and not s.frozen:
             return "not frozen"
         return None
 
-    def _apply(self, name: str, control: Control | None) -> ControlAck:
+    def _apply(self, name: PipelineControl, control: Control | None) -> ControlAck:
         control = control or Control()
         refusal = self._refusal(name, control)
         message = (
             refusal
             or {
-                "pause": "no new trains will start; a running train goes on",
-                "resume": "trains flow again",
-                "freeze": f"frozen: {control.reason}",
-                "unfreeze": "unfrozen; trains flow again",
+                PipelineControl.pause: "no new trains will start; a running train goes on",
+                PipelineControl.resume: "trains flow again",
+                PipelineControl.freeze: f"frozen: {control.reason}",
+                PipelineControl.unfreeze: "unfrozen; trains flow again",
             }[name]
         )
         if refusal is None:
             if name in ("pause", "resume"):
-                self.state.paused = name == "pause"
+                self.state.paused = name == PipelineControl.pause
             else:
-                self.state.frozen = control.reason if name == "freeze" else None
+                self.state.frozen = control.reason if name == PipelineControl.freeze else None
             self.wake = True
         event = self._event(name, control, refusal is None, message)
         self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
@@ -382,53 +383,53 @@ class Conductor(Controlled):
             else f"following {self.pipeline.branch} from now on",
         )
 
-    @workflow.signal(name="pause")
+    @workflow.signal(name=PipelineControl.pause)
     def pause(self, control: Control | None = None) -> None:
-        self._apply("pause", control)
+        self._apply(PipelineControl.pause, control)
 
-    @workflow.signal(name="resume")
+    @workflow.signal(name=PipelineControl.resume)
     def resume(self, control: Control | None = None) -> None:
-        self._apply("resume", control)
+        self._apply(PipelineControl.resume, control)
 
-    @workflow.signal(name="freeze")
+    @workflow.signal(name=PipelineControl.freeze)
     def freeze(self, control: Control | None = None) -> None:
-        self._apply("freeze", control)
+        self._apply(PipelineControl.freeze, control)
 
-    @workflow.signal(name="unfreeze")
+    @workflow.signal(name=PipelineControl.unfreeze)
     def unfreeze(self, control: Control | None = None) -> None:
-        self._apply("unfreeze", control)
+        self._apply(PipelineControl.unfreeze, control)
 
-    @workflow.update(name="pause")
+    @workflow.update(name=PipelineControl.pause)
     def pause_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("pause", control)
+        return self._apply(PipelineControl.pause, control)
 
     @pause_update.validator
     def _pause_allowed(self, control: Control | None = None) -> None:
-        self._reject("pause", control)
+        self._reject(PipelineControl.pause, control)
 
-    @workflow.update(name="resume")
+    @workflow.update(name=PipelineControl.resume)
     def resume_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("resume", control)
+        return self._apply(PipelineControl.resume, control)
 
     @resume_update.validator
     def _resume_allowed(self, control: Control | None = None) -> None:
-        self._reject("resume", control)
+        self._reject(PipelineControl.resume, control)
 
-    @workflow.update(name="freeze")
+    @workflow.update(name=PipelineControl.freeze)
     def freeze_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("freeze", control)
+        return self._apply(PipelineControl.freeze, control)
 
     @freeze_update.validator
     def _freeze_allowed(self, control: Control | None = None) -> None:
-        self._reject("freeze", control)
+        self._reject(PipelineControl.freeze, control)
 
-    @workflow.update(name="unfreeze")
+    @workflow.update(name=PipelineControl.unfreeze)
     def unfreeze_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("unfreeze", control)
+        return self._apply(PipelineControl.unfreeze, control)
 
     @unfreeze_update.validator
     def _unfreeze_allowed(self, control: Control | None = None) -> None:
-        self._reject("unfreeze", control)
+        self._reject(PipelineControl.unfreeze, control)
 
     @workflow.query(name="status")
     def query_status(self) -> ConductorStatus:

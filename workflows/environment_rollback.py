@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
         Control,
         EnvironmentRollbackInput,
         EnvironmentRollbackResult,
+        PipelineControl,
         RollbackInput,
         conductor_id,
     )
@@ -54,6 +55,6 @@ class EnvironmentRollback:
         """Freeze the conductor; a pipeline run without one has nothing to freeze."""
         conductor = workflow.get_external_workflow_handle(conductor_id(input.pipeline.name))
         try:
-            await conductor.signal("freeze", Control(by=input.by or "airagent rollback", reason=reason))
+            await conductor.signal(PipelineControl.freeze, Control(by=input.by or "airagent rollback", reason=reason))
         except ApplicationError:
             workflow.logger.info("pipeline %s has no conductor to freeze", input.pipeline.name)

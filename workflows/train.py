@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         RollInput,
         SoakCheckInput,
         StageRecord,
+        TrainControl,
         TrainInput,
         TrainState,
         TrainStatus,
@@ -91,7 +92,7 @@ class DeployTrain(Controlled):
             bisect=input.bisect,
         )
         self.paused = False
-        self.stop: tuple[str, Control] | None = None
+        self.stop: tuple[TrainControl, Control] | None = None
         self.awaiting_approval: str | None = None
         self.approved: set[str] = set()
         self.touched: list[str] = []  # environments whose roll began, in order
@@ -459,11 +460,15 @@ class DeployTrain(Controlled):
     async def _stopped(self) -> TrainStatus:
         assert self.stop is not None
         kind, control = self.stop
-        names = [control.environment] if kind == "rollback" and control.environment else list(reversed(self.touched))
+        names = (
+            [control.environment]
+            if kind == TrainControl.rollback and control.environment
+            else list(reversed(self.touched))
+        )
         problems = await self._rollback(names)
         who = f" by {control.by}" if control.by else ""
         why = f": {control.reason}" if control.reason else ""
-        state = TrainState.aborted if kind == "abort" else TrainState.rolled_back
+        state = TrainState.aborted if kind == TrainControl.abort else TrainState.rolled_back
         if problems:
             state = TrainState.failed
         return self._finish(state, f"{kind}{who}{why}{problems}")
@@ -485,29 +490,29 @@ class DeployTrain(Controlled):
 
     # --- controls -----------------------------------------------------------------------
 
-    def _refusal(self, name: str, control: Control) -> str | None:
+    def _refusal(self, name: TrainControl, control: Control) -> str | None:
         if self.status.state.finished:
             return f"the train has already ended {self.status.state}"
         known = [e.name for e in self.pipeline.environments]
         if control.environment and control.environment not in known:
             return f"unknown environment {control.environment!r}; this pipeline has {', '.join(known)}"
-        if self.stop and name != "resume":
+        if self.stop and name != TrainControl.resume:
             return f"the train is already stopping ({self.stop[0]})"
-        if name == "pause" and self.paused:
+        if name == TrainControl.pause and self.paused:
             return "already paused"
-        if name == "resume" and not self.paused:
+        if name == TrainControl.resume and not self.paused:
             return "not paused"
-        if name == "rollback" and not self.touched:
+        if name == TrainControl.rollback and not self.touched:
             return "no environment has been rolled yet, so there is nothing to roll back; use abort to stop the train"
-        if name == "rollback" and control.environment and control.environment not in self.touched:
+        if name == TrainControl.rollback and control.environment and control.environment not in self.touched:
             return f"{control.environment} was not rolled by this train; rolled so far: {', '.join(self.touched)}"
-        if name == "approve" and self.awaiting_approval is None:
+        if name == TrainControl.approve and self.awaiting_approval is None:
             return "no approval is pending"
-        if name == "approve" and control.environment not in (None, self.awaiting_approval):
+        if name == TrainControl.approve and control.environment not in (None, self.awaiting_approval):
             return f"the pending approval is for {self.awaiting_approval}, not {control.environment}"
         return None
 
-    def _apply(self, name: str, control: Control | None) -> ControlAck:
+    def _apply(self, name: TrainControl, control: Control | None) -> ControlAck:
         control = control or Control()
         refusal = self._refusal(name, control)
         if refusal is None:
@@ -516,80 +521,80 @@ class DeployTrain(Controlled):
         self._publish()
         return ControlAck(accepted=refusal is None, message=refusal or message)
 
-    def _act(self, name: str, control: Control) -> str:
-        if name == "pause":
+    def _act(self, name: TrainControl, control: Control) -> str:
+        if name == TrainControl.pause:
             self.paused = True
             return "pausing at the next safe point"
-        if name == "resume":
+        if name == TrainControl.resume:
             self.paused = False
             return "resumed"
-        if name == "approve":
+        if name == TrainControl.approve:
             self.approved.add(self.awaiting_approval)
             return f"approved {self.awaiting_approval}"
         self.stop = (name, control)
-        if name == "abort":
+        if name == TrainControl.abort:
             return f"aborting; rolling back {', '.join(reversed(self.touched)) or 'nothing'}"
         return f"rolling back {control.environment or ', '.join(reversed(self.touched))}"
 
-    @workflow.signal(name="pause")
+    @workflow.signal(name=TrainControl.pause)
     def pause(self, control: Control | None = None) -> None:
-        self._apply("pause", control)
+        self._apply(TrainControl.pause, control)
 
-    @workflow.signal(name="resume")
+    @workflow.signal(name=TrainControl.resume)
     def resume(self, control: Control | None = None) -> None:
-        self._apply("resume", control)
+        self._apply(TrainControl.resume, control)
 
-    @workflow.signal(name="abort")
+    @workflow.signal(name=TrainControl.abort)
     def abort(self, control: Control | None = None) -> None:
-        self._apply("abort", control)
+        self._apply(TrainControl.abort, control)
 
-    @workflow.signal(name="rollback")
+    @workflow.signal(name=TrainControl.rollback)
     def rollback(self, control: Control | None = None) -> None:
-        self._apply("rollback", control)
+        self._apply(TrainControl.rollback, control)
 
-    @workflow.signal(name="approve")
+    @workflow.signal(name=TrainControl.approve)
     def approve(self, control: Control | None = None) -> None:
-        self._apply("approve", control)
+        self._apply(TrainControl.approve, control)
 
-    @workflow.update(name="pause")
+    @workflow.update(name=TrainControl.pause)
     def pause_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("pause", control)
+        return self._apply(TrainControl.pause, control)
 
     @pause_update.validator
     def _pause_allowed(self, control: Control | None = None) -> None:
-        self._reject("pause", control)
+        self._reject(TrainControl.pause, control)
 
-    @workflow.update(name="resume")
+    @workflow.update(name=TrainControl.resume)
     def resume_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("resume", control)
+        return self._apply(TrainControl.resume, control)
 
     @resume_update.validator
     def _resume_allowed(self, control: Control | None = None) -> None:
-        self._reject("resume", control)
+        self._reject(TrainControl.resume, control)
 
-    @workflow.update(name="abort")
+    @workflow.update(name=TrainControl.abort)
     def abort_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("abort", control)
+        return self._apply(TrainControl.abort, control)
 
     @abort_update.validator
     def _abort_allowed(self, control: Control | None = None) -> None:
-        self._reject("abort", control)
+        self._reject(TrainControl.abort, control)
 
-    @workflow.update(name="rollback")
+    @workflow.update(name=TrainControl.rollback)
     def rollback_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("rollback", control)
+        return self._apply(TrainControl.rollback, control)
 
     @rollback_update.validator
     def _rollback_allowed(self, control: Control | None = None) -> None:
-        self._reject("rollback", control)
+        self._reject(TrainControl.rollback, control)
 
-    @workflow.update(name="approve")
+    @workflow.update(name=TrainControl.approve)
     def approve_update(self, control: Control | None = None) -> ControlAck:
-        return self._apply("approve", control)
+        return self._apply(TrainControl.approve, control)
 
     @approve_update.validator
     def _approve_allowed(self, control: Control | None = None) -> None:
-        self._reject("approve", control)
+        self._reject(TrainControl.approve, control)
 
     @workflow.query(name="status")
     def query_status(self) -> TrainStatus:
