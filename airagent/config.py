@@ -519,7 +519,7 @@ class PipelineSettings(_Pipeline):
             if env.name == name:
                 return env
         names = [e.name for e in self.environments]
-        raise KeyError(f"pipeline {self.name!r} has no environment {name!r}; it has {names}")
+        raise UnknownEnvironment(f"pipeline {self.name!r} has no environment {name!r}; it has {names}")
 
     @property
     def repo_is_url(self) -> bool:
@@ -587,6 +587,10 @@ def _resolved(env: EnvironmentSettings, base: Path) -> EnvironmentSettings:
 
 class ConfigError(Exception):
     """A mistake in airagent.yaml, worded for the person who has to fix it."""
+
+
+class UnknownEnvironment(ConfigError):
+    """A command named an environment the pipeline does not have."""
 
 
 def load(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path]:

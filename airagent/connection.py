@@ -20,7 +20,14 @@ def task_queue() -> str:
     return os.environ.get("AIRAGENT_TASK_QUEUE", DEFAULT_TASK_QUEUE)
 
 
+class TemporalUnreachable(RuntimeError):
+    """No Temporal server answered at the configured address."""
+
+
 async def connect(profile: str | None = None, interceptors: Sequence[Interceptor] = ()) -> Client:
     config = ClientConfig.load_client_connect_config(profile=profile)
     config.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**config, data_converter=pydantic_data_converter, interceptors=interceptors)
+    try:
+        return await Client.connect(**config, data_converter=pydantic_data_converter, interceptors=interceptors)
+    except RuntimeError as err:  # the SDK's only word for a failed connect
+        raise TemporalUnreachable(f"{config['target_host']}: {err}") from None

@@ -19,6 +19,7 @@ from rich.table import Table
 from airagent import config as config_module
 from airagent import repair as repair_module
 from airagent.config import ConfigError
+from airagent.connection import TemporalUnreachable
 from airagent.models import Control, PipelineControl, TrainControl, conductor_id
 from airagent.repo import RepoError
 from interface.client import (
@@ -60,12 +61,10 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused, KeyError) as err:
-            err_console.print(f"[red]error:[/red] {err.args[0] if isinstance(err, KeyError) else err}")
+        except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused) as err:
+            err_console.print(f"[red]error:[/red] {err}")
             raise typer.Exit(2) from None
-        except RuntimeError as err:
-            if "connect" not in str(err).lower():
-                raise
+        except TemporalUnreachable as err:
             err_console.print(
                 f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS"
             )

@@ -226,7 +226,7 @@ class AirAgent:
         reason: str | None = None,
     ) -> EnvironmentRollbackResult:
         """Put an environment back on an earlier release outside any train, and freeze the pipeline."""
-        pipeline.environment(environment)  # a clear KeyError for an unknown name
+        pipeline.environment(environment)  # UnknownEnvironment names the ones there are
         running = await self.running_train(pipeline.name)
         if running:
             raise TrainRunning(pipeline.name, running, hint="abort it: that rolls back what it changed")

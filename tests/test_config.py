@@ -224,3 +224,16 @@ def test_environments_running_airflow_on_one_host_need_their_own_ports(tmp_path)
         load(write(tmp_path, clash))
     assert "airagent.yaml:5: pipelines.main.environments" in str(err.value)
     assert "staging and prod share ports" in str(err.value) and "at least 5 apart" in str(err.value)
+
+
+def test_the_cli_names_an_unreachable_temporal_and_exits_2(tmp_path):
+    env = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1", "AIRAGENT_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [Path(sys.executable).with_name("airagent"), "pipeline", "status", "-p", "main"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "cannot reach Temporal (127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
