@@ -1,0 +1,111 @@
+"""The train: its input, its status as queries and the Web UI show it, and how it is announced."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+from airagent.config import PipelineSettings
+from airagent.models.common import Commit, Event, Kind, Outcome, RolloutMode, TrainState
+from airagent.models.environment import ProbeReading
+from airagent.models.held import HeldCommit
+
+
+class BisectStep(BaseModel):
+    """A train of a bisection: it rolls one environment only, to learn whether its commit soaks healthy."""
+
+    environment: str
+    step: int
+    steps: int = Field(description="about log2 of the suspects")
+    why: str = Field(description="the untraced soak failure being narrowed down")
+
+    def line(self) -> str:
+        return f"bisection step {self.step} of ~{self.steps} on {self.environment}: {self.why}"
+
+
+class TrainInput(BaseModel):
+    pipeline: PipelineSettings
+    target: str
+    image: str | None = Field(None, description="the runtime image CI built for this commit (`external` builder)")
+    held: list[HeldCommit] = Field([], description="commits earlier trains held back (the conductor's held)")
+    bisect: BisectStep | None = None
+
+
+class StageRecord(BaseModel):
+    name: str
+    environment: str | None = None
+    started: datetime
+    ended: datetime | None = None
+    outcome: Outcome = Outcome.running
+    detail: str = ""
+
+
+class EnvironmentStatus(BaseModel):
+    name: str
+    live: str | None = Field(None, description="release id live now")
+    previous: str | None = Field(None, description="release id live before this train")
+    live_commit: str | None = None
+    mode: RolloutMode | None = None
+    state: str = "pending"
+    probes: dict[str, list[ProbeReading]] = Field({}, description="each probe's latest readings, newest last")
+    warnings: list[str] = Field([], description="pre-flight: what a roll here could drop, and the fix")
+
+
+class TrainStatus(BaseModel):
+    pipeline: str
+    target: str
+    state: TrainState = TrainState.running
+    stage: str | None = None
+    environment: str | None = None
+    reason: str = ""
+    release: str | None = None
+    environments: list[EnvironmentStatus] = []
+    commits: list[Commit] = []
+    kinds: list[Kind] = []
+    mode: RolloutMode | None = None
+    validation: str | None = None
+    held: list[HeldCommit] = Field([], description="commits whose changes the release leaves out, and why")
+    release_commit: str | None = Field(
+        None,
+        description="what the release is made of when commits are held: airagent's commit of the target without them",
+    )
+    soak_failed: str | None = Field(None, description="the environment whose soak failed and was rolled back")
+    bisect: BisectStep | None = None
+    stages: list[StageRecord] = []
+    events: list[Event] = []
+    started: datetime | None = None
+    ended: datetime | None = None
+
+    def environment_status(self, name: str) -> EnvironmentStatus:
+        return next(e for e in self.environments if e.name == name)
+
+
+def train_id(pipeline: str, sha: str) -> str:
+    return f"train/{pipeline}/{sha[:12]}"
+
+
+def conductor_id(pipeline: str) -> str:
+    return f"pipeline/{pipeline}"
+
+
+class Announcement(BaseModel):
+    """One delivery: which receiver of the pipeline, and the train as it ended."""
+
+    pipeline: PipelineSettings
+    receiver: int = Field(description="index into the pipeline's notifications")
+    status: TrainStatus
+    changed: list[str] = Field([], description="repository paths this train changed")
+    broken: list[str] = Field([], description="repository paths validation found broken")
+
+
+class TrainSummary(BaseModel):
+    """One row of `airagent history`, read from visibility rather than from each train."""
+
+    id: str
+    pipeline: str
+    sha: str
+    state: str
+    stage: str | None
+    started: datetime | None
+    ended: datetime | None
