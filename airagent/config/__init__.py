@@ -1,0 +1,62 @@
+"""`airagent.yaml`: what a platform team declares, and the snapshot a train carries.
+
+Relative paths are resolved against the file's folder when it is loaded, so the
+snapshot in a train's input means the same thing on every worker of the host.
+"""
+
+from airagent.config.base import Duration, Model, Name, Ref, RepoPath, home, is_url
+from airagent.config.errors import ConfigError, UnknownEnvironment
+from airagent.config.loading import DEFAULT_FILE, AirAgentConfig, load, load_pipeline
+from airagent.config.pipeline import (
+    Classification,
+    DeployWindow,
+    ImageSettings,
+    Notification,
+    PipelineDeclaration,
+    PipelineSettings,
+    Runtime,
+)
+from airagent.config.targets import (
+    TARGET_TYPES,
+    EnvironmentSettings,
+    KubernetesTarget,
+    LocalTarget,
+    Probes,
+    Target,
+    WebhookProbe,
+)
+from airagent.config.validation import ParseTime, Placeholders, Policies, ValidationSettings
+
+__all__ = [
+    "DEFAULT_FILE",
+    "TARGET_TYPES",
+    "AirAgentConfig",
+    "Classification",
+    "ConfigError",
+    "DeployWindow",
+    "Duration",
+    "EnvironmentSettings",
+    "ImageSettings",
+    "KubernetesTarget",
+    "LocalTarget",
+    "Model",
+    "Name",
+    "Notification",
+    "ParseTime",
+    "PipelineDeclaration",
+    "PipelineSettings",
+    "Placeholders",
+    "Policies",
+    "Probes",
+    "Ref",
+    "RepoPath",
+    "Runtime",
+    "Target",
+    "UnknownEnvironment",
+    "ValidationSettings",
+    "WebhookProbe",
+    "home",
+    "is_url",
+    "load",
+    "load_pipeline",
+]

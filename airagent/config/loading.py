@@ -1,0 +1,134 @@
+"""Reading `airagent.yaml`: one clear message naming the file, the line and the fix, or the checked config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from airagent.config.base import Model, Name, is_url
+from airagent.config.errors import ConfigError
+from airagent.config.pipeline import Classification, PipelineDeclaration, PipelineSettings, Runtime
+from airagent.config.targets import TARGET_TYPES, EnvironmentSettings, LocalTarget
+
+DEFAULT_FILE = "airagent.yaml"
+
+
+class AirAgentConfig(Model):
+    classification: Classification = Classification()
+    runtime: Runtime = Runtime()
+    pipelines: dict[Name, PipelineDeclaration]
+
+    def pipeline(self, name: str, base: Path) -> PipelineSettings:
+        if name not in self.pipelines:
+            raise ConfigError(f"unknown pipeline {name!r}; declared pipelines: {', '.join(self.pipelines)}")
+        decl = self.pipelines[name]
+        repo = decl.repo if is_url(decl.repo) else str((base / decl.repo).resolve())
+        envs = [_resolved(e, base) for e in decl.environments]
+        return PipelineSettings(
+            name=name,
+            repo=repo,
+            branch=decl.branch,
+            dag_folder=decl.dag_folder,
+            plugins_folder=decl.plugins_folder,
+            allow_history_rewrite=decl.allow_history_rewrite,
+            isolation=decl.isolation,
+            poll_interval=decl.poll_interval,
+            environments=envs,
+            windows=decl.windows,
+            notifications=decl.notifications,
+            teams=decl.teams,
+            validation=decl.validation,
+            image=decl.image,
+            classification=decl.classification or self.classification,
+            runtime=decl.runtime or self.runtime,
+        )
+
+
+def _resolved(env: EnvironmentSettings, base: Path) -> EnvironmentSettings:
+    """Relative paths of a target mean the file's folder; a kubernetes target's names mean the cluster."""
+    target = env.target
+    if isinstance(target, LocalTarget):
+        target = target.model_copy(update={"path": (base / target.path.expanduser()).resolve()})
+    else:
+        paths = {
+            f: (base / p.expanduser()).resolve()
+            for f in ("kubeconfig", "credentials_file")
+            if (p := getattr(target, f)) is not None
+        }
+        target = target.model_copy(update=paths)
+    return env.model_copy(update={"target": target})
+
+
+def load(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path]:
+    """Read and check the file; returns the config and the folder relative paths start from."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; create it or pass --config PATH") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'pipelines' key at the top")
+    try:
+        config = AirAgentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, path, text)) from None
+    return config, path.parent.resolve()
+
+
+def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSettings:
+    config, base = load(path)
+    return config.pipeline(name, base)
+
+
+def _describe(err: ValidationError, path: Path, text: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = _untagged(tuple(e["loc"]))
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(text, loc)
+        where = f"{path}:{line}" if line else str(path)
+        lines.append(f"{where}: {field}: {e['msg']}{_hint(e)}")
+    return "\n".join(lines)
+
+
+def _untagged(loc: tuple) -> tuple:
+    """A target's location without the union's tag: people wrote `target.namespace`."""
+    return tuple(p for i, p in enumerate(loc) if not (p in TARGET_TYPES and i and loc[i - 1] == "target"))
+
+
+def _hint(error: dict) -> str:
+    if error["type"] == "extra_forbidden":
+        return "; remove it or check its spelling (see `airagent config schema`)"
+    if error["type"] == "missing":
+        return "; add it (see `airagent config schema`)"
+    return ""
+
+
+def _line_of(text: str, loc: tuple) -> int | None:
+    """1-based line of the deepest YAML node on `loc`, so a message can point at the line."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if match is None:
+                break
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

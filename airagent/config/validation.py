@@ -1,0 +1,74 @@
+"""What the `validate` stage checks beyond "it parses": placeholders, parse budgets, policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from airagent.config.base import Duration, Model
+
+# --- validation: what the validate stage checks beyond "it parses" ---------------------
+
+
+class Placeholders(Model):
+    """What DAG files get when they look up Variables, Connections or environment variables at parse time.
+
+    The validator has no metadata database and no secrets, so without placeholders a file
+    that reads a Variable at top level fails to parse here while it works in production.
+    """
+
+    enabled: bool = Field(
+        True,
+        description="give made-up values to lookups not listed below; off: such a lookup "
+        "fails the file, naming what to add",
+    )
+    variables: dict[str, Any] = Field({}, description="Variable key -> value (JSON text for deserialize_json)")
+    connections: dict[str, str | dict[str, Any]] = Field(
+        {}, description="conn_id -> URI, or fields such as {conn_type: postgres, host: db}"
+    )
+    env: dict[str, str] = Field({}, description="environment variable -> value, for os.getenv in DAG files")
+
+
+class ParseTime(Model):
+    """Seconds one file may take to parse: over `warn` it is reported, over `fail` it fails the train."""
+
+    warn: Duration | None = None
+    fail: Duration | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParseTime:
+        if self.warn is not None and self.fail is not None and self.warn >= self.fail:
+            raise ValueError(
+                f"warn ({self.warn.total_seconds():g}s) must be below fail ({self.fail.total_seconds():g}s)"
+            )
+        return self
+
+
+class Policies(Model):
+    """Rules every DAG must follow; each is off until set, and each failure names the rule."""
+
+    require_owner: bool = Field(False, description="every task has an owner other than Airflow's default 'airflow'")
+    allowed_owners: list[str] | None = Field(None, description="every task's owner is one of these")
+    require_tags: bool = Field(False, description="every DAG has at least one tag")
+    required_tags: list[str] = Field([], description="every DAG carries all of these tags")
+    min_retries: int | None = Field(None, ge=0, description="every task retries at least this many times")
+    allowed_schedules: list[str | None] | None = Field(
+        None,
+        description="schedules DAGs may use, as written: '@daily', a cron line, null for none; "
+        "'assets' for asset-triggered, 'every 1:00:00' for a timedelta",
+    )
+    forbidden_imports: list[str] = Field(
+        [], description="modules DAG files must not import (a name covers its submodules), e.g. pandas"
+    )
+
+
+class ValidationSettings(Model):
+    placeholders: Placeholders = Placeholders()
+    parse_time: ParseTime = ParseTime()
+    policies: Policies = Policies()
+    allow_dag_removal: list[str] = Field(
+        [],
+        description="dag_ids that may disappear from the live release without an "
+        "'Airagent-Allow-Dag-Removal: <dag_id>' commit trailer",
+    )
