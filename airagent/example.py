@@ -158,7 +158,7 @@ def create(
 
 def commit(repo: git.Repo, files: dict[str, str | None], message: str, team: str = "platform") -> str:
     """Write (or, for None, delete) files and commit them as the team's author; returns the sha."""
-    root = Path(repo.working_tree_dir)
+    root = Path(repo.working_tree_dir or ".")
     for name, content in files.items():
         path = root / name
         if content is None:

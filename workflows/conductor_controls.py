@@ -34,7 +34,7 @@ KEEP_IMAGES = 50
 NO_SHA = "an image belongs to the commit it was built for: pass --sha with --image"
 
 
-class ConductorControls(Controlled):
+class ConductorControls(Controlled[PipelineControl]):
     """The controls of the Conductor; the conductor keeps the state they read and set."""
 
     pipeline: PipelineSettings

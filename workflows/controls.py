@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Generic, TypeVar
+
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from airagent.models import Control, Event
 
+Name = TypeVar("Name", bound=StrEnum)
 
-class Controlled:
-    """A base for workflows whose `_refusal` says why a control cannot be taken now, or None."""
 
-    def _refusal(self, name: str, control: Control) -> str | None:
+class Controlled(Generic[Name]):
+    """A base for workflows whose `_refusal` says why a control (one of `Name`) cannot be taken now, or None."""
+
+    def _refusal(self, name: Name, control: Control) -> str | None:
         raise NotImplementedError
 
-    def _reject(self, name: str, control: Control | None) -> None:
+    def _reject(self, name: Name, control: Control | None) -> None:
         """An update validator: a refused control never enters history."""
         refusal = self._refusal(name, control or Control())
         if refusal:

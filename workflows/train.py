@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityConfig
 
 from workflows.options import ANNOUNCE, LONG, QUICK, ROLL, ROLLBACK
@@ -146,13 +146,14 @@ class DeployTrain(TrainControls):
             if self.stop:
                 raise _Stop()
             where = f"on {input.bisect.environment}, for the bisection" if input.bisect else "in every environment"
+            assert self.release is not None
             return self._finish(TrainState.succeeded, f"{self.release.id} live {where}")
         except _Stop:
             return await self._stopped()
         except _Failed as failure:
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
             problems = await self._rollback([failure.environment]) if failure.environment else ""
-            if failure.state == TrainState.rolled_back and not problems:
+            if failure.state == TrainState.rolled_back and failure.environment and not problems:
                 self.status.soak_failed = failure.environment
                 await self._trace_regression(input, failure.environment)
             return self._finish(TrainState.failed if problems else failure.state, reason + problems)
@@ -185,7 +186,8 @@ class DeployTrain(TrainControls):
             "diff", None, diff, DiffInput(pipeline=self.pipeline, target=target, held=presume or []), QUICK
         )
         if change.held:  # earlier holds stand: the target is the release commit of the head without them
-            self.status.held, self.status.target, self.status.commits = change.held, change.head, change.commits
+            self.status.held, self.status.commits = change.held, change.commits
+            self.status.target = change.head or self.status.target
         if self.status.held:
             self.status.release_commit = change.target
         else:  # what the train was asked for
@@ -242,6 +244,7 @@ class DeployTrain(TrainControls):
         rounds = 0
         while True:
             self.report = None
+            assert self.release is not None
             try:
                 await self._validate(
                     ValidateInput(
@@ -349,6 +352,7 @@ class DeployTrain(TrainControls):
         self.before[env.name] = change
         status = self._env(env.name)
         status.state = "rolling"
+        assert change.mode is not None  # unchanged environments are skipped before
         dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
         try:
             result = await self._activity(
@@ -562,7 +566,7 @@ async def _timer(timeout: timedelta, wake) -> bool:
 def _root(err: ActivityError) -> BaseException | None:
     """The ApplicationError an activity raised, under the retry and timeout wrappers."""
     cause = err.cause
-    while cause is not None and not isinstance(cause, ApplicationError) and cause.cause is not None:
+    while isinstance(cause, FailureError) and not isinstance(cause, ApplicationError) and cause.cause is not None:
         cause = cause.cause
     return cause
 

@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from airagent.models import Control, ControlAck, TrainControl, TrainStatus
 
 
-class TrainControls(Controlled):
+class TrainControls(Controlled[TrainControl]):
     """The controls of DeployTrain; the train keeps the state they read and set."""
 
     pipeline: PipelineSettings
@@ -70,6 +70,7 @@ class TrainControls(Controlled):
             self.paused = False
             return "resumed"
         if name == TrainControl.approve:
+            assert self.awaiting_approval is not None  # the refusal says so otherwise
             self.approved.add(self.awaiting_approval)
             return f"approved {self.awaiting_approval}"
         self.stop = (name, control)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from airagent.config.base import Model, Name, is_url
 from airagent.config.errors import ConfigError
@@ -104,7 +105,7 @@ def _untagged(loc: tuple) -> tuple:
     return tuple(p for i, p in enumerate(loc) if not (p in TARGET_TYPES and i and loc[i - 1] == "target"))
 
 
-def _hint(error: dict) -> str:
+def _hint(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         return "; remove it or check its spelling (see `airagent config schema`)"
     if error["type"] == "missing":

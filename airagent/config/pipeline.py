@@ -178,13 +178,13 @@ class PipelineDeclaration(_Pipeline):
     @classmethod
     def _own_ports(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
         """Checked where the file is read, not where a train's snapshot is: history must always decode."""
-        running = [e for e in envs if isinstance(e.target, LocalTarget) and e.target.airflow]
-        for i, a in enumerate(running):
-            for b in running[i + 1 :]:
-                if set(a.target.ports) & set(b.target.ports):
+        running = [(e.name, e.target) for e in envs if isinstance(e.target, LocalTarget) and e.target.airflow]
+        for i, (a, at) in enumerate(running):
+            for b, bt in running[i + 1 :]:
+                if set(at.ports) & set(bt.ports):
                     raise ValueError(
-                        f"{a.name} and {b.name} share ports (each uses port to port+4: "
-                        f"{a.target.port} and {b.target.port}); give them ports at least 5 apart"
+                        f"{a} and {b} share ports (each uses port to port+4: "
+                        f"{at.port} and {bt.port}); give them ports at least 5 apart"
                     )
         return envs
 
