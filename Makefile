@@ -22,6 +22,7 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy airagent workflows activities interface worker
 	$(BIN)/pytest -q --durations=15
 
 bench: setup

@@ -7,7 +7,9 @@ main, a train builds and validates the release that will pass, once.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC
+from typing import cast
 
 import git
 from temporalio import activity
@@ -41,15 +43,19 @@ def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classifi
     """Files that differ between two commits (everything, on a first deploy), with renames detected."""
     head = repo.commit(target)
     if live is None:
+        # GitPython's types allow the edge tuples only `as_edge=True` yields, and any PathLike for a tree entry's path
+        items = cast("Iterator[git.Blob | git.Tree | git.Submodule]", head.tree.traverse())
         return [
-            ChangedFile(path=item.path, kind=classify(item.path, rules), change="added")
-            for item in head.tree.traverse()
+            ChangedFile(path=cast(str, item.path), kind=classify(cast(str, item.path), rules), change="added")
+            for item in items
             if item.type == "blob"
         ]
     files = []
     for d in repo.commit(live).diff(head, M=True):
+        assert d.change_type is not None  # set on every entry of a diff between two commits
         change = _CHANGE.get(d.change_type, d.change_type)
         path = d.a_path if d.change_type == "D" else d.b_path
+        assert path is not None  # the side the file is on: its old one if deleted, else its new one
         files.append(
             ChangedFile(
                 path=path,
@@ -58,9 +64,11 @@ def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classifi
                 old_path=d.a_path if d.change_type == "R" else None,
             )
         )
-        if d.change_type == "R" and classify(d.a_path, rules) != files[-1].kind:
-            # A file moved between kinds changes both: count the place it left too.
-            files.append(ChangedFile(path=d.a_path, kind=classify(d.a_path, rules), change="deleted"))
+        if d.change_type == "R":
+            assert d.a_path is not None  # a rename has both sides
+            if classify(d.a_path, rules) != files[-1].kind:
+                # A file moved between kinds changes both: count the place it left too.
+                files.append(ChangedFile(path=d.a_path, kind=classify(d.a_path, rules), change="deleted"))
     return sorted(files, key=lambda f: f.path)
 
 
@@ -71,25 +79,30 @@ def train_commits(repo: git.Repo, lives: list[str | None], target: str) -> list[
     """The commits this train carries: those the furthest-behind environment lacks, newest first."""
     if not lives:
         return []
+    held: list[str]
     if any(
-        live is None or not commit_exists(repo, live) or not repo.is_ancestor(stands_for(repo, live)[0], target)
+        live is None
+        or not commit_exists(repo, live)
+        # GitPython types the revs as Commit; git takes any rev, a sha too
+        or not repo.is_ancestor(stands_for(repo, live)[0], target)  # type: ignore[arg-type]
         for live in lives
     ):
         revs, held = [target], []
     else:
         # A release without held commits stands for its head and carries them again.
         head, held = max(
-            (stands_for(repo, live) for live in lives),
+            (stands_for(repo, live) for live in lives if live is not None),  # all of them: any() above was false
             key=lambda h: int(repo.git.rev_list("--count", target, f"^{h[0]}")) + len(h[1]),
         )
         revs = [target, f"^{head}"]
-    carried = [*repo.iter_commits(revs, max_count=MAX_COMMITS), *reversed([repo.commit(sha) for sha in held])]
+    newest = repo.iter_commits(revs, max_count=MAX_COMMITS)  # type: ignore[arg-type]  # GitPython: one rev; git: a list
+    carried = [*newest, *reversed([repo.commit(sha) for sha in held])]
     return [
         Commit(
             sha=c.hexsha,
             author=c.author.name or "",
             email=c.author.email or "",
-            summary=c.summary,
+            summary=cast(str, c.summary),  # str: GitPython decodes a message, replacing what it cannot
             at=c.committed_datetime.astimezone(UTC),
         )
         for c in carried
@@ -173,7 +186,8 @@ def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live
             type="HistoryRewritten",
             non_retryable=True,
         )
-    if not allowed and not repo.is_ancestor(stands_for(repo, live)[0], target):
+    # GitPython types the revs as Commit; git takes any rev, a sha too
+    if not allowed and not repo.is_ancestor(stands_for(repo, live)[0], target):  # type: ignore[arg-type]
         raise ApplicationError(
             f"{env} runs {live[:12]}, which is not an ancestor of {target[:12]} (history was rewritten "
             f"or the commit is older than what is live); set allow_history_rewrite: true on pipeline "

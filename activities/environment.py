@@ -13,7 +13,7 @@ from activities.probes import reading
 from activities.targets.base import Driver, Rolled
 from activities.targets.local_airflow import LocalAirflow
 from activities.validation.parse import parse_release
-from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
+from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 
 
@@ -30,6 +30,7 @@ class LocalDriver:
     """The local target: files and a `current` symlink, and Airflow's processes unless `airflow: false`."""
 
     def __init__(self, settings: EnvironmentSettings):
+        assert isinstance(settings.target, LocalTarget)  # environment() gives a kubernetes target its own driver
         self.airflow = LocalAirflow(settings.name, settings.target, settings.probes)
         self.files, self.runs_airflow = self.airflow.files, settings.target.airflow
 
@@ -52,8 +53,7 @@ class LocalDriver:
 
     def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
         readings = [self._marker(release.id)]
-        if readings[0].ok:
-            live = self.files.live()
+        if readings[0].ok and (live := self.files.live()) is not None:
             readings += self.airflow.probe(live, baseline) if self.runs_airflow else [_parses(live)]
         return readings
 

@@ -14,8 +14,10 @@ carries the held commits again: when their fix has landed, the hold lifts by its
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import git
 from git.index.typ import BaseIndexEntry
@@ -31,7 +33,9 @@ from airagent.repo import HELD, RELEASE_OF, keep_release, open_repository
 def touched(commit: git.Commit) -> set[str]:
     """Paths a commit changed against its first parent; a rename touches both places."""
     if not commit.parents:
-        return {item.path for item in commit.tree.traverse() if item.type == "blob"}
+        # GitPython's types allow the edge tuples only `as_edge=True` yields, and any PathLike for a tree entry's path
+        items = cast("Iterator[git.Blob | git.Tree | git.Submodule]", commit.tree.traverse())
+        return {cast(str, item.path) for item in items if item.type == "blob"}
     return {path for d in commit.parents[0].diff(commit) for path in (d.a_path, d.b_path) if path}
 
 
@@ -39,7 +43,7 @@ def culprits(changes: list[tuple[str, set[str]]], failing: dict[str, set[str]]) 
     """sha -> the failing path it changed (or a module that path imports).
 
     `changes` is (sha, paths) oldest first; `failing` maps a failing path to the paths it depends on."""
-    found = {}
+    found: dict[str, str] = {}
     for sha, paths in changes:
         for path, depends_on in failing.items():
             if paths & ({path} | depends_on):
@@ -158,7 +162,7 @@ def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
         else HeldCommit(
             sha=sha,
             author=by_sha[sha].author.name or "",
-            summary=by_sha[sha].summary,
+            summary=cast(str, by_sha[sha].summary),  # str: GitPython decodes a message, replacing what it cannot
             teams=pipeline.teams_of(sorted(paths)),
             paths=sorted(paths),
             since=now,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
@@ -60,7 +61,7 @@ def image_for(
 
 def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, image: str, digest: str) -> dict:
     """A Job that builds `image` from `commit` with kaniko and pushes it; arguments, never a shell line."""
-    container = {
+    container: dict[str, Any] = {
         "name": "kaniko",
         "image": settings.kaniko_image,
         "args": [
@@ -69,7 +70,7 @@ def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, ima
             f"--destination={image}",
         ],
     }
-    spec = {"restartPolicy": "Never", "containers": [container]}
+    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
     if settings.push_secret:
         container["volumeMounts"] = [{"name": "push", "mountPath": "/kaniko/.docker"}]
         spec["volumes"] = [
@@ -117,7 +118,8 @@ def kaniko(
     with connect(target) as api:
         batch = client.BatchV1Api(api)
         try:
-            batch.create_namespaced_job(namespace, job, _preload_content=False)
+            # The client's types want a V1Job body; it sends a dict as it is.
+            batch.create_namespaced_job(namespace, job, _preload_content=False)  # type: ignore[arg-type]
         except ApiException as err:
             if err.status != 409:  # 409: this tag's Job exists already, started by an earlier attempt
                 raise

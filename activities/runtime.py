@@ -44,7 +44,7 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
-        install = [
+        install: list[str | Path] = [
             _uv(),
             "pip",
             "install",
@@ -55,6 +55,7 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
             *RUNTIME_EXTRAS,
         ]
         if reqs:
+            assert requirements is not None  # `reqs` was read from it
             install += ["-r", requirements]
         process.run(install, timeout=1800)
         (tmp / "runtime.json").write_text(json.dumps({"hash": digest, **runtime.model_dump()}, indent=2))
@@ -66,7 +67,7 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
     except process.ProcessFailed as err:
         raise ApplicationError(
             f"building the runtime (Airflow {runtime.airflow}, Python {runtime.python}"
-            f"{', ' + str(requirements.name) if reqs else ''}) failed: {err.output[-3000:]}",
+            f"{', ' + str(requirements.name) if reqs and requirements else ''}) failed: {err.output[-3000:]}",
             type="RuntimeBuildFailed",
             non_retryable=True,
         ) from None

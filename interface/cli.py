@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from interface.client import (
     exit_code,
 )
 from interface.display import follow, render, render_pipeline, timestamp
+
+if TYPE_CHECKING:
+    import subprocess
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 config_app = typer.Typer(no_args_is_help=True, help="Check airagent.yaml or print its JSON Schema.")
@@ -94,8 +97,10 @@ def dev(
         f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
         f"(state in {server.db}); Ctrl-C stops it"
     )
+    # None when start() found a server already listening; .wait() then raises AttributeError, as it always has.
+    process = cast("subprocess.Popen[bytes]", server.process)
     try:
-        server.process.wait()
+        process.wait()
     except KeyboardInterrupt:
         pass
     finally:
@@ -153,6 +158,7 @@ def deploy(
         if not wait:
             _emit({"train": answer.train, "message": answer.message}, as_json, f"{answer.train}: {answer.message}")
             return 0
+        assert answer.train is not None  # deploy() raises DeployRefused for an answer without one
         try:
             status = await follow(
                 agent,
@@ -401,8 +407,8 @@ def _pipeline_control(name: PipelineControl):
     return friendly(command)
 
 
-for _name in PipelineControl:
-    pipeline_app.command(name=_name)(_pipeline_control(_name))
+for _pipeline_name in PipelineControl:  # not `_name`: that one holds a TrainControl
+    pipeline_app.command(name=_pipeline_name)(_pipeline_control(_pipeline_name))
 
 
 @app.command()

@@ -26,7 +26,7 @@ from activities.runtime import ensure_runtime
 from activities.targets.local import LocalEnvironment
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
-from airagent.config import PipelineSettings, home, load_pipeline
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
 from airagent.models import TrainState, TrainStatus, train_id
 from interface.client import AirAgent
@@ -100,10 +100,11 @@ async def scenario(state: Path, given: Path | None) -> Checks:
 
     console.rule("0. staging and prod: real Airflow, running on their own")
     for env in pipeline.environments:
-        if env.target.airflow:
-            local = LocalAirflow(env.name, env.target, env.probes)
+        target = local_target(env)
+        if target.airflow:
+            local = LocalAirflow(env.name, target, env.probes)
             runtime = None if local.files.live() else ensure_runtime(pipeline.runtime, None)[1]
-            console.print(f"{env.name}: {local.up(runtime)} (API http://127.0.0.1:{env.target.port})")
+            console.print(f"{env.name}: {local.up(runtime)} (API http://127.0.0.1:{target.port})")
 
     console.rule("1. the conductor deploys the head of main through staging and prod")
     conductor = await agent.start_pipeline(pipeline)
@@ -112,10 +113,10 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     status = await train_for(agent, pipeline, head)
     checks.expect(status.state in (TrainState.succeeded, TrainState.noop), f"train ended {status.state.value}")
     for env in pipeline.environments:
-        live = LocalEnvironment(env.target.path).live()
+        live = LocalEnvironment(local_target(env).path).live()
         checks.expect(
             live is not None and live.commit == head,
-            f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {env.target.path}",
+            f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {local_target(env).path}",
         )
     if given:
         console.print("(a repository was given: the broken-commit step runs only on the example)")
@@ -142,7 +143,7 @@ async def scenario(state: Path, given: Path | None) -> Checks:
         f"the hold names {example.BROKEN_PATH} and its error",
     )
     for env in pipeline.environments:
-        files = LocalEnvironment(env.target.path).current / "dags"
+        files = LocalEnvironment(local_target(env).path).current / "dags"
         checks.expect(
             (files / "finance/fx_rates.py").read_text() == fx
             and (files / example.BROKEN_PATH.removeprefix("dags/")).read_text() != example.BROKEN_DAG,
@@ -163,7 +164,7 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     checks.expect(not (await agent.pipeline_status(pipeline.name)).state.held, "nothing is held any more")
 
     console.rule("4. add a DAG whose task fails when it runs: staging must roll back by itself")
-    before = {e.name: LocalEnvironment(e.target.path).manifest() for e in pipeline.environments}
+    before = {e.name: LocalEnvironment(local_target(e).path).manifest() for e in pipeline.environments}
     failing = example.commit(
         git.Repo(repo), {example.FAILING_PATH: example.FAILING_DAG}, "marketing: check the new orders feed", "marketing"
     )
@@ -177,16 +178,25 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     checks.expect("task_failure_rate" in status.reason, f"the reason names the probe: {status.reason}")
     untouched(checks, pipeline, before)
     checks.expect(
-        all(not e.target.airflow or LocalAirflow(e.name, e.target).running() for e in pipeline.environments),
+        all(
+            not local_target(e).airflow or LocalAirflow(e.name, local_target(e)).running()
+            for e in pipeline.environments
+        ),
         f"{staging} and {prod} still running",
     )
     return checks
 
 
+def local_target(env: EnvironmentSettings) -> LocalTarget:
+    """The demo runs local environments only; a kubernetes one stops it here."""
+    assert isinstance(env.target, LocalTarget)
+    return env.target
+
+
 def untouched(checks: Checks, pipeline: PipelineSettings, before: dict) -> None:
     """Each environment runs what it ran before, by its own record."""
     for env in pipeline.environments:
-        after = LocalEnvironment(env.target.path).manifest()
+        after = LocalEnvironment(local_target(env).path).manifest()
         live = after.live.id if after.live else "-"
         checks.expect(after.live == before[env.name].live, f"{env.name} runs what it ran before: {live}")
 

@@ -6,8 +6,10 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior
@@ -29,7 +31,7 @@ from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
 
 WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
-ACTIVITIES = [
+ACTIVITIES: list[Callable[..., Any]] = [
     diff,
     build,
     validate,

@@ -14,9 +14,10 @@ def tracing_interceptors() -> list[Interceptor]:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
     from temporalio.contrib.opentelemetry import TracingInterceptor
 
+    exporter: SpanExporter
     if exporter_name == "console":
         exporter = ConsoleSpanExporter()
     elif exporter_name == "otlp":

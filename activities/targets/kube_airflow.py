@@ -167,7 +167,9 @@ class KubernetesAirflow:
     def _pods(self) -> list[dict]:
         """The pods of the workloads airagent rolls, matched by each workload's selector."""
         selectors = [obj["spec"]["selector"].get("matchLabels") or {} for obj in self.env.read_workloads().values()]
-        listed = json.loads(self.env.core.list_namespaced_pod(self.target.namespace, _preload_content=False).data)
+        # The client's types promise a V1PodList; with _preload_content=False it returns the HTTP response.
+        response = self.env.core.list_namespaced_pod(self.target.namespace, _preload_content=False)
+        listed = json.loads(response.data)  # type: ignore[attr-defined]
         return [
             p
             for p in listed["items"]
@@ -182,7 +184,8 @@ class _LazyRef:
     """The DAG ref, opened only when a roll first needs it: reading the record needs no repository."""
 
     def __init__(self, owner: KubernetesAirflow):
-        self.owner, self._ref = owner, None
+        self.owner = owner
+        self._ref: GitRef | None = None
 
     def _open(self) -> GitRef:
         if self._ref is None:
@@ -233,7 +236,7 @@ def pods(found: list[dict], baseline: Baseline) -> ProbeReading:
     for pod in found:
         name = pod["metadata"]["name"]
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        reasons = {((c.get("state") or {}).get("waiting") or {}).get("reason") for c in statuses} & FATAL_WAITING
+        reasons = FATAL_WAITING & {((c.get("state") or {}).get("waiting") or {}).get("reason") for c in statuses}
         if reasons:
             stuck.append(f"{name} {'/'.join(sorted(reasons))}")
         if (more := _restart_count(pod) - baseline.restarts.get(name, 0)) > 0:

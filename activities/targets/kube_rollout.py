@@ -140,7 +140,8 @@ def wait(api: client.ApiClient, namespace: str, workloads: list[Workload], timeo
     if not pending:
         return [notes[w.name] for w in workloads]
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
-    pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)
+    # The client's types promise a V1PodList; with _preload_content=False it returns the HTTP response.
+    pods = json.loads(core.list_namespaced_pod(namespace, _preload_content=False).data)  # type: ignore[attr-defined]
     for pod in pods["items"]:
         _check_pod(pod, workloads)
     events: queue.Queue = queue.Queue()

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -126,7 +126,7 @@ class DagRef(Protocol):
 class GitRef:
     """A branch in a repository (GitPython), pushed to `remote` when given, where GitDagBundle clones from."""
 
-    def __init__(self, repo: Path | str, name: str, remote: str | None = None):
+    def __init__(self, repo: str | os.PathLike[str], name: str, remote: str | None = None):
         import git
 
         if name.startswith("-"):
@@ -135,7 +135,9 @@ class GitRef:
 
     def read(self) -> str | None:
         if self.remote:
-            for line in self.repo.git.ls_remote(self.remote, f"refs/heads/{self.name}").splitlines():
+            # GitPython types a git command's output loosely; without as_process or with_extended_output it is str
+            listed = cast(str, self.repo.git.ls_remote(self.remote, f"refs/heads/{self.name}"))
+            for line in listed.splitlines():
                 return line.split()[0]
             return None
         head = next((h for h in self.repo.heads if h.name == self.name), None)
@@ -468,6 +470,7 @@ def _desired(template: dict, rollout: Rollout, old_image: str | None) -> dict:
     out = copy.deepcopy(template)
     out.setdefault("metadata", {}).setdefault("annotations", {})[RELEASE_ANNOTATION] = rollout.release
     if rollout.mode == RolloutMode.rebuild and old_image:
+        assert rollout.image is not None  # roll() refuses a rebuild without one
         for container in out["spec"].get("initContainers", []) + out["spec"]["containers"]:
             if _repository(container["image"]) in (_repository(old_image), _repository(rollout.image)):
                 container["image"] = rollout.image

@@ -90,7 +90,9 @@ class LocalAirflow:
         if release is None and runtime is None:
             raise EnvironmentDown(f"{self.name} has no release yet; give a runtime to start it empty")
         self._ensure_secrets()
-        python = Path(release.runtime if release else runtime) / "bin" / "python"
+        root = release.runtime if release else runtime
+        assert root is not None  # refused above when there is neither
+        python = Path(root) / "bin" / "python"
         down = self.stopped()
         if down:
             self._migrate(python, release)
@@ -134,6 +136,7 @@ class LocalAirflow:
         before, swapped = self.files.live(), datetime.now(UTC)
         manifest, changed = self.files.roll(release, replaces)  # checked again: taking the baseline takes a while
         installed = manifest.live
+        assert installed is not None  # `release`, now live
         if mode == RolloutMode.dags_only and self._same_components(installed):
             return manifest, changed, self.confirm_dags(installed, dags, before, swapped)
         return manifest, changed, self.restart(installed)
@@ -342,7 +345,7 @@ class LocalAirflow:
             f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
             f"--control-socket {self.components.run / (slot + '.ctl')}"
         )
-        argv = [python.with_name("airflow"), "api-server", "--port", str(self.target.port)]
+        argv: list[str | Path] = [python.with_name("airflow"), "api-server", "--port", str(self.target.port)]
         return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None, port=port)
 
     def _migrate(self, python: Path, release: Release | None) -> None:
@@ -437,7 +440,9 @@ def _digests(root: Path) -> dict[str, str]:
 
 def _parsed_after(dag: dict, moment: datetime) -> bool:
     parsed = dag.get("last_parsed_time")
-    return bool(parsed) and datetime.fromisoformat(parsed.replace("Z", "+00:00")) >= moment
+    if not parsed:
+        return False
+    return datetime.fromisoformat(parsed.replace("Z", "+00:00")) >= moment
 
 
 def _write(path: Path, text: str, private: bool = False) -> None:

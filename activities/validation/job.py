@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from kubernetes import client, watch
@@ -74,13 +75,14 @@ class ValidatorJob(BaseModel):
 def parse_in_image(release: Release, pipeline: PipelineSettings) -> ValidationReport:
     """The validate stage's parse, in `release.image`; the same report a local parse gives."""
     assert release.image and pipeline.image is not None
+    image_settings = pipeline.image  # for `parse`: the narrowing above does not reach into it
     target = next(e.target for e in pipeline.environments if isinstance(e.target, KubernetesTarget))
     url = clone_url(pipeline)
     namespace = pipeline.image.namespace or target.namespace
 
     def parse(files: list[str]) -> list[dict]:
         job, config_map, ref = manifests(
-            pipeline.image,
+            image_settings,
             namespace,
             release,
             url,
@@ -116,6 +118,7 @@ def manifests(
     settings: ImageSettings, namespace: str, release: Release, url: str, parse_settings: dict
 ) -> tuple[dict, dict, ValidatorJob]:
     """The Job and its ConfigMap (owner set once the Job exists); argument lists, never a shell line."""
+    assert release.image is not None  # the validator runs in the release's image
     script, settings_json = PARSER.read_text(), json.dumps(parse_settings, sort_keys=True)
     deadline = int(settings.validate_deadline.total_seconds())
     key = json.dumps(
@@ -212,7 +215,10 @@ def run(api: client.ApiClient, ref: ValidatorJob, job: dict, config_map: dict, f
     batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
     owner = None
     try:
-        created = json.loads(batch.create_namespaced_job(ref.namespace, job, _preload_content=False).data)
+        # The client's types want a V1Job body and promise a V1Job: it sends a dict as it is and, with
+        # _preload_content=False, returns the HTTP response.
+        response = batch.create_namespaced_job(ref.namespace, job, _preload_content=False)  # type: ignore[arg-type]
+        created = json.loads(response.data)  # type: ignore[attr-defined]
         owner = created["metadata"]["uid"]
     except ApiException as err:
         if err.status != 409:  # 409: an earlier attempt started it; its pod names the Job's uid
@@ -236,7 +242,8 @@ def _create_config_map(core: client.CoreV1Api, namespace: str, config_map: dict,
         },
     }
     try:
-        core.create_namespaced_config_map(namespace, owned, _preload_content=False)
+        # The client's types want a V1ConfigMap body; it sends a dict as it is.
+        core.create_namespaced_config_map(namespace, owned, _preload_content=False)  # type: ignore[arg-type]
     except ApiException as err:
         if err.status != 409:  # made by the attempt that made the Job
             raise
@@ -327,9 +334,9 @@ def _why_failed(core: client.CoreV1Api, ref: ValidatorJob, pod: dict) -> str:
 
 def _log(core: client.CoreV1Api, namespace: str, pod: str, container: str) -> str:
     try:
-        return core.read_namespaced_pod_log(pod, namespace, container=container, _preload_content=False).data.decode(
-            errors="replace"
-        )
+        # The client's types promise str; with _preload_content=False it returns the HTTP response.
+        response = core.read_namespaced_pod_log(pod, namespace, container=container, _preload_content=False)
+        return response.data.decode(errors="replace")  # type: ignore[attr-defined]
     except ApiException as err:
         return f"(log unavailable: {err.status} {err.reason})"
 
@@ -348,6 +355,7 @@ def _report(ref: ValidatorJob, pod: str, log: str, files: list[str]) -> list[dic
             f"starting {REPORT_MARKER.strip()!r}); the image's Python may lack Airflow. The end of its "
             f"log:\n{log[-LOG_TAIL:]}"
         )
+    assert results is not None  # `paths` came from it
     return results
 
 
@@ -356,4 +364,5 @@ def _without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
         return url
-    return urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+    host = cast(str, parts.hostname)  # None only for a URL without a host, which fails below as it always has
+    return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))

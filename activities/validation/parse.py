@@ -77,11 +77,13 @@ def parse_changed(
             results[rel] = result
             if not result.get("transient"):
                 cache.store(keys[rel], result)
-    files = plugin_reports(results.pop(PLUGINS), plugins_folder, cached=PLUGINS not in todo)
+    plugins = results.pop(PLUGINS)
+    assert plugins is not None  # from the cache or, with every other missing one, from `parse`
+    files = plugin_reports(plugins, plugins_folder, cached=PLUGINS not in todo)
     for rel in sorted(results):
-        report = FileReport.model_validate(
-            {**results[rel], "path": _from_root(dag_folder, rel), "cached": rel not in todo}
-        )
+        parsed = results[rel]
+        assert parsed is not None
+        report = FileReport.model_validate({**parsed, "path": _from_root(dag_folder, rel), "cached": rel not in todo})
         files.append(policies.check(report, settings))
     owners: dict[str, list[str]] = {}
     for f in files:

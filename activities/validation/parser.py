@@ -41,7 +41,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 MAX_TRACEBACK_LINES = 30
 REPORT_MARKER = "airagent-report: "
@@ -104,7 +104,7 @@ def syntax_tree(source: str | bytes) -> ast.AST | None:
 
 def imported_names(tree: ast.AST | None) -> list[tuple[int, str, list[str]]]:
     """Every import statement anywhere in the module, as (level, module, names)."""
-    found = []
+    found: list[tuple[int, str, list[str]]] = []
     if tree is None:
         return found
     for node in ast.walk(tree):
@@ -221,11 +221,10 @@ class Lookups:
             lambda cls, conn_id, team_name=None: lookups.connection(conn_id, ModelConnection)
         )
 
-        real_getenv, real_get = os.getenv, type(os.environ).get
+        environ_type: Any = type(os.environ)  # its `get` is replaced below, which mypy refuses on a typed class
+        real_getenv, real_get = os.getenv, environ_type.get
         os.getenv = lambda key, default=None: lookups.getenv(real_getenv, key, default)
-        type(os.environ).get = lambda env, key, default=None: lookups.getenv(
-            lambda k, d: real_get(env, k, d), key, default
-        )
+        environ_type.get = lambda env, key, default=None: lookups.getenv(lambda k, d: real_get(env, k, d), key, default)
         self._guard_network_and_database()
 
     @staticmethod
@@ -468,6 +467,7 @@ def parse_all(
             for fd in ready:
                 w = busy[fd]
                 path = w.path
+                assert path is not None  # `busy` holds only workers given a file
                 try:
                     report = w.read()
                 except EOFError:
@@ -624,6 +624,7 @@ def _answer(connection: socket.socket) -> None:
         if not chunks:
             return  # the client connected, then found nothing to parse
         Worker.held.add(connection.fileno())
+        answer: dict[str, list[dict] | str]
         try:
             request = json.loads(b"".join(chunks))
             folder = Path(request["folder"]).resolve()

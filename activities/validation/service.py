@@ -68,7 +68,8 @@ def _ask(runtime: Path, request: dict, timeout: float) -> dict:
     with connect(runtime) as connection, keep_alive("DAG parser"):
         connection.sendall(json.dumps(request).encode())
         connection.shutdown(socket.SHUT_WR)
-        deadline, chunks = time.monotonic() + timeout, []
+        deadline = time.monotonic() + timeout
+        chunks: list[bytes] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([connection], [], [], left)[0]:
@@ -146,6 +147,7 @@ def _start(runtime: Path, server: Path) -> None:
             cwd=server,
             start_new_session=True,
         )  # its own process group, so stop() ends its children too
+    assert process.stdout is not None  # stdout=PIPE
     with process.stdout:
         ready = select.select([process.stdout], [], [], START_SECONDS)[0] and process.stdout.readline()
     if ready != b"ready\n":

@@ -31,14 +31,15 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
     if sha is not None and repo is None:
         raise RepoError(f"{root} is not a git repository, so --sha cannot be looked up; drop --sha")
     with tempfile.TemporaryDirectory(prefix="airagent-check-") as scratch:
-        commit = (
-            resolve(repo, pipeline, sha)
-            if sha
-            else (repo.head.commit.hexsha if repo and repo.head.is_valid() else None)
-        )
+        if sha:
+            assert repo is not None  # a --sha outside a repository was refused above
+            commit: str | None = resolve(repo, pipeline, sha)
+        else:
+            commit = repo.head.commit.hexsha if repo and repo.head.is_valid() else None
         tree = root
         if sha is not None:
             tree = Path(scratch)
+            assert commit is not None  # resolved above; an empty --sha takes the head
             export_commit(pipeline, commit, tree)
         for field in ("dag_folder", "plugins_folder"):
             folder = (tree / getattr(pipeline, field)).resolve()
