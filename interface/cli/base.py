@@ -1,0 +1,86 @@
+"""What every command shares: the app, the consoles, the common options, and one clear line for a user's mistake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from airagent import config as config_module
+from airagent.config import ConfigError
+from airagent.connection import TemporalUnreachable
+from airagent.models import Control
+from airagent.repo import RepoError
+from interface.client import (
+    AirAgent,
+    DeployRefused,
+    NotFound,
+    RollbackRefused,
+    TrainRunning,
+)
+
+HELP = "`airagent`: run the deployer, start trains, watch and steer them. `--json` on every read for machines."
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
+console = Console()
+# Soft wrap keeps `file:line: field` messages whole for grep and CI logs.
+err_console = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="AIRAGENT_CONFIG", help="path of airagent.yaml")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
+PipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
+DEFAULT_CONFIG = Path(config_module.DEFAULT_FILE)
+
+
+def friendly(fn):
+    """Turn the mistakes a user can make into one clear line and exit code 2, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused) as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(2) from None
+        except TemporalUnreachable as err:
+            err_console.print(
+                f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS"
+            )
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# --- services -------------------------------------------------------------------------
+
+
+async def send_control(wf_id: str, name: str, control: Control, as_json: bool) -> int:
+    ack = await (await AirAgent.connect()).control(wf_id, name, control)
+    emit(
+        ack.model_dump(),
+        as_json,
+        f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]",
+    )
+    return 0 if ack.accepted else 1
+
+
+def current_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def emit(data: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(data))
+    else:
+        console.print(text)

@@ -1,0 +1,123 @@
+"""`airagent env`: start, stop and show a local environment's Airflow components."""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from airagent import config as config_module
+from airagent.config import ConfigError
+from interface.cli.base import DEFAULT_CONFIG, ConfigOpt, JsonOpt, app, console, err_console, friendly
+from interface.display import timestamp
+
+env_app = typer.Typer(no_args_is_help=True, help="Start, stop and show a local environment's Airflow components.")
+app.add_typer(env_app, name="env")
+
+
+EnvArg = Annotated[str, typer.Argument(help="environment name from airagent.yaml")]
+EnvPipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
+
+
+def _local(pipeline: str, environment: str, config: Path):
+    from activities.targets.local_airflow import LocalAirflow
+
+    settings = config_module.load_pipeline(pipeline, config)
+    env = settings.environment(environment)
+    if env.target.type != "local":
+        raise ConfigError(
+            f"{config}: environment {environment} is a {env.target.type} target: its Airflow runs "
+            "as the cluster's workloads; `airagent env` starts and stops local environments"
+        )
+    if not env.target.airflow:
+        raise ConfigError(f"{config}: environment {environment} has `airflow: false`: airagent runs no Airflow there")
+    return LocalAirflow(env.name, env.target, env.probes), settings
+
+
+def _env_command(fn):
+    """Environment commands report a component that will not start as one line and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from activities.targets.base import TargetError
+
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:  # a RuntimeError too, but the command's own answer
+            raise
+        except (TargetError, RuntimeError) as err:
+            err_console.print(f"[red]error:[/red] {err}")
+            raise typer.Exit(1) from None
+
+    return friendly(wrapper)
+
+
+@env_app.command("up")
+@_env_command
+def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Start the environment's components that are not running, and wait until Airflow is healthy.
+
+    They run detached: stopping or restarting the worker never stops them."""
+    from activities.runtime import ensure_runtime
+
+    env, settings = _local(pipeline, environment, config)
+    runtime = None if env.files.live() else ensure_runtime(settings.runtime, None)[1]
+    message = env.up(runtime)
+    console.print(
+        f"{environment}: {message}; API http://127.0.0.1:{env.target.port} (login in {env.secrets / 'api-login'})",
+        soft_wrap=True,
+    )
+
+
+@env_app.command("down")
+@_env_command
+def env_down(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Stop the components; the scheduler first lets running tasks finish (up to the drain timeout)."""
+    env, _ = _local(pipeline, environment, config)
+    console.print(f"{environment}: {env.down()}")
+
+
+@env_app.command("status")
+@_env_command
+def env_status(
+    environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False
+) -> None:
+    """What runs there: the live release, each component, and Airflow's own health. Exit 1 when not all run."""
+    env, _ = _local(pipeline, environment, config)
+    live = env.files.live()
+    processes = env.processes()
+    try:
+        with env.api(timeout=3) as api:
+            health = api.health()
+    except Exception as err:
+        health = {"error": f"{type(err).__name__}: {err}"}
+    data = {
+        "environment": environment,
+        "live": live.id if live else None,
+        "commit": live.commit if live else None,
+        "running": env.running(),
+        "components": {name: {**p.model_dump(mode="json"), "alive": p.alive} for name, p in processes.items()},
+        "health": health,
+    }
+    if as_json:
+        print(json.dumps(data))
+    else:
+        table = Table("component", "pid", "state", "started on", "since")
+        for name, p in sorted(processes.items()):
+            table.add_row(
+                name,
+                str(p.pid),
+                "[green]running[/green]" if p.alive else "[red]down[/red]",
+                p.release or "(empty)",
+                timestamp(p.started),
+            )
+        console.print(
+            f"[bold]{environment}[/bold]: live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}"
+        )
+        console.print(table)
+        console.print(f"health: {json.dumps(health)}", soft_wrap=True)
+    raise typer.Exit(0 if data["running"] else 1)

@@ -1,0 +1,111 @@
+"""`airagent pipeline`, and `notify` for CI: a pipeline's conductor, started, watched and steered."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from airagent import config as config_module
+from airagent.models import Control, PipelineControl, conductor_id
+from interface.cli.base import (
+    DEFAULT_CONFIG,
+    ConfigOpt,
+    JsonOpt,
+    PipelineOpt,
+    app,
+    console,
+    current_user,
+    emit,
+    friendly,
+    run,
+    send_control,
+)
+from interface.client import AirAgent
+from interface.display import render_pipeline
+
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="Run a pipeline's conductor: every commit on its branch, deployed."
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+@pipeline_app.command("start")
+@friendly
+def pipeline_start(pipeline: PipelineOpt, config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
+    """Start the pipeline's conductor (idempotent): from now on the branch deploys itself."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> None:
+        handle = await (await AirAgent.connect()).start_pipeline(settings)
+        emit({"conductor": handle.id}, as_json, f"conductor {handle.id} running")
+
+    run(go())
+
+
+@pipeline_app.command("status")
+@friendly
+def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
+    """Paused or frozen, the running train, the queued commit, and the recent trains."""
+
+    async def go() -> None:
+        status = await (await AirAgent.connect()).pipeline_status(pipeline)
+        if as_json:
+            print(status.model_dump_json(indent=2))
+        else:
+            console.print(render_pipeline(status))
+
+    run(go())
+
+
+def _pipeline_control(name: PipelineControl):
+    def command(
+        pipeline: PipelineOpt,
+        reason: Annotated[str | None, typer.Option(help="why; kept in the conductor's event log")] = None,
+        by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        raise typer.Exit(
+            run(send_control(conductor_id(pipeline), name, Control(by=by or current_user(), reason=reason), as_json))
+        )
+
+    command.__doc__ = {
+        PipelineControl.pause: "Start no new trains (a running train goes on).",
+        PipelineControl.resume: "Let trains start again after a pause.",
+        PipelineControl.freeze: "Kill switch: start no new trains until unfrozen; needs --reason.",
+        PipelineControl.unfreeze: "Lift a freeze.",
+    }[name]
+    return friendly(command)
+
+
+for _pipeline_name in PipelineControl:  # not `_name`: that one holds a TrainControl
+    pipeline_app.command(name=_pipeline_name)(_pipeline_control(_pipeline_name))
+
+
+@app.command()
+@friendly
+def notify(
+    pipeline: PipelineOpt,
+    sha: Annotated[
+        str | None, typer.Option(help="the commit that was merged (a hint; the branch head is deployed)")
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="who or what sends this, e.g. the CI job")] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            help="the runtime image CI built and pushed for --sha, named by "
+            "`airagent image tag` (kubernetes, builder external)"
+        ),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    as_json: JsonOpt = False,
+) -> None:
+    """For CI after a merge: have the conductor look at the branch now (starting it if needed)."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> int:
+        ack = await (await AirAgent.connect()).notify(settings, sha, by, image)
+        emit(ack.model_dump(), as_json, ack.message if ack.accepted else f"[red]notify rejected: {ack.message}[/red]")
+        return 0 if ack.accepted else 1
+
+    raise typer.Exit(run(go()))

@@ -1,0 +1,66 @@
+"""Commands that run airagent itself: the dev server, a worker, the demo."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, cast
+
+import typer
+
+from airagent import config as config_module
+
+if TYPE_CHECKING:
+    import subprocess
+
+from interface.cli.base import app, console, run
+
+
+@app.command()
+def dev(
+    port: Annotated[int, typer.Option(help="gRPC port")] = 7233,
+    ui_port: Annotated[int, typer.Option(help="Web UI port")] = 8233,
+) -> None:
+    """Run a persistent Temporal dev server with airagent's search attributes, until Ctrl-C."""
+    from airagent import devserver
+
+    server = devserver.DevServer(config_module.home(), port=port, ui_port=ui_port)
+    server.start()
+    console.print(
+        f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
+        f"(state in {server.db}); Ctrl-C stops it"
+    )
+    # None when start() found a server already listening; .wait() then raises AttributeError, as it always has.
+    process = cast("subprocess.Popen[bytes]", server.process)
+    try:
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@app.command()
+def worker(
+    task_queue: Annotated[str | None, typer.Option(help="default: $AIRAGENT_TASK_QUEUE or 'airagent'")] = None,
+) -> None:
+    """Run a worker; SIGTERM or Ctrl-C lets running activities finish first."""
+    from worker.main import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every URL, and a probe's may carry a token
+    run(serve(task_queue))
+
+
+@app.command()
+def demo(
+    once: Annotated[bool, typer.Option("--once", help="exit when the scenario is done")] = False,
+    repo: Annotated[Path | None, typer.Option(help="monorepo to deploy (default: create the example)")] = None,
+) -> None:
+    """Dev server, worker, example monorepo, two trains: one that lands, one stopped at validate."""
+    from interface import demo as demo_module
+
+    raise typer.Exit(demo_module.main(once=once, repo=repo))
+
+
+# --- trains ---------------------------------------------------------------------------
