@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
-from activities.targets.kubernetes import connect
+from activities.targets.kube_client import connect
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings, home
 
 

@@ -17,7 +17,10 @@ from pathlib import Path
 
 import git
 
-from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
+from activities.targets.kube_git import GitRef
+from activities.targets.kube_record import Rollout
+from activities.targets.kubernetes import KubernetesEnvironment
+from airagent.config import KubernetesTarget
 from airagent.models import RolloutMode
 from tests.kube import cluster as kube
 

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from activities.targets.kubernetes import KubernetesTarget
+from airagent.config import KubernetesTarget
 from worker.main import GRACEFUL_SHUTDOWN
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"

@@ -23,9 +23,11 @@ from temporalio.testing import ActivityEnvironment
 from activities import images
 from activities.roll import roll
 from activities.targets.base import RolloutFailed, RolloutTimeout, UnexpectedLive
+from activities.targets.kube_git import GitRef
+from activities.targets.kube_record import Rollout
 from activities.targets.kube_rollout import deployment_progress, statefulset_progress
-from activities.targets.kubernetes import GitRef, KubernetesEnvironment, KubernetesTarget, Rollout
-from airagent.config import EnvironmentSettings, ImageSettings, PipelineSettings
+from activities.targets.kubernetes import KubernetesEnvironment
+from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Expected, Release, RollInput, RolloutMode
 from tests.kube import cluster as kube
 

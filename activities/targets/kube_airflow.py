@@ -22,8 +22,11 @@ import httpx
 from activities import probes
 from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.base import NotLive, Rolled, RolloutFailed, config_file
+from activities.targets.kube_client import connect
+from activities.targets.kube_git import GitRef
+from activities.targets.kube_record import Rollout, RollReport
 from activities.targets.kube_rollout import FATAL_WAITING
-from activities.targets.kubernetes import GitRef, KubernetesEnvironment, Rollout, RollReport, connect
+from activities.targets.kubernetes import KubernetesEnvironment
 from airagent.config import EnvironmentSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 from airagent.repo import open_repository

@@ -31,142 +31,24 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal, Protocol, cast
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from pydantic import BaseModel, Field
 
 from activities.targets import kube_rollout
 from activities.targets.base import check_live
+from activities.targets.kube_git import DagRef
+from activities.targets.kube_record import KEEP_SNAPSHOTS, RECORD_KEY, Record, Rollout, RollReport, Snapshot, Swap
 from activities.targets.kube_rollout import RELEASE_ANNOTATION, Workload
 from airagent.config import KubernetesTarget
 from airagent.models import Baseline, Expected, RolloutMode
-
-__all__ = [
-    "DagRef",
-    "GitRef",
-    "KubernetesEnvironment",
-    "KubernetesTarget",
-    "Record",
-    "RollReport",
-    "Rollout",
-    "Snapshot",
-    "connect",
-]
-
-RECORD_KEY = "record.json"
-KEEP_SNAPSHOTS = 5  # a ConfigMap holds 1 MiB; five sets of templates fit with room to spare
-
-
-class Rollout(BaseModel):
-    """What to roll: a release and how much of the environment it has to move."""
-
-    release: str
-    commit: str
-    mode: RolloutMode
-    image: str | None = Field(None, description="full image reference; needed by rebuild")
-    config: dict[str, str] | None = Field(
-        None, description="the chart ConfigMap's data for this release; None leaves it as it is"
-    )
-
-
-class Snapshot(BaseModel):
-    """An environment as it was while `release` was live, taken before a roll moved it."""
-
-    release: str | None = Field(description="None: before airagent's first roll")
-    commit: str | None = Field(description="where the DAG ref pointed")
-    templates: dict[str, dict] = Field(description="'<plural>/<name>' -> spec.template exactly as read")
-    config: dict[str, str] | None
-    taken: datetime
-
-
-class Swap(BaseModel):
-    at: datetime
-    action: Literal["roll", "rollback"]
-    release: str | None
-    replaced: str | None
-
-
-class Record(BaseModel):
-    live: str | None = None
-    live_commit: str | None = None
-    previous: str | None = None
-    pending: str | None = Field(
-        None,
-        description="release a roll or rollback is moving to until it is done; '' for a rollback to before airagent",
-    )
-    snapshots: list[Snapshot] = []
-    history: list[Swap] = []
-    baseline: Baseline | None = Field(None, description="how Airflow was before the roll in progress or last done")
-
-    def snapshot(self, release: str | None) -> Snapshot | None:
-        return next((s for s in reversed(self.snapshots) if s.release == release), None)
-
-
-class RollReport(BaseModel):
-    live: str | None
-    previous: str | None
-    changed: bool = Field(description="False when the environment was already there (a retried activity)")
-    patched: list[str] = Field([], description="objects patched, '<plural>/<name>'")
-    rollout: list[str] = Field([], description="the last word on each workload's rollout")
-
-
-class DagRef(Protocol):
-    """The git ref an environment's GitDagBundle tracks; moving it is what a dags-only roll does."""
-
-    def read(self) -> str | None: ...
-
-    def move(self, commit: str) -> None: ...
-
-
-class GitRef:
-    """A branch in a repository (GitPython), pushed to `remote` when given, where GitDagBundle clones from."""
-
-    def __init__(self, repo: str | os.PathLike[str], name: str, remote: str | None = None):
-        import git
-
-        if name.startswith("-"):
-            raise ValueError(f"ref {name!r} must not start with '-'")
-        self.repo, self.name, self.remote = git.Repo(repo), name, remote
-
-    def read(self) -> str | None:
-        if self.remote:
-            # GitPython types a git command's output loosely; without as_process or with_extended_output it is str
-            listed = cast(str, self.repo.git.ls_remote(self.remote, f"refs/heads/{self.name}"))
-            for line in listed.splitlines():
-                return line.split()[0]
-            return None
-        head = next((h for h in self.repo.heads if h.name == self.name), None)
-        return head.commit.hexsha if head else None
-
-    def move(self, commit: str) -> None:
-        self.repo.create_head(self.name, commit, force=True)
-        if self.remote:
-            self.repo.git.push(self.remote, f"+{commit}:refs/heads/{self.name}")
-
 
 # Asked, once the release should be live, whether Airflow serves it: (release id, commit) -> raises if not.
 Confirm = Callable[[str | None, str | None], None]
 # Asked once per roll, before anything changes: how the environment is, for soak to compare against.
 Observe = Callable[[], Baseline]
-
-
-def connect(target: KubernetesTarget) -> client.ApiClient:
-    """An API client from the target's kubeconfig/context, else the pod's service account, else ~/.kube/config."""
-    if target.kubeconfig or target.context:
-        return config.new_client_from_config(
-            config_file=str(target.kubeconfig) if target.kubeconfig else None, context=target.context
-        )
-    try:
-        conf = client.Configuration()
-        config.load_incluster_config(client_configuration=conf)
-        return client.ApiClient(conf)
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 class KubernetesEnvironment:

@@ -34,8 +34,8 @@ from pydantic import BaseModel, Field
 from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
+from activities.targets.kube_client import connect
 from activities.targets.kube_rollout import FATAL_WAITING, WATCH_SECONDS
-from activities.targets.kubernetes import connect
 from activities.validation.cache import PARSER
 from activities.validation.parse import parse_changed
 from activities.validation.parser import REPORT_MARKER
