@@ -32,7 +32,7 @@ from tests.devserver import (  # noqa: F401  fixtures
     worker,
 )
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.slow]
 
 
 async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(agent, worker, tmp_path):

@@ -30,7 +30,7 @@ from interface.client import AirAgent
 from tests.devserver import agent, cli_env, dev_server, until, worker  # noqa: F401  fixtures
 from worker.main import WORKFLOWS
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.slow]
 
 
 async def watch(agent: AirAgent, wf_id: str, every: float = 0.2) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tests.devserver import cli_env, dev_server  # noqa: F401  fixtures
 from tests.faults import Scenario, run
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.slow]
 
 
 async def test_trains_survive_worker_kills_and_a_server_restart(dev_server, cli_env, tmp_path):

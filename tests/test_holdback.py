@@ -157,6 +157,7 @@ def _failing(runtime: Path, bundle: Path, pipeline: PipelineSettings) -> dict[st
 edit = st.tuples(st.sampled_from([SHARED, *TEAM_FILES]), st.booleans(), st.booleans())  # path, broken, uses shared
 
 
+@pytest.mark.slow  # parses with the Airflow runtime
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.lists(edit, min_size=1, max_size=2), min_size=1, max_size=6))
 def test_a_release_without_the_held_commits_parses_and_carries_every_independent_commit(runtime, commits):

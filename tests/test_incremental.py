@@ -19,6 +19,9 @@ from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
 from tests.conftest import make_pipeline
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 HEAD = (
     "from datetime import datetime\nfrom airflow.sdk import DAG\n"
     "from airflow.providers.standard.operators.empty import EmptyOperator\n"

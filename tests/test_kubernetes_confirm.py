@@ -30,7 +30,7 @@ from airagent.devserver import free_ports
 from airagent.models import Release, RolloutMode
 from tests.kube import cluster as kube
 
-pytestmark = pytest.mark.airflow
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 REF = "airagent/staging"
 DAGS = {

@@ -31,6 +31,9 @@ from airagent.config import EnvironmentSettings, ImageSettings, KubernetesTarget
 from airagent.models import Expected, Release, RollInput, RolloutMode
 from tests.kube import cluster as kube
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 KUBECONFIG = os.environ.get("AIRAGENT_KUBECONFIG")
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 WORKLOADS = [

@@ -25,6 +25,9 @@ from tests.conftest import start_train
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 REGISTRY = "registry.example/data/airflow"
 CONTEXT = "https://git.example/monorepo.git"  # where the cluster clones commits from (kaniko, the validator's git-sync)
 WORKLOADS = [

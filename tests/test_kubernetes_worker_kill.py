@@ -15,7 +15,7 @@ from tests.kube import cluster as kube
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
 from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, run_validator_jobs
 
-pytestmark = pytest.mark.devserver
+pytestmark = [pytest.mark.devserver, pytest.mark.slow]
 
 
 async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_env, tmp_path):

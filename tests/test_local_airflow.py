@@ -25,7 +25,7 @@ from airagent.devserver import binary, free_ports
 from airagent.models import BuildInput, Release, RolloutMode
 from tests.conftest import make_pipeline
 
-pytestmark = pytest.mark.airflow
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 SLEEPER = dedent("""\
     from datetime import datetime

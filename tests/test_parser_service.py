@@ -19,6 +19,9 @@ from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 from tests.test_validate import GOOD, dag, settings, tree
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def runtime(monkeypatch) -> Path:

@@ -17,7 +17,7 @@ from tests.conftest import make_pipeline
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401 - fixtures
 from tests.test_local_airflow import wait_for
 
-pytestmark = [pytest.mark.airflow, pytest.mark.devserver]
+pytestmark = [pytest.mark.airflow, pytest.mark.devserver, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,9 @@ from airagent.config import PipelineSettings, Runtime
 from airagent.models import BuildInput, FileReport, ValidateInput, ValidationReport, last_line
 from tests.conftest import make_pipeline
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 GOOD = (
     example.dag_file("fine")
     .replace("from common.naming import task_name\n", "")

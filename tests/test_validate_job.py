@@ -14,6 +14,9 @@ from airagent.models import Release
 from tests.kube import cluster as kube
 from tests.kube.controller import Kubelet
 
+# The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
 URL = "https://git.example/monorepo.git"
 
 
