@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -237,3 +238,16 @@ def test_the_cli_names_an_unreachable_temporal_and_exits_2(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     assert "cannot reach Temporal (127.0.0.1:1" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_airagent_dev_says_so_when_a_server_already_listens(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [Path(sys.executable).with_name("airagent"), "dev", "--port", str(port)],
+            env={**os.environ, "AIRAGENT_HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2 and f"already listens on localhost:{port}" in done.stderr, done.stderr

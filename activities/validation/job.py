@@ -25,7 +25,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from kubernetes import client, watch
@@ -364,5 +363,5 @@ def _without_password(url: str) -> str:
     parts = urlsplit(url)
     if parts.password is None and parts.username is None:
         return url
-    host = cast(str, parts.hostname)  # None only for a URL without a host, which fails below as it always has
+    host = parts.hostname or ""
     return urlunsplit(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))

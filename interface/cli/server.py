@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast
+from typing import Annotated
 
 import typer
 
 from airagent import config as config_module
-
-if TYPE_CHECKING:
-    import subprocess
-
-from interface.cli.base import app, console, run
+from interface.cli.base import app, console, err_console, run
 
 
 @app.command()
@@ -25,15 +21,16 @@ def dev(
     from airagent import devserver
 
     server = devserver.DevServer(config_module.home(), port=port, ui_port=ui_port)
-    server.start()
+    if not server.start():
+        err_console.print(f"[red]error:[/red] a server already listens on localhost:{port}; use it, or pick --port")
+        raise typer.Exit(2)
     console.print(
         f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "
         f"(state in {server.db}); Ctrl-C stops it"
     )
-    # None when start() found a server already listening; .wait() then raises AttributeError, as it always has.
-    process = cast("subprocess.Popen[bytes]", server.process)
+    assert server.process is not None  # start() just started it
     try:
-        process.wait()
+        server.process.wait()
     except KeyboardInterrupt:
         pass
     finally:
