@@ -32,6 +32,9 @@ def test_histories_are_recorded():
         "conductor",
         "train_under_faults",
         "conductor_window_under_faults",
+        "conductor_bisection",
+        "train_bisection_step",
+        "train_held_back_after_bisection",
     }
 
 

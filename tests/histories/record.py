@@ -2,6 +2,9 @@
 
     .venv/bin/python -m tests.histories.record
 
+The bisection histories (conductor_bisection, train_bisection_step, train_held_back_after_bisection)
+come from the run of tests/test_conductor.py's bisection test, fetched at its end.
+
 Keep the old files too (rename them with a version suffix) when a change needs
 `workflow.patched`: replaying them proves running workflows survive the new code.
 """
