@@ -90,6 +90,14 @@ def live(tmp_path_factory):
     env.down()
 
 
+@pytest.fixture(autouse=True)
+def running(live):
+    """Each test starts with every component running, whatever the test before it left."""
+    env, _, _ = live
+    if not env.running():
+        env.up()
+
+
 def test_up_is_found_by_a_new_driver_and_up_again_starts_nothing(live):
     env, _, _ = live
     again = LocalAirflow(env.name, env.target)  # as a restarted worker would see it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,17 @@ def world(tmp_path_factory):
     env.up(ensure_runtime(pipeline.runtime, None)[1])
     yield repo, pipeline, env
     env.down()
+
+
+@pytest.fixture(autouse=True)
+def ready(world):
+    """Each test starts on a head without the failing DAG and with every component running, whatever the test
+    before it left."""
+    repo, _, env = world
+    if (Path(repo.working_tree_dir) / example.FAILING_PATH).exists():
+        example.commit(repo, {example.FAILING_PATH: None}, "tests: remove the failing DAG", "platform")
+    if not env.running():
+        env.up()
 
 
 @pytest.fixture
