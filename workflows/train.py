@@ -10,21 +10,19 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
-from temporalio.workflow import ActivityConfig
+from temporalio.exceptions import ActivityError
 
 from workflows.options import ANNOUNCE, LONG, QUICK, ROLL, ROLLBACK
-from workflows.train_controls import TrainControls
+from workflows.train_bookkeeping import Failed, Stop, cause
+from workflows.train_holdback import HOLD_BACK, TrainHoldBack
 
 with workflow.unsafe.imports_passed_through():
     from activities.announce import announce
     from activities.build import build
     from activities.diff import diff
-    from activities.holdback import hold_back
     from activities.roll import roll, rollback
     from activities.soak import soak_check
     from activities.validate import validate
-    from airagent import details
     from airagent import search_attributes as sa
     from airagent.config import EnvironmentSettings
     from airagent.models import (
@@ -38,12 +36,11 @@ with workflow.unsafe.imports_passed_through():
         EnvironmentStatus,
         Expected,
         HeldCommit,
-        HoldInput,
-        HoldResult,
         Outcome,
         Release,
         RollbackInput,
         RollInput,
+        RolloutMode,
         SoakCheckInput,
         StageRecord,
         TrainControl,
@@ -54,32 +51,9 @@ with workflow.unsafe.imports_passed_through():
         ValidationReport,
     )
 
-# Rounds of holding back before a release that still fails validation fails the train.
-MAX_HOLD_ROUNDS = 3
-# A failure's text travels in history and notifications: the head of it says enough.
-MAX_REASON = 1000
-HOLD_BACK = "hold-back"
-
-
-class _Stop(Exception):
-    """An accepted abort or rollback, acted on at a safe point."""
-
-
-class _Failed(Exception):
-    def __init__(
-        self,
-        stage: str,
-        detail: str,
-        environment: str | None = None,
-        state: TrainState = TrainState.failed,
-        kind: str | None = None,
-    ):
-        super().__init__(detail)
-        self.stage, self.detail, self.environment, self.state, self.kind = stage, detail, environment, state, kind
-
 
 @workflow.defn(name="DeployTrain")
-class DeployTrain(TrainControls):
+class DeployTrain(TrainHoldBack):
     @workflow.init
     def __init__(self, input: TrainInput) -> None:
         self.pipeline = input.pipeline
@@ -119,7 +93,7 @@ class DeployTrain(TrainControls):
             presume = input.held if self.pipeline.isolation and workflow.patched(HOLD_BACK) else []
             change = await self._diff(input.target, presume)
             if change.held and self._holds_everything(change.held):
-                raise _Failed(
+                raise Failed(
                     "diff",
                     "every commit of this train is held back: "
                     + "; ".join(f"{h.sha[:12]} {h.reason}" for h in change.held),
@@ -144,13 +118,13 @@ class DeployTrain(TrainControls):
                 await self._roll(env, env_change)
                 await self._soak(env)
             if self.stop:
-                raise _Stop()
+                raise Stop()
             where = f"on {input.bisect.environment}, for the bisection" if input.bisect else "in every environment"
             assert self.release is not None
             return self._finish(TrainState.succeeded, f"{self.release.id} live {where}")
-        except _Stop:
+        except Stop:
             return await self._stopped()
-        except _Failed as failure:
+        except Failed as failure:
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
             problems = await self._rollback([failure.environment]) if failure.environment else ""
             if failure.state == TrainState.rolled_back and failure.environment and not problems:
@@ -174,9 +148,7 @@ class DeployTrain(TrainControls):
                 )
             except ActivityError as err:
                 self.status.events.append(
-                    self._event(
-                        "notify", Control(), False, f"{receiver.type} notification not delivered: {_cause(err)}"
-                    )
+                    self._event("notify", Control(), False, f"{receiver.type} notification not delivered: {cause(err)}")
                 )
 
     # --- stages -----------------------------------------------------------------------
@@ -195,7 +167,7 @@ class DeployTrain(TrainControls):
         self.changed = sorted({f.path for e in change.environments for f in e.files})
         self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
         modes = [e.mode for e in change.environments if e.mode]
-        self.status.mode = max(modes, key=_MODE_ORDER.index) if modes else None
+        self.status.mode = max(modes, key=list(RolloutMode).index) if modes else None
         for e in change.environments:
             env = self._env(e.environment)
             env.live, env.previous, env.live_commit, env.mode = e.live_release, e.live_release, e.live_commit, e.mode
@@ -216,123 +188,13 @@ class DeployTrain(TrainControls):
         self._stages[-1].detail = f"release {release.id} (runtime {release.runtime_hash})"
         return release
 
-    async def _built(self, input: TrainInput, change: DiffResult) -> DiffResult:
-        """Build the release. A runtime that does not build is traced to the commits that changed the requirements
-        file: those are held back and the head is built without them."""
-        try:
-            self.release = await self._build(input)
-            return change
-        except _Failed as failure:
-            if failure.kind != "RuntimeBuildFailed" or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
-                raise
-            self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(f"{failure.kind}: ")[
-                :MAX_REASON
-            ]
-            hold = await self._hold_back(self._hold_input(input, self.failures))
-            if hold.commit is None or self._holds_everything(hold.held):
-                raise
-        self.status.held = hold.held
-        await self._checkpoint()
-        change = await self._diff(hold.commit)
-        self.release = await self._build(input)
-        return change
-
-    async def _validated(self, input: TrainInput, change: DiffResult) -> DiffResult:
-        """Validate the release. When its failures trace to some of the train's commits, hold those back
-        and validate the head without their changes, until a release passes or nothing more traces."""
-        failures = self.failures
-        rounds = 0
-        while True:
-            self.report = None
-            assert self.release is not None
-            try:
-                await self._validate(
-                    ValidateInput(
-                        release=self.release,
-                        pipeline=input.pipeline,
-                        live_commits=[e.live_commit for e in change.environments if e.live_commit],
-                    )
-                )
-                return change
-            except _Failed:
-                rounds += 1
-                # Only a report's failures trace to commits; a validate that could not run fails the train.
-                if (
-                    self.report is None
-                    or rounds > MAX_HOLD_ROUNDS
-                    or not self.pipeline.isolation
-                    or not workflow.patched(HOLD_BACK)
-                ):
-                    raise
-            failures |= self.report.failures()
-            hold = await self._hold_back(self._hold_input(input, failures))
-            if hold.commit is None or self._holds_everything(hold.held):
-                raise _Failed("validate", self.report.summary())  # nothing else to deploy
-            self.status.held = hold.held
-            await self._checkpoint()
-            change = await self._diff(hold.commit)
-            self.release = await self._build(input)
-
-    def _hold_input(self, input: TrainInput, failures: dict[str, str], soak: bool = False) -> HoldInput:
-        """What `hold_back` needs of this train: its head and commits, and what the first environment runs."""
-        return HoldInput(
-            pipeline=self.pipeline,
-            target=self.status.target,
-            commits=[c.sha for c in self.status.commits],
-            live_commit=self.status.environments[0].live_commit,
-            bundle=self.release.bundle if self.release else "",
-            failures=failures,
-            held=input.held,
-            soak=soak,
-        )
-
-    def _holds_everything(self, held: list[HeldCommit]) -> bool:
-        return {c.sha for c in self.status.commits} <= {h.sha for h in held}
-
-    async def _hold_back(self, request: HoldInput) -> HoldResult:
-        """Trace failures (and earlier holds) to commits; the current stage's detail names what is held."""
-        try:
-            hold: HoldResult = await workflow.execute_activity(hold_back, request, **QUICK)
-        except ActivityError as err:
-            raise _Failed(
-                self._stages[-1].name, f"{self._stages[-1].detail}\n(could not hold back: {_cause(err)})"
-            ) from None
-        if hold.held:
-            self._stages[-1].detail = (
-                (self._stages[-1].detail or "")
-                + "\nheld back: "
-                + ", ".join(f"{h.sha[:12]} ({h.author})" for h in hold.held)
-            )
-        return hold
-
-    async def _trace_regression(self, input: TrainInput, env: str) -> None:
-        """After a soak rollback, the DAGs whose tasks failed lead to their files and the commits that changed
-        them: the conductor holds those back from the next train. Best effort: the rollback is done."""
-        readings = self._env(env).probes.get("task_failure_rate", [])[-1:]
-        dags = {d for r in readings if not r.ok for d in r.dag_ids}
-        files = {
-            f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
-            for f in (self.report.files if self.report else [])
-            if dags & set(f.dag_ids)
-        }
-        if not files or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
-            return
-        try:
-            hold: HoldResult = await workflow.execute_activity(
-                hold_back, self._hold_input(input, files, soak=True), **QUICK
-            )
-        except ActivityError:
-            return
-        known = {h.sha for h in self.status.held}
-        self.status.held = [*self.status.held, *(h for h in hold.held if h.sha not in known)]
-
     async def _validate(self, request: ValidateInput) -> None:
         report = await self._activity("validate", None, validate, request, LONG)
         self.report = report
         self.status.validation = report.summary()
         if not report.ok:
             self._end(self._stages[-1], Outcome.failed, report.summary())
-            raise _Failed("validate", report.summary())
+            raise Failed("validate", report.summary())
         self._stages[-1].detail = report.summary()
 
     async def _approval(self, env: str) -> None:
@@ -343,7 +205,7 @@ class DeployTrain(TrainControls):
         self.awaiting_approval = None
         if self.stop:
             self._end(record, Outcome.stopped)
-            raise _Stop()
+            raise Stop()
         self._end(record, Outcome.ok, "approved")
 
     async def _roll(self, env: EnvironmentSettings, change: EnvironmentChange) -> None:
@@ -369,7 +231,7 @@ class DeployTrain(TrainControls):
                 ),
                 ROLL,
             )
-        except _Failed as failure:
+        except Failed as failure:
             if failure.kind in REFUSED_UNTOUCHED:  # refused before changing anything: nothing to undo
                 self.touched.remove(env.name)
                 status.state = "down" if failure.kind == "EnvironmentDown" else "moved"
@@ -414,14 +276,14 @@ class DeployTrain(TrainControls):
                     **LONG,
                 )
             except ActivityError as err:
-                self._end(record, Outcome.failed, _cause(err))
-                raise _Failed("soak", _cause(err), env.name) from None
+                self._end(record, Outcome.failed, cause(err))
+                raise Failed("soak", cause(err), env.name) from None
             checks += 1
             for reading in check.readings:
                 status.probes[reading.probe] = [*status.probes.get(reading.probe, []), reading][-READINGS_KEPT:]
             if not check.healthy:
                 self._end(record, Outcome.failed, check.detail)
-                raise _Failed("soak", check.detail, env.name, state=TrainState.rolled_back)
+                raise Failed("soak", check.detail, env.name, state=TrainState.rolled_back)
             record.detail = f"{checks} checks healthy; {_short(remaining)} to go"
             self._publish()
         status.state = "live"
@@ -452,7 +314,7 @@ class DeployTrain(TrainControls):
                     ),
                     ROLLBACK,
                 )
-            except _Failed as failure:
+            except Failed as failure:
                 problems.append(f"rollback of {name} failed: {failure.detail}")
                 continue
             env = self._env(name)
@@ -489,64 +351,9 @@ class DeployTrain(TrainControls):
         if self.stop:
             if record is not None:
                 self._end(record, Outcome.stopped, f"{self.stop[0]} requested")
-            raise _Stop()
-
-    # --- bookkeeping --------------------------------------------------------------------
-
-    @property
-    def _stages(self) -> list[StageRecord]:
-        return self.status.stages
-
-    def _env(self, name: str) -> EnvironmentStatus:
-        return self.status.environment_status(name)
-
-    async def _activity(self, stage: str, env: str | None, fn, arg, options: ActivityConfig):
-        record = self._begin(stage, env)
-        try:
-            result = await workflow.execute_activity(fn, arg, **options)
-        except ActivityError as err:
-            self._end(record, Outcome.failed, _cause(err))
-            root = _root(err)
-            raise _Failed(stage, _cause(err), kind=root.type if isinstance(root, ApplicationError) else None) from None
-        self._end(record, Outcome.ok)
-        return result
-
-    def _begin(self, stage: str, env: str | None) -> StageRecord:
-        record = StageRecord(name=stage, environment=env, started=workflow.now())
-        self._stages.append(record)
-        self.status.stage, self.status.environment = stage, env
-        self._publish()
-        return record
-
-    def _end(self, record: StageRecord, outcome: Outcome, detail: str | None = None) -> None:
-        record.ended, record.outcome = workflow.now(), outcome
-        if detail is not None:
-            record.detail = detail
-        self._publish()
-
-    def _finish(self, state: TrainState, reason: str) -> TrainStatus:
-        self.status.state, self.status.reason, self.status.ended = state, reason, workflow.now()
-        self._publish()
-        return self.status
-
-    def _publish(self) -> None:
-        """Keep the Web UI current: search attributes when they change, details always."""
-        attrs = (self.status.stage, self.status.state.value, self.status.environment)
-        if attrs != self._published:
-            self._published = attrs
-            workflow.upsert_search_attributes(
-                [
-                    sa.STAGE.value_set(self.status.stage) if self.status.stage else sa.STAGE.value_unset(),
-                    sa.STATE.value_set(self.status.state.value),
-                    sa.ENVIRONMENT.value_set(self.status.environment)
-                    if self.status.environment
-                    else sa.ENVIRONMENT.value_unset(),
-                ]
-            )
-        workflow.set_current_details(details.train(self.status))
+            raise Stop()
 
 
-_MODE_ORDER = ["dags-only", "restart", "rebuild"]
 READINGS_KEPT = 10
 # Roll failures raised before the target changed anything, so the train rolls nothing back.
 REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
@@ -561,18 +368,6 @@ async def _timer(timeout: timedelta, wake) -> bool:
     except TimeoutError:
         return True
     return False
-
-
-def _root(err: ActivityError) -> BaseException | None:
-    """The ApplicationError an activity raised, under the retry and timeout wrappers."""
-    cause = err.cause
-    while isinstance(cause, FailureError) and not isinstance(cause, ApplicationError) and cause.cause is not None:
-        cause = cause.cause
-    return cause
-
-
-def _cause(err: ActivityError) -> str:
-    return str(_root(err) or err)
 
 
 def _short(delta: timedelta) -> str:

@@ -1,0 +1,105 @@
+"""What a train keeps of itself: each stage's record, how the train ended, and what the Web UI shows.
+
+Every activity of a stage goes through `_activity`, which opens the stage's record, closes
+it with the outcome, and turns an activity's failure into `Failed` with its root cause.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.workflow import ActivityConfig
+
+from workflows.train_controls import TrainControls
+
+with workflow.unsafe.imports_passed_through():
+    from airagent import details
+    from airagent import search_attributes as sa
+    from airagent.models import EnvironmentStatus, Outcome, StageRecord, TrainState, TrainStatus
+
+
+class Stop(Exception):
+    """An accepted abort or rollback, acted on at a safe point."""
+
+
+class Failed(Exception):
+    def __init__(
+        self,
+        stage: str,
+        detail: str,
+        environment: str | None = None,
+        state: TrainState = TrainState.failed,
+        kind: str | None = None,
+    ):
+        super().__init__(detail)
+        self.stage, self.detail, self.environment, self.state, self.kind = stage, detail, environment, state, kind
+
+
+class TrainBookkeeping(TrainControls):
+    """The records of DeployTrain's stages; the train keeps `status` and `_published`."""
+
+    _published: tuple | None
+
+    @property
+    def _stages(self) -> list[StageRecord]:
+        return self.status.stages
+
+    def _env(self, name: str) -> EnvironmentStatus:
+        return self.status.environment_status(name)
+
+    async def _activity(self, stage: str, env: str | None, fn, arg, options: ActivityConfig):
+        record = self._begin(stage, env)
+        try:
+            result = await workflow.execute_activity(fn, arg, **options)
+        except ActivityError as err:
+            self._end(record, Outcome.failed, cause(err))
+            root = root_of(err)
+            raise Failed(stage, cause(err), kind=root.type if isinstance(root, ApplicationError) else None) from None
+        self._end(record, Outcome.ok)
+        return result
+
+    def _begin(self, stage: str, env: str | None) -> StageRecord:
+        record = StageRecord(name=stage, environment=env, started=workflow.now())
+        self._stages.append(record)
+        self.status.stage, self.status.environment = stage, env
+        self._publish()
+        return record
+
+    def _end(self, record: StageRecord, outcome: Outcome, detail: str | None = None) -> None:
+        record.ended, record.outcome = workflow.now(), outcome
+        if detail is not None:
+            record.detail = detail
+        self._publish()
+
+    def _finish(self, state: TrainState, reason: str) -> TrainStatus:
+        self.status.state, self.status.reason, self.status.ended = state, reason, workflow.now()
+        self._publish()
+        return self.status
+
+    def _publish(self) -> None:
+        """Keep the Web UI current: search attributes when they change, details always."""
+        attrs = (self.status.stage, self.status.state.value, self.status.environment)
+        if attrs != self._published:
+            self._published = attrs
+            workflow.upsert_search_attributes(
+                [
+                    sa.STAGE.value_set(self.status.stage) if self.status.stage else sa.STAGE.value_unset(),
+                    sa.STATE.value_set(self.status.state.value),
+                    sa.ENVIRONMENT.value_set(self.status.environment)
+                    if self.status.environment
+                    else sa.ENVIRONMENT.value_unset(),
+                ]
+            )
+        workflow.set_current_details(details.train(self.status))
+
+
+def root_of(err: ActivityError) -> BaseException | None:
+    """The ApplicationError an activity raised, under the retry and timeout wrappers."""
+    cause = err.cause
+    while isinstance(cause, FailureError) and not isinstance(cause, ApplicationError) and cause.cause is not None:
+        cause = cause.cause
+    return cause
+
+
+def cause(err: ActivityError) -> str:
+    return str(root_of(err) or err)
