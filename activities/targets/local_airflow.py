@@ -14,11 +14,7 @@ the old one leaves, so the API never stops answering.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
-import json
-import os
-import secrets
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,24 +23,22 @@ import httpx
 
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
-from activities.targets.base import EnvironmentDown, NotLive, config_file
+from activities.targets.base import EnvironmentDown, NotLive
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Manifest, differing
+from activities.targets.local_settings import (
+    airflow_home,
+    component_env,
+    ensure_secrets,
+    secrets_dir,
+    write,
+)
 from airagent.config import LocalTarget, Probes
 from airagent.models import Baseline, Expected, ProbeReading, Release, RolloutMode
 
 WORKERS = ("scheduler", "dag-processor", "triggerer")
 API_SLOTS = ("api-server-1", "api-server-2")
 COMPONENTS = (*WORKERS, "api-server")
-USER = "airagent"
-# Settings airagent chooses unless the release's airflow.cfg chooses otherwise.
-DEFAULTS = {
-    ("core", "executor"): "LocalExecutor",
-    ("core", "load_examples"): "False",
-    ("core", "simple_auth_manager_users"): f"{USER}:admin",
-    ("dag_processor", "refresh_interval"): "5",
-    ("api", "workers"): "1",
-}
 
 
 class LocalAirflow:
@@ -52,8 +46,8 @@ class LocalAirflow:
         self.name, self.target, self.settings = name, target, probes or Probes()
         self.files = LocalEnvironment(target.path, name)
         self.components = Components(target.path)
-        self.home = target.path / "airflow"
-        self.secrets = target.path / "secrets"
+        self.home = airflow_home(target)
+        self.secrets = secrets_dir(target)
         self.baseline_file = target.path / "baseline.json"
 
     # --- what runs ----------------------------------------------------------------------
@@ -89,7 +83,7 @@ class LocalAirflow:
         release = self.files.live()
         if release is None and runtime is None:
             raise EnvironmentDown(f"{self.name} has no release yet; give a runtime to start it empty")
-        self._ensure_secrets()
+        ensure_secrets(self.target)
         root = release.runtime if release else runtime
         assert root is not None  # refused above when there is neither
         python = Path(root) / "bin" / "python"
@@ -166,8 +160,8 @@ class LocalAirflow:
             return
         with self.api() as api:
             baseline = probes.take_baseline(api, self.settings)
-        _write(self.baseline_file, baseline.model_dump_json(indent=2))
-        _write(self.baseline_file.with_suffix(".release"), release_id)
+        write(self.baseline_file, baseline.model_dump_json(indent=2))
+        write(self.baseline_file.with_suffix(".release"), release_id)
 
     def _same_components(self, release: Release) -> bool:
         """Whether the running components were started on a release with this one's plugins, config and runtime."""
@@ -222,7 +216,7 @@ class LocalAirflow:
 
     def restart(self, release: Release) -> str:
         """Drain, restart the workers, swap the api-server without a gap, and wait for health."""
-        self._ensure_secrets()
+        ensure_secrets(self.target)
         python = Path(release.runtime) / "bin" / "python"
         drained = self.drain()
         found = self.processes()
@@ -332,14 +326,14 @@ class LocalAirflow:
         return self.components.start(
             name,
             [python.with_name("airflow"), name],
-            self._env(python, release),
+            component_env(self.name, self.target, python, release),
             cwd=self.home,
             release=release.id if release else None,
         )
 
     def _start_api(self, slot: str, python: Path, release: Release | None) -> Process:
         port = self.target.port + API_SLOTS.index(slot) + 1
-        env = self._env(python, release)
+        env = component_env(self.name, self.target, python, release)
         # Both slots listen on the shared port; each also on its own, so airagent can ask the new one directly.
         env["GUNICORN_CMD_ARGS"] = (
             f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
@@ -352,62 +346,11 @@ class LocalAirflow:
         """`airflow db migrate` is idempotent and quick; a new runtime may bring a new schema."""
         self.home.mkdir(parents=True, exist_ok=True)
         process.run(
-            [python.with_name("airflow"), "db", "migrate"], env=self._env(python, release), cwd=self.home, timeout=600
+            [python.with_name("airflow"), "db", "migrate"],
+            env=component_env(self.name, self.target, python, release),
+            cwd=self.home,
+            timeout=600,
         )
-
-    def _env(self, python: Path, release: Release | None) -> dict[str, str]:
-        port = self.target.port
-        live = self.target.path / "current"
-        env = {
-            "PATH": f"{python.parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
-            "HOME": os.environ.get("HOME", str(self.home)),
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(live / (release.dag_folder if release else "dags")),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(live / (release.plugins_folder if release else "plugins")),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self._database_url(),
-            "AIRFLOW__API__PORT": str(port),
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__API__SERVER_TYPE": "gunicorn",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 3),
-            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 4),
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.secrets / "passwords.json"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": (self.secrets / "jwt-secret").read_text().strip(),
-            "AIRFLOW__API__SECRET_KEY": (self.secrets / "jwt-secret").read_text().strip(),
-        }
-        config = config_file(release)
-        chosen = configparser.RawConfigParser()
-        if config:
-            env["AIRFLOW_CONFIG"] = str(config)
-            chosen.read(config)
-        for (section, key), value in DEFAULTS.items():
-            if not chosen.has_option(section, key):
-                env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = value
-        return env
-
-    def _database_url(self) -> str:
-        name = self.target.database_url_env
-        if name:
-            if not os.environ.get(name):
-                raise EnvironmentDown(
-                    f"{self.name}: target.database_url_env names {name}, which is not set on "
-                    "this worker; export it or remove the setting to use SQLite"
-                )
-            return os.environ[name]
-        return f"sqlite:///{self.home / 'airflow.db'}"
-
-    def _ensure_secrets(self) -> None:
-        """A JWT secret the components share, and airagent's own login, made once and kept private."""
-        self.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
-        jwt = self.secrets / "jwt-secret"
-        if not jwt.exists():
-            _write(jwt, secrets.token_urlsafe(32), private=True)
-        login = self.secrets / "api-login"
-        if not login.exists():
-            password = secrets.token_urlsafe(24)
-            _write(self.secrets / "passwords.json", json.dumps({USER: password}), private=True)
-            _write(login, f"{USER}:{password}", private=True)
 
     def _grace(self, name: str) -> float:
         # The scheduler may still be finishing tasks the drain gave up on; the others stop quickly.
@@ -443,11 +386,3 @@ def _parsed_after(dag: dict, moment: datetime) -> bool:
     if not parsed:
         return False
     return datetime.fromisoformat(parsed.replace("Z", "+00:00")) >= moment
-
-
-def _write(path: Path, text: str, private: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    if private:
-        tmp.chmod(0o600)
-    os.replace(tmp, path)
