@@ -7,7 +7,6 @@ main, a train builds and validates the release that will pass, once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC
 from typing import cast
 
@@ -30,7 +29,7 @@ from airagent.models import (
     Marker,
     RolloutMode,
 )
-from airagent.repo import RepoError, commit_exists, open_repository, resolve, stands_for
+from airagent.repo import RepoError, commit_exists, files_of, open_repository, resolve, stands_for
 
 _CHANGE = {"A": "added", "D": "deleted", "M": "modified", "R": "renamed", "T": "type-changed", "C": "copied"}
 
@@ -43,13 +42,7 @@ def changed_files(repo: git.Repo, live: str | None, target: str, rules: Classifi
     """Files that differ between two commits (everything, on a first deploy), with renames detected."""
     head = repo.commit(target)
     if live is None:
-        # GitPython's types allow the edge tuples only `as_edge=True` yields, and any PathLike for a tree entry's path
-        items = cast("Iterator[git.Blob | git.Tree | git.Submodule]", head.tree.traverse())
-        return [
-            ChangedFile(path=cast(str, item.path), kind=classify(cast(str, item.path), rules), change="added")
-            for item in items
-            if item.type == "blob"
-        ]
+        return [ChangedFile(path=path, kind=classify(path, rules), change="added") for path in files_of(head)]
     files = []
     for d in repo.commit(live).diff(head, M=True):
         assert d.change_type is not None  # set on every entry of a diff between two commits

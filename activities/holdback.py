@@ -14,7 +14,6 @@ carries the held commits again: when their fix has landed, the hold lifts by its
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -27,15 +26,13 @@ from activities.heartbeat import keep_alive
 from activities.validation import cache as validation_cache
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult
-from airagent.repo import HELD, RELEASE_OF, keep_release, open_repository
+from airagent.repo import HELD, RELEASE_OF, files_of, keep_release, open_repository
 
 
 def touched(commit: git.Commit) -> set[str]:
     """Paths a commit changed against its first parent; a rename touches both places."""
     if not commit.parents:
-        # GitPython's types allow the edge tuples only `as_edge=True` yields, and any PathLike for a tree entry's path
-        items = cast("Iterator[git.Blob | git.Tree | git.Submodule]", commit.tree.traverse())
-        return {cast(str, item.path) for item in items if item.type == "blob"}
+        return set(files_of(commit))
     return {path for d in commit.parents[0].diff(commit) for path in (d.a_path, d.b_path) if path}
 
 

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import keep_alive
 from activities.targets.kube_client import connect
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings, home
+from airagent.repo import cluster_url
 
 
 def image_hash(runtime_digest: str, dockerfile: bytes) -> str:
@@ -104,7 +105,7 @@ def kaniko(
     digest: str,
     ref: str | None = None,
 ) -> None:
-    context = settings.context or (pipeline.repo if pipeline.repo_is_url else None)
+    context = cluster_url(pipeline, settings)
     if context is None:
         raise ApplicationError(
             f"pipeline {pipeline.name!r}: kaniko clones the commit from a URL, and `repo` is a "

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from typing import cast
 
 import git
 
-from airagent.config import PipelineSettings, home
+from airagent.config import ImageSettings, PipelineSettings, home
 
 _SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
 
@@ -77,11 +79,20 @@ HELD = "Airagent-Held"
 RELEASES = "refs/airagent/releases/"
 
 
-def cluster_url(pipeline: PipelineSettings) -> str | None:
-    """The git URL that Jobs in the cluster (kaniko, the validator's git-sync) clone commits from."""
-    if pipeline.image is None:
+def cluster_url(pipeline: PipelineSettings, image: ImageSettings | None = None) -> str | None:
+    """The git URL that Jobs in the cluster (kaniko, the validator's git-sync) clone commits from, by the
+    pipeline's image settings or the `image` given."""
+    settings = image or pipeline.image
+    if settings is None:
         return None
-    return pipeline.image.context or (pipeline.repo if pipeline.repo_is_url else None)
+    return settings.context or (pipeline.repo if pipeline.repo_is_url else None)
+
+
+def files_of(commit: git.Commit) -> list[str]:
+    """Every file of a commit's tree, by its path from the repository's root."""
+    # GitPython's types allow the edge tuples only `as_edge=True` yields, and any PathLike for a tree entry's path
+    items = cast("Iterator[git.Blob | git.Tree | git.Submodule]", commit.tree.traverse())
+    return [cast(str, item.path) for item in items if item.type == "blob"]
 
 
 def keep_release(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:

@@ -36,6 +36,8 @@ MAX_HOLD_ROUNDS = 3
 # A failure's text travels in history and notifications: the head of it says enough.
 MAX_REASON = 1000
 HOLD_BACK = "hold-back"
+# Trains whose runtime failed to build before this patch failed there; remove once none run.
+HOLD_BACK_REQUIREMENTS = "hold-back-requirements"
 
 
 class TrainHoldBack(TrainBookkeeping):
@@ -65,7 +67,11 @@ class TrainHoldBack(TrainBookkeeping):
             self.release = await self._build(input)
             return change
         except Failed as failure:
-            if failure.kind != "RuntimeBuildFailed" or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+            if (
+                failure.kind != "RuntimeBuildFailed"
+                or not self.pipeline.isolation
+                or not workflow.patched(HOLD_BACK_REQUIREMENTS)
+            ):
                 raise
             self.failures[input.pipeline.runtime.requirements] = failure.detail.removeprefix(f"{failure.kind}: ")[
                 :MAX_REASON
