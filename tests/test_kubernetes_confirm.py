@@ -24,6 +24,7 @@ from activities.runtime import ensure_runtime
 from activities.targets.base import NotLive
 from activities.targets.kube_airflow import KubernetesAirflow, not_live
 from activities.targets.local_airflow import LocalAirflow
+from activities.targets.local_settings import component_env, ensure_secrets
 from airagent import example
 from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings, Runtime
 from airagent.devserver import free_ports
@@ -117,8 +118,11 @@ def world(tmp_path_factory):
     python = runtime / "bin" / "python"
 
     local = LocalAirflow("staging", LocalTarget(path=root / "airflow", port=free_ports(5)))
-    local._ensure_secrets()
-    env = {**local._env(python, None), **bundle_env(Path(repo.working_tree_dir), root / "bundles")}
+    ensure_secrets(local.target)
+    env = {
+        **component_env(local.name, local.target, python, None),
+        **bundle_env(Path(repo.working_tree_dir), root / "bundles"),
+    }
     local.home.mkdir(parents=True)
     started = []
     with pytest.MonkeyPatch.context() as mp, kube.emulated(delay=0.1, progress_deadline=5) as cluster:
