@@ -263,6 +263,9 @@ async def test_trains_stay_on_their_version_and_the_conductor_moves_on(dev_serve
     repo = example.create(tmp_path / "repo", tmp_path / "envs", soak="0s", airflow=False)
     pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
     pipeline.environments[1].require_approval = True
+    # The new current version may reach the conductor's workflow tasks only after the train's; a short
+    # poll interval makes it look again soon.
+    pipeline.poll_interval = timedelta(seconds=2)
     conductor = agent.client.get_workflow_handle("pipeline/main")
     try:
         workers[0].start()
@@ -278,7 +281,7 @@ async def test_trains_stay_on_their_version_and_the_conductor_moves_on(dev_serve
 
         pinned = (await train.describe()).raw_description.workflow_execution_info.versioning_info
         assert pinned.behavior == VersioningBehavior.PINNED.value and pinned.deployment_version.build_id == "v1"
-        for _ in range(100):
+        for _ in range(200):
             moved = (await conductor.describe()).raw_description.workflow_execution_info.versioning_info
             if moved.deployment_version.build_id == "v2":
                 break
