@@ -12,6 +12,7 @@ from pathlib import Path
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import sandbox
 from activities.validation import service
 from activities.validation.parse import parse_release
 from activities.validation.review import remember_dags, review
@@ -32,6 +33,8 @@ def validate(input: ValidateInput) -> ValidationReport:
             report = parse_release(release, pipeline)
     except service.ParserFailed as err:
         raise ApplicationError(str(err), type="ParserFailed") from None
+    except sandbox.SandboxUnavailable as err:
+        raise ApplicationError(str(err), type="SandboxUnavailable", non_retryable=True) from None
     if pipeline is None:
         return report
     if report.ok:

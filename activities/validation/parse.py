@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from activities.validation import cache, policies, service
-from activities.validation.parser import PLUGINS
-from airagent.config import Classification, PipelineSettings, ValidationSettings
+from activities.validation.parser import PLUGINS, cap
+from airagent.config import Classification, PipelineSettings, ValidationSettings, home
 from airagent.models import FileReport, Release, ValidationReport
 
 PARSE_TIMEOUT = 900.0
@@ -33,6 +33,7 @@ def parse_tree(
 ) -> ValidationReport:
     """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
     settings = pipeline.validation if pipeline else ValidationSettings()
+    server = service.Server(runtime, readable_root(bundle), sandboxed=pipeline.sandbox if pipeline else True)
     return parse_changed(
         {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")},
         bundle,
@@ -40,8 +41,18 @@ def parse_tree(
         plugins_folder,
         pipeline,
         timeout,
-        lambda todo: _run_parser(runtime, bundle, dag_folder, plugins_folder, todo, settings, timeout),
+        lambda todo: _run_parser(server, bundle, dag_folder, plugins_folder, todo, settings, timeout),
     )
+
+
+def readable_root(bundle: Path) -> Path:
+    """What a sandboxed parser may read: the pipeline's releases, so one warm parser serves all its trains; a
+    tree elsewhere (`airagent validate PATH`, a test) alone."""
+    releases = home() / "releases"
+    bundle = bundle.resolve()
+    if bundle.is_relative_to(releases.resolve()):
+        return releases.resolve() / bundle.relative_to(releases.resolve()).parts[0]
+    return bundle
 
 
 def parse_changed(
@@ -64,6 +75,8 @@ def parse_changed(
         **runtime,
         "timeout": timeout,
         "placeholders": settings.placeholders.model_dump(mode="json"),
+        "limits": settings.limits.model_dump(),
+        "sandbox": pipeline.sandbox if pipeline else True,
         "dag_folder": dag_folder,
         "plugins_folder": plugins_folder,
     }
@@ -83,7 +96,11 @@ def parse_changed(
     for rel in sorted(results):
         parsed = results[rel]
         assert parsed is not None
-        report = FileReport.model_validate({**parsed, "path": _from_root(dag_folder, rel), "cached": rel not in todo})
+        # Capped again here: the text comes from a process that ran the file's code.
+        error = cap(parsed["error"]) if parsed.get("error") else None
+        report = FileReport.model_validate(
+            {**parsed, "error": error, "path": _from_root(dag_folder, rel), "cached": rel not in todo}
+        )
         files.append(policies.check(report, settings))
     owners: dict[str, list[str]] = {}
     for f in files:
@@ -96,9 +113,9 @@ def parse_changed(
 def plugin_reports(result: dict, plugins_folder: str, cached: bool) -> list[FileReport]:
     """A plugin that does not import, as Airflow would find it, fails like a DAG file; one that loads is not listed."""
     if result.get("error"):  # the load itself hung or died
-        return [FileReport(path=plugins_folder, error=result["error"], cached=cached)]
+        return [FileReport(path=plugins_folder, error=cap(result["error"]), cached=cached)]
     return [
-        FileReport(path=_from_root(plugins_folder, rel), error=error, cached=cached)
+        FileReport(path=_from_root(plugins_folder, rel), error=cap(error), cached=cached)
         for rel, error in sorted(result.get("plugins", {}).items())
     ]
 
@@ -111,7 +128,7 @@ def read(path: Path) -> str:
 
 
 def _run_parser(
-    runtime: Path,
+    server: service.Server,
     bundle: Path,
     dag_folder: str,
     plugins_folder: str,
@@ -125,11 +142,12 @@ def _run_parser(
         "cwd": str(bundle),
         "files": files,
         "placeholders": settings.placeholders.model_dump(mode="json"),
+        "limits": settings.limits.for_parser(),
         "workers": os.cpu_count() or 1,
         "timeout": timeout,
     }
     try:
-        return service.parse(runtime, request, PARSE_TIMEOUT)
+        return service.parse(server, request, PARSE_TIMEOUT)
     except service.ParserFailed as err:
         raise service.ParserFailed(f"the DAG parser itself failed: {str(err)[-3000:]}") from None
 

@@ -33,6 +33,7 @@ import ast
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 MAX_TRACEBACK_LINES = 30
+# A DAG file's error text is its author's to choose: only this much of it travels.
+MAX_ERROR_CHARS = 4000
 REPORT_MARKER = "airagent-report: "
 PLACEHOLDER = "airagent-placeholder"
 # Asked for like a file: the plugins folder, loaded as Airflow's plugin manager loads it,
@@ -127,8 +130,16 @@ def absolute_imports(source: str) -> list[str]:
 
 
 def trim(text: str) -> str:
+    """The end of a traceback, where the error is, capped in size."""
     lines = text.rstrip().splitlines()
-    return "\n".join(lines[-MAX_TRACEBACK_LINES:])
+    return cap("\n".join(lines[-MAX_TRACEBACK_LINES:]))
+
+
+def cap(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[: limit // 4]}\n… {cut} characters cut …\n{text[-(limit - limit // 4) :]}"
 
 
 # --- what a DAG file sees at parse time ------------------------------------------------
@@ -303,16 +314,27 @@ def schedule_of(schedule) -> str | None:
 class Parser:
     """One DagBag per worker process, emptied between files, so a file is parsed exactly as DagBag would."""
 
-    def __init__(self, folder: Path, lookups: Lookups | None):
+    def __init__(self, folder: Path, lookups: Lookups | None, max_file_bytes: int | None = None):
         from airflow.dag_processing.dagbag import DagBag
 
-        self.folder, self.lookups = folder, lookups
+        self.folder, self.lookups, self.max_file_bytes = folder, lookups, max_file_bytes
         self.bag = DagBag(dag_folder=str(folder), collect_dags=False, bundle_path=folder, safe_mode=False)
 
     def parse(self, path: Path) -> dict:
         if path.name == PLUGINS:
             return self.load_plugins()
         rel = path.relative_to(self.folder).as_posix()
+        if self.max_file_bytes and (size := path.stat().st_size) > self.max_file_bytes:
+            mib = 1 << 20
+            return failed(
+                self.folder,
+                path,
+                f"this file is {size / mib:.1f} MiB; Python files in the DAG folder over "
+                f"{self.max_file_bytes / mib:.0f} MiB are not parsed: keep data out of the DAG folder "
+                "(or raise validation.limits.max_file_mib)",
+                0.0,
+                transient=False,
+            )
         self.bag.dags.clear()
         self.bag.import_errors.clear()
         DagCounter.created.clear()
@@ -367,14 +389,15 @@ class Parser:
         }
 
 
-def failed(folder: Path, path: Path, error: str, seconds: float) -> dict:
-    """A file whose worker hung or died: not cached, as the next try may go otherwise."""
+def failed(folder: Path, path: Path, error: str, seconds: float, transient: bool = True) -> dict:
+    """A file that failed without a report of Airflow's: when its worker hung or died, not cached, as the
+    next try may go otherwise."""
     return {
         "path": path.relative_to(folder).as_posix(),
         "dag_ids": [],
         "error": error,
         "parse_seconds": round(seconds, 4),
-        "transient": True,
+        "transient": transient,
     }
 
 
@@ -389,7 +412,7 @@ class Worker:
     # connection, whose end-of-file the client waits for.
     held: ClassVar[set[int]] = set()
 
-    def __init__(self, folder: Path, lookups: Lookups | None):
+    def __init__(self, folder: Path, lookups: Lookups | None, limits: dict):
         jobs_read, jobs_write = os.pipe()
         results_read, results_write = os.pipe()
         self.pid = os.fork()
@@ -397,7 +420,9 @@ class Worker:
             # Holding a sibling's pipe ends would hide that sibling's end-of-file from the parent.
             for fd in (jobs_write, results_read, *Worker.held):
                 os.close(fd)
-            self._serve(folder, lookups, jobs_read, results_write)
+            os.setpgid(0, 0)  # what a file starts goes with it when it is killed
+            limit(limits)
+            self._serve(folder, lookups, jobs_read, results_write, limits.get("max_file_bytes"))
         os.close(jobs_read)
         os.close(results_write)
         Worker.held |= {jobs_write, results_read}
@@ -408,8 +433,10 @@ class Worker:
         self.buffer = b""
 
     @staticmethod
-    def _serve(folder: Path, lookups: Lookups | None, jobs_fd: int, results_fd: int) -> None:
-        parser = Parser(folder, lookups)
+    def _serve(
+        folder: Path, lookups: Lookups | None, jobs_fd: int, results_fd: int, max_file_bytes: int | None
+    ) -> None:
+        parser, me = Parser(folder, lookups, max_file_bytes), os.getpid()
         with os.fdopen(jobs_fd) as jobs, os.fdopen(results_fd, "w") as results:
             for line in jobs:
                 path = Path(json.loads(line))
@@ -417,6 +444,8 @@ class Worker:
                     report = parser.parse(path)
                 except BaseException:
                     report = failed(folder, path, trim(traceback.format_exc()), 0.0)
+                if os.getpid() != me:
+                    os._exit(0)  # a process the file forked came back here: only the worker answers
                 results.write(json.dumps(report) + "\n")
                 results.flush()
         os._exit(0)
@@ -440,9 +469,9 @@ class Worker:
     def kill(self) -> int:
         if self.path is not None:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
-                pass
+                pass  # it died before it made its group, or the group is gone
         Worker.held -= {self.jobs.fileno(), self.results}
         for closing in (self.jobs.close, lambda: os.close(self.results)):
             try:
@@ -452,11 +481,28 @@ class Worker:
         return os.waitpid(self.pid, 0)[1]
 
 
+def limit(limits: dict) -> None:
+    """Bound what one worker and whatever it starts may take: memory, processes, CPU, the size of a file written."""
+    for name, key in (
+        (resource.RLIMIT_AS, "memory_bytes"),
+        (resource.RLIMIT_NPROC, "processes"),
+        (resource.RLIMIT_CPU, "cpu_seconds"),
+        (resource.RLIMIT_FSIZE, "written_file_bytes"),
+    ):
+        if limits.get(key):
+            resource.setrlimit(name, (int(limits[key]), int(limits[key])))
+
+
 def parse_all(
-    folder: Path, files: list[Path], workers: int, timeout: float, lookups: Lookups | None = None
+    folder: Path,
+    files: list[Path],
+    workers: int,
+    timeout: float,
+    lookups: Lookups | None = None,
+    limits: dict | None = None,
 ) -> list[dict]:
-    pending, results = list(files), {}
-    pool = [Worker(folder, lookups) for _ in range(min(workers, len(files)) or 1)]
+    pending, results, limits = list(files), {}, limits or {}
+    pool = [Worker(folder, lookups, limits) for _ in range(min(workers, len(files)) or 1)]
     try:
         while pending or any(w.path for w in pool):
             for w in pool:
@@ -472,7 +518,7 @@ def parse_all(
                     report = w.read()
                 except EOFError:
                     results[path] = failed(folder, path, died(w.kill()), time.monotonic() - w.started)
-                    pool[pool.index(w)] = Worker(folder, lookups)
+                    pool[pool.index(w)] = Worker(folder, lookups, limits)
                     continue
                 if report is not None:
                     results[path] = report
@@ -488,7 +534,7 @@ def parse_all(
                         "at import: move network, database and long work into tasks",
                         now - w.started,
                     )
-                    pool[i] = Worker(folder, lookups)
+                    pool[i] = Worker(folder, lookups, limits)
     finally:
         for w in pool:
             w.path = None
@@ -500,7 +546,11 @@ def died(status: int) -> str:
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
         name = signal.Signals(-code).name
-        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        hint = {
+            "SIGKILL": " (out of memory?)",
+            "SIGXCPU": " (past validation.limits.cpu)",
+            "SIGXFSZ": " (it wrote a file past validation.limits.written_file_mib)",
+        }.get(name, "")
         return f"the parser process for this file was killed by {name}{hint} while importing it"
     return f"importing this file ended the process with exit code {code}; a DAG file must not call exit()"
 
@@ -528,7 +578,7 @@ def parse_folder(folder: Path, workers: int, timeout: float | None, settings: di
     timeout = timeout or conf.getfloat("core", "dagbag_import_timeout")
     chosen = settings.get("files")
     files = [*python_files(folder), folder / PLUGINS] if chosen is None else [folder / f for f in chosen]
-    return parse_all(folder, files, workers, timeout, lookups)
+    return parse_all(folder, files, workers, timeout, lookups, settings.get("limits"))
 
 
 def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:

@@ -3,9 +3,13 @@
 The first validation in a runtime starts `parser.py --serve` with that runtime's
 interpreter; it imports Airflow once and forks a child per request, which parses as a
 cold run would (its own workers, timeouts, lookups). Requests go over a Unix socket in a
-private directory under home(), named by the runtime and the parser script, so a new
-runtime or parser gets a new server. A server that died is started again by the next
-request; one that idles, or whose starter ended, ends by itself.
+private directory under home(), named by the runtime, the parser script and the folder
+the server may read, so a new runtime or parser gets a new server. A server that died is
+started again by the next request; one that idles, or whose starter ended, ends by itself.
+
+The server runs in the sandbox (see `activities.sandbox`): it sees its runtime, the
+parser, its own directory and one folder of bundles (a pipeline's releases, or the one
+tree asked for), with no network and none of the deployer's environment.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from activities import sandbox
 from activities.heartbeat import keep_alive
 from activities.validation.cache import PARSER, digest
 from airagent.config import home
@@ -34,38 +39,47 @@ class ParserFailed(RuntimeError):
     """The parser itself broke (not a DAG file): it could not start, or a request got no answer."""
 
 
-def server_dir(runtime: Path) -> Path:
-    try:
-        description = (runtime / "runtime.json").read_text()
-    except OSError:
-        description = ""
-    key = digest(json.dumps([str(runtime.resolve()), description, digest(PARSER.read_bytes())]).encode())
-    path = home() / "parsers" / key[:16]
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)  # requests name folders to parse: only this user may send them
-    return path
+class Server:
+    """Where a warm parser listens: for one runtime, reading one folder of bundles, sandboxed or not."""
+
+    def __init__(self, runtime: Path, root: Path, sandboxed: bool = True):
+        self.runtime, self.root, self.sandboxed = runtime, root.resolve(), sandboxed
+        try:
+            description = (runtime / "runtime.json").read_text()
+        except OSError:
+            description = ""
+        key = [str(runtime.resolve()), description, digest(PARSER.read_bytes()), str(self.root), sandboxed]
+        self.path = home() / "parsers" / digest(json.dumps(key).encode())[:16]
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)  # requests name folders to parse: only this user may send them
+
+    def log_tail(self) -> str:
+        try:
+            return (self.path / "log").read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
 
 
-def parse(runtime: Path, request: dict, timeout: float) -> list[dict]:
-    """Send one request (see parse_dags._answer) to the runtime's warm parser; its file reports.
+def parse(server: Server, request: dict, timeout: float) -> list[dict]:
+    """Send one request (see parser._answer) to the warm parser; its file reports.
 
     Asked twice at most: a server that dies while a connection waits for it drops that
     connection unanswered, and parsing again is harmless.
     """
     try:
-        answer = _ask(runtime, request, timeout)
+        answer = _ask(server, request, timeout)
     except (ConnectionError, ValueError):
         try:
-            answer = _ask(runtime, request, timeout)
+            answer = _ask(server, request, timeout)
         except (ConnectionError, ValueError):
-            raise ParserFailed(f"the DAG parser ended without an answer; its log: {_log_tail(runtime)}") from None
+            raise ParserFailed(f"the DAG parser ended without an answer; its log: {server.log_tail()}") from None
     if "error" in answer:
         raise ParserFailed(answer["error"])
     return answer["files"]
 
 
-def _ask(runtime: Path, request: dict, timeout: float) -> dict:
-    with connect(runtime) as connection, keep_alive("DAG parser"):
+def _ask(server: Server, request: dict, timeout: float) -> dict:
+    with connect(server) as connection, keep_alive("DAG parser"):
         connection.sendall(json.dumps(request).encode())
         connection.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + timeout
@@ -80,18 +94,17 @@ def _ask(runtime: Path, request: dict, timeout: float) -> dict:
             chunks.append(chunk)
 
 
-def connect(runtime: Path) -> socket.socket:
-    """A connection to the runtime's warm parser, started first when none answers."""
-    server = server_dir(runtime)
-    if connection := _connection(server):
+def connect(server: Server) -> socket.socket:
+    """A connection to the warm parser, started first when none answers."""
+    if connection := _connection(server.path):
         return connection
-    with _locked(server):  # one start per directory, across threads and processes
-        if connection := _connection(server):
+    with _locked(server.path):  # one start per directory, across threads and processes
+        if connection := _connection(server.path):
             return connection
-        _start(runtime, server)
-        if connection := _connection(server):
+        _start(server)
+        if connection := _connection(server.path):
             return connection
-    raise ParserFailed(f"the DAG parser started but does not accept requests; its log: {_log_tail(runtime)}")
+    raise ParserFailed(f"the DAG parser started but does not accept requests; its log: {server.log_tail()}")
 
 
 def stop() -> None:
@@ -122,29 +135,37 @@ def _locked(server: Path):
         yield
 
 
-def _start(runtime: Path, server: Path) -> None:
-    previous = _started.pop(server, None)
+def _start(server: Server) -> None:
+    previous = _started.pop(server.path, None)
     if previous is not None:
         previous.kill()  # alive but not answering: its socket is gone; its requests' children go on
         previous.wait()
+    home_dir = server.path
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(server),
-        "AIRFLOW_HOME": str(server / "airflow"),
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(home_dir),
+        "AIRFLOW_HOME": str(home_dir / "airflow"),
         # Each request points these at its own bundle.
-        "AIRFLOW__CORE__DAGS_FOLDER": str(server / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(server / "plugins"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home_dir / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home_dir / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
     }
-    with open(server / "log", "wb") as log:
+    python = server.runtime / "bin" / "python"
+    argv: list[str] = [str(python), str(PARSER), "--serve", str(home_dir), "--idle", str(IDLE_SECONDS)]
+    if server.sandboxed:
+        sandbox.require()
+        seen = [server.runtime.resolve(), sandbox.interpreter_prefix(python), PARSER, server.root]
+        argv = sandbox.command(argv, read_only=seen, writable=[home_dir], env=env, cwd=home_dir)
+    with open(home_dir / "log", "wb") as log:
         process = subprocess.Popen(
-            [str(runtime / "bin" / "python"), str(PARSER), "--serve", str(server), "--idle", str(IDLE_SECONDS)],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=log,
             env=env,
-            cwd=server,
+            cwd=home_dir,
             start_new_session=True,
         )  # its own process group, so stop() ends its children too
     assert process.stdout is not None  # stdout=PIPE
@@ -153,12 +174,5 @@ def _start(runtime: Path, server: Path) -> None:
     if ready != b"ready\n":
         process.kill()
         process.wait()
-        raise ParserFailed(f"the DAG parser of {runtime} did not start: {_log_tail(runtime)}")
-    _started[server] = process
-
-
-def _log_tail(runtime: Path) -> str:
-    try:
-        return (server_dir(runtime) / "log").read_text(errors="replace")[-3000:]
-    except OSError:
-        return "(no log)"
+        raise ParserFailed(f"the DAG parser of {server.runtime} did not start: {server.log_tail()}")
+    _started[server.path] = process

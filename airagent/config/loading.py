@@ -35,6 +35,7 @@ class AirAgentConfig(Model):
             plugins_folder=decl.plugins_folder,
             allow_history_rewrite=decl.allow_history_rewrite,
             isolation=decl.isolation,
+            sandbox=decl.sandbox,
             poll_interval=decl.poll_interval,
             environments=envs,
             windows=decl.windows,

@@ -145,6 +145,11 @@ class _Pipeline(Model):
         description="hold back the commits a validation failure traces to and deploy "
         "the rest; off: a train deploys all its commits or none",
     )
+    sandbox: bool = Field(
+        True,
+        description="parse DAG files and build runtimes in a bubblewrap sandbox (no network, secrets or other "
+        "processes); off: repository code runs with the worker's own rights, and the status warns",
+    )
     poll_interval: Duration = Field(
         timedelta(seconds=30),
         gt=timedelta(0),

@@ -63,8 +63,29 @@ class Policies(Model):
     )
 
 
+class Limits(Model):
+    """What one parse worker, and whatever a DAG file starts from it, may take; past one, that file fails alone."""
+
+    memory_mib: int = Field(4096, gt=0, description="address space per parse worker, MiB")
+    processes: int = Field(256, gt=0, description="processes the sandbox's user may run at once")
+    cpu: int = Field(900, gt=0, description="CPU seconds per parse worker, across the files it parses")
+    written_file_mib: int = Field(64, gt=0, description="largest file a DAG file may write (in its scratch), MiB")
+    max_file_mib: int = Field(10, gt=0, description="Python files in the DAG folder larger than this are not parsed")
+
+    def for_parser(self) -> dict[str, int]:
+        mib = 1 << 20
+        return {
+            "memory_bytes": self.memory_mib * mib,
+            "processes": self.processes,
+            "cpu_seconds": self.cpu,
+            "written_file_bytes": self.written_file_mib * mib,
+            "max_file_bytes": self.max_file_mib * mib,
+        }
+
+
 class ValidationSettings(Model):
     placeholders: Placeholders = Placeholders()
+    limits: Limits = Limits()
     parse_time: ParseTime = ParseTime()
     policies: Policies = Policies()
     allow_dag_removal: list[str] = Field(

@@ -1,0 +1,150 @@
+"""Code from the repository never gets the deployer's rights: an adversarial corpus parsed through the real
+`validate` path, each file failing alone or contained, none seeing a secret, the network or the disk outside."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from activities import sandbox
+from activities.runtime import ensure_runtime
+from activities.validation.parse import parse_tree
+from airagent.config import Runtime, home
+from tests.test_validate import GOOD, dag, settings, tree
+
+# The Airflow runtime: the full suite, not the fast layer.
+pytestmark = pytest.mark.slow
+
+CANARY = "canary-7c1e0f3a9b"
+
+
+def guarded(name: str, attempt: str) -> str:
+    """A DAG file that tries `attempt` and, when it works, fails with what it got, so a leak shows in the
+    report; when it is stopped, it defines its DAG and parses clean."""
+    return (
+        f"def attempt():\n{_indent(attempt)}\n"
+        "try:\n    got = attempt()\nexcept Exception:\n    got = None\n"
+        "if got:\n    raise RuntimeError(f'escaped: {got}')\n"
+    ) + dag(name)
+
+
+def _indent(code: str) -> str:
+    return "\n".join(f"    {line}" for line in code.strip().splitlines())
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on the host's loopback; records whether anything ever connected."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[bool] = []
+
+    def serve():
+        try:
+            server.accept()
+            accepted.append(True)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_the_adversarial_corpus_fails_alone_or_is_contained(tmp_path, monkeypatch, request, listener):
+    assert sandbox.unavailable() is None, sandbox.unavailable()
+    port, accepted = listener
+    monkeypatch.setenv("TEMPORAL_API_KEY", CANARY)
+    # /proc/<pid>/environ shows what a process started with: a stand-in for a worker started with secrets.
+    worker = subprocess.Popen(["sleep", "300"], env={"TEMPORAL_API_KEY": CANARY, "AIRAGENT_AIRFLOW_PASSWORD": CANARY})
+    request.addfinalizer(worker.kill)
+    secrets = home() / "envs" / "prod" / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / "api-login").write_text(CANARY)
+    outside = tmp_path / "written-outside"
+    root = tree(
+        tmp_path / "repo",
+        {
+            "dags/good.py": GOOD,
+            "dags/environ.py": guarded(
+                "environ",
+                f"""
+import glob
+found = []
+for path in glob.glob('/proc/*/environ'):
+    try:
+        found.append(open(path, 'rb').read().decode(errors='replace'))
+    except OSError:
+        pass
+import os
+found.append(str(dict(os.environ)))
+return [f for f in found if {CANARY!r} in f]
+""",
+            ),
+            "dags/secret_file.py": guarded("secret_file", f"return open({str(secrets / 'api-login')!r}).read()"),
+            "dags/connects.py": guarded(
+                "connects",
+                f"""
+import _socket
+s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+s.settimeout(3)
+s.connect(('127.0.0.1', {port}))
+return 'connected'
+""",
+            ),
+            "dags/writes.py": guarded(
+                "writes",
+                f"""
+wrote = []
+for path in ({str(outside)!r}, {str(home() / "written-outside")!r}, {str(tmp_path / "repo" / "dags" / "x")!r}):
+    try:
+        open(path, 'w').write('x')
+        wrote.append(path)
+    except OSError:
+        pass
+return wrote
+""",
+            ),
+            "dags/fork_bomb.py": "import os, time\nwhile True:\n    try:\n        os.fork()\n"
+            "    except OSError:\n        time.sleep(0.05)\n",
+            "dags/memory_bomb.py": "hog = bytearray(64 << 30)\n",
+            "dags/huge_message.py": "raise RuntimeError('A' * (1 << 20))\n",
+            "dags/big_file.py": "# padding\n" * (50 * (1 << 20) // 10),
+        },
+    )
+    pipeline = settings(tmp_path / "s", limits={"processes": 64})
+
+    report = parse_tree(ensure_runtime(Runtime(), None)[1], root, "dags", "plugins", pipeline, timeout=15)
+
+    files = {f.path: f for f in report.files}
+    for name in ("good", "environ", "secret_file", "connects", "writes"):
+        assert files[f"dags/{name}.py"].error is None, files[f"dags/{name}.py"].error
+        assert files[f"dags/{name}.py"].dag_ids == [name if name != "good" else "fine"]
+    assert "longer than 15s" in files["dags/fork_bomb.py"].error
+    assert "MemoryError" in files["dags/memory_bomb.py"].error
+    assert "not parsed" in files["dags/big_file.py"].error and "50.0 MiB" in files["dags/big_file.py"].error
+    assert len(files["dags/huge_message.py"].error) < 5000 and "characters cut" in files["dags/huge_message.py"].error
+    assert not accepted
+    assert not outside.exists() and not (home() / "written-outside").exists()
+    assert not (root / "dags" / "x").exists()
+    seen = report.model_dump_json() + "".join(
+        p.read_text(errors="replace") for p in home().joinpath("parsers").rglob("*") if p.is_file()
+    )
+    assert CANARY not in seen
+
+
+def test_a_parser_asked_for_without_a_sandbox_says_how_to_get_one(tmp_path, monkeypatch):
+    runtime = ensure_runtime(Runtime(), None)[1]
+    monkeypatch.setattr(sandbox, "bwrap", lambda: None)
+    root = tree(tmp_path / "repo", {"dags/good.py": GOOD})
+
+    with pytest.raises(sandbox.SandboxUnavailable) as refused:
+        parse_tree(runtime, root, "dags", "plugins", settings(tmp_path / "s"))
+    assert "apt-get install bubblewrap" in str(refused.value) and "sandbox: off" in str(refused.value)
+
+    off = settings(tmp_path / "s").model_copy(update={"sandbox": False})
+    assert [f.dag_ids for f in parse_tree(runtime, root, "dags", "plugins", off).files] == [["fine"]]
