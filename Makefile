@@ -10,6 +10,9 @@ export AIRAGENT_HOME ?= $(CURDIR)/.airagent
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@# bubblewrap sandboxes the repository code airagent parses and builds; as root, install it from Debian.
+	command -v bwrap >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'

@@ -65,7 +65,7 @@ def build(input: BuildInput) -> Release:
                 type="BadInput",
                 non_retryable=True,
             )
-        _, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements)
+        _, runtime = ensure_runtime(pipeline.runtime, bundle / pipeline.runtime.requirements, pipeline.sandbox)
         digest = release_hash(pipeline, bundle, sha)
         image = images.image_for(pipeline, digest, sha, input.image, ref_of(repo, pipeline, sha))
         release_id = f"{sha[:12]}-{digest[:8]}"

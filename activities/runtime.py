@@ -1,26 +1,32 @@
 """The runtime a release runs in: a venv built with uv, keyed by the hash of its inputs.
 
 Reused whenever the inputs are unchanged; two builds of one runtime may race, the second
-simply discards its copy.
+simply discards its copy. The install, which reads the repository's requirements and may
+build their sdists, runs in the sandbox (see `activities.sandbox`) with the network it
+needs for the package index and nothing else of the deployer's.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
-from activities import process
+from activities import process, sandbox
 from airagent.config import Runtime, home
 
 UV = Path(sys.executable).with_name("uv")
 # gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT).
 RUNTIME_EXTRAS = ["gunicorn"]
+# What the sandboxed install may know of the worker's environment: where the package index is and how to reach it.
+INDEX_SETTINGS = ("UV_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_")
 
 
 def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
@@ -33,7 +39,7 @@ def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Path]:
+def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool = True) -> tuple[str, Path]:
     """The runtime venv for these inputs, built with uv unless it already exists."""
     reqs = requirements.read_bytes() if requirements and requirements.is_file() else b""
     digest = runtime_hash(runtime, reqs)
@@ -44,20 +50,13 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
-        install: list[str | Path] = [
-            _uv(),
-            "pip",
-            "install",
-            "--quiet",
-            "--python",
-            tmp / "bin" / "python",
-            f"apache-airflow=={runtime.airflow}",
-            *RUNTIME_EXTRAS,
-        ]
-        if reqs:
-            assert requirements is not None  # `reqs` was read from it
-            install += ["-r", requirements]
-        process.run(install, timeout=1800)
+        install = [_uv(), "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python")]
+        install += [f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
+        given = requirements if reqs else None
+        if sandboxed:
+            _install_sandboxed(install, tmp, given)
+        else:
+            process.run(install + (["-r", str(given)] if given else []), timeout=1800)
         (tmp / "runtime.json").write_text(json.dumps({"hash": digest, **runtime.model_dump()}, indent=2))
         try:
             tmp.rename(final)
@@ -71,9 +70,34 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None) -> tuple[str, Pa
             type="RuntimeBuildFailed",
             non_retryable=True,
         ) from None
+    except sandbox.SandboxUnavailable as err:
+        raise ApplicationError(str(err), type="SandboxUnavailable", non_retryable=True) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return digest, final
+
+
+def _install_sandboxed(install: list[str], venv: Path, requirements: Path | None) -> None:
+    """Run `install` in the sandbox: it writes only the new venv, its own cache and a copy of the requirements'
+    folder (a local package builds in place); the network it gets is for the package index."""
+    sandbox.require()
+    sandbox.hand_over(venv)  # made outside by `uv venv`; the sandbox's user fills it
+    cache = home() / "uv-cache"  # the sandbox's own: the worker's cache is not its to write
+    cache.mkdir(parents=True, exist_ok=True)
+    index = {k: v for k, v in os.environ.items() if k.startswith(INDEX_SETTINGS) and k != "UV_CACHE_DIR"}
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "UV_CACHE_DIR": str(cache), **index}
+    uv = Path(install[0]).resolve()
+    seen = [uv, sandbox.interpreter_prefix(venv / "bin" / "python")]
+    with tempfile.TemporaryDirectory(prefix=".sources-", dir=venv.parent) as scratch:
+        sources = Path(scratch)
+        if requirements is not None:
+            shutil.copytree(requirements.parent, sources, symlinks=True, dirs_exist_ok=True)
+            install = [*install, "-r", str(sources / requirements.name)]
+        sandbox.hand_over(sources)
+        argv = sandbox.command(
+            [str(uv), *install[1:]], read_only=seen, writable=[venv, cache, sources], env=env, network=True, cwd=sources
+        )
+        process.run(argv, timeout=1800)
 
 
 def _uv() -> str:

@@ -109,5 +109,14 @@ def _ancestors(paths: list[Path]) -> list[str]:
     return sorted((f for f in above if f not in SYSTEM and not f.startswith(system)), key=lambda f: f.count("/"))
 
 
+def hand_over(folder: Path) -> None:
+    """Make what the caller put in `folder` the sandbox's to write, as a writable path's own top already is."""
+    if os.geteuid() != 0:
+        return  # the sandbox runs as this user
+    for parent, _, files in os.walk(folder):
+        for name in ["", *files]:
+            os.chown(Path(parent) / name, NOBODY, NOBODY, follow_symlinks=False)
+
+
 def _give_to_nobody(path: Path) -> None:
     os.chown(path, NOBODY, NOBODY)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +149,47 @@ def test_a_parser_asked_for_without_a_sandbox_says_how_to_get_one(tmp_path, monk
 
     off = settings(tmp_path / "s").model_copy(update={"sandbox": False})
     assert [f.dag_ids for f in parse_tree(runtime, root, "dags", "plugins", off).files] == [["fine"]]
+
+
+LEAKY_SETUP = """
+import glob
+leaks = []
+for path in glob.glob('/proc/*/environ'):
+    try:
+        if {canary!r}.encode() in open(path, 'rb').read():
+            leaks.append(path)
+    except OSError:
+        pass
+for path in {outside!r}:
+    try:
+        open(path, 'w').write('x')
+        leaks.append(path)
+    except OSError:
+        pass
+if leaks:
+    raise SystemExit('escaped: ' + ' '.join(leaks))
+from setuptools import setup
+setup(py_modules=[])
+"""
+
+
+def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runtime(tmp_path, request):
+    """requirements.txt names a package in the repository; its setup.py runs at build."""
+    worker = subprocess.Popen(["sleep", "300"], env={"TEMPORAL_API_KEY": CANARY})
+    request.addfinalizer(worker.kill)
+    outside = [str(tmp_path / "written-outside"), str(home() / "written-outside")]
+    root = tree(
+        tmp_path / "repo",
+        {
+            "requirements.txt": "./local_package\n",
+            "local_package/pyproject.toml": '[build-system]\nrequires = ["setuptools"]\n'
+            'build-backend = "setuptools.build_meta"\n[project]\nname = "local-package"\nversion = "0.1"\n',
+            "local_package/setup.py": LEAKY_SETUP.format(canary=CANARY, outside=outside),
+        },
+    )
+
+    _, runtime = ensure_runtime(Runtime(), root / "requirements.txt")
+
+    assert list(runtime.glob("lib/python*/site-packages/local_package-0.1.dist-info"))
+    assert not any(Path(p).exists() for p in outside)
+    assert not (root / "local_package" / "build").exists()  # it built in a copy

@@ -45,7 +45,7 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
             folder = (tree / getattr(pipeline, field)).resolve()
             if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
                 raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
-        _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements)
+        _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)
         report = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline)
         live = []
         if repo is not None and commit:
