@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -30,6 +31,8 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
         pipeline = pipeline.model_copy(update={"repo": str(root)})
     if sha is not None and repo is None:
         raise RepoError(f"{root} is not a git repository, so --sha cannot be looked up; drop --sha")
+    if sha is None:
+        refuse_links_out(root)
     with tempfile.TemporaryDirectory(prefix="airagent-check-") as scratch:
         if sha:
             assert repo is not None  # a --sha outside a repository was refused above
@@ -54,3 +57,18 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
             except RepoError:
                 live = []  # no such branch here: nothing is live to compare with
         return review(report, pipeline, repo, tree, commit, live, runtime)
+
+
+def refuse_links_out(root: Path) -> None:
+    """A working tree's symlink that leaves it would have its target parsed, and reported: refuse it, as `build`
+    refuses one in a commit."""
+    inside = root.resolve()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != ".git"]
+        for name in [*dirs, *files]:
+            link = Path(folder) / name
+            if link.is_symlink() and not link.resolve().is_relative_to(inside):
+                raise RepoError(
+                    f"{link} links outside the repository (to {link.resolve()}); "
+                    "replace the link with the files themselves"
+                )
