@@ -8,6 +8,8 @@ changing it makes a new tag. Two builders:
 - `kaniko`: a Job in the cluster clones the commit and pushes the image. A tag built
   once is recorded under AIRAGENT_HOME and never built again; the Job is named by the
   tag, so a retried activity finds the Job it started instead of starting another.
+  The Dockerfile's RUN steps are repository code: the pod gets no API token, only the
+  capabilities kaniko needs, and resource limits.
 """
 
 from __future__ import annotations
@@ -25,6 +27,26 @@ from activities.heartbeat import keep_alive
 from activities.targets.kube_client import connect
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings, home
 from airagent.repo import cluster_url
+
+# kaniko unpacks the base image into its own root filesystem, giving each file the owner, mode and file
+# capabilities the image records, and runs RUN steps as the Dockerfile's USER: so it runs as root on a
+# writable root, but keeps only the capabilities that takes (kaniko issues #778, #1171, #2201; FSETID keeps
+# setgid bits) and can never gain more.
+KANIKO_SECURITY = {
+    "runAsUser": 0,
+    "privileged": False,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": False,
+    "capabilities": {
+        "drop": ["ALL"],
+        "add": ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID", "SETFCAP"],
+    },
+}
+# The base image's layers are unpacked into the container's writable layer: ephemeral-storage.
+KANIKO_RESOURCES = {
+    "requests": {"cpu": "1", "memory": "2Gi", "ephemeral-storage": "4Gi"},
+    "limits": {"cpu": "4", "memory": "8Gi", "ephemeral-storage": "20Gi"},
+}
 
 
 def image_hash(runtime_digest: str, dockerfile: bytes) -> str:
@@ -70,8 +92,19 @@ def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, ima
             f"--dockerfile={settings.dockerfile}",
             f"--destination={image}",
         ],
+        "securityContext": KANIKO_SECURITY,
+        "resources": KANIKO_RESOURCES,
     }
-    spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # kaniko pushes with the push Secret, never as a Kubernetes user: the namespace's default
+        # account (named so that infra/policies.yaml can pin it), without a token.
+        "serviceAccountName": "default",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+    }
     if settings.push_secret:
         container["volumeMounts"] = [{"name": "push", "mountPath": "/kaniko/.docker"}]
         spec["volumes"] = [

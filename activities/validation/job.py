@@ -14,6 +14,10 @@ release that will run an image is parsed in that image, and passes only if it pa
 - The report comes back in the pod's log, one marked line; the deployer applies the
   pipeline's rules to it exactly as for a local parse (`parse.parse_changed`), and files
   parsed once in an image are cached under that image.
+- DAG code runs in the pod, so the pod gets no API token and no git credentials (only
+  git-sync sees the Secret, and its /tmp is its own), runs as a fixed non-root user with
+  no capabilities and a read-only root, writes only to emptyDirs, and has resource limits.
+  The pods carry the label `LABEL`, which infra/policies.yaml's NetworkPolicy selects.
 
 The Job's name is a hash of everything in its spec (commit, image, parser, settings), so a
 retried activity finds the Job it started and reads its result instead of starting another.
@@ -54,6 +58,33 @@ WORKERS = 2
 JOB_GRACE = 60
 TTL = 3600
 LOG_TAIL = 3000
+# The official Airflow image's user, which owns its venv; any non-root uid can read the rest of it.
+RUN_AS = 50000
+HOME = "/home/airagent"
+SERVICE_ACCOUNT = "default"
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "privileged": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+# Two parse workers forked from one warmed-up Airflow; the pod's emptyDirs (checkout, /tmp, HOME) count
+# against ephemeral-storage.
+VALIDATOR_RESOURCES = {
+    "requests": {"cpu": "500m", "memory": "1Gi", "ephemeral-storage": "1Gi"},
+    "limits": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "4Gi"},
+}
+GIT_SYNC_RESOURCES = {
+    "requests": {"cpu": "100m", "memory": "128Mi", "ephemeral-storage": "1Gi"},
+    "limits": {"cpu": "1", "memory": "512Mi", "ephemeral-storage": "4Gi"},
+}
 
 
 class ValidatorJob(BaseModel):
@@ -147,7 +178,11 @@ def manifests(
             "--one-time",
             "--depth=1",
         ],
-        "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT}],
+        # git-sync keeps its git config and credentials under HOME: a /tmp the validator does not mount.
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [{"name": "checkout", "mountPath": GIT_ROOT}, {"name": "git-tmp", "mountPath": "/tmp"}],
+        "securityContext": CONTAINER_SECURITY,
+        "resources": GIT_SYNC_RESOURCES,
     }
     if settings.git_secret:
         git_sync["envFrom"] = [{"secretRef": {"name": settings.git_secret}}]
@@ -157,7 +192,8 @@ def manifests(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
         "PYTHONDONTWRITEBYTECODE": "1",
-    }  # the checkout is mounted read-only
+        "HOME": HOME,
+    }  # the checkout is mounted read-only; HOME and /tmp are the only writable places
     validator = {
         "name": CONTAINER,
         "image": release.image,
@@ -175,16 +211,30 @@ def manifests(
         "volumeMounts": [
             {"name": "checkout", "mountPath": GIT_ROOT, "readOnly": True},
             {"name": "parser", "mountPath": PARSER_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "home", "mountPath": HOME},
         ],
+        "securityContext": CONTAINER_SECURITY,
+        "resources": VALIDATOR_RESOURCES,
     }
     pod = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": deadline,
-        "automountServiceAccountToken": False,  # DAG code runs here: it gets no API token
+        # DAG code runs here: it gets no API token. The namespace's default account, named so that
+        # infra/policies.yaml can pin it, lends only its imagePullSecrets.
+        "serviceAccountName": SERVICE_ACCOUNT,
+        "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "securityContext": POD_SECURITY,
         "initContainers": [git_sync],
         "containers": [validator],
-        "volumes": [{"name": "checkout", "emptyDir": {}}, {"name": "parser", "configMap": {"name": name}}],
+        "volumes": [
+            {"name": "checkout", "emptyDir": {}},
+            {"name": "parser", "configMap": {"name": name}},
+            {"name": "git-tmp", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "home", "emptyDir": {}},
+        ],
     }
     job = {
         "apiVersion": "batch/v1",
@@ -316,10 +366,10 @@ def _why_failed(core: client.CoreV1Api, ref: ValidatorJob, pod: dict) -> str:
         if not ended or ended.get("exitCode", 0) == 0:
             continue
         reason, code = ended.get("reason") or "Error", ended.get("exitCode")
-        if reason == "OOMKilled":
+        if reason == "OOMKilled" and c["name"] == CONTAINER:
             return (
-                f"pod {name} container {c['name']} was OOMKilled parsing the DAG files; give the namespace's "
-                "pods more memory (a LimitRange), or look for a DAG file that loads large data at import"
+                f"pod {name} container {c['name']} was OOMKilled parsing the DAG files (its memory limit is "
+                f"{VALIDATOR_RESOURCES['limits']['memory']}); look for a DAG file that loads large data at import"
             )
         tail = _log(core, ref.namespace, name, c["name"])[-LOG_TAIL:]
         if c["name"] == "git-sync":
