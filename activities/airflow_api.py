@@ -18,6 +18,14 @@ import httpx
 PAGE = 100  # Airflow's default maximum page size
 
 
+# The worker-wide login, for environments that name none of their own.
+USERNAME_ENV, PASSWORD_ENV = "AIRAGENT_AIRFLOW_USERNAME", "AIRAGENT_AIRFLOW_PASSWORD"
+
+
+class NoCredentials(FileNotFoundError):
+    """An environment's Airflow login is missing or unreadable; the message says where it should be."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     username: str
@@ -28,26 +36,34 @@ class Credentials:
 
     @classmethod
     def load(
-        cls,
-        secret_file: Path | None,
-        fix: str = "`airagent env up` creates it",
-        username_env: str = "AIRAGENT_AIRFLOW_USERNAME",
-        password_env: str = "AIRAGENT_AIRFLOW_PASSWORD",
+        cls, secret_file: Path | None, fix: str = "`airagent env up` creates it", env: str | None = None
     ) -> Credentials:
-        """The environment wins; otherwise the secret file holds `username:password` on one line.
-        `fix` says, in the error, where that file comes from for this kind of environment."""
-        if os.environ.get(password_env):
-            return cls(os.environ.get(username_env) or "airagent", os.environ[password_env])
-        try:
-            text = secret_file.read_text() if secret_file else None
-        except FileNotFoundError:
-            text = None
-        if text is None:
-            where = f"create {secret_file}" if secret_file else "give a credentials file"
-            raise FileNotFoundError(
-                f"no Airflow credentials: set {password_env} (and {username_env}) on the worker or {where} ({fix})"
-            )
-        username, _, password = text.strip().partition(":")
+        """The environment's own login, `username:password` in its secret file or in its own variable, always wins;
+        the worker-wide variables serve only an environment that has neither, so one environment's password
+        never reaches another. `fix` says, in the error, where this kind of environment gets its login."""
+        if secret_file is not None:
+            try:
+                text = secret_file.read_text()
+            except FileNotFoundError:
+                raise NoCredentials(f"no Airflow credentials: {secret_file} does not exist ({fix})") from None
+            return cls._parse(text, str(secret_file), fix)
+        if env is not None:
+            if not os.environ.get(env):
+                raise NoCredentials(f"no Airflow credentials: {env} is not set on this worker ({fix})")
+            return cls._parse(os.environ[env], env, fix)
+        if os.environ.get(PASSWORD_ENV):
+            return cls(os.environ.get(USERNAME_ENV) or "airagent", os.environ[PASSWORD_ENV])
+        raise NoCredentials(
+            f"no Airflow credentials: set {PASSWORD_ENV} (and {USERNAME_ENV}) on the worker, "
+            f"or give the environment its own login ({fix})"
+        )
+
+    @classmethod
+    def _parse(cls, text: str, source: str, fix: str) -> Credentials:
+        username, colon, password = text.strip().partition(":")
+        if not (username and colon and password):
+            # Never quote it: a bare password would show in the message.
+            raise NoCredentials(f"no Airflow credentials: {source} does not hold `username:password` ({fix})")
         return cls(username, password)
 
 

@@ -13,7 +13,7 @@ from textwrap import dedent
 
 import pytest
 
-from airagent.config import ConfigError, load, load_pipeline
+from airagent.config import ConfigError, check, load, load_pipeline
 
 AIRAGENT = str(Path(sys.executable).with_name("airagent"))
 
@@ -46,6 +46,16 @@ def pipeline_with(env_lines: str = "", pipeline_lines: str = "") -> str:
         "      - name: staging\n"
         "        target: {type: local, path: envs/staging}\n"
         + "".join(f"        {line}\n" for line in env_lines.splitlines())
+    )
+
+
+def kubernetes_with(target: str = "", pipeline_lines: str = "", env: str = "staging") -> str:
+    """A one-pipeline file whose only environment is kubernetes; `target` goes into its target's mapping."""
+    return (
+        "pipelines:\n"
+        "  main:\n" + "".join(f"    {line}\n" for line in pipeline_lines.splitlines()) + "    environments:\n"
+        f"      - name: {env}\n"
+        "        target: {type: kubernetes, namespace: airflow" + (f", {target}" if target else "") + "}\n"
     )
 
 
@@ -170,6 +180,54 @@ def test_non_string_ref_or_folder_is_a_config_error(tmp_path, line):
 def test_pipeline_and_environment_names_stay_plain(tmp_path, name):
     message = config_error(tmp_path, pipeline_with().replace("name: staging", f"name: '{name}'"))
     assert "pipelines.main.environments.0.name" in message
+
+
+@pytest.mark.parametrize(
+    ("branch", "dag_ref", "env"),
+    [
+        ("main", "main", "staging"),
+        ("main", "refs/heads/main", "staging"),
+        ("refs/heads/main", "main", "staging"),
+        ("release", "{env}", "release"),
+    ],
+)
+def test_a_dag_ref_on_the_pipelines_own_branch_is_refused(tmp_path, branch, dag_ref, env):
+    """airagent force-moves dag_ref to every release: on the branch it deploys from, it would rewrite it."""
+    message = config_error(tmp_path, kubernetes_with(f"dag_ref: '{dag_ref}'", f"branch: '{branch}'", env))
+    assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.target.dag_ref: ")
+    assert f"is the pipeline's branch {branch!r}" in message and "'airagent/{env}' (the default)" in message
+
+
+def test_the_default_dag_ref_and_one_beside_the_branch_load(tmp_path):
+    for target in ("", "dag_ref: 'main-airflow'", "dag_ref: 'deploy/{env}'"):
+        config, _ = load(write(tmp_path, kubernetes_with(target)))
+        assert config.pipelines["main"].environments[0].name == "staging"
+
+
+def test_a_dag_ref_with_another_placeholder_is_refused(tmp_path):
+    message = config_error(tmp_path, kubernetes_with("dag_ref: 'airagent/{environment}'"))
+    assert "pipelines.main.environments.0.target.dag_ref: 'airagent/{environment}': use {env}" in message
+
+
+def test_one_api_login_per_environment(tmp_path):
+    message = config_error(tmp_path, kubernetes_with("credentials_file: login, credentials_env: AIRFLOW_LOGIN"))
+    assert "environments.0.target.credentials_env: give the API login in credentials_file or credentials_env" in (
+        message
+    )
+
+
+def test_every_refusal_of_a_file_is_named_at_once(tmp_path):
+    text = kubernetes_with("dag_ref: main, api_url: 'https://a:b@airflow'", "repo: 'https://u:p@git.example.com/r'")
+    lines = config_error(tmp_path, text).splitlines()
+    assert [line.split(": ")[1] for line in lines] == [
+        "pipelines.main.repo",
+        "pipelines.main.environments.0.target.api_url",
+        "pipelines.main.environments.0.target.dag_ref",
+    ]
+
+
+def test_a_good_file_has_no_warnings(tmp_path):
+    assert check(write(tmp_path, GOOD))[2] == []
 
 
 # --- the CLI ---------------------------------------------------------------------------

@@ -103,12 +103,12 @@ class KubernetesAirflow:
         if not self.target.api_url:
             return None
         fix = (
-            f"`credentials_file` of environment {self.name}'s target in airagent.yaml: a mounted Secret "
-            "holding username:password"
+            f"`credentials_file` (a mounted Secret holding username:password) or `credentials_env` of "
+            f"environment {self.name}'s target in airagent.yaml"
         )
         return AirflowApi(
             self.target.api_url,
-            Credentials.load(self.target.credentials_file, fix),
+            Credentials.load(self.target.credentials_file, fix, env=self.target.credentials_env),
             timeout=self.settings.timeout.total_seconds(),
         )
 

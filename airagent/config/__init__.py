@@ -6,7 +6,7 @@ snapshot in a train's input means the same thing on every worker of the host.
 
 from airagent.config.base import Duration, Model, Name, Ref, RepoPath, home, is_url
 from airagent.config.errors import ConfigError, UnknownEnvironment
-from airagent.config.loading import DEFAULT_FILE, AirAgentConfig, load, load_pipeline
+from airagent.config.loading import DEFAULT_FILE, AirAgentConfig, check, load, load_pipeline
 from airagent.config.pipeline import (
     Classification,
     DeployWindow,
@@ -55,6 +55,7 @@ __all__ = [
     "UnknownEnvironment",
     "ValidationSettings",
     "WebhookProbe",
+    "check",
     "home",
     "is_url",
     "load",

@@ -8,6 +8,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from airagent.config import checks
 from airagent.config.base import Model, Name, is_url
 from airagent.config.errors import ConfigError
 from airagent.config.pipeline import Classification, PipelineDeclaration, PipelineSettings, Runtime
@@ -65,6 +66,12 @@ def _resolved(env: EnvironmentSettings, base: Path) -> EnvironmentSettings:
 
 def load(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path]:
     """Read and check the file; returns the config and the folder relative paths start from."""
+    config, base, _ = check(path)
+    return config, base
+
+
+def check(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path, list[str]]:
+    """`load`, and the warnings: what the file may say but likely should not, each worded like an error."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -82,7 +89,11 @@ def load(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path]:
         config = AirAgentConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_describe(err, path, text)) from None
-    return config, path.parent.resolve()
+    refused = checks.refusals(config.pipelines)
+    if refused:
+        raise ConfigError("\n".join(_at(path, text, loc, message) for loc, message in refused))
+    warned = [_at(path, text, loc, message) for loc, message in checks.warnings(config.pipelines)]
+    return config, path.parent.resolve(), warned
 
 
 def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSettings:
@@ -91,14 +102,14 @@ def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSetting
 
 
 def _describe(err: ValidationError, path: Path, text: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = _untagged(tuple(e["loc"]))
-        field = ".".join(str(p) for p in loc) or "(top level)"
-        line = _line_of(text, loc)
-        where = f"{path}:{line}" if line else str(path)
-        lines.append(f"{where}: {field}: {e['msg']}{_hint(e)}")
-    return "\n".join(lines)
+    return "\n".join(_at(path, text, _untagged(tuple(e["loc"])), f"{e['msg']}{_hint(e)}") for e in err.errors())
+
+
+def _at(path: Path, text: str, loc: tuple, message: str) -> str:
+    """`file:line: field: message`, the line of the field's YAML node when it has one."""
+    line = _line_of(text, loc)
+    where = f"{path}:{line}" if line else str(path)
+    return f"{where}: {'.'.join(str(p) for p in loc) or '(top level)'}: {message}"
 
 
 def _untagged(loc: tuple) -> tuple:

@@ -76,7 +76,11 @@ class KubernetesTarget(Model):
     worker_drain: Duration = Field(
         timedelta(minutes=5), gt=timedelta(0), description="time a worker needs to finish its tasks when asked to stop"
     )
-    dag_ref: str = Field("airagent/{env}", description="git ref the GitDagBundle tracks; {env} is the environment")
+    dag_ref: str = Field(
+        "airagent/{env}",
+        description="git branch the GitDagBundle tracks, force-moved by airagent (never the pipeline's branch); "
+        "{env} is the environment",
+    )
     dag_remote: str | None = Field(
         None,
         description="git URL the GitDagBundle clones, where the ref is pushed; "
@@ -92,8 +96,13 @@ class KubernetesTarget(Model):
     )
     credentials_file: Path | None = Field(
         None,
-        description="file holding `username:password` for the API (a mounted Secret); "
-        "AIRAGENT_AIRFLOW_PASSWORD on the worker wins",
+        description="file holding `username:password` for the API (a mounted Secret); with neither this nor "
+        "credentials_env, the worker's AIRAGENT_AIRFLOW_USERNAME and AIRAGENT_AIRFLOW_PASSWORD",
+    )
+    credentials_env: str | None = Field(
+        None,
+        description="environment variable, on the worker, holding `username:password` for the API; "
+        "instead of credentials_file",
     )
     live_timeout: Duration = Field(
         timedelta(minutes=5),
