@@ -32,6 +32,8 @@ def train(status: TrainStatus) -> str:
             "their changes out):",
         ]
         lines += [_held(h) for h in status.held[:10]]
+    for note in status.notes:
+        lines += ["", f"⚠️ {note}"]
     if status.validation:
         lines += ["", "**validation**", "```", status.validation, "```"]
     if status.events:
@@ -58,6 +60,9 @@ def pipeline(status: ConductorStatus) -> str:
         lines += ["", f"> {s.blocked}"]
     if s.bisection:
         lines += ["", f"🔎 {s.bisection.step_input().line()}"]
+    if s.reconfigured:
+        e = s.reconfigured
+        lines += ["", f"last reconfigure, by {e.by or 'someone'}{' — ' + e.reason if e.reason else ''}: {e.message}"]
     if s.held:
         lines += ["", f"**held back** ({len(s.held)}):"]
         lines += [_held(h) for h in s.held[:10]]

@@ -18,6 +18,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
@@ -39,12 +40,14 @@ from airagent.models import (
     EnvironmentRollbackResult,
     Notify,
     PipelineControl,
+    Reconfigure,
     TrainControl,
     TrainState,
     TrainStatus,
     TrainSummary,
     conductor_id,
     rollback_id,
+    settings_changes,
 )
 from airagent.repo import open_repository, resolve
 from workflows.conductor import Conductor
@@ -99,7 +102,8 @@ class AirAgent:
     async def deploy(
         self, pipeline: PipelineSettings, sha: str | None = None, image: str | None = None, by: str | None = None
     ) -> DeployAnswer:
-        """Ask the pipeline's conductor (started if none runs) to deploy `sha` (default: the branch head).
+        """Ask the pipeline's conductor (started with `pipeline` if none runs) to deploy `sha` (default: the
+        branch head). A running conductor deploys with its own settings (see `unapplied`).
 
         The answer names the train, queued behind a running one if need be; the same sha twice is the
         same train. `image` is the runtime image CI built for it (kubernetes, external builder)."""
@@ -244,14 +248,37 @@ class AirAgent:
         except WorkflowFailureError as err:
             raise RollbackRefused(getattr(err.cause, "message", None) or str(err.cause or err)) from None
 
+    async def reconfigure(
+        self, pipeline: PipelineSettings, by: str | None = None, reason: str | None = None
+    ) -> ControlAck:
+        """Replace the settings the running conductor deploys with, from its next train on."""
+        handle = self.client.get_workflow_handle(conductor_id(pipeline.name))
+        try:
+            return await handle.execute_update(
+                Conductor.reconfigure_update, Reconfigure(settings=pipeline, by=by, reason=reason)
+            )
+        except WorkflowUpdateFailedError as err:
+            return ControlAck(accepted=False, message=getattr(err.cause, "message", None) or str(err.cause or err))
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            raise _no_conductor(pipeline.name) from err
+
+    async def unapplied(self, pipeline: PipelineSettings) -> list[str]:
+        """The settings in which `pipeline` differs from what its running conductor deploys with (none when
+        they agree or no conductor runs): trains use the conductor's, which only `reconfigure` changes."""
+        try:
+            running = (await self.pipeline_status(pipeline.name)).settings
+        except (NotFound, WorkflowQueryFailedError):  # a note, never a reason for a deploy to fail
+            return []
+        return settings_changes(running, pipeline) if running else []
+
     async def pipeline_status(self, name: str) -> ConductorStatus:
         handle = self.client.get_workflow_handle(conductor_id(name))
         try:
             return await handle.query(Conductor.query_status)
         except RPCError as err:
-            raise NotFound(
-                f"pipeline {name!r} has no conductor; start it with `airagent pipeline start --pipeline {name}`"
-            ) from err
+            raise _no_conductor(name) from err
 
     async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
         query = "WorkflowType = 'DeployTrain'"
@@ -281,6 +308,10 @@ class AirAgent:
                 "`airagent deploy --pipeline P`"
             )
         return trains[0].id
+
+
+def _no_conductor(name: str) -> NotFound:
+    return NotFound(f"pipeline {name!r} has no conductor; start it with `airagent pipeline start --pipeline {name}`")
 
 
 def _conductor_summary(pipeline: PipelineSettings) -> str:

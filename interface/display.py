@@ -10,7 +10,7 @@ from rich.table import Table
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from airagent.models import ConductorStatus, HeldCommit, Outcome, StageRecord, TrainStatus
+from airagent.models import ConductorStatus, Event, HeldCommit, Outcome, StageRecord, TrainStatus
 from interface.client import AirAgent, NotFound
 
 console = Console()
@@ -94,6 +94,8 @@ def render(wf_id: str, s: TrainStatus) -> Table:
         table.add_row("release commit", f"{s.release_commit[:12]} (the target without the held commits)")
     if s.validation:
         table.add_row("validation", s.validation)
+    for note in s.notes:
+        table.add_row("note", f"[yellow]{note}[/yellow]")
     for ev in s.events:
         verdict = "ok" if ev.accepted else "rejected"
         table.add_row(
@@ -130,9 +132,15 @@ def render_pipeline(status: ConductorStatus) -> Table:
     for t in reversed(s.trains):
         took = f" in {(t.ended - t.started).total_seconds():.0f}s" if t.ended else ""
         table.add_row("train", f"{t.id} {t.state}{took}, {t.commits} commits by {', '.join(t.authors) or '-'}")
+    if s.reconfigured and s.reconfigured not in s.events[-5:]:
+        table.add_row("settings", event_line(s.reconfigured))
     for ev in s.events[-5:]:
-        table.add_row("control", f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'}: {ev.message}")
+        table.add_row("control", event_line(ev))
     return table
+
+
+def event_line(ev: Event) -> str:
+    return f"{timestamp(ev.at)} {ev.control} by {ev.by or '?'}: {ev.message}{' — ' + ev.reason if ev.reason else ''}"
 
 
 def held_line(h: HeldCommit) -> str:

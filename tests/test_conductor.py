@@ -272,6 +272,9 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
         assert (step.step, step.steps, step.environment) == (1, 2, "staging")
         assert "monitoring: HTTP 500" in step.why and shas[1][:12] in step.why
         assert "bisection step 1 of ~2 on staging" in await current_details(agent, "pipeline/main")
+        without_staging = pipeline.model_copy(update={"environments": [prod]})
+        refused = await agent.reconfigure(without_staging, by="ops")
+        assert not refused.accepted and "a bisection runs on staging" in refused.message
         status = await drive.pipeline_until(
             "main", lambda s: s.state.last_deployed == shas[-1] and s.state.running is None
         )

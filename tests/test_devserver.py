@@ -206,6 +206,8 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
         pipeline = load_pipeline("main", tmp_path / "repo" / "airagent.yaml")
         handle = await agent.start_pipeline(pipeline)
         first_run = (await handle.describe()).run_id
+        reconfigured = pipeline.model_copy(update={"teams": {**pipeline.teams, "platform": ["plugins/*"]}})
+        assert (await agent.reconfigure(reconfigured, by="ops", reason="platform owns plugins")).accepted
         shas = [repo.head.commit.hexsha]
         for i in range(3):
             await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
@@ -220,6 +222,7 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
         assert (await client.get_workflow_handle("pipeline/main").describe()).run_id != first_run
         assert [t.sha for t in status.state.trains] == shas
         assert status.state.head == shas[-1]
+        assert status.settings == reconfigured and status.state.reconfigured.by == "ops"
     finally:
         await client.get_workflow_handle("pipeline/main").terminate("test over")
         w.stop()

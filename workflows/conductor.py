@@ -5,6 +5,9 @@ so two trains of one pipeline never run at once. Asked-for commits go first, in 
 then, when it follows the branch, commits that landed meanwhile ride the next train,
 which deploys the branch head and so carries them all. A commit whose train failed is
 not tried again on its own; a newer commit is, and so is one asked for again.
+
+Its trains deploy with the settings the operator gave it (`pipeline start`, then
+`pipeline reconfigure`), carried across continue-as-new; never with a commit's airagent.yaml.
 """
 
 from __future__ import annotations
@@ -213,4 +216,5 @@ class Conductor(ConductorControls):
             window_open=window.open,
             window=window.reason,
             state=self.state,
+            settings=self.pipeline,
         )

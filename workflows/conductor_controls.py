@@ -3,7 +3,9 @@
 `deploy` queues a commit (or says why no train can start now), `notify` makes it look at
 the branch, `follow` makes the branch head deploy itself; `pause`, `resume`, `freeze` and
 `unfreeze` steer whether trains start. Each control is a signal and an update of the same
-name. Handlers only change the state and wake the conductor's loop.
+name. `reconfigure`, an update only, replaces the settings the next trains deploy with:
+they change by an operator's action, never by a commit. Handlers only change the state
+and wake the conductor's loop.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ with workflow.unsafe.imports_passed_through():
         DeployRequest,
         Notify,
         PipelineControl,
+        Reconfigure,
+        settings_changes,
         train_id,
     )
 
@@ -153,6 +157,37 @@ class ConductorControls(Controlled[PipelineControl]):
             if was
             else f"following {self.pipeline.branch} from now on",
         )
+
+    @workflow.update(name="reconfigure")
+    def reconfigure_update(self, request: Reconfigure) -> ControlAck:
+        """The operator's new settings, from the next train on: the running train goes on with the settings
+        it started with, as gates it has passed or waits at were set for it."""
+        changes = settings_changes(self.pipeline, request.settings)
+        if not changes:
+            return ControlAck(accepted=True, message="unchanged: the conductor already deploys with these settings")
+        running = self.state.running
+        message = f"changed {', '.join(changes)}; the next train deploys with them" + (
+            f" ({running.id} goes on with the settings it started with)" if running else ""
+        )
+        self.pipeline, self.wake = request.settings, True  # awake: the nap follows the new poll interval and windows
+        event = self._event("reconfigure", Control(by=request.by, reason=request.reason), True, message)
+        self.state.reconfigured = event
+        self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
+        return ControlAck(accepted=True, message=message)
+
+    @reconfigure_update.validator
+    def _reconfigure_allowed(self, request: Reconfigure) -> None:
+        new, bisection = request.settings, self.state.bisection
+        refusal = None
+        if new.name != self.pipeline.name:
+            refusal = f"these settings are pipeline {new.name!r}'s; this conductor deploys {self.pipeline.name!r}"
+        elif bisection and bisection.environment not in [e.name for e in new.environments]:
+            refusal = (
+                f"a bisection runs on {bisection.environment}, which these settings remove; keep it until the "
+                "bisection ends (`airagent pipeline status`)"
+            )
+        if refusal:
+            raise ApplicationError(refusal, type="ControlRejected", non_retryable=True)
 
     @workflow.signal(name=PipelineControl.pause)
     def pause(self, control: Control | None = None) -> None:

@@ -8,6 +8,7 @@ or waiting for approval. Everything that touches the world is an activity.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import PurePosixPath
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -24,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.soak import soak_check
     from activities.validate import validate
     from airagent import search_attributes as sa
-    from airagent.config import EnvironmentSettings
+    from airagent.config import DEFAULT_FILE, EnvironmentSettings
     from airagent.models import (
         Announcement,
         Baseline,
@@ -165,6 +166,9 @@ class DeployTrain(TrainHoldBack):
         else:  # what the train was asked for
             self.status.target, self.status.commits = change.target, change.commits
         self.changed = sorted({f.path for e in change.environments for f in e.files})
+        note = _settings_note(self.pipeline.name, change)
+        if note and note not in self.status.notes:
+            self.status.notes.append(note)
         self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
         modes = [e.mode for e in change.environments if e.mode]
         self.status.mode = max(modes, key=list(RolloutMode).index) if modes else None
@@ -373,6 +377,19 @@ async def _timer(timeout: timedelta, wake) -> bool:
 def _short(delta: timedelta) -> str:
     seconds = int(delta.total_seconds())
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _settings_note(pipeline: str, change: DiffResult) -> str | None:
+    """Say so when the train's commits change an airagent.yaml: a train never applies it, as gates belong to the
+    operator. On a first deploy (nothing live) every file is new, not changed."""
+    changed = (f.path for e in change.environments if e.live_commit for f in e.files)
+    path = next((p for p in changed if PurePosixPath(p).name == DEFAULT_FILE), None)
+    if path is None:
+        return None
+    return (
+        f"{path} changed in this train's commits; not applied: trains deploy with the operator's settings "
+        f"— run `airagent pipeline reconfigure -p {pipeline} -c {path}` to apply it"
+    )
 
 
 def _describe_change(e: EnvironmentChange) -> str:

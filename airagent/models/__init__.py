@@ -28,7 +28,9 @@ from airagent.models.conductor import (
     Notify,
     PollInput,
     PollResult,
+    Reconfigure,
     TrainRecord,
+    settings_changes,
 )
 from airagent.models.diff import ChangedFile, DiffInput, DiffResult, EnvironmentChange
 from airagent.models.environment import (
@@ -102,6 +104,7 @@ __all__ = [
     "PollResult",
     "ProbeReading",
     "Problem",
+    "Reconfigure",
     "Release",
     "RemovedDag",
     "RollInput",
@@ -122,5 +125,6 @@ __all__ = [
     "conductor_id",
     "last_line",
     "rollback_id",
+    "settings_changes",
     "train_id",
 ]

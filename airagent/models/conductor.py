@@ -36,6 +36,14 @@ class DeployRequest(BaseModel):
     by: str | None = None
 
 
+class Reconfigure(BaseModel):
+    """`airagent pipeline reconfigure`: the operator's new settings for the conductor's next trains, who and why."""
+
+    settings: PipelineSettings
+    by: str | None = None
+    reason: str | None = None
+
+
 class DeployAnswer(BaseModel):
     """The conductor's answer: the train that deploys the commit, or why none can start now."""
 
@@ -117,6 +125,9 @@ class ConductorState(BaseModel):
     )
     bisection: Bisection | None = None
     events: list[Event] = []
+    reconfigured: Event | None = Field(
+        None, description="the operator's last reconfigure (who, when, why, what changed), kept past the event log"
+    )
 
 
 class ConductorInput(BaseModel):
@@ -130,3 +141,14 @@ class ConductorStatus(BaseModel):
     window_open: bool = True
     window: str = ""
     state: ConductorState
+    settings: PipelineSettings | None = Field(
+        None, description="what its next trains deploy with: the operator's settings (None from an older worker)"
+    )
+
+
+def settings_changes(old: PipelineSettings, new: PipelineSettings) -> list[str]:
+    """The top-level settings that differ, naming the environments that do: `["environments (prod)", "isolation"]`."""
+    changed = [name for name in PipelineSettings.model_fields if getattr(old, name) != getattr(new, name)]
+    before, after = ({e.name: e for e in p.environments} for p in (old, new))
+    envs = [name for name in {**before, **after} if before.get(name) != after.get(name)]
+    return [f"environments ({', '.join(envs)})" if c == "environments" and envs else c for c in changed]

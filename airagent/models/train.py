@@ -72,6 +72,7 @@ class TrainStatus(BaseModel):
     )
     soak_failed: str | None = Field(None, description="the environment whose soak failed and was rolled back")
     bisect: BisectStep | None = None
+    notes: list[str] = Field([], description="what a person should know that failed nothing")
     stages: list[StageRecord] = []
     events: list[Event] = []
     started: datetime | None = None

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from airagent import config as config_module
-from airagent.config import ConfigError
+from airagent.config import ConfigError, PipelineSettings
 from airagent.connection import TemporalUnreachable
 from airagent.models import Control
 from airagent.repo import RepoError
@@ -71,6 +71,18 @@ async def send_control(wf_id: str, name: str, control: Control, as_json: bool) -
         f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]",
     )
     return 0 if ack.accepted else 1
+
+
+async def note_unapplied(agent: AirAgent, settings: PipelineSettings, config: Path) -> None:
+    """Say so when the file differs from what the pipeline's running conductor deploys with: only an operator's
+    `reconfigure` changes that, so the file was not applied."""
+    unapplied = await agent.unapplied(settings)
+    if unapplied:
+        err_console.print(
+            f"[yellow]note:[/yellow] the conductor of {settings.name} deploys with its own settings, not {config}'s "
+            f"(they differ in {', '.join(unapplied)}); to change them, `airagent pipeline reconfigure "
+            f"-p {settings.name} -c {config} --reason ...`"
+        )
 
 
 def current_user() -> str:

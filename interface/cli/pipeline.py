@@ -18,6 +18,7 @@ from interface.cli.base import (
     current_user,
     emit,
     friendly,
+    note_unapplied,
     run,
     send_control,
 )
@@ -33,14 +34,45 @@ app.add_typer(pipeline_app, name="pipeline")
 @pipeline_app.command("start")
 @friendly
 def pipeline_start(pipeline: PipelineOpt, config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None:
-    """Start the pipeline's conductor (idempotent): from now on the branch deploys itself."""
+    """Start the pipeline's conductor (idempotent): from now on the branch deploys itself. A running conductor
+    keeps its settings; `pipeline reconfigure` changes them."""
     settings = config_module.load_pipeline(pipeline, config)
 
     async def go() -> None:
-        handle = await (await AirAgent.connect()).start_pipeline(settings)
+        agent = await AirAgent.connect()
+        handle = await agent.start_pipeline(settings)
         emit({"conductor": handle.id}, as_json, f"conductor {handle.id} running")
+        await note_unapplied(agent, settings, config)
 
     run(go())
+
+
+@pipeline_app.command("reconfigure")
+@friendly
+def pipeline_reconfigure(
+    pipeline: PipelineOpt,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    reason: Annotated[str | None, typer.Option(help="why; kept in the conductor's event log")] = None,
+    by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give the running conductor the file's settings (environments, soak, approval, policies...), checked as
+    `config check` does; the next train deploys with them, a running one goes on with its own."""
+    settings = config_module.load_pipeline(pipeline, config)
+
+    async def go() -> int:
+        agent = await AirAgent.connect()
+        ack = await agent.reconfigure(settings, by or current_user(), reason)
+        emit(
+            ack.model_dump(),
+            as_json,
+            f"[green]reconfigure: {ack.message}[/green]"
+            if ack.accepted
+            else f"[red]reconfigure rejected: {ack.message}[/red]",
+        )
+        return 0 if ack.accepted else 1
+
+    raise typer.Exit(run(go()))
 
 
 @pipeline_app.command("status")
@@ -104,8 +136,10 @@ def notify(
     settings = config_module.load_pipeline(pipeline, config)
 
     async def go() -> int:
-        ack = await (await AirAgent.connect()).notify(settings, sha, by, image)
+        agent = await AirAgent.connect()
+        ack = await agent.notify(settings, sha, by, image)
         emit(ack.model_dump(), as_json, ack.message if ack.accepted else f"[red]notify rejected: {ack.message}[/red]")
+        await note_unapplied(agent, settings, config)
         return 0 if ack.accepted else 1
 
     raise typer.Exit(run(go()))

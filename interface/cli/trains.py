@@ -24,6 +24,7 @@ from interface.cli.base import (
     current_user,
     emit,
     friendly,
+    note_unapplied,
     run,
     send_control,
 )
@@ -51,12 +52,14 @@ def deploy(
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a train. With --wait, exit 0 for succeeded or noop, 3 failed, 4 rolled back, 5 aborted, 6 timeout."""
+    """Start a train. A running conductor deploys with its own settings, not the file's (`pipeline reconfigure`
+    changes them). With --wait, exit 0 for succeeded or noop, 3 failed, 4 rolled back, 5 aborted, 6 timeout."""
     settings = config_module.load_pipeline(pipeline, config)
 
     async def go() -> int:
         agent = await AirAgent.connect()
         answer = await agent.deploy(settings, sha, image, by=current_user())
+        await note_unapplied(agent, settings, config)
         if not wait:
             emit({"train": answer.train, "message": answer.message}, as_json, f"{answer.train}: {answer.message}")
             return 0
