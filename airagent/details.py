@@ -56,6 +56,8 @@ def pipeline(status: ConductorStatus) -> str:
     ]
     if not status.window_open:
         lines += ["", f"window closed: {status.window}"]
+    if warning := sandbox_warning(status):
+        lines += ["", f"⚠ {warning}"]
     if s.blocked:
         lines += ["", f"> {s.blocked}"]
     if s.bisection:
@@ -70,6 +72,15 @@ def pipeline(status: ConductorStatus) -> str:
         lines += ["", "| train | state | commits | authors |", "|---|---|---|---|"]
         lines += [f"| {t.id} | {t.state} | {t.commits} | {', '.join(t.authors)} |" for t in reversed(s.trains[-5:])]
     return "\n".join(lines)
+
+
+def sandbox_warning(status: ConductorStatus) -> str | None:
+    if status.settings is None or status.settings.sandbox:
+        return None
+    return (
+        "sandbox: off: DAG files and requirements run with the worker's own rights (its secrets, network and "
+        "files); `airagent pipeline reconfigure` with `sandbox: on` ends that"
+    )
 
 
 def _held(h: HeldCommit) -> str:

@@ -10,6 +10,7 @@ from rich.table import Table
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from airagent import details
 from airagent.models import ConductorStatus, Event, HeldCommit, Outcome, StageRecord, TrainStatus
 from interface.client import AirAgent, NotFound
 
@@ -117,6 +118,8 @@ def render_pipeline(status: ConductorStatus) -> Table:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("window", f"{'open' if status.window_open else 'closed'}: {status.window}")
+    if warning := details.sandbox_warning(status):
+        table.add_row("[yellow]warning[/yellow]", warning)
     table.add_row("head", (s.head or "-")[:12])
     table.add_row("last deployed", (s.last_deployed or "-")[:12])
     table.add_row("running", s.running.id if s.running else "-")

@@ -194,3 +194,18 @@ async def test_a_commit_changing_airagent_yaml_deploys_without_applying_it(agent
     assert "`airagent pipeline reconfigure -p main -c airagent.yaml`" in note
     assert "airagent.yaml changed" in await current_details(agent, train)
     assert (await agent.pipeline_status("main")).settings == pipeline
+
+
+async def test_a_pipeline_without_the_sandbox_says_so_in_its_status(agent, drive, repo, cli_env, tmp_path):
+    config = tmp_path / "repo" / "airagent.yaml"
+    await agent.start_pipeline(load_pipeline("main", config))
+    unsandboxed = tmp_path / "repo" / "unsandboxed.yaml"
+    pipelines = "pipelines:\n  main:\n"
+    unsandboxed.write_text(config.read_text().replace(pipelines, f"{pipelines}    sandbox: off\n"))
+    assert not load_pipeline("main", unsandboxed).sandbox
+
+    done = await airagent("pipeline", "reconfigure", "-p", "main", "-c", str(unsandboxed), env=cli_env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = await airagent("pipeline", "status", "-p", "main", env=cli_env)
+
+    assert "sandbox: off: DAG files and requirements run with the worker's own rights" in " ".join(shown.stdout.split())
