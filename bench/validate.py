@@ -5,7 +5,9 @@ a plain DagBag in a process of its own; the validate stage's first validation in
 runtime with an empty cache (it also starts the runtime's warm parser: `cold_full`);
 after a plugins change, which makes every DAG file's cached result stale, the same
 validation again (what a person waits for when the runtime stays: `full`); then, after
-one DAG file changes, the same validation again, which parses only that file.
+one DAG file changes, the same validation again, which parses only that file. Last, the
+full validation once more with the pipeline's `sandbox: off`, after a warm-up of its own
+parser, for the sandbox's overhead.
 
     .venv/bin/python -m bench.validate [FILES]
 """
@@ -23,7 +25,7 @@ from textwrap import dedent
 from activities.runtime import ensure_runtime
 from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
-from airagent.config import Runtime
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, Runtime
 
 HELPERS = {
     "common/__init__.py": "",
@@ -153,12 +155,24 @@ def main(files: int) -> None:
             started = time.perf_counter()
             incremental = parse_tree(runtime, root, "dags", "plugins")
             incremental_seconds = time.perf_counter() - started
+
+            off = PipelineSettings(
+                name="bench",
+                sandbox=False,
+                environments=[EnvironmentSettings(name="e", target=LocalTarget(path=Path(scratch) / "env"))],
+            )
+            parse_tree(runtime, root, "dags", "plugins", off)  # starts the unsandboxed parser
+            (root / "plugins" / "macros.py").write_text("def ds_nodash(ds):\n    return ds.replace('-', '_')\n")
+            started = time.perf_counter()
+            unsandboxed = parse_tree(runtime, root, "dags", "plugins", off)
+            unsandboxed_seconds = time.perf_counter() - started
         finally:
             parser_service.stop()
     full_dags = sum(len(f.dag_ids) for f in full.files)
     assert (full_dags, len(full.broken)) == (dagbag_dags, dagbag_errors), (full_dags, dagbag_dags)
     assert cold.parsed == full.parsed == len(full.files) == len(cold.files), (cold.parsed, full.parsed)
     assert incremental.parsed == 1 and len(incremental.files) == len(full.files), incremental.parsed
+    assert unsandboxed.parsed == full.parsed, unsandboxed.parsed
     print(f"files: {files} count", file=sys.stderr)
     print(f"dags: {full_dags} count")
     print(f"dagbag_seconds: {dagbag_seconds:.2f} s")
@@ -167,6 +181,8 @@ def main(files: int) -> None:
     print(f"full_seconds: {full_seconds:.2f} s")
     print(f"incremental_seconds: {incremental_seconds:.3f} s")
     print(f"incremental_vs_full: {incremental_seconds / full_seconds:.3f} ratio")
+    print(f"full_unsandboxed_seconds: {unsandboxed_seconds:.2f} s")
+    print(f"sandboxed_vs_unsandboxed: {full_seconds / unsandboxed_seconds:.3f} ratio")
     print(f"full_vs_dagbag: {full_seconds / dagbag_seconds:.2f} ratio")
 
 
