@@ -105,6 +105,14 @@ def kaniko_job(settings: ImageSettings, context: str, ref: str, commit: str, ima
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
     }
+    if settings.git_secret:  # a private repository: kaniko's git context reads these, as git-sync reads its own
+        container["env"] = [
+            {
+                "name": f"GIT_{key}",
+                "valueFrom": {"secretKeyRef": {"name": settings.git_secret, "key": f"GITSYNC_{key}"}},
+            }
+            for key in ("USERNAME", "PASSWORD")
+        ]
     if settings.push_secret:
         container["volumeMounts"] = [{"name": "push", "mountPath": "/kaniko/.docker"}]
         spec["volumes"] = [

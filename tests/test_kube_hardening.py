@@ -258,6 +258,14 @@ def test_the_admission_policy_admits_the_jobs_the_driver_sends(sent):
     for name, job in sent.items():
         assert denials(job) == [], name
     assert denials(sent["validate"], username="system:serviceaccount:airflow:someone-else") is None
+    private = ImageSettings(repository=REPOSITORY, git_secret="git-creds")
+    kaniko = images.kaniko_job(private, "git://g/x", "refs/heads/main", "a" * 40, IMAGE, DIGEST)
+    assert denials(kaniko) == []
+    env = kaniko["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"]["key"] for e in env} == {
+        "GIT_USERNAME": "GITSYNC_USERNAME",
+        "GIT_PASSWORD": "GITSYNC_PASSWORD",
+    }
 
 
 def mutated(change):
