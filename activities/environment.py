@@ -37,18 +37,18 @@ class LocalDriver:
     def roll(
         self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
     ) -> Rolled:
-        return _from_manifest(*self.airflow.roll(release, mode, dags, replaces))
+        return _from_record(*self.airflow.roll(release, mode, dags, replaces))
 
     def rollback(self, to: str | None) -> Rolled:
-        return _from_manifest(*self.airflow.rollback(to))
+        return _from_record(*self.airflow.rollback(to))
 
     def marker(self) -> Marker:
-        manifest = self.files.manifest()
+        record = self.files.record()
         return Marker(
-            live=manifest.live.id if manifest.live else None,
-            previous=manifest.previous.id if manifest.previous else None,
-            rolled=list(dict.fromkeys(s.release for s in manifest.history if s.release)),
-            live_commit=manifest.live.commit if manifest.live else None,
+            live=record.live.id if record.live else None,
+            previous=record.previous.id if record.previous else None,
+            rolled=list(dict.fromkeys(s.release for s in record.history if s.release)),
+            live_commit=record.live.commit if record.live else None,
         )
 
     def probe(self, release: Release, baseline: Baseline | None) -> list[ProbeReading]:
@@ -67,13 +67,13 @@ class LocalDriver:
         """The environment's own record still says the release is live."""
         linked, live = self.files.linked(), self.files.live()
         ok = linked == expected and live is not None and live.id == expected
-        return reading("marker", ok, f"`current` → {linked}, manifest → {live and live.id}", f"both {expected}")
+        return reading("marker", ok, f"`current` → {linked}, record → {live and live.id}", f"both {expected}")
 
 
-def _from_manifest(manifest, changed: bool, detail: str) -> Rolled:
+def _from_record(record, changed: bool, detail: str) -> Rolled:
     return Rolled(
-        manifest.live.id if manifest.live else None,
-        manifest.previous.id if manifest.previous else None,
+        record.live.id if record.live else None,
+        record.previous.id if record.previous else None,
         changed,
         detail,
     )

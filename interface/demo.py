@@ -164,7 +164,7 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     checks.expect(not (await agent.pipeline_status(pipeline.name)).state.held, "nothing is held any more")
 
     console.rule("4. add a DAG whose task fails when it runs: staging must roll back by itself")
-    before = {e.name: LocalEnvironment(local_target(e).path).manifest() for e in pipeline.environments}
+    before = {e.name: LocalEnvironment(local_target(e).path).record() for e in pipeline.environments}
     failing = example.commit(
         git.Repo(repo), {example.FAILING_PATH: example.FAILING_DAG}, "marketing: check the new orders feed", "marketing"
     )
@@ -196,7 +196,7 @@ def local_target(env: EnvironmentSettings) -> LocalTarget:
 def untouched(checks: Checks, pipeline: PipelineSettings, before: dict) -> None:
     """Each environment runs what it ran before, by its own record."""
     for env in pipeline.environments:
-        after = LocalEnvironment(local_target(env).path).manifest()
+        after = LocalEnvironment(local_target(env).path).record()
         live = after.live.id if after.live else "-"
         checks.expect(after.live == before[env.name].live, f"{env.name} runs what it ran before: {live}")
 

@@ -228,10 +228,10 @@ async def judge(agent: AirAgent, lanes: list[Lane], deadline: float) -> FaultRep
     for lane in lanes:
         expected = last_succeeded.get(lane.pipeline.name, (None, None))[1]
         for name, environment in lane.environments().items():
-            manifest = environment.manifest()
-            rolled = Counter(s.release for s in manifest.history if s.action == "roll")
+            record = environment.record()
+            rolled = Counter(s.release for s in record.history if s.action == "roll")
             report.doubled += [f"{lane.pipeline.name}/{name}: {r} rolled {n} times" for r, n in rolled.items() if n > 1]
-            live = manifest.live.id if manifest.live else None
+            live = record.live.id if record.live else None
             if live != expected:
                 report.mismatched.append(f"{lane.pipeline.name}/{name}: live {live}, last succeeded train {expected}")
     return report

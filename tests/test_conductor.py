@@ -35,7 +35,7 @@ def settled(head: str):
 
 
 def live_commits(pipeline, env: str) -> list[str]:
-    return [h.commit for h in LocalEnvironment(pipeline.environment(env).target.path).manifest().history]
+    return [h.commit for h in LocalEnvironment(pipeline.environment(env).target.path).record().history]
 
 
 async def test_a_burst_of_commits_rides_few_trains_in_order(agent, drive, monorepo, tmp_path):
@@ -290,7 +290,7 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
     [held] = status.state.held
     assert (held.sha, held.regression, held.teams) == (shas[2], True, ["marketing"])
     assert "bisection" in held.reason and "monitoring" in held.reason
-    live = LocalEnvironment(prod.target.path).manifest().live.commit
+    live = LocalEnvironment(prod.target.path).record().live.commit
     assert stands_for(monorepo, live) == (shas[-1], [shas[2]])
     dags = prod.target.path / "current" / "dags"
     assert "BREAKS_MONITORING" not in (dags / "marketing/campaigns.py").read_text()

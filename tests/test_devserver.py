@@ -47,7 +47,7 @@ async def test_worker_killed_mid_soak_resumes_and_rolls_each_environment_once(ag
 
     assert status.state == TrainState.succeeded, status.reason
     for env in pipeline.environments:
-        history = LocalEnvironment(env.target.path).manifest().history
+        history = LocalEnvironment(env.target.path).record().history
         assert [(h.action, h.commit) for h in history] == [("roll", repo.head.commit.hexsha)]
 
 
@@ -177,7 +177,7 @@ async def test_worker_killed_while_a_conductor_train_runs_both_resume(agent, wor
 
     assert [(t.sha, t.state) for t in status.state.trains] == [(head, "succeeded"), (newer, "succeeded")]
     for env in pipeline.environments:
-        history = LocalEnvironment(env.target.path).manifest().history
+        history = LocalEnvironment(env.target.path).record().history
         assert [h.commit for h in history] == [head, newer]
     await agent.client.get_workflow_handle("pipeline/main").terminate("test over")
 

@@ -151,7 +151,7 @@ async def assert_one_at_a_time_newest_live(agent: AirAgent, pipeline, trains: li
         ]
     )
     assert all(earlier[1] <= later[0] for earlier, later in pairwise(spans)), spans
-    prod = LocalEnvironment(pipeline.environment("prod").target.path).manifest()
+    prod = LocalEnvironment(pipeline.environment("prod").target.path).record()
     assert prod.live.commit == newest
     rolled = [s.release for s in prod.history if s.action == "roll"]
     assert len(rolled) == len(set(rolled))

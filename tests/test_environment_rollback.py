@@ -29,12 +29,12 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
     await agent.notify(pipeline, bad)
     await drive.pipeline_until("main", lambda s: s.state.last_deployed == bad)
     prod = LocalEnvironment(pipeline.environment("prod").target.path)
-    good_release = prod.manifest().previous.id
+    good_release = prod.record().previous.id
 
     result = await roll_back(agent, pipeline, "prod", by="oncall", reason="numbers look off")
 
     assert result.live == good_release and prod.live().commit == first.state.last_deployed
-    assert [s.action for s in prod.manifest().history] == ["roll", "roll", "rollback"]
+    assert [s.action for s in prod.record().history] == ["roll", "roll", "rollback"]
     assert LocalEnvironment(pipeline.environment("staging").target.path).live().commit == bad
     frozen = await agent.pipeline_status("main")
     assert "prod rolled back" in frozen.state.frozen and "oncall" in frozen.state.frozen

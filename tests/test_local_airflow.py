@@ -118,9 +118,9 @@ def test_dags_only_roll_is_live_without_restarting_anything(live):
     )
     release, dags = built(pipeline, sha)
 
-    manifest, changed, detail = env.roll(release, RolloutMode.dags_only, dags)
+    record, changed, detail = env.roll(release, RolloutMode.dags_only, dags)
 
-    assert changed and manifest.live.id == release.id
+    assert changed and record.live.id == release.id
     assert "nothing restarted" in detail and "1 re-parsed" in detail, detail
     assert pids(env) == before
     with env.api() as api:

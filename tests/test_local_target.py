@@ -1,4 +1,4 @@
-"""The local target driven directly, without Temporal: releases/, the `current` link and the manifest."""
+"""The local target driven directly, without Temporal: releases/, the `current` link and the record."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def release(tmp_path: Path, name: str) -> Release:
 
 
 def swaps(env: LocalEnvironment) -> list[tuple]:
-    return [(s.action, s.release, s.replaced) for s in env.manifest().history]
+    return [(s.action, s.release, s.replaced) for s in env.record().history]
 
 
 def leftovers(env: LocalEnvironment) -> list[str]:
@@ -60,7 +60,7 @@ def env(tmp_path) -> LocalEnvironment:
 
 def test_roll_installs_the_release_and_points_current_at_it(env, tmp_path):
     a = release(tmp_path, "a")
-    manifest, changed = env.roll(a)
+    record, changed = env.roll(a)
 
     assert changed
     installed = env.releases / "a"
@@ -68,21 +68,21 @@ def test_roll_installs_the_release_and_points_current_at_it(env, tmp_path):
     assert Release.model_validate_json((installed / "release.json").read_text()).bundle == str(installed)
     assert env.current.is_symlink() and os.readlink(env.current) == "releases/a"  # relative: the folder can move
     assert (env.current / "dags" / "dag.py").read_text() == "# release a\n"
-    assert manifest == env.manifest()
-    assert (manifest.live.id, manifest.live.commit, manifest.previous) == ("a", a.commit, None)
+    assert record == env.record()
+    assert (record.live.id, record.live.commit, record.previous) == ("a", a.commit, None)
     assert swaps(env) == [("roll", "a", None)]
     assert leftovers(env) == []
 
 
 def test_second_roll_swaps_current_and_keeps_the_first(env, tmp_path):
     env.roll(release(tmp_path, "a"))
-    manifest, changed = env.roll(release(tmp_path, "b"))
+    record, changed = env.roll(release(tmp_path, "b"))
 
     assert changed
     assert os.readlink(env.current) == "releases/b"
     assert (env.current / "dags" / "dag.py").read_text() == "# release b\n"
     assert sorted(p.name for p in env.releases.iterdir()) == ["a", "b"]
-    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert (record.live.id, record.previous.id) == ("b", "a")
     assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
     assert leftovers(env) == []
 
@@ -93,33 +93,33 @@ def test_rolling_the_live_release_is_a_noop(env, tmp_path):
     first, _ = env.roll(a)
     again, changed = env.roll(a)
     assert not changed
-    assert again == first == env.manifest()
+    assert again == first == env.record()
     assert swaps(env) == [("roll", "a", None)]
 
 
 def test_rollback_to_previous(env, tmp_path):
     env.roll(release(tmp_path, "a"))
     env.roll(release(tmp_path, "b"))
-    manifest, changed = env.rollback("a")
+    record, changed = env.rollback("a")
 
     assert changed
     assert os.readlink(env.current) == "releases/a"
-    assert (manifest.live.id, manifest.previous.id) == ("a", "b")
+    assert (record.live.id, record.previous.id) == ("a", "b")
     assert swaps(env)[-1] == ("rollback", "a", "b")
-    assert env.rollback("a") == (manifest, False)
+    assert env.rollback("a") == (record, False)
 
 
 def test_rollback_to_none_removes_current(env, tmp_path):
     env.roll(release(tmp_path, "a"))
-    manifest, changed = env.rollback(None)
+    record, changed = env.rollback(None)
 
     assert changed
     assert not env.current.is_symlink() and not env.current.exists()
     assert env.linked() is None
-    assert (manifest.live, manifest.previous.id) == (None, "a")
+    assert (record.live, record.previous.id) == (None, "a")
     assert swaps(env) == [("roll", "a", None), ("rollback", None, "a")]
     assert (env.releases / "a" / "release.json").exists()  # kept, so it can be rolled back to
-    assert env.rollback(None) == (manifest, False)
+    assert env.rollback(None) == (record, False)
 
 
 def test_rollback_to_a_release_never_rolled_here(env, tmp_path):
@@ -140,16 +140,16 @@ def test_crash_between_link_swap_and_manifest_write(env, tmp_path):
     os.replace(link, env.current)
     assert env.live().id == "a" and env.linked() == "b"
 
-    manifest, changed = env.roll(b)
+    record, changed = env.roll(b)
     assert changed
-    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert (record.live.id, record.previous.id) == ("b", "a")
     assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
     assert os.readlink(env.current) == "releases/b"
     assert env.roll(b)[1] is False
 
 
 def test_current_missing_while_manifest_says_live_is_repaired(env, tmp_path):
-    """The link is the truth about what runs; a manifest alone does not make a roll a no-op."""
+    """The link is the truth about what runs; a record alone does not make a roll a no-op."""
     a = release(tmp_path, "a")
     env.roll(a)
     env.current.unlink()
@@ -161,10 +161,10 @@ def test_current_missing_while_manifest_says_live_is_repaired(env, tmp_path):
 
 
 def state(env: LocalEnvironment) -> tuple:
-    """Everything a roll could change: the manifest as written, the link, the installed releases, stray files."""
-    manifest = env.manifest_file.read_text() if env.manifest_file.exists() else None
+    """Everything a roll could change: the record as written, the link, the installed releases, stray files."""
+    record = env.record_file.read_text() if env.record_file.exists() else None
     installed = sorted(p.name for p in env.releases.iterdir()) if env.releases.exists() else []
-    return manifest, env.linked(), installed, sorted(p.name for p in env.path.iterdir()) if env.path.exists() else []
+    return record, env.linked(), installed, sorted(p.name for p in env.path.iterdir()) if env.path.exists() else []
 
 
 @pytest.mark.parametrize(
@@ -199,9 +199,9 @@ def test_a_retried_roll_is_still_a_noop_though_replaces_names_the_release_before
 
     again, changed = env.roll(b, Expected(live="a"))
 
-    assert not changed and again == first == env.manifest()
+    assert not changed and again == first == env.record()
     assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
-    env.current.unlink()  # the manifest names b already: repairing the link is not rolling over another release
+    env.current.unlink()  # the record names b already: repairing the link is not rolling over another release
     assert env.roll(b, Expected(live="a"))[1] and env.linked() == "b"
 
 
@@ -209,10 +209,10 @@ def test_a_retried_roll_is_still_a_noop_though_replaces_names_the_release_before
 def test_a_roll_whose_replaces_matches_or_is_absent_rolls_as_before(env, tmp_path, replaces):
     env.roll(release(tmp_path, "a"), Expected(live=None) if replaces else None)
 
-    manifest, changed = env.roll(release(tmp_path, "b"), replaces)
+    record, changed = env.roll(release(tmp_path, "b"), replaces)
 
     assert changed and env.linked() == "b"
-    assert (manifest.live.id, manifest.previous.id) == ("b", "a")
+    assert (record.live.id, record.previous.id) == ("b", "a")
     assert swaps(env) == [("roll", "a", None), ("roll", "b", "a")]
 
 

@@ -64,7 +64,7 @@ async def deploy(agent, pipeline, sha, predicate=lambda s: s.state.finished, tim
 
 
 def rolls_of(env: LocalAirflow, release: str) -> int:
-    return sum(1 for s in env.files.manifest().history if s.action == "roll" and s.release == release)
+    return sum(1 for s in env.files.record().history if s.action == "roll" and s.release == release)
 
 
 async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(agent, worker, world):

@@ -19,7 +19,7 @@ def live_commit(pipeline, env: str) -> str | None:
 
 
 def swaps(pipeline, env: str) -> list:
-    return LocalEnvironment(pipeline.environment(env).target.path).manifest().history
+    return LocalEnvironment(pipeline.environment(env).target.path).record().history
 
 
 def soaking(env: str):
@@ -247,7 +247,7 @@ async def test_a_broken_dag_is_held_back_and_the_other_teams_change_reaches_prod
     assert [(h.sha, h.author) for h in status.held] == [(broken, example.AUTHORS["marketing"][0])]
     assert example.BROKEN_PATH in status.held[0].reason and "pandas_but_misspelled" in status.held[0].reason
     prod = LocalEnvironment(pipeline.environment("prod").target.path)
-    assert prod.manifest().live.commit == status.release_commit
+    assert prod.record().live.commit == status.release_commit
     files = Path(prod.current) / "dags"
     assert (files / "finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=6)
     assert (files / "marketing/orders_hourly.py").read_text() == example.FILES[example.BROKEN_PATH]

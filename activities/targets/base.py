@@ -1,10 +1,17 @@
-"""What every target offers and refuses alike: the Driver protocol, what a roll answers, the error tree, and the
-release files every target reads. Stages and targets meet here, so neither imports the other's modules."""
+"""What every target offers and refuses alike: the Driver protocol, what a roll answers, a swap in an
+environment's record, the error tree, and the release files every target reads. Stages and targets meet here, so
+neither imports the other's modules.
+
+Each target keeps its own record in the environment (`local.Record` in manifest.json, `kube_record.Record` in a
+ConfigMap); `Marker` is what a driver reads off it for the stages."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
+
+from pydantic import BaseModel
 
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 
@@ -17,6 +24,16 @@ class Rolled(NamedTuple):
     previous: str | None
     changed: bool
     detail: str
+
+
+class Swap(BaseModel):
+    """One change of what an environment runs, as its record keeps it, oldest first."""
+
+    at: datetime
+    action: Literal["roll", "rollback"]
+    release: str | None
+    commit: str | None = None  # the local record keeps it per swap; the kubernetes one beside the live release
+    replaced: str | None
 
 
 class Driver(Protocol):

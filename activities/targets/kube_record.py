@@ -4,10 +4,10 @@ the one before, a roll in progress, and the snapshots rollback writes back."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from activities.targets.base import Swap
 from airagent.models import Baseline, RolloutMode
 
 RECORD_KEY = "record.json"
@@ -34,13 +34,6 @@ class Snapshot(BaseModel):
     templates: dict[str, dict] = Field(description="'<plural>/<name>' -> spec.template exactly as read")
     config: dict[str, str] | None
     taken: datetime
-
-
-class Swap(BaseModel):
-    at: datetime
-    action: Literal["roll", "rollback"]
-    release: str | None
-    replaced: str | None
 
 
 class Record(BaseModel):

@@ -38,9 +38,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from activities.targets import kube_rollout
-from activities.targets.base import check_live
+from activities.targets.base import Swap, check_live
 from activities.targets.kube_git import DagRef
-from activities.targets.kube_record import KEEP_SNAPSHOTS, RECORD_KEY, Record, Rollout, RollReport, Snapshot, Swap
+from activities.targets.kube_record import KEEP_SNAPSHOTS, RECORD_KEY, Record, Rollout, RollReport, Snapshot
 from activities.targets.kube_rollout import RELEASE_ANNOTATION, Workload
 from airagent.config import KubernetesTarget
 from airagent.models import Baseline, Expected, RolloutMode

@@ -18,22 +18,15 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel
 
-from activities.targets.base import check_live
+from activities.targets.base import Swap, check_live
 from airagent.models import Expected, Release
 
 
-class Swap(BaseModel):
-    at: datetime
-    action: str
-    release: str | None
-    commit: str | None
-    replaced: str | None
-
-
-class Manifest(BaseModel):
+class Record(BaseModel):
     live: Release | None = None
     previous: Release | None = None
     history: list[Swap] = []
@@ -45,15 +38,15 @@ class LocalEnvironment:
         self.name = name or str(self.path)  # the environment's, for messages
         self.releases = self.path / "releases"
         self.current = self.path / "current"
-        self.manifest_file = self.path / "manifest.json"
+        self.record_file = self.path / "manifest.json"  # the name it had before it was called a record
 
-    def manifest(self) -> Manifest:
-        if not self.manifest_file.exists():
-            return Manifest()
-        return Manifest.model_validate_json(self.manifest_file.read_text())
+    def record(self) -> Record:
+        if not self.record_file.exists():
+            return Record()
+        return Record.model_validate_json(self.record_file.read_text())
 
     def live(self) -> Release | None:
-        return self.manifest().live
+        return self.record().live
 
     def linked(self) -> str | None:
         """The release id `current` points at, read from the link itself."""
@@ -61,37 +54,37 @@ class LocalEnvironment:
             return None
         return Path(os.readlink(self.current)).name
 
-    def roll(self, release: Release, replaces: Expected | None = None) -> tuple[Manifest, bool]:
-        """Make `release` live; returns the manifest and whether anything changed.
+    def roll(self, release: Release, replaces: Expected | None = None) -> tuple[Record, bool]:
+        """Make `release` live; returns the record and whether anything changed.
 
-        Refuses (UnexpectedLive) when the manifest names another live release than `replaces`.
+        Refuses (UnexpectedLive) when the record names another live release than `replaces`.
         """
-        manifest = self.manifest()
-        if manifest.live and manifest.live.id == release.id and self.linked() == release.id:
-            return manifest, False
-        self.expect(release, replaces, manifest)
+        record = self.record()
+        if record.live and record.live.id == release.id and self.linked() == release.id:
+            return record, False
+        self.expect(release, replaces, record)
         self._install(release)
-        return self._swap(manifest, release, action="roll"), True
+        return self._swap(record, release, action="roll"), True
 
-    def expect(self, release: Release, replaces: Expected | None, manifest: Manifest | None = None) -> None:
-        """Raise UnexpectedLive unless the manifest names what `replaces` expects, or `release` (a retry)."""
-        live = (manifest if manifest is not None else self.manifest()).live
+    def expect(self, release: Release, replaces: Expected | None, record: Record | None = None) -> None:
+        """Raise UnexpectedLive unless the record names what `replaces` expects, or `release` (a retry)."""
+        live = (record if record is not None else self.record()).live
         check_live(self.name, replaces, live.id if live else None, live.commit if live else None, release.id)
 
-    def rollback(self, to: str | None) -> tuple[Manifest, bool]:
+    def rollback(self, to: str | None) -> tuple[Record, bool]:
         """Put back an earlier release (by id), or nothing at all when `to` is None."""
-        manifest = self.manifest()
-        live_id = manifest.live.id if manifest.live else None
+        record = self.record()
+        live_id = record.live.id if record.live else None
         if live_id == to and self.linked() == to:
-            return manifest, False
-        target = self.recorded(to) if to else None
-        return self._swap(manifest, target, action="rollback"), True
+            return record, False
+        target = self.installed(to) if to else None
+        return self._swap(record, target, action="rollback"), True
 
-    def recorded(self, release_id: str) -> Release:
-        record = self.releases / release_id / "release.json"
-        if not record.exists():
+    def installed(self, release_id: str) -> Release:
+        path = self.releases / release_id / "release.json"
+        if not path.exists():
             raise FileNotFoundError(f"release {release_id} was never rolled to {self.path}; nothing to roll back to")
-        return Release.model_validate_json(record.read_text())
+        return Release.model_validate_json(path.read_text())
 
     def _install(self, release: Release) -> None:
         """Copy the release's files in once; a half-done copy never becomes visible."""
@@ -110,7 +103,7 @@ class LocalEnvironment:
             if not (dest / "release.json").exists():
                 raise
 
-    def _swap(self, manifest: Manifest, release: Release | None, action: str) -> Manifest:
+    def _swap(self, record: Record, release: Release | None, action: Literal["roll", "rollback"]) -> Record:
         if release is None:
             self.current.unlink(missing_ok=True)
         elif self.linked() != release.id:
@@ -118,12 +111,12 @@ class LocalEnvironment:
             link = self.path / f".current.{uuid.uuid4().hex[:8]}"
             link.symlink_to(Path("releases") / release.id)
             os.replace(link, self.current)
-        replaced = manifest.live
-        manifest = Manifest(
-            live=self.recorded(release.id) if release else None,
+        replaced = record.live
+        record = Record(
+            live=self.installed(release.id) if release else None,
             previous=replaced,
             history=[
-                *manifest.history,
+                *record.history,
                 Swap(
                     at=datetime.now(UTC),
                     action=action,
@@ -133,8 +126,8 @@ class LocalEnvironment:
                 ),
             ],
         )
-        self._write(manifest)
-        return manifest
+        self._write(record)
+        return record
 
     def _mark_changed(self, incoming: Path) -> None:
         """Give the files that differ from the live release a fresh mtime.
@@ -146,10 +139,10 @@ class LocalEnvironment:
         for path in differing(self.current.resolve() if self.current.is_symlink() else None, incoming):
             os.utime(incoming / path, (now, now))
 
-    def _write(self, manifest: Manifest) -> None:
+    def _write(self, record: Record) -> None:
         tmp = self.path / f".manifest.{uuid.uuid4().hex[:8]}"
-        tmp.write_text(manifest.model_dump_json(indent=2))
-        os.replace(tmp, self.manifest_file)
+        tmp.write_text(record.model_dump_json(indent=2))
+        os.replace(tmp, self.record_file)
 
 
 def differing(old: Path | None, new: Path) -> set[str]:

@@ -25,7 +25,7 @@ from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.base import EnvironmentDown, NotLive
 from activities.targets.components import Components, Process
-from activities.targets.local import LocalEnvironment, Manifest, differing
+from activities.targets.local import LocalEnvironment, Record, differing
 from activities.targets.local_settings import (
     airflow_home,
     component_env,
@@ -115,38 +115,38 @@ class LocalAirflow:
 
     def roll(
         self, release: Release, mode: RolloutMode, dags: dict[str, list[str]], replaces: Expected | None = None
-    ) -> tuple[Manifest, bool, str]:
-        """Make `release` live and confirm Airflow runs it; returns the manifest, whether it changed, what was done.
+    ) -> tuple[Record, bool, str]:
+        """Make `release` live and confirm Airflow runs it; returns the record, whether it changed, what was done.
 
         Refuses (UnexpectedLive) when another release than `replaces` names is live, before writing anything.
         """
         if not self.target.airflow:
-            manifest, changed = self.files.roll(release, replaces)
-            return manifest, changed, "files swapped"
+            record, changed = self.files.roll(release, replaces)
+            return record, changed, "files swapped"
         self.files.expect(release, replaces)  # before the baseline is written: a refused roll leaves no trace
         if not self.running():
             raise EnvironmentDown(self._down_message())
         self._keep_baseline(release.id)
         before, swapped = self.files.live(), datetime.now(UTC)
-        manifest, changed = self.files.roll(release, replaces)  # checked again: taking the baseline takes a while
-        installed = manifest.live
+        record, changed = self.files.roll(release, replaces)  # checked again: taking the baseline takes a while
+        installed = record.live
         assert installed is not None  # `release`, now live
         if mode == RolloutMode.dags_only and self._same_components(installed):
-            return manifest, changed, self.confirm_dags(installed, dags, before, swapped)
-        return manifest, changed, self.restart(installed)
+            return record, changed, self.confirm_dags(installed, dags, before, swapped)
+        return record, changed, self.restart(installed)
 
-    def rollback(self, to: str | None) -> tuple[Manifest, bool, str]:
+    def rollback(self, to: str | None) -> tuple[Record, bool, str]:
         """Put back an earlier release, restarting components only where it needs other plugins, config or runtime."""
         if not self.target.airflow:
-            manifest, changed = self.files.rollback(to)
-            return manifest, changed, "files swapped"
+            record, changed = self.files.rollback(to)
+            return record, changed, "files swapped"
         before, swapped = self.files.live(), datetime.now(UTC)
-        manifest, changed = self.files.rollback(to)
-        if manifest.live is None:
-            return manifest, changed, self.down()
-        if self.running() and self._same_components(manifest.live):
-            return manifest, changed, self.confirm_dags(manifest.live, {}, before, swapped)
-        return manifest, changed, self.restart(manifest.live)
+        record, changed = self.files.rollback(to)
+        if record.live is None:
+            return record, changed, self.down()
+        if self.running() and self._same_components(record.live):
+            return record, changed, self.confirm_dags(record.live, {}, before, swapped)
+        return record, changed, self.restart(record.live)
 
     def baseline(self) -> Baseline | None:
         if not self.baseline_file.exists():
@@ -167,7 +167,7 @@ class LocalAirflow:
         """Whether the running components were started on a release with this one's plugins, config and runtime."""
         key = _restart_key(release)
         for process_ in self.processes().values():
-            started_on = self.files.recorded(process_.release) if process_.release else None
+            started_on = self.files.installed(process_.release) if process_.release else None
             if not process_.alive or started_on is None or _restart_key(started_on) != key:
                 return False
         return True
