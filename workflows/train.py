@@ -41,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
         Release,
         RollbackInput,
         RollInput,
-        RolloutMode,
         SoakCheckInput,
         StageRecord,
         TrainControl,
@@ -158,23 +157,11 @@ class DeployTrain(TrainHoldBack):
         change: DiffResult = await self._activity(
             "diff", None, diff, DiffInput(pipeline=self.pipeline, target=target, held=presume or []), QUICK
         )
-        if change.held:  # earlier holds stand: the target is the release commit of the head without them
-            self.status.held, self.status.commits = change.held, change.commits
-            self.status.target = change.head or self.status.target
-        if self.status.held:
-            self.status.release_commit = change.target
-        else:  # what the train was asked for
-            self.status.target, self.status.commits = change.target, change.commits
+        self.status.saw(change)
         self.changed = sorted({f.path for e in change.environments for f in e.files})
         note = _settings_note(self.pipeline.name, change)
         if note and note not in self.status.notes:
             self.status.notes.append(note)
-        self.status.kinds = sorted({k for e in change.environments for k in e.kinds})
-        modes = [e.mode for e in change.environments if e.mode]
-        self.status.mode = max(modes, key=list(RolloutMode).index) if modes else None
-        for e in change.environments:
-            env = self._env(e.environment)
-            env.live, env.previous, env.live_commit, env.mode = e.live_release, e.live_release, e.live_commit, e.mode
         self._stages[-1].detail = "; ".join(_describe_change(e) for e in change.environments)
         return change
 
@@ -283,8 +270,7 @@ class DeployTrain(TrainHoldBack):
                 self._end(record, Outcome.failed, cause(err))
                 raise Failed("soak", cause(err), env.name) from None
             checks += 1
-            for reading in check.readings:
-                status.probes[reading.probe] = [*status.probes.get(reading.probe, []), reading][-READINGS_KEPT:]
+            status.keep(check.readings)
             if not check.healthy:
                 self._end(record, Outcome.failed, check.detail)
                 raise Failed("soak", check.detail, env.name, state=TrainState.rolled_back)
@@ -358,7 +344,6 @@ class DeployTrain(TrainHoldBack):
             raise Stop()
 
 
-READINGS_KEPT = 10
 # Roll failures raised before the target changed anything, so the train rolls nothing back.
 REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.

@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from airagent.config import PipelineSettings
 from airagent.models.common import Commit, Event, Kind, Outcome, RolloutMode, TrainState
+from airagent.models.diff import DiffResult
 from airagent.models.environment import ProbeReading
 from airagent.models.held import HeldCommit
 
@@ -41,6 +42,9 @@ class StageRecord(BaseModel):
     detail: str = ""
 
 
+READINGS_KEPT = 10
+
+
 class EnvironmentStatus(BaseModel):
     name: str
     live: str | None = Field(None, description="release id live now")
@@ -50,6 +54,11 @@ class EnvironmentStatus(BaseModel):
     state: str = "pending"
     probes: dict[str, list[ProbeReading]] = Field({}, description="each probe's latest readings, newest last")
     warnings: list[str] = Field([], description="pre-flight: what a roll here could drop, and the fix")
+
+    def keep(self, readings: list[ProbeReading]) -> None:
+        """The latest readings of each probe: enough to see a trend, never a history that grows with the soak."""
+        for reading in readings:
+            self.probes[reading.probe] = [*self.probes.get(reading.probe, []), reading][-READINGS_KEPT:]
 
 
 class TrainStatus(BaseModel):
@@ -80,6 +89,23 @@ class TrainStatus(BaseModel):
 
     def environment_status(self, name: str) -> EnvironmentStatus:
         return next(e for e in self.environments if e.name == name)
+
+    def saw(self, change: DiffResult) -> None:
+        """What `diff` found: the commit deployed and its commits (with holds, the release commit of the head
+        without them), the kinds of change, the rollout mode, and what each environment runs now."""
+        if change.held:  # earlier holds stand: the target is the release commit of the head without them
+            self.held, self.commits = change.held, change.commits
+            self.target = change.head or self.target
+        if self.held:
+            self.release_commit = change.target
+        else:  # what the train was asked for
+            self.target, self.commits = change.target, change.commits
+        self.kinds = sorted({k for e in change.environments for k in e.kinds})
+        modes = [e.mode for e in change.environments if e.mode]
+        self.mode = max(modes, key=list(RolloutMode).index) if modes else None
+        for e in change.environments:
+            env = self.environment_status(e.environment)
+            env.live, env.previous, env.live_commit, env.mode = e.live_release, e.live_release, e.live_commit, e.mode
 
 
 def train_id(pipeline: str, sha: str) -> str:
