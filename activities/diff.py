@@ -158,11 +158,11 @@ def _changes(
         base = live_commit if live_commit and commit_exists(repo, live_commit) else None
         files = changed_files(repo, base, target, pipeline.classification)
         changes.append(
-            EnvironmentChange(
+            EnvironmentChange.of(
+                files,
                 environment=name,
                 live_commit=live_commit,
                 live_release=live.live,
-                files=files,
                 mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
             )
         )

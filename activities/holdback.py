@@ -24,8 +24,9 @@ from temporalio import activity
 
 from activities.heartbeat import keep_alive
 from activities.validation import cache as validation_cache
+from activities.validation import reports
 from airagent.config import PipelineSettings
-from airagent.models import HeldCommit, HoldInput, HoldResult
+from airagent.models import HeldCommit, HoldInput, HoldResult, SoakFailed
 from airagent.repo import HELD, RELEASE_OF, files_of, keep_release, open_repository
 
 
@@ -138,7 +139,20 @@ def _depends(paths: set[str], failing: dict[str, set[str]]) -> list[str]:
 @activity.defn(name="hold_back")
 def hold_back(input: HoldInput) -> HoldResult:
     with keep_alive("hold_back"):
+        if input.soak_failed is not None:
+            input = input.model_copy(update={"failures": input.failures | _soak_failures(input.soak_failed)})
         return hold(open_repository(input.pipeline, fetch=False), input)
+
+
+def _soak_failures(soak: SoakFailed) -> dict[str, str]:
+    """The files that define the DAGs whose tasks failed during a soak, from the release's full report."""
+    report = reports.recall(soak.report, soak.release, None)
+    failed = set(soak.dag_ids)
+    return {
+        f.path: f"tasks of {', '.join(sorted(failed & set(f.dag_ids)))} failed during the soak of {soak.environment}"
+        for f in report.files
+        if failed & set(f.dag_ids)
+    }
 
 
 def hold(repo: git.Repo, input: HoldInput) -> HoldResult:

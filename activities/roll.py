@@ -8,6 +8,7 @@ from temporalio.exceptions import ApplicationError
 from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.targets.base import EnvironmentDown, NotLive, Rolled, RolloutFailed, UnexpectedLive
+from activities.validation import reports
 from airagent.config import EnvironmentSettings
 from airagent.models import Marker, RollbackInput, RollInput, RollResult
 
@@ -18,7 +19,7 @@ def roll(input: RollInput) -> RollResult:
     try:
         with keep_alive(f"roll {input.environment.name}"):
             warnings = env.preflight()
-            rolled = env.roll(input.release, input.mode, input.dags, input.replaces)
+            rolled = env.roll(input.release, input.mode, _dags(input), input.replaces)
     except UnexpectedLive as err:  # refused before changing anything: the next train diffs what is live now
         raise ApplicationError(str(err), type="UnexpectedLive", non_retryable=True) from None
     except EnvironmentDown as err:
@@ -55,6 +56,13 @@ def rollback(input: RollbackInput) -> RollResult:
 @activity.defn(name="read_marker")
 def read_marker(settings: EnvironmentSettings) -> Marker:
     return environment(settings).marker()
+
+
+def _dags(input: RollInput) -> dict[str, list[str]]:
+    """The release's DAGs by file: from the validation report the train names, or as trains before it sent them."""
+    if input.report is None:
+        return input.dags
+    return reports.dag_ids(reports.recall(input.report, input.release, input.pipeline))
 
 
 def _result(name: str, rolled: Rolled) -> RollResult:

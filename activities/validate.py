@@ -13,7 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import sandbox
-from activities.validation import service
+from activities.validation import reports, service
 from activities.validation.parse import parse_release
 from activities.validation.review import remember_dags, review
 from airagent.models import ValidateInput, ValidationReport
@@ -22,7 +22,8 @@ from airagent.repo import RepoError, open_repository
 
 @activity.defn(name="validate")
 def validate(input: ValidateInput) -> ValidationReport:
-    """Returns the report either way; the train decides, so the report reaches its status."""
+    """Returns the report either way, bounded (see `reports`); the train decides, so the report reaches its
+    status."""
     release, pipeline = input.release, input.pipeline
     try:
         if release.image and pipeline is not None:
@@ -35,14 +36,14 @@ def validate(input: ValidateInput) -> ValidationReport:
         raise ApplicationError(str(err), type="ParserFailed") from None
     except sandbox.SandboxUnavailable as err:
         raise ApplicationError(str(err), type="SandboxUnavailable", non_retryable=True) from None
-    if pipeline is None:
-        return report
-    if report.ok:
-        remember_dags(release.commit, release.dag_folder, report)
-    try:
-        repo = open_repository(pipeline, fetch=False)
-    except RepoError as err:
-        raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
-    return review(
-        report, pipeline, repo, Path(release.bundle), release.commit, input.live_commits, Path(release.runtime)
-    )
+    if pipeline is not None:
+        if report.ok:
+            remember_dags(release.commit, release.dag_folder, report)
+        try:
+            repo = open_repository(pipeline, fetch=False)
+        except RepoError as err:
+            raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
+        report = review(
+            report, pipeline, repo, Path(release.bundle), release.commit, input.live_commits, Path(release.runtime)
+        )
+    return report.bounded(reports.keep(report))

@@ -8,7 +8,6 @@ or waiting for approval. Everything that touches the world is an activity.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import PurePosixPath
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -25,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.soak import soak_check
     from activities.validate import validate
     from airagent import search_attributes as sa
-    from airagent.config import DEFAULT_FILE, EnvironmentSettings
+    from airagent.config import EnvironmentSettings
     from airagent.models import (
         Announcement,
         Baseline,
@@ -206,7 +205,8 @@ class DeployTrain(TrainHoldBack):
         status = self._env(env.name)
         status.state = "rolling"
         assert change.mode is not None  # unchanged environments are skipped before
-        dags = {f.path: f.dag_ids for f in self.report.files} if self.report else {}
+        report = self.report.digest if self.report else None  # bounded: the roll reads the DAGs from it
+        dags = {f.path: f.dag_ids for f in self.report.files} if self.report and not report else {}
         try:
             result = await self._activity(
                 "roll",
@@ -217,6 +217,7 @@ class DeployTrain(TrainHoldBack):
                     release=self.release,
                     mode=change.mode,
                     dags=dags,
+                    report=report,
                     pipeline=self.pipeline,
                     replaces=Expected(live=change.live_release),
                 ),
@@ -367,8 +368,7 @@ def _short(delta: timedelta) -> str:
 def _settings_note(pipeline: str, change: DiffResult) -> str | None:
     """Say so when the train's commits change an airagent.yaml: a train never applies it, as gates belong to the
     operator. On a first deploy (nothing live) every file is new, not changed."""
-    changed = (f.path for e in change.environments if e.live_commit for f in e.files)
-    path = next((p for p in changed if PurePosixPath(p).name == DEFAULT_FILE), None)
+    path = next((p for e in change.environments if e.live_commit for p in e.settings_files), None)
     if path is None:
         return None
     return (
@@ -381,4 +381,4 @@ def _describe_change(e: EnvironmentChange) -> str:
     if e.mode is None:
         return f"{e.environment}: already on the target"
     kinds = ", ".join(sorted(e.kinds))
-    return f"{e.environment}: {len(e.files)} files ({kinds}) → {e.mode}"
+    return f"{e.environment}: {e.count} files ({kinds}) → {e.mode}"

@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         HoldInput,
         HoldResult,
         Release,
+        SoakFailed,
         StageRecord,
         TrainInput,
         ValidateInput,
@@ -158,17 +159,23 @@ class TrainHoldBack(TrainBookkeeping):
         them: the conductor holds those back from the next train. Best effort: the rollback is done."""
         readings = self._env(env).probes.get("task_failure_rate", [])[-1:]
         dags = {d for r in readings if not r.ok for d in r.dag_ids}
-        files = {
-            f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
-            for f in (self.report.files if self.report else [])
-            if dags & set(f.dag_ids)
-        }
-        if not files or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
+        request = self._hold_input(input, {}, soak=True)
+        if self.report and self.report.digest and self.release:  # bounded: the activity finds the files
+            traced = bool(dags)
+            request.soak_failed = SoakFailed(
+                environment=env, dag_ids=sorted(dags), release=self.release, report=self.report.digest
+            )
+        else:  # a report from before bounded reports lists every file
+            request.failures = {
+                f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
+                for f in (self.report.files if self.report else [])
+                if dags & set(f.dag_ids)
+            }
+            traced = bool(request.failures)
+        if not traced or not self.release or not self.pipeline.isolation or not workflow.patched(HOLD_BACK):
             return
         try:
-            hold: HoldResult = await workflow.execute_activity(
-                hold_back, self._hold_input(input, files, soak=True), **QUICK
-            )
+            hold: HoldResult = await workflow.execute_activity(hold_back, request, **QUICK)
         except ActivityError:
             return
         known = {h.sha for h in self.status.held}

@@ -44,7 +44,7 @@ from airagent.models.environment import (
     SoakCheckInput,
     SoakCheckResult,
 )
-from airagent.models.held import HeldCommit, HoldInput, HoldResult
+from airagent.models.held import HeldCommit, HoldInput, HoldResult, SoakFailed
 from airagent.models.rollback import EnvironmentRollbackInput, EnvironmentRollbackResult, rollback_id
 from airagent.models.train import (
     Announcement,
@@ -113,6 +113,7 @@ __all__ = [
     "RolloutMode",
     "SoakCheckInput",
     "SoakCheckResult",
+    "SoakFailed",
     "StageRecord",
     "TrainControl",
     "TrainInput",

@@ -23,8 +23,10 @@ class RollInput(BaseModel):
     mode: RolloutMode
     dags: dict[str, list[str]] = Field(
         {},
-        description="repository path -> dag_ids validation found there; "
-        "a dags-only roll is done once Airflow serves them",
+        description="repository path -> dag_ids validation found there, as trains sent them before `report`",
+    )
+    report: str | None = Field(
+        None, description="the digest of the release's validation report, whose files' DAGs a roll waits for"
     )
     pipeline: PipelineSettings | None = Field(
         None, description="whose repository a kubernetes environment's DAG ref is moved in"

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from airagent.config import PipelineSettings
+from airagent.models.build import Release
 
 
 class HeldCommit(BaseModel):
@@ -32,6 +33,15 @@ class HeldCommit(BaseModel):
     )
 
 
+class SoakFailed(BaseModel):
+    """The DAGs whose tasks failed during a soak, and the report that says which files define them."""
+
+    environment: str
+    dag_ids: list[str]
+    release: Release
+    report: str = Field(description="the digest of the release's validation report")
+
+
 class HoldInput(BaseModel):
     pipeline: PipelineSettings
     target: str = Field(description="the head the train was asked to deploy")
@@ -45,6 +55,7 @@ class HoldInput(BaseModel):
         "later commit of the train could have fixed them",
     )
     soak: bool = Field(False, description="the failures are a soak regression: trace them, make no release")
+    soak_failed: SoakFailed | None = Field(None, description="a soak regression, by DAG: the activity finds the files")
 
 
 class HoldResult(BaseModel):

@@ -64,11 +64,54 @@ class RemovedDag(BaseModel):
     teams: list[str] = []
 
 
+# Files a bounded report names (broken or warned first); the rest are counted.
+LISTED = 50
+
+
+class Counts(BaseModel):
+    """What a bounded report counts of the full one."""
+
+    files: int
+    dags: int
+    broken: int
+    duplicates: int
+    removed: int
+
+
 class ValidationReport(BaseModel):
-    files: list[FileReport]
+    files: list[FileReport] = Field(description="every file; in a bounded report, only the first broken or warned")
     duplicates: dict[str, list[str]] = Field({}, description="dag_id -> files defining it")
     removed: list[RemovedDag] = Field([], description="DAGs live now, gone in this release, without consent")
     parsed: int | None = Field(None, description="files parsed this time; the others came from the cache")
+    counts: Counts | None = Field(None, description="a bounded report's totals; None when `files` has them all")
+    digest: str | None = Field(None, description="a bounded report's full one, kept by content where it was made")
+
+    def bounded(self, digest: str) -> ValidationReport:
+        """What travels in workflow history: the first LISTED failures and warnings, with the totals."""
+        noted = [f for f in self.files if f.failed] + [f for f in self.files if f.warnings and not f.failed]
+        return ValidationReport(
+            files=noted[:LISTED],
+            duplicates=dict(list(self.duplicates.items())[:LISTED]),
+            removed=self.removed[:LISTED],
+            parsed=self.parsed,
+            counts=Counts(
+                files=len(self.files),
+                dags=sum(len(f.dag_ids) for f in self.files),
+                broken=len(self.broken),
+                duplicates=len(self.duplicates),
+                removed=len(self.removed),
+            ),
+            digest=digest,
+        )
+
+    def _totals(self) -> Counts:
+        return self.counts or Counts(
+            files=len(self.files),
+            dags=sum(len(f.dag_ids) for f in self.files),
+            broken=len(self.broken),
+            duplicates=len(self.duplicates),
+            removed=len(self.removed),
+        )
 
     @property
     def broken(self) -> list[FileReport]:
@@ -113,22 +156,22 @@ class ValidationReport(BaseModel):
         return dict(sorted(teams.items(), key=lambda kv: (kv[0] == "(no team)", kv[0])))
 
     def summary(self) -> str:
-        dags = sum(len(f.dag_ids) for f in self.files)
-        head = f"{len(self.files)} files, {dags} DAGs"
+        total = self._totals()
+        head = f"{total.files} files, {total.dags} DAGs"
         if self.parsed is not None:
-            head += f" ({self.parsed} parsed, {len(self.files) - self.parsed} from cache)"
+            head += f" ({self.parsed} parsed, {total.files - self.parsed} from cache)"
         warnings = [f"warning: {f.path}: {w}" for f in self.files for w in f.warnings]
         if self.ok:
             return "\n".join([f"{head}: all parse", *warnings])
-        lines = [
-            f"{head}: {len(self.broken)} broken, {len(self.duplicates)} duplicate dag_ids, "
-            f"{len(self.removed)} removed DAGs"
-        ]
+        lines = [f"{head}: {total.broken} broken, {total.duplicates} duplicate dag_ids, {total.removed} removed DAGs"]
         for team, failures in self.by_team().items():
             lines.append(f"team {team}:" if team != "(no team)" else "no owning team:")
             lines += [f"  {line}" for line in failures]
         for dag_id, paths in self.duplicates.items():
             lines.append(f"dag_id {dag_id!r} defined in {', '.join(paths)}")
+        unlisted = total.broken - len(self.broken) + total.duplicates - len(self.duplicates)
+        if unlisted > 0:
+            lines.append(f"… and {unlisted} more (`airagent validate` lists them all)")
         return "\n".join(lines + warnings)
 
 
