@@ -7,6 +7,7 @@ environment variables and the profiles of `temporal config`. airagent reads no s
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 
 from temporalio.client import Client, Interceptor
@@ -18,6 +19,11 @@ DEFAULT_TASK_QUEUE = "airagent"
 
 def task_queue() -> str:
     return os.environ.get("AIRAGENT_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+
+
+def host_name() -> str:
+    """The name a worker's host goes by in `host:` of a local target."""
+    return os.environ.get("AIRAGENT_HOST") or socket.gethostname()
 
 
 class TemporalUnreachable(RuntimeError):

@@ -24,7 +24,8 @@ from activities.poll import poll_branch
 from activities.roll import read_marker, roll, rollback
 from activities.soak import soak_check
 from activities.validate import validate
-from airagent.connection import connect, task_queue
+from airagent.config import host_queue
+from airagent.connection import connect, host_name, task_queue
 from worker.telemetry import tracing_interceptors
 from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
@@ -69,11 +70,11 @@ def deployment() -> WorkerDeploymentConfig | None:
     )
 
 
-def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Worker:
+def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor, *, activities_only: bool = False) -> Worker:
     return Worker(
         client,
         task_queue=queue,
-        workflows=WORKFLOWS,
+        workflows=[] if activities_only else WORKFLOWS,
         activities=ACTIVITIES,
         activity_executor=executor,
         max_concurrent_activities=ACTIVITY_THREADS,
@@ -83,6 +84,7 @@ def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor) -> Work
 
 
 async def serve(queue: str | None = None) -> None:
+    """Poll the shared queue, and this host's, where host-bound environments' activities wait for it."""
     client = await connect(interceptors=tracing_interceptors())
     queue = queue or task_queue()
     stop = asyncio.Event()
@@ -91,10 +93,14 @@ async def serve(queue: str | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         worker = new_worker(client, queue, executor)
+        on_host = new_worker(client, host_queue(queue, host_name()), executor, activities_only=True)
         version = worker.config().get("deployment_config")
         logging.getLogger("airagent").info(
-            "worker polling task queue %s%s", queue, f" as {version.version}" if version else " (unversioned)"
+            "worker polling task queues %s and %s%s",
+            queue,
+            on_host.task_queue,
+            f" as {version.version}" if version else " (unversioned)",
         )
-        async with worker:
+        async with worker, on_host:
             await stop.wait()
             logging.getLogger("airagent").info("stopping: waiting for running activities")

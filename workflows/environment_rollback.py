@@ -10,7 +10,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
-from workflows.options import READ, ROLLBACK
+from workflows.options import READ, ROLLBACK, on
 
 with workflow.unsafe.imports_passed_through():
     from activities.roll import read_marker, rollback
@@ -29,7 +29,8 @@ class EnvironmentRollback:
     @workflow.run
     async def run(self, input: EnvironmentRollbackInput) -> EnvironmentRollbackResult:
         env = input.pipeline.environment(input.environment)
-        marker = await workflow.execute_activity(read_marker, env, **READ)
+        queue = input.pipeline.task_queue(workflow.info().task_queue, env.name)  # its host's worker, if bound
+        marker = await workflow.execute_activity(read_marker, env, **on(queue, READ))
         target = input.to_release or marker.previous
         if target is None:
             raise ApplicationError(
@@ -47,7 +48,9 @@ class EnvironmentRollback:
         )
         await self._freeze(input, frozen)
         result = await workflow.execute_activity(
-            rollback, RollbackInput(environment=env, to_release=target, pipeline=input.pipeline), **ROLLBACK
+            rollback,
+            RollbackInput(environment=env, to_release=target, pipeline=input.pipeline),
+            **on(queue, ROLLBACK),
         )
         return EnvironmentRollbackResult(environment=env.name, live=result.live, replaced=marker.live, frozen=frozen)
 

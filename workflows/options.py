@@ -48,3 +48,10 @@ POLL = ActivityConfig(
 CLOCK = ActivityConfig(start_to_close_timeout=timedelta(seconds=10))
 # Reading an environment's record: short, and cheap to ask again.
 READ = ActivityConfig(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))
+
+
+def on(queue: str, options: ActivityConfig) -> ActivityConfig:
+    """`options` for an activity that runs on `queue`: a host's own, for what is bound to it."""
+    routed = options.copy()
+    routed["task_queue"] = queue
+    return routed

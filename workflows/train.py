@@ -12,7 +12,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from workflows.options import ANNOUNCE, LONG, QUICK, ROLL, ROLLBACK
+from workflows.options import ANNOUNCE, LONG, QUICK, ROLL, ROLLBACK, on
 from workflows.train_bookkeeping import Failed, Stop, cause
 from workflows.train_holdback import HOLD_BACK, TrainHoldBack
 
@@ -265,7 +265,7 @@ class DeployTrain(TrainHoldBack):
                 check = await workflow.execute_activity(
                     soak_check,
                     SoakCheckInput(environment=env, release=self.release, baseline=self.baselines.get(env.name)),
-                    **LONG,
+                    **on(self._queue(env.name), LONG),
                 )
             except ActivityError as err:
                 self._end(record, Outcome.failed, cause(err))

@@ -10,6 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityConfig
 
+from workflows.options import on
 from workflows.train_controls import TrainControls
 
 with workflow.unsafe.imports_passed_through():
@@ -49,14 +50,22 @@ class TrainBookkeeping(TrainControls):
 
     async def _activity(self, stage: str, env: str | None, fn, arg, options: ActivityConfig):
         record = self._begin(stage, env)
+        queue = self._queue(env)
+        if queue != workflow.info().task_queue:  # shown until the host's worker reports back
+            record.detail = f"on host {queue.rsplit('@', 1)[1]}: waiting for its worker (task queue {queue})"
+            self._publish()
         try:
-            result = await workflow.execute_activity(fn, arg, **options)
+            result = await workflow.execute_activity(fn, arg, **on(queue, options))
         except ActivityError as err:
             self._end(record, Outcome.failed, cause(err))
             root = root_of(err)
             raise Failed(stage, cause(err), kind=root.type if isinstance(root, ApplicationError) else None) from None
         self._end(record, Outcome.ok)
         return result
+
+    def _queue(self, env: str | None) -> str:
+        """A host-bound environment's activities, and the stages that make its release, run on its host."""
+        return self.pipeline.task_queue(workflow.info().task_queue, env)
 
     def _begin(self, stage: str, env: str | None) -> StageRecord:
         record = StageRecord(name=stage, environment=env, started=workflow.now())

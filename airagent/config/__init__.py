@@ -24,6 +24,7 @@ from airagent.config.targets import (
     Probes,
     Target,
     WebhookProbe,
+    host_queue,
 )
 from airagent.config.validation import ParseTime, Placeholders, Policies, ValidationSettings
 
@@ -57,6 +58,7 @@ __all__ = [
     "WebhookProbe",
     "check",
     "home",
+    "host_queue",
     "is_url",
     "load",
     "load_pipeline",

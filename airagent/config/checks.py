@@ -118,6 +118,14 @@ def _refused(at: Loc, pipeline: PipelineDeclaration) -> Iterator[Finding]:
             yield from _kubernetes((*here, "target"), env.name, target, pipeline.branch)
         for j, probe in enumerate(env.probes.webhooks):
             yield from _name((*here, "probes", "webhooks", j, "url_env"), probe.url_env)
+    hosts = {env.host for env in pipeline.environments if env.host}
+    if len(hosts) > 1:
+        i = next(i for i, env in enumerate(pipeline.environments) if env.host and env.host != min(hosts))
+        yield (
+            (*at, "environments", i, "target", "host"),
+            f"local environments on several hosts ({', '.join(sorted(hosts))}): a train's diff reads every "
+            "environment's record on one host; give one pipeline per host",
+        )
 
 
 def _url(loc: Loc, url: str | None) -> Iterator[Finding]:

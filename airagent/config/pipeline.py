@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 
 from airagent.config.base import Duration, Model, Name, Ref, RepoPath, _no_option, is_url
 from airagent.config.errors import UnknownEnvironment
-from airagent.config.targets import EnvironmentSettings, KubernetesTarget, LocalTarget
+from airagent.config.targets import EnvironmentSettings, KubernetesTarget, LocalTarget, host_queue
 from airagent.config.validation import ValidationSettings
 
 
@@ -218,9 +218,23 @@ class PipelineSettings(_Pipeline):
         names = [e.name for e in self.environments]
         raise UnknownEnvironment(f"pipeline {self.name!r} has no environment {name!r}; it has {names}")
 
+    def task_queue(self, shared: str, environment: str | None = None) -> str:
+        """Where a stage's activity goes: an environment's own host queue; the train's other stages (diff reads
+        every record, a release is built where it is rolled) go to the one host its local environments name."""
+        if environment is not None:
+            return self.environment(environment).task_queue(shared)
+        hosts = {e.host for e in self.environments if e.host}
+        return host_queue(shared, hosts.pop()) if len(hosts) == 1 else shared
+
     @property
     def repo_is_url(self) -> bool:
         return is_url(self.repo)
+
+    @property
+    def host_bound(self) -> bool:
+        """Every environment is `local`, folders on the host whose worker runs its trains. Otherwise any worker
+        of the fleet may run any stage, so release commits must be reachable from each one's clone."""
+        return all(isinstance(e.target, LocalTarget) for e in self.environments)
 
     @property
     def image_from_ci(self) -> bool:

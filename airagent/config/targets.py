@@ -14,6 +14,12 @@ from airagent.config.base import Duration, Model, Name, _no_option
 class LocalTarget(Model):
     type: Literal["local"] = "local"
     path: Path = Field(description="directory holding releases/, the `current` symlink and manifest.json")
+    host: str | None = Field(
+        None,
+        description="the host this folder (and its Airflow) is on: its roll, rollback and soak run only on the "
+        "worker there, which polls `<task queue>@<host>` (AIRAGENT_HOST, default its host name); "
+        "unset: any worker, for a pipeline whose workers all run on one host",
+    )
     airflow: bool = Field(
         True,
         description="run Airflow's components here (api-server, scheduler, dag-processor, "
@@ -207,3 +213,16 @@ class EnvironmentSettings(Model):
     probe_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0), description="how often soak checks")
     require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
     probes: Probes = Probes()
+
+    @property
+    def host(self) -> str | None:
+        """The host whose worker alone may touch this environment; None: any worker."""
+        return self.target.host if isinstance(self.target, LocalTarget) else None
+
+    def task_queue(self, shared: str) -> str:
+        """Where this environment's activities go: its host's queue beside the shared one, or the shared one."""
+        return host_queue(shared, self.host) if self.host else shared
+
+
+def host_queue(shared: str, host: str) -> str:
+    return f"{shared}@{host}"
