@@ -53,6 +53,7 @@ from airagent.repo import open_repository, resolve
 from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
 from workflows.train import DeployTrain
+from workflows.train_bookkeeping import ended_status
 
 EXIT_CODES = {
     TrainState.succeeded: 0,
@@ -155,8 +156,11 @@ class AirAgent:
             raise NotFound(f"no train {wf_id!r}; list them with `airagent history --pipeline P`") from err
         if since and description.start_time < since:
             raise NotFound(f"{wf_id} is queued at the conductor; the run there deployed the commit before")
-        if description.status == WorkflowExecutionStatus.COMPLETED:
-            return await handle.result()
+        if description.status in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED):
+            try:
+                return await _outcome(handle)
+            except WorkflowFailureError:
+                pass  # failed some other way: its last status is still there to ask for
         return await handle.query(DeployTrain.query_status)
 
     async def wait(self, wf_id: str, timeout: timedelta | None = None, since: datetime | None = None) -> TrainStatus:
@@ -171,7 +175,7 @@ class AirAgent:
                 raise TimeoutError(wf_id)
             try:
                 if not since or (await handle.describe()).start_time >= since:
-                    return await asyncio.wait_for(handle.result(), left)
+                    return await asyncio.wait_for(_outcome(handle), left)
             except RPCError as err:  # not started yet (queued), or the server is restarting
                 log.info("waiting for %s: %s", wf_id, err.message)
             await asyncio.sleep(1)
@@ -318,8 +322,23 @@ def _conductor_summary(pipeline: PipelineSettings) -> str:
     return f"Conductor of {pipeline.name}: {pipeline.branch} → {' → '.join(e.name for e in pipeline.environments)}"
 
 
+_ENDED_BY_ITSELF = {TrainState.failed.value, TrainState.rolled_back.value, TrainState.aborted.value}
+
+
+async def _outcome(handle: WorkflowHandle) -> TrainStatus:
+    """How a train ended: its result, or the status a train that did not succeed fails with."""
+    try:
+        return await handle.result()
+    except WorkflowFailureError as err:
+        if (status := ended_status(err.cause)) is None:
+            raise
+        return status
+
+
 def _state(execution: WorkflowExecutionStatus | None, recorded: str | None) -> str:
     """The train's own state while it runs or once it completed; Temporal's when it was ended from outside."""
+    if execution == WorkflowExecutionStatus.FAILED and recorded in _ENDED_BY_ITSELF:
+        return recorded  # a train that did not succeed fails as a workflow, with its own state
     if execution in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED) and recorded:
         return recorded
     return execution.name.lower() if execution else recorded or "unknown"

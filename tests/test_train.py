@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowExecutionStatus
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
@@ -84,9 +85,12 @@ async def test_a_broken_dag_or_plugin_fails_validate_and_touches_nothing(
     before = {env: swaps(pipeline, env) for env in ("staging", "prod")}
     sha = example.commit(monorepo, {path: content}, "v2 that does not import", "marketing")
 
-    status = await drive.finish((await start_train(agent, pipeline, sha)).id)
+    handle = await start_train(agent, pipeline, sha)
+    status = await drive.finish(handle.id)
 
     assert status.state == TrainState.failed
+    assert (await handle.describe()).status == WorkflowExecutionStatus.FAILED  # red in Temporal's own list
+    assert await agent.wait(handle.id) == status  # read the same way as a train that succeeded
     assert status.stage == "validate"
     assert path in status.reason
     assert "pandas_but_misspelled" in status.reason

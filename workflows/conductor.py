@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         train_id,
     )
     from workflows.train import DeployTrain
+    from workflows.train_bookkeeping import ended_status
 
 KEEP_TRAINS = 20
 KEEP_FAILED = 100
@@ -164,11 +165,14 @@ class Conductor(ConductorControls):
         status: TrainStatus | None = None
         try:
             status = await handle
+        except ChildWorkflowError as err:
+            status = ended_status(err.cause)
+            if status is None:
+                record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
+        if status is not None:
             record.state, record.reason = status.state.value, status.reason
             record.commits = len(status.commits)
             record.authors = sorted({c.author for c in status.commits})
-        except ChildWorkflowError as err:
-            record.state, record.reason = TrainState.failed.value, f"the train ended abnormally: {err.cause or err}"
         record.ended = workflow.now()
         if bisection:
             culprits.after_step(self.state, bisection, status, workflow.now())

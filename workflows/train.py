@@ -84,6 +84,8 @@ class DeployTrain(TrainHoldBack):
         await self._journey(input)
         if workflow.patched("announce") and self.status.state != TrainState.noop:
             await self._announce()
+        if workflow.patched(FAIL_AS_WORKFLOW):
+            self._fail_unless_succeeded()
         return self.status
 
     async def _journey(self, input: TrainInput) -> TrainStatus:
@@ -347,6 +349,8 @@ class DeployTrain(TrainHoldBack):
 
 # Roll failures raised before the target changed anything, so the train rolls nothing back.
 REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
+# Trains started before this patch complete whatever their outcome; those after fail unless they succeeded.
+FAIL_AS_WORKFLOW = "fail-as-workflow"
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.
 SOAK_COUNTS_TICKS = "soak-counts-ticks"
 

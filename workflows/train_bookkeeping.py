@@ -19,6 +19,18 @@ with workflow.unsafe.imports_passed_through():
     from airagent.models import EnvironmentStatus, Outcome, StageRecord, TrainState, TrainStatus
 
 
+# A train that did not succeed fails as a workflow execution with this error, its status as the details:
+# red in Temporal's list, counted as a failure, and still read as a status by everyone.
+TRAIN_ENDED = "TrainEnded"
+
+
+def ended_status(failure: BaseException | None) -> TrainStatus | None:
+    """The status a train that failed as a workflow execution ended with; None for any other failure."""
+    if isinstance(failure, ApplicationError) and failure.type == TRAIN_ENDED and failure.details:
+        return TrainStatus.model_validate(failure.details[0])
+    return None
+
+
 class Stop(Exception):
     """An accepted abort or rollback, acted on at a safe point."""
 
@@ -79,6 +91,13 @@ class TrainBookkeeping(TrainControls):
         if detail is not None:
             record.detail = detail
         self._publish()
+
+    def _fail_unless_succeeded(self) -> None:
+        """End as a failed workflow execution when the train failed, rolled back or was aborted."""
+        if self.status.state not in (TrainState.succeeded, TrainState.noop):
+            raise ApplicationError(
+                f"{self.status.state.value}: {self.status.reason}", self.status, type=TRAIN_ENDED, non_retryable=True
+            )
 
     def _finish(self, state: TrainState, reason: str) -> TrainStatus:
         self.status.state, self.status.reason, self.status.ended = state, reason, workflow.now()
