@@ -1,13 +1,17 @@
 """The runtime a release runs in: a venv built with uv, keyed by the hash of its inputs.
 
 Reused whenever the inputs are unchanged; two builds of one runtime may race, the second
-simply discards its copy. The install, which reads the repository's requirements and may
-build their sdists, runs in the sandbox (see `activities.sandbox`) with the network it
-needs for the package index and nothing else of the deployer's.
+simply discards its copy. Each reuse touches the runtime's `last-used` marker under the lock
+gc (activities/gc.py) takes to remove one, so a runtime handed out is never removed under
+its user. The install, which reads the repository's requirements and may build their
+sdists, runs in the sandbox (see `activities.sandbox`) with the network it needs for the
+package index and nothing else of the deployer's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -15,6 +19,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
@@ -27,6 +32,7 @@ UV = Path(sys.executable).with_name("uv")
 RUNTIME_EXTRAS = ["gunicorn"]
 # What the sandboxed install may know of the worker's environment: where the package index is and how to reach it.
 INDEX_SETTINGS = ("UV_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_")
+LAST_USED = "last-used"
 
 
 def runtime_hash(runtime: Runtime, requirements: bytes) -> str:
@@ -44,8 +50,11 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
     reqs = requirements.read_bytes() if requirements and requirements.is_file() else b""
     digest = runtime_hash(runtime, reqs)
     final = home() / "runtimes" / digest
-    if (final / "runtime.json").exists():
-        return digest, final
+    with runtimes_locked():
+        if (final / "runtime.json").exists():
+            with contextlib.suppress(OSError):  # a marker never fails a build; without it gc goes by the folder's age
+                (final / LAST_USED).touch()
+            return digest, final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
@@ -75,6 +84,16 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return digest, final
+
+
+@contextlib.contextmanager
+def runtimes_locked(exclusive: bool = False) -> Iterator[None]:
+    """Shared while a runtime is handed out, exclusive while gc takes one away: neither sees half of the other."""
+    folder = home() / "runtimes"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
 
 
 def _install_sandboxed(install: list[str], venv: Path, requirements: Path | None) -> None:

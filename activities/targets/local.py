@@ -2,7 +2,7 @@
 
     <env>/releases/<release-id>/   the files of each release rolled here, plus release.json
     <env>/current                  symlink to the live release, swapped atomically
-    <env>/manifest.json            what is live, what was live before, and every swap ever made
+    <env>/manifest.json            what is live, what was live before, and the last KEEP_SWAPS swaps
 
 The directory is the truth about what runs; Temporal history is not. Every change first
 reads it, so rolling to what is already live does nothing and a retried roll never
@@ -24,6 +24,10 @@ from pydantic import BaseModel
 
 from activities.targets.base import Swap, check_live
 from airagent.models import Expected, Release
+
+# The record is read and rewritten on every roll and probe: a bounded history keeps that cheap. Rollback
+# targets and gc (activities/gc.py) look back only a few releases.
+KEEP_SWAPS = 200
 
 
 class Record(BaseModel):
@@ -124,7 +128,7 @@ class LocalEnvironment:
                     commit=release.commit if release else None,
                     replaced=replaced.id if replaced else None,
                 ),
-            ],
+            ][-KEEP_SWAPS:],
         )
         self._write(record)
         return record
