@@ -38,13 +38,16 @@ from stat import S_ISDIR
 from typing import Literal
 
 from pydantic import BaseModel, Field, computed_field
+from temporalio import activity
 
 from activities.environment import environment
+from activities.heartbeat import keep_alive
 from activities.runtime import runtime_hash, runtimes_locked
 from activities.targets.local import LocalEnvironment
+from activities.validation import reports
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home
 
-Kind = Literal["release", "environment release", "runtime", "partial", "cache", "parser"]
+Kind = Literal["release", "environment release", "runtime", "partial", "cache", "parser", "report"]
 
 
 class Retention(BaseModel):
@@ -57,6 +60,9 @@ class Retention(BaseModel):
         timedelta(days=1), description="age of a build's scratch folder: a build spans a runtime and an image build"
     )
     parsers: timedelta = Field(timedelta(days=1), description="an idle parser's folder stays this long")
+    reports: timedelta = Field(
+        timedelta(days=7), description="a full validation report stays this long; a stage that needs it later makes it"
+    )
     cache_bytes: int = Field(512 << 20, description="cap on the validation cache")
 
 
@@ -92,6 +98,13 @@ def collect(pipeline: PipelineSettings, keep: Retention | None = None) -> GcResu
     return apply(plan([pipeline], keep))
 
 
+@activity.defn(name="collect_garbage")
+def collect_garbage(pipeline: PipelineSettings) -> GcResult:
+    """The conductor's, after each train, on the host its releases are on."""
+    with keep_alive("gc"):
+        return collect(pipeline)
+
+
 def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -> GcPlan:
     """What to remove, and why. Runtimes, the cache and parsers are the host's: every release on disk, of any
     pipeline, keeps its runtime."""
@@ -102,6 +115,8 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     _runtimes(_runtimes_in_use(pipelines, {r.path for r in out.removals}), keep, now, out)
     _cache(keep, now, out)
     _parsers(keep, now, out)
+    for report in sorted(reports.folder().glob("*.json")) if reports.folder().is_dir() else []:
+        _plan(out, "report", report, now, keep.reports, "a full validation report nothing asked for")
     return out
 
 

@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError
 
 from activities.targets.local import LocalEnvironment
@@ -63,6 +64,14 @@ async def test_a_burst_of_commits_rides_few_trains_in_order(agent, drive, monore
         deployed = live_commits(pipeline, env)
         assert deployed[-1] == shas[-1]
         assert [shas.index(c) for c in deployed[1:]] == sorted(shas.index(c) for c in deployed[1:])
+    history = await agent.client.get_workflow_handle("pipeline/main").fetch_history()
+    collected = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "collect_garbage"
+    ]
+    assert len(collected) == len(trains)  # disk is pruned after every train
 
 
 async def test_a_failed_commit_is_not_retried_but_the_fix_flows(agent, drive, monorepo, tmp_path):

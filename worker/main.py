@@ -19,6 +19,7 @@ from activities.announce import announce
 from activities.build import build
 from activities.clock import read_clock
 from activities.diff import diff
+from activities.gc import collect_garbage
 from activities.holdback import hold_back
 from activities.poll import poll_branch
 from activities.roll import read_marker, roll, rollback
@@ -44,6 +45,7 @@ ACTIVITIES: list[Callable[..., Any]] = [
     read_clock,
     announce,
     read_marker,
+    collect_garbage,
 ]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)

@@ -20,10 +20,11 @@ from temporalio.workflow import ContinueAsNewVersioningBehavior
 
 from workflows import culprits
 from workflows.conductor_controls import ConductorControls
-from workflows.options import CLOCK, POLL
+from workflows.options import CLOCK, POLL, QUICK, on
 
 with workflow.unsafe.imports_passed_through():
     from activities.clock import read_clock
+    from activities.gc import collect_garbage
     from activities.poll import poll_branch
     from airagent import details, windows
     from airagent.models import (
@@ -46,6 +47,7 @@ KEEP_FAILED = 100
 MAX_HISTORY = 5_000
 WINDOW_READS_CLOCK = "window-reads-the-server-clock"
 BISECT = "bisect-untraced-soak-failures"
+COLLECT_GARBAGE = "collect-garbage-after-trains"
 
 
 @workflow.defn(name="Conductor")
@@ -63,6 +65,7 @@ class Conductor(ConductorControls):
             while (sha := await self._next()) is not None:
                 if not await self._run_train(sha):
                     break
+                await self._collect_garbage()
                 await self._poll()  # whatever landed meanwhile rides the next train
             if self._time_for_a_new_run():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -136,6 +139,17 @@ class Conductor(ConductorControls):
             self.state.poll_error = str(err.cause or err)
             return
         self.state.head, self.state.poll_error = result.head, None
+
+    async def _collect_garbage(self) -> None:
+        """After a train, what no environment runs or keeps to roll back to goes (see activities.gc), on the
+        host its releases are on; best effort, so a train never waits on it."""
+        if not workflow.patched(COLLECT_GARBAGE):
+            return
+        queue = self.pipeline.task_queue(workflow.info().task_queue)
+        try:
+            await workflow.execute_activity(collect_garbage, self.pipeline, **on(queue, QUICK))
+        except ActivityError as err:
+            workflow.logger.warning("gc after a train of %s: %s", self.pipeline.name, err.cause or err)
 
     async def _run_train(self, sha: str) -> bool:
         """Run the train for `sha` to its end; False when one for it is already running outside the conductor."""
