@@ -32,6 +32,7 @@ from airagent.config import home
 
 IDLE_SECONDS = 600.0
 START_SECONDS = 120.0
+ASKS = 4
 _started: dict[Path, subprocess.Popen] = {}  # servers this process started, by directory
 
 
@@ -63,16 +64,18 @@ class Server:
 def parse(server: Server, request: dict, timeout: float) -> list[dict]:
     """Send one request (see parser._answer) to the warm parser; its file reports.
 
-    Asked twice at most: a server that dies while a connection waits for it drops that
-    connection unanswered, and parsing again is harmless.
+    Asked ASKS times at most: a server that dies while a connection waits for it drops that
+    connection unanswered (a sandboxed one dies a moment after its bubblewrap), and parsing
+    again is harmless.
     """
-    try:
-        answer = _ask(server, request, timeout)
-    except (ConnectionError, ValueError):
+    for attempt in range(ASKS):
         try:
             answer = _ask(server, request, timeout)
+            break
         except (ConnectionError, ValueError):
-            raise ParserFailed(f"the DAG parser ended without an answer; its log: {server.log_tail()}") from None
+            if attempt == ASKS - 1:
+                raise ParserFailed(f"the DAG parser ended without an answer; its log: {server.log_tail()}") from None
+            time.sleep(0.5 * (attempt + 1))
     if "error" in answer:
         raise ParserFailed(answer["error"])
     return answer["files"]
