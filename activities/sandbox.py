@@ -79,6 +79,8 @@ def command(
     for folder in _ancestors([*read_only, *writable]):
         line += ["--perms", "0755", "--dir", folder]  # made 0700 otherwise, which nobody cannot pass
     for path in read_only:
+        if as_root:
+            _let_nobody_in(path)
         line += ["--ro-bind", str(path), str(path)]
     for path in writable:
         if as_root:
@@ -116,6 +118,14 @@ def hand_over(folder: Path) -> None:
     for parent, _, files in os.walk(folder):
         for name in ["", *files]:
             os.chown(Path(parent) / name, NOBODY, NOBODY, follow_symlinks=False)
+
+
+def _let_nobody_in(path: Path) -> None:
+    """A folder made private (a temporary directory is 0700) is opened to others, so nobody can read what it
+    holds; what is inside was made readable by the umask."""
+    mode = os.stat(path).st_mode
+    if os.path.isdir(path) and mode & 0o005 != 0o005:
+        os.chmod(path, mode | 0o005)
 
 
 def _give_to_nobody(path: Path) -> None:

@@ -13,7 +13,10 @@ import pytest
 from activities import sandbox
 from activities.runtime import ensure_runtime
 from activities.validation.parse import parse_tree
+from activities.validation.tree import check_tree
+from airagent import example
 from airagent.config import Runtime, home
+from tests.conftest import make_pipeline
 from tests.test_validate import GOOD, dag, settings, tree
 
 # The Airflow runtime: the full suite, not the fast layer.
@@ -193,3 +196,13 @@ def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runt
     assert list(runtime.glob("lib/python*/site-packages/local_package-0.1.dist-info"))
     assert not any(Path(p).exists() for p in outside)
     assert not (root / "local_package" / "build").exists()  # it built in a copy
+
+
+def test_one_commit_checked_out_to_a_private_scratch_folder_validates_in_the_sandbox(tmp_path):
+    """`airagent validate --sha` exports the commit to a temporary directory, which is 0700: nobody must get in."""
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    pipeline = make_pipeline(repo, tmp_path / "envs")
+
+    report = check_tree(pipeline, Path(repo.working_tree_dir), sha=repo.head.commit.hexsha)
+
+    assert sum(len(f.dag_ids) for f in report.files) == 4 and not report.broken, report.summary()
