@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -201,8 +202,9 @@ def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runt
 def test_one_commit_checked_out_to_a_private_scratch_folder_validates_in_the_sandbox(tmp_path):
     """`airagent validate --sha` exports the commit to a temporary directory, which is 0700: nobody must get in."""
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
-    pipeline = make_pipeline(repo, tmp_path / "envs")
+    fresh = f"fresh_{uuid.uuid4().hex[:8]}"  # not in the validation cache: it is parsed now
+    sha = example.commit(repo, {f"dags/{fresh}.py": example.dag_file(fresh)}, "a fresh DAG", "finance")
 
-    report = check_tree(pipeline, Path(repo.working_tree_dir), sha=repo.head.commit.hexsha)
+    report = check_tree(make_pipeline(repo, tmp_path / "envs"), Path(repo.working_tree_dir), sha=sha)
 
-    assert sum(len(f.dag_ids) for f in report.files) == 4 and not report.broken, report.summary()
+    assert fresh in {d for f in report.files for d in f.dag_ids} and not report.broken, report.summary()
