@@ -1,0 +1,119 @@
+"""A monorepo of 20,000 files (2,000 DAG files, the rest SQL and YAML beside them) through the conductor.
+
+Files-only environments (staging, prod, soak 0), a dev server with the worker in this
+process. In one run: the first deploy; then TRAINS one-file changes, each deployed on its
+own, with gc after each (no ten-minute grace here, so what a train leaves is collected at
+once). Figures: first deploy seconds; the median one-file train, commit to prod; the
+largest event in any train's history; this process's peak RSS (the worker; DAG files are
+parsed in processes of their own); disk use of the state directory and the environments
+after ten trains and after the last.
+
+    .venv/bin/python -m bench.scale [TRAINS]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import git
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+from activities import gc
+from activities.validation import service as parser_service
+from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.devserver import DevServer, free_ports, register_search_attributes
+from airagent.generated import beside, generate
+from airagent.models import TrainState
+from interface.client import AirAgent
+from worker.main import ACTIVITIES, WORKFLOWS
+
+DAG_FILES, OTHER_FILES = 2_000, 18_000
+
+
+def disk(*folders: Path) -> int:
+    return sum(p.lstat().st_size for folder in folders for p in folder.rglob("*") if p.is_file())
+
+
+async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> float:
+    started = time.monotonic()
+    answer = await agent.deploy(pipeline, sha)
+    status = await agent.wait(answer.train, timeout=timedelta(minutes=20))
+    if status.state != TrainState.succeeded:
+        raise SystemExit(f"{answer.train} ended {status.state.value}: {status.reason}")
+    return time.monotonic() - started
+
+
+async def largest_event(client: Client) -> int:
+    largest = 0
+    async for execution in client.list_workflows("WorkflowType = 'DeployTrain'"):
+        history = await client.get_workflow_handle(execution.id, run_id=execution.run_id).fetch_history()
+        largest = max([largest, *(e.ByteSize() for e in history.events)])
+    return largest
+
+
+async def main(trains: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="airagent-scale-") as tmp:
+        root = Path(tmp)
+        os.environ["AIRAGENT_HOME"] = str(root / "home")
+        repo_dir = root / "repo"
+        beside(generate(repo_dir, DAG_FILES), OTHER_FILES)
+        repo = git.Repo.init(repo_dir, initial_branch="main")
+        repo.git.add("-A")
+        repo.git.commit("-m", "twenty teams", "--author", "Ada Lovelace <ada@example.com>")
+        envs = [
+            EnvironmentSettings(name=name, target=LocalTarget(path=root / "envs" / name, airflow=False))
+            for name in ("staging", "prod")
+        ]
+        pipeline = PipelineSettings(name="scale", repo=str(repo_dir), environments=envs)
+        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
+        server.start()
+        try:
+            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+            await register_search_attributes(client)
+            queue = f"bench-{uuid.uuid4()}"
+            with ThreadPoolExecutor(max_workers=8) as executor:
+                async with Worker(
+                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+                ):
+                    agent = AirAgent(client, queue)
+                    first = await deploy(agent, pipeline, repo.head.commit.hexsha)
+                    keep = gc.Retention(young=timedelta(0))
+                    one_file, after_ten = [], 0
+                    for i in range(trains):
+                        changed = repo_dir / "dags" / "team_07" / "dag_0007.py"
+                        changed.write_text(changed.read_text() + f"# change {i}\n")
+                        repo.index.add([str(changed)])
+                        sha = repo.index.commit(f"change {i}").hexsha
+                        one_file.append(await deploy(agent, pipeline, sha))
+                        await asyncio.to_thread(gc.collect, pipeline, keep)  # the worker's loop goes on
+                        if i == 9:
+                            after_ten = await asyncio.to_thread(disk, root / "home", root / "envs")
+                    last = await asyncio.to_thread(disk, root / "home", root / "envs")
+                    largest = await largest_event(client)
+        finally:
+            parser_service.stop()
+            server.stop()
+    print(f"files: {DAG_FILES + OTHER_FILES} count", file=sys.stderr)
+    print(f"scale_first_deploy: {first:.1f} s")
+    print(f"scale_largest_payload: {largest} bytes")
+    print(f"scale_worker_peak_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"scale_disk_after_10_trains: {after_ten / 2**20:.0f} MB")
+    print(f"scale_disk_after_{trains}_trains: {last / 2**20:.0f} MB")
+    print(f"scale_disk_growth: {last / after_ten:.2f} ratio")
+    print(f"scale_one_file_train: {statistics.median(one_file):.2f} s")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 200))
