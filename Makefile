@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python -m bench.kube_requests
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.isolation
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info
