@@ -16,21 +16,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities import images
 from activities.bundle import export_commit, inside
-from activities.runtime import ensure_runtime, runtime_hash
-from airagent.config import PipelineSettings, home
+from activities.release import folder, place, release_hash, repository_with
+from activities.runtime import ensure_runtime
+from airagent.config import PipelineSettings
 from airagent.models import BuildInput, Release
 from airagent.repo import RepoError, open_repository, ref_of, resolve
-
-
-def release_hash(pipeline: PipelineSettings, bundle: Path, sha: str) -> str:
-    """The runtime hash a release is known by: the venv's inputs, plus the Dockerfile when the pipeline has
-    `image:` (so it is also the image tag). One function, so CI's `airagent image tag` and the build agree."""
-    requirements = bundle / pipeline.runtime.requirements
-    digest = runtime_hash(pipeline.runtime, requirements.read_bytes() if requirements.is_file() else b"")
-    if pipeline.image is not None:
-        dockerfile = inside(bundle, pipeline.image.dockerfile, "image.dockerfile", sha)
-        digest = images.image_hash(digest, dockerfile.read_bytes() if dockerfile.is_file() else b"")
-    return digest
 
 
 def image_tag(pipeline: PipelineSettings, sha: str | None = None) -> str:
@@ -47,12 +37,11 @@ def image_tag(pipeline: PipelineSettings, sha: str | None = None) -> str:
 def build(input: BuildInput) -> Release:
     pipeline = input.pipeline
     try:
-        repo = open_repository(pipeline, fetch=False)
+        repo = repository_with(pipeline, input.target)  # diff may have run on another worker, or made the commit
         sha = resolve(repo, pipeline, input.target)
     except RepoError as err:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
-    releases = home() / "releases" / pipeline.name
-    scratch = releases / f".{sha[:12]}.{uuid.uuid4().hex[:8]}"
+    scratch = folder(pipeline, f".{sha[:12]}.{uuid.uuid4().hex[:8]}")
     try:
         export_commit(pipeline, sha, scratch / "bundle")
         bundle = scratch / "bundle"
@@ -69,7 +58,7 @@ def build(input: BuildInput) -> Release:
         digest = release_hash(pipeline, bundle, sha)
         image = images.image_for(pipeline, digest, sha, input.image, ref_of(repo, pipeline, sha))
         release_id = f"{sha[:12]}-{digest[:8]}"
-        final = releases / release_id
+        final = folder(pipeline, release_id)
         release = Release(
             id=release_id,
             commit=sha,
@@ -80,13 +69,7 @@ def build(input: BuildInput) -> Release:
             plugins_folder=pipeline.plugins_folder,
             image=image,
         )
-        if not (final / "release.json").exists():
-            (scratch / "release.json").write_text(release.model_dump_json(indent=2))
-            try:
-                scratch.rename(final)
-            except OSError:
-                if not (final / "release.json").exists():
-                    raise
+        place(scratch, final, release)
         return release
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -23,11 +23,12 @@ from git.index.typ import BaseIndexEntry
 from temporalio import activity
 
 from activities.heartbeat import keep_alive
+from activities.release import present, repository_with
 from activities.validation import cache as validation_cache
 from activities.validation import reports
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult, SoakFailed
-from airagent.repo import HELD, RELEASE_OF, files_of, keep_release, open_repository
+from airagent.repo import HELD, RELEASE_OF, files_of, keep_release
 
 
 def touched(commit: git.Commit) -> set[str]:
@@ -94,7 +95,8 @@ def release_commit(
     repo: git.Repo, pipeline: PipelineSettings, target: str, live: str | None, held: list[HeldCommit]
 ) -> str:
     """The head's tree with every held path as `live` has it, committed on top of the head under refs/airagent/."""
-    index = git.IndexFile.from_tree(repo, target)
+    # In memory: from_tree's read-tree leaves an empty `index` in a bare clone, which breaks every later git diff.
+    index = git.IndexFile.new(repo, repo.commit(target).tree)
     base = repo.commit(live).tree if live else None
     for path in sorted({p for h in held for p in h.paths}):
         index.entries.pop((path, 0), None)
@@ -140,13 +142,15 @@ def _depends(paths: set[str], failing: dict[str, set[str]]) -> list[str]:
 def hold_back(input: HoldInput) -> HoldResult:
     with keep_alive("hold_back"):
         if input.soak_failed is not None:
-            input = input.model_copy(update={"failures": input.failures | _soak_failures(input.soak_failed)})
-        return hold(open_repository(input.pipeline, fetch=False), input)
+            failures = _soak_failures(input.soak_failed, input.pipeline)
+            input = input.model_copy(update={"failures": input.failures | failures})
+        return hold(repository_with(input.pipeline, input.target), input)  # diff may have run on another worker
 
 
-def _soak_failures(soak: SoakFailed) -> dict[str, str]:
-    """The files that define the DAGs whose tasks failed during a soak, from the release's full report."""
-    report = reports.recall(soak.report, soak.release, None)
+def _soak_failures(soak: SoakFailed, pipeline: PipelineSettings) -> dict[str, str]:
+    """The files that define the DAGs whose tasks failed during a soak, from the release's full report (made
+    again from the release, which may be made here first, when this worker does not have it)."""
+    report = reports.recall(soak.report, present(soak.release, pipeline), None)
     failed = set(soak.dag_ids)
     return {
         f.path: f"tasks of {', '.join(sorted(failed & set(f.dag_ids)))} failed during the soak of {soak.environment}"

@@ -7,6 +7,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.environment import environment
 from activities.heartbeat import keep_alive
+from activities.release import present
 from activities.targets.base import EnvironmentDown, NotLive, Rolled, RolloutFailed, UnexpectedLive
 from activities.validation import reports
 from airagent.config import EnvironmentSettings
@@ -15,6 +16,7 @@ from airagent.models import Marker, RollbackInput, RollInput, RollResult
 
 @activity.defn(name="roll")
 def roll(input: RollInput) -> RollResult:
+    input = input.model_copy(update={"release": present(input.release, input.pipeline)})  # built elsewhere?
     env = environment(input.environment, input.pipeline)
     try:
         with keep_alive(f"roll {input.environment.name}"):

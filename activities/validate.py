@@ -13,6 +13,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import sandbox
+from activities.release import present
 from activities.validation import reports, service
 from activities.validation.parse import parse_release
 from activities.validation.review import remember_dags, review
@@ -25,6 +26,7 @@ def validate(input: ValidateInput) -> ValidationReport:
     """Returns the report either way, bounded (see `reports`); the train decides, so the report reaches its
     status."""
     release, pipeline = input.release, input.pipeline
+    release = present(release, pipeline)  # built on another worker: its files and runtime made here
     try:
         if release.image and pipeline is not None:
             from activities.validation import job  # the kubernetes client loads only when used

@@ -35,6 +35,9 @@ def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
     if fetch:
         # Branches and tags only: a mirror's own prune would drop the release commits under refs/airagent/.
         repo.remotes.origin.fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], prune=True)
+        if not pipeline.host_bound:
+            # Release commits other workers of the fleet made and pushed (keep_release); never pruned.
+            repo.remotes.origin.fetch([f"+{RELEASES}*:{RELEASES}*"])
     return repo
 
 
@@ -96,13 +99,20 @@ def files_of(commit: git.Commit) -> list[str]:
 
 
 def keep_release(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:
-    """Keep a release commit under its ref here and, for a cluster that clones commits, there too: it must be
-    reachable before `build` and `validate` ask the cluster for it. Returns the ref."""
+    """Keep a release commit under its ref here and wherever else it must be reachable (`release_remotes`)
+    before the next stage asks for it. Returns the ref."""
     ref = RELEASES + sha
     git.Reference.create(repo, ref, sha, force=True)
-    if url := cluster_url(pipeline):
+    for url in release_remotes(pipeline):
         repo.git.push(url, f"+{sha}:{ref}")
     return ref
+
+
+def release_remotes(pipeline: PipelineSettings) -> list[str]:
+    """Where release commits are pushed: the URL the cluster clones from, and, when any worker of the fleet may
+    run the next stage, the repository every worker's clone fetches from."""
+    urls = [cluster_url(pipeline), pipeline.repo if pipeline.repo_is_url and not pipeline.host_bound else None]
+    return list(dict.fromkeys(url for url in urls if url))
 
 
 def ref_of(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:

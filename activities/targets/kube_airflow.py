@@ -199,7 +199,7 @@ class _LazyRef:
                     "this request came without it (a train started by an older worker): retry it "
                     "from a new train"
                 )
-            repo = open_repository(pipeline, fetch=False)
+            repo = open_repository(pipeline)  # fetched: the commit to move to may be one another worker made
             remote = self.owner.target.dag_remote or (pipeline.repo if pipeline.repo_is_url else None)
             self._ref = GitRef(
                 repo.working_tree_dir or repo.git_dir,
