@@ -157,13 +157,16 @@ def _changes(
         # A live commit lost to a rewrite is compared as a first deploy: everything changes.
         base = live_commit if live_commit and commit_exists(repo, live_commit) else None
         files = changed_files(repo, base, target, pipeline.classification)
+        # Only ignored files (docs, tests, CI) changed: nothing to roll. The environment keeps its live commit,
+        # and the next train's diff starts there, so these files still reach it with the next real change.
+        kinds = {f.kind for f in files} - {Kind.ignored}
         changes.append(
             EnvironmentChange.of(
                 files,
                 environment=name,
                 live_commit=live_commit,
                 live_release=live.live,
-                mode=RolloutMode.for_kinds({f.kind for f in files}) if files else None,
+                mode=RolloutMode.for_kinds(kinds) if kinds else None,
             )
         )
     return changes

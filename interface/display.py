@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import datetime, timedelta
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from airagent import details
-from airagent.models import ConductorStatus, Event, HeldCommit, Outcome, StageRecord, TrainStatus
+from airagent.models import (
+    ConductorState,
+    ConductorStatus,
+    Event,
+    HeldCommit,
+    Outcome,
+    StageRecord,
+    TrainState,
+    TrainStatus,
+    TrainSummary,
+)
 from interface.client import AirAgent, NotFound
 
 console = Console()
@@ -65,10 +76,22 @@ def stage_line(stage: StageRecord) -> str:
     return f"  [{colour}]{stage.outcome.value:>8}[/{colour}] {stage.name}{where}{took}{detail}"
 
 
+def id_column(header: str) -> Column:
+    """A column of ids, the one thing a person copies: on one line while the other columns can give way, folded
+    rather than cut short when they cannot."""
+    return Column(header, no_wrap=True, overflow="fold")
+
+
 def render(wf_id: str, s: TrainStatus) -> Table:
-    table = Table(title=f"{wf_id}: [bold]{s.state.value}[/bold]", show_header=False, title_justify="left")
+    # As wide as its title, so the train id in it is not wrapped to a narrow table.
+    table = Table(
+        title=f"{wf_id}: [bold]{s.state.value}[/bold]",
+        show_header=False,
+        title_justify="left",
+        min_width=len(f"{wf_id}: {s.state.value}"),
+    )
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # an id longer than the column folds rather than ending in "…"
     table.add_row("target", f"{s.target[:12]} ({s.mode or 'no change'}; {', '.join(s.kinds) or '-'})")
     if s.reason:
         table.add_row("reason", s.reason)
@@ -107,6 +130,14 @@ def render(wf_id: str, s: TrainStatus) -> Table:
     return table
 
 
+def render_history(trains: list[TrainSummary]) -> Table:
+    # Past 80 columns the other columns give way, folded rather than cut.
+    table = Table(id_column("train"), *(Column(h, overflow="fold") for h in ("state", "stage", "started", "ended")))
+    for t in trains:
+        table.add_row(t.id, t.state, t.stage or "", timestamp(t.started), timestamp(t.ended))
+    return table
+
+
 def timestamp(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
@@ -116,12 +147,14 @@ def render_pipeline(status: ConductorStatus) -> Table:
     mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
     table = Table(title=f"pipeline {status.pipeline}: [bold]{mode}[/bold]", show_header=False, title_justify="left")
     table.add_column(style="bold")
-    table.add_column()
+    table.add_column(overflow="fold")  # an id longer than the column folds rather than ending in "…"
     table.add_row("window", f"{'open' if status.window_open else 'closed'}: {status.window}")
     if warning := details.sandbox_warning(status):
         table.add_row("[yellow]warning[/yellow]", warning)
     table.add_row("head", (s.head or "-")[:12])
     table.add_row("last deployed", (s.last_deployed or "-")[:12])
+    if rolled_back := last_rollback(s):
+        table.add_row("rolled back", f"{timestamp(rolled_back.at)} {rolled_back.reason}")
     table.add_row("running", s.running.id if s.running else "-")
     table.add_row("queued", (status.queued or "-")[:12])
     if s.poll_error:
@@ -140,6 +173,27 @@ def render_pipeline(status: ConductorStatus) -> Table:
     for ev in s.events[-5:]:
         table.add_row("control", event_line(ev))
     return table
+
+
+# The reason EnvironmentRollback (workflows/environment_rollback.py) freezes the pipeline with.
+_ROLLBACK_REASON = re.compile(r"\S+ rolled back from \S+ to \S+")
+
+
+def last_rollback(s: ConductorState) -> Event | None:
+    """The last rollback outside a train, when no train has deployed since: the environment it names no longer
+    runs what `last deployed` says."""
+    deployed = [t.ended for t in s.trains if t.state == TrainState.succeeded and t.ended]
+    return next(
+        (
+            ev
+            for ev in reversed(s.events)
+            if ev.control == "freeze"
+            and ev.accepted
+            and _ROLLBACK_REASON.match(ev.reason or "")
+            and not any(at > ev.at for at in deployed)
+        ),
+        None,
+    )
 
 
 def event_line(ev: Event) -> str:

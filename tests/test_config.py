@@ -13,7 +13,7 @@ from textwrap import dedent
 
 import pytest
 
-from airagent.config import ConfigError, check, load, load_pipeline
+from airagent.config import ConfigError, PipelineSettings, check, home, load, load_pipeline
 
 AIRAGENT = str(Path(sys.executable).with_name("airagent"))
 
@@ -107,8 +107,35 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_unknown_field_names_file_line_and_field(tmp_path):
     message = config_error(tmp_path, pipeline_with(env_lines="soak_time: 5m"))
     assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.soak_time:")
-    assert "remove it or check its spelling" in message
+    assert "did you mean 'soak'?" in message
     assert "airagent config schema" in message
+
+
+def test_unknown_field_with_no_close_name_says_to_remove_it(tmp_path):
+    message = config_error(tmp_path, pipeline_with(env_lines="colour: blue"))
+    assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.colour:")
+    assert "remove it or check its spelling" in message and "did you mean" not in message
+
+
+@pytest.mark.parametrize(
+    ("line", "where", "meant"),
+    [
+        ("branchh: main", "3: pipelines.main.branchh", "branch"),
+        ("validation: {policies: {min_retrys: 1}}", "3: pipelines.main.validation.policies.min_retrys", "min_retries"),
+    ],
+)
+def test_unknown_field_names_the_closest_known_one(tmp_path, line, where, meant):
+    message = config_error(tmp_path, pipeline_with(pipeline_lines=line))
+    assert message.startswith(f"{tmp_path / 'airagent.yaml'}:{where}: ")
+    assert f"did you mean {meant!r}?" in message
+
+
+def test_unknown_field_of_a_target_or_at_the_top_names_the_closest_known_one(tmp_path):
+    text = kubernetes_with("rollout_deadlin: 5m") + "pipeline: {}\n"
+    message = config_error(tmp_path, text)
+    assert "pipelines.main.environments.0.target.rollout_deadlin: " in message
+    assert "did you mean 'rollout_deadline'?" in message
+    assert f"{tmp_path / 'airagent.yaml'}:6: pipeline: " in message and "did you mean 'pipelines'?" in message
 
 
 def test_missing_environments_is_named(tmp_path):
@@ -122,9 +149,19 @@ def test_empty_environments_is_rejected(tmp_path):
     assert "pipelines.main.environments" in message and "at least one environment" in message
 
 
-def test_bad_duration_names_the_field(tmp_path):
-    message = config_error(tmp_path, pipeline_with(env_lines="soak: 5 minutes"))
+@pytest.mark.parametrize("written", ["10x", "5 fortnights", "soon", "1h30", "pt5m", "''"])
+def test_bad_duration_names_the_field_and_the_forms_that_work(tmp_path, written):
+    message = config_error(tmp_path, pipeline_with(env_lines=f"soak: {written}"))
     assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.soak:")
+    assert "is not a duration; give one like 30s, 5m, 1h30m or 2d" in message
+    assert "identifier" not in message  # pydantic's own words name its parser, not the fix
+
+
+@pytest.mark.parametrize("written", ["-5m", "-90", "-PT5M"])
+def test_negative_duration_must_be_positive(tmp_path, written):
+    message = config_error(tmp_path, pipeline_with(env_lines=f"soak: {written}"))
+    assert message.startswith(f"{tmp_path / 'airagent.yaml'}:6: pipelines.main.environments.0.soak:")
+    assert "is negative: a duration must be positive" in message
 
 
 @pytest.mark.parametrize(
@@ -137,12 +174,33 @@ def test_bad_duration_names_the_field(tmp_path):
         ("1h", 3600),
         ("1.5h", 5400),
         ("250ms", 0.25),
+        ("1h30m", 5400),
+        ("1h 30m", 5400),
+        ("2h", 7200),
+        ("1d", 86400),
+        ("30 seconds", 30),
+        ("10 minutes", 600),
+        ("1 hour 30 minutes", 5400),
+        ("2 days", 172800),
+        # ISO 8601 and pydantic's clock form, as workflow histories and older files hold them
+        ("PT30S", 30),
+        ("PT1H30M", 5400),
+        ("P1DT2H", 93600),
+        ("01:30:00", 5400),
     ],
 )
 def test_durations(tmp_path, written, seconds):
     config, _ = load(write(tmp_path, pipeline_with(env_lines=f"soak: {written}\nprobe_interval: {written}")))
     env = config.pipelines["main"].environments[0]
     assert env.soak == env.probe_interval == timedelta(seconds=seconds)
+
+
+def test_durations_keep_the_form_workflow_histories_hold(tmp_path):
+    """Settings travel in workflow history as pydantic writes them: that form stays, and reads back."""
+    settings = load_pipeline("main", write(tmp_path, pipeline_with(env_lines="soak: 1h30m\nprobe_interval: 90")))
+    data = json.loads(settings.model_dump_json())
+    assert data["environments"][0]["soak"] == "PT1H30M" and data["environments"][0]["probe_interval"] == "PT1M30S"
+    assert PipelineSettings.model_validate(data) == settings
 
 
 def test_duplicate_environment_names(tmp_path):
@@ -309,3 +367,18 @@ def test_airagent_dev_says_so_when_a_server_already_listens(tmp_path):
             timeout=60,
         )
     assert done.returncode == 2 and f"already listens on localhost:{port}" in done.stderr, done.stderr
+
+
+def test_home_is_airagent_home_then_the_projects_state_then_the_users(tmp_path, monkeypatch):
+    """`make` keeps state in the project's `.airagent/`: the CLI run anywhere inside the project finds it."""
+    project, user = tmp_path / "project", tmp_path / "user"
+    (project / "dags" / "finance").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(user))
+    monkeypatch.delenv("AIRAGENT_HOME")
+    monkeypatch.chdir(project / "dags" / "finance")
+    (project / ".airagent").mkdir()
+    assert home() == user / ".airagent"  # an empty `.airagent/` is no state
+    (project / ".airagent" / "runtimes").mkdir()
+    assert home() == project / ".airagent"
+    monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / "chosen"))
+    assert home() == tmp_path / "chosen"

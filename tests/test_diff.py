@@ -226,6 +226,27 @@ def test_every_environment_on_target_is_empty(monorepo, pipeline):
     assert result.empty and result.commits == []
 
 
+def test_a_change_to_ignored_files_only_rolls_nothing(monorepo, pipeline):
+    """A README needs no release: the environments keep their live commit, and the next real change brings it."""
+    head = monorepo.head.commit.hexsha
+    deploy(pipeline, "staging", head)
+    deploy(pipeline, "prod", head)
+    docs = example.commit(monorepo, {"README.md": "# Monorepo\n", "docs/setup.md": "Read me.\n"}, "docs", "platform")
+
+    result = diff(DiffInput(pipeline=pipeline, target=docs))
+    assert result.empty and result.commits == []
+    on_prod = result.for_environment("prod")
+    assert on_prod.live_commit == head and on_prod.kinds == [Kind.ignored]
+    assert [f.path for f in on_prod.files] == ["README.md", "docs/setup.md"]
+
+    fx = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)}, "fx", "finance")
+    result = diff(DiffInput(pipeline=pipeline, target=fx))
+    on_prod = result.for_environment("prod")
+    assert on_prod.mode == RolloutMode.dags_only
+    assert [f.path for f in on_prod.files] == ["README.md", "dags/finance/fx_rates.py", "docs/setup.md"]
+    assert [c.sha for c in result.commits] == [fx, docs]
+
+
 def test_rewritten_history_needs_allow_history_rewrite(monorepo, pipeline):
     first = monorepo.head.commit.hexsha
     lost = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=5)}, "lost")

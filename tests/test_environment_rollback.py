@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from rich.console import Console
 from temporalio.client import WorkflowFailureError
 
 from activities.targets.local import LocalEnvironment
 from airagent import example
-from airagent.models import Control, EnvironmentRollbackInput
+from airagent.models import ConductorStatus, Control, EnvironmentRollbackInput
+from interface.display import render_pipeline
 from tests.conftest import make_pipeline, start_train
 from workflows.environment_rollback import EnvironmentRollback
 
@@ -19,6 +23,12 @@ async def roll_back(agent, pipeline, env: str, **kwargs):
         id=f"rollback/main/{env}",
         task_queue=agent.task_queue,
     )
+
+
+def rendered(status: ConductorStatus) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render_pipeline(status))
+    return console.export_text()
 
 
 async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(agent, drive, monorepo, tmp_path):
@@ -39,6 +49,10 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
     frozen = await agent.pipeline_status("main")
     assert "prod rolled back" in frozen.state.frozen and "oncall" in frozen.state.frozen
     assert "numbers look off" in frozen.state.frozen
+    # `last deployed` is still the bad commit; beside it, what prod runs now.
+    shown = rendered(frozen)
+    assert f"last deployed │ {bad[:12]}" in shown
+    assert "rolled back   │ " in shown and f"prod rolled back from {result.replaced} to {good_release}" in shown
 
     newer = example.commit(
         monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3)}, "fix", "finance"
@@ -50,6 +64,7 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
     assert (await agent.control("pipeline/main", "unfreeze", Control(by="oncall", reason="fixed"))).accepted
     done = await drive.pipeline_until("main", lambda s: s.state.last_deployed == newer)
     assert done.state.trains[-1].state == "succeeded" and prod.live().commit == newer
+    assert "rolled back   │" not in rendered(done)  # the train since deployed over it
     await agent.client.get_workflow_handle("pipeline/main").terminate("test over")
 
 

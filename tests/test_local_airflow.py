@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 from textwrap import dedent
 
 import httpx
@@ -207,6 +209,28 @@ def test_a_killed_component_fails_the_components_probe(live):
     assert not env.running()
     assert "started triggerer" == env.up()
     assert env.running()
+
+
+def listening(env: LocalAirflow) -> list[str]:
+    """The TCP addresses the environment's processes (each component's whole process group) listen on."""
+    groups = {p.pid for p in env.components.records()}
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) in groups:
+                pids.add(int(stat.parent.name))
+        except (OSError, IndexError):
+            continue  # a process that ended meanwhile
+    sockets = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout.splitlines()
+    return [line.split()[3] for line in sockets if pids & {int(p) for p in re.findall(r"pid=(\d+)", line)}]
+
+
+def test_every_port_listens_on_loopback_only(live):
+    """Like the API, nothing of the environment answers from outside the host: no log server on every interface."""
+    env, _, _ = live
+    addresses = listening(env)
+    assert f"127.0.0.1:{env.target.port}" in addresses
+    assert all(a.startswith(("127.0.0.1:", "[::1]:")) for a in addresses), addresses
 
 
 def test_cli_env_status_and_up_on_a_running_environment(live, tmp_path):

@@ -174,7 +174,7 @@ async def test_deploy_with_a_different_file_uses_the_conductors_settings(agent, 
     assert again.returncode == 0 and "own settings" not in again.stderr
 
 
-async def test_a_commit_changing_airagent_yaml_deploys_without_applying_it(agent, drive, monorepo, tmp_path):
+async def test_a_commit_changing_airagent_yaml_is_not_applied_and_says_so(agent, drive, monorepo, tmp_path):
     pipeline = make_pipeline(monorepo, tmp_path / "envs", poll_interval="1h")
     head = monorepo.head.commit.hexsha
     await agent.start_pipeline(pipeline)
@@ -188,7 +188,8 @@ async def test_a_commit_changing_airagent_yaml_deploys_without_applying_it(agent
 
     train = train_id("main", sha)
     status = await agent.status(train)
-    assert status.state == TrainState.succeeded and "approve" not in [s.name for s in status.stages]
+    # airagent.yaml is an ignored file: nothing rolls, and the train says how to apply it.
+    assert status.state == TrainState.noop and "approve" not in [s.name for s in status.stages]
     [note] = status.notes
     assert note.startswith("airagent.yaml changed in this train's commits; not applied")
     assert "`airagent pipeline reconfigure -p main -c airagent.yaml`" in note

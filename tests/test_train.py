@@ -98,17 +98,17 @@ async def test_a_broken_dag_or_plugin_fails_validate_and_touches_nothing(
     assert live_commit(pipeline, "prod") == good.target
 
 
-async def test_noop_when_everything_already_runs_the_commit(agent, pipeline, monorepo, drive):
+async def test_noop_when_only_ignored_files_changed(agent, pipeline, monorepo, drive):
     head = monorepo.head.commit.hexsha
     await drive.finish((await start_train(agent, pipeline, head)).id)
     sha = example.commit(monorepo, {"docs/runbook.md": "# Runbook\n"}, "docs: runbook")
     docs_only = await drive.finish((await start_train(agent, pipeline, sha)).id)
-    assert docs_only.state == TrainState.succeeded
+    assert docs_only.state == TrainState.noop, docs_only.reason
     assert docs_only.kinds == ["ignored"]
-
-    status = await drive.finish((await start_train(agent, pipeline, sha)).id)
-    assert status.state == TrainState.noop
-    assert [s.name for s in status.stages] == ["diff"]
+    assert [s.name for s in docs_only.stages] == ["diff"]
+    # Nothing rolled: the environments keep the commit they ran, and get the runbook with their next change.
+    assert live_commit(pipeline, "staging") == live_commit(pipeline, "prod") == head
+    assert len(swaps(pipeline, "prod")) == 1
 
 
 async def test_thirty_minute_soak_passes_on_skipped_time(agent, monorepo, tmp_path, drive):

@@ -85,6 +85,21 @@ def test_cli_validate_checks_a_working_tree_before_merge(tmp_path):
     assert committed.returncode == 0, committed.stdout  # the commit, not the files on disk
 
 
+def test_cli_validate_of_a_commit_whose_requirements_do_not_resolve_says_so_and_exits_3(tmp_path):
+    repo = example.create(tmp_path / "repo", tmp_path / "envs")
+    unresolvable = example.FILES["requirements.txt"] + "airagent-no-such-package-anywhere==0.0.1\n"
+    sha = example.commit(repo, {"requirements.txt": unresolvable}, "platform: a new package")
+    airagent = str(Path(os.sys.executable).with_name("airagent"))
+
+    checked = subprocess.run(
+        [airagent, "validate", str(tmp_path / "repo"), "--sha", sha], capture_output=True, text=True, timeout=300
+    )
+
+    assert checked.returncode == 3, checked.stderr
+    assert checked.stderr.startswith("error: building the runtime (Airflow ")
+    assert "airagent-no-such-package-anywhere" in checked.stderr and "Traceback" not in checked.stderr
+
+
 def dag(dag_id: str, body: str = "", schedule: str = "None", args: str = "{}", tags: str = "[]") -> str:
     return (
         f"from datetime import datetime\nfrom airflow.sdk import DAG\n"

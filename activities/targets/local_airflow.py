@@ -37,6 +37,10 @@ from airagent.config import LocalTarget, Probes
 from airagent.models import Baseline, Expected, ProbeReading, Release, RolloutMode
 
 WORKERS = ("scheduler", "dag-processor", "triggerer")
+# Airflow's log server (a child of the scheduler and of the triggerer) listens on every interface, and
+# Airflow has no setting for its host. It is not needed here: the api-server reads task and trigger logs
+# from the folder all components share, so none is started, and every port listens on 127.0.0.1 only.
+NO_LOG_SERVER = ("scheduler", "triggerer")
 API_SLOTS = ("api-server-1", "api-server-2")
 COMPONENTS = (*WORKERS, "api-server")
 
@@ -325,7 +329,7 @@ class LocalAirflow:
     def _start(self, name: str, python: Path, release: Release | None) -> Process:
         return self.components.start(
             name,
-            [python.with_name("airflow"), name],
+            [python.with_name("airflow"), name, *(["--skip-serve-logs"] if name in NO_LOG_SERVER else [])],
             component_env(self.name, self.target, python, release),
             cwd=self.home,
             release=release.id if release else None,

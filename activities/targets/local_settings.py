@@ -41,6 +41,8 @@ def component_env(name: str, target: LocalTarget, python: Path, release: Release
         "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
         "AIRFLOW__API__SERVER_TYPE": "gunicorn",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        # No log server runs (local_airflow.NO_LOG_SERVER); its ports stay this environment's own, so what the
+        # api-server asks there for a running task's log reaches no other environment's.
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(port + 3),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(port + 4),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(secret_dir / "passwords.json"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from airagent.config import checks
@@ -119,10 +122,35 @@ def _untagged(loc: tuple) -> tuple:
 
 def _hint(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
+        *parent, key = error["loc"]
+        close = difflib.get_close_matches(str(key), _fields_at(AirAgentConfig, tuple(parent)), n=1)
+        if close:
+            return f"; did you mean {close[0]!r}? (see `airagent config schema`)"
         return "; remove it or check its spelling (see `airagent config schema`)"
     if error["type"] == "missing":
         return "; add it (see `airagent config schema`)"
     return ""
+
+
+def _fields_at(annotation: Any, loc: tuple) -> list[str]:
+    """The field names of the model at `loc` under `annotation`, following dicts, lists, optionals and the
+    target union, whose tag pydantic puts in the location."""
+    if get_origin(annotation) is Annotated:
+        return _fields_at(get_args(annotation)[0], loc)
+    if get_origin(annotation) in (Union, UnionType):
+        members = get_args(annotation)
+        tagged = [m for m in members if loc and any(getattr(t, "tag", None) == loc[0] for t in get_args(m)[1:])]
+        if tagged:
+            return _fields_at(tagged[0], loc[1:])
+        return [name for m in members for name in _fields_at(m, loc)]
+    if get_origin(annotation) in (list, dict) and loc:
+        return _fields_at(get_args(annotation)[-1], loc[1:])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not loc:
+            return list(annotation.model_fields)
+        field = annotation.model_fields.get(str(loc[0]))
+        return _fields_at(field.annotation, loc[1:]) if field else []
+    return []
 
 
 def _line_of(text: str, loc: tuple) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -13,7 +13,10 @@ from rich.table import Table
 from airagent import config as config_module
 from airagent.config import ConfigError
 from interface.cli.base import DEFAULT_CONFIG, ConfigOpt, JsonOpt, app, console, err_console, friendly
-from interface.display import timestamp
+from interface.display import id_column, timestamp
+
+if TYPE_CHECKING:  # imported where used: `airagent --help` need not load the drivers
+    from activities.targets.local_airflow import LocalAirflow
 
 env_app = typer.Typer(no_args_is_help=True, help="Start, stop and show a local environment's Airflow components.")
 app.add_typer(env_app, name="env")
@@ -87,26 +90,39 @@ def env_status(
     environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False
 ) -> None:
     """What runs there: the live release, each component, and Airflow's own health. Exit 1 when not all run."""
+    from activities.targets.local_airflow import COMPONENTS
+
     env, _ = _local(pipeline, environment, config)
     live = env.files.live()
     processes = env.processes()
-    try:
-        with env.api(timeout=3) as api:
-            health = api.health()
-    except Exception as err:
-        health = {"error": f"{type(err).__name__}: {err}"}
+    stopped = env.stopped()
+    state = "running" if not stopped else "down" if len(stopped) == len(COMPONENTS) else "partly down"
+    fix = (
+        f"airagent env up {environment}"
+        + (f" -p {pipeline}" if pipeline != "main" else "")
+        + (f" -c {config}" if config != DEFAULT_CONFIG else "")
+    )
     data = {
         "environment": environment,
+        "state": state,
         "live": live.id if live else None,
         "commit": live.commit if live else None,
-        "running": env.running(),
+        "running": not stopped,
+        "stopped": stopped,
+        "fix": fix if stopped else None,
         "components": {name: {**p.model_dump(mode="json"), "alive": p.alive} for name, p in processes.items()},
-        "health": health,
+        "health": _health(env, "api-server" in stopped),
     }
     if as_json:
         print(json.dumps(data))
+    elif state == "down":
+        console.print(
+            f"[bold]{environment}[/bold]: [red]down[/red] (no component runs), live {data['live'] or 'nothing'}; "
+            f"start it with `{fix}`",
+            soft_wrap=True,
+        )
     else:
-        table = Table("component", "pid", "state", "started on", "since")
+        table = Table("component", "pid", "state", id_column("started on"), "since")
         for name, p in sorted(processes.items()):
             table.add_row(
                 name,
@@ -116,8 +132,21 @@ def env_status(
                 timestamp(p.started),
             )
         console.print(
-            f"[bold]{environment}[/bold]: live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}"
+            f"[bold]{environment}[/bold]: {state}, live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}"
         )
         console.print(table)
-        console.print(f"health: {json.dumps(health)}", soft_wrap=True)
+        console.print(f"health: {json.dumps(data['health'])}", soft_wrap=True)
+        if stopped:
+            console.print(f"{', '.join(stopped)} down; start {'it' if len(stopped) == 1 else 'them'} with `{fix}`")
     raise typer.Exit(0 if data["running"] else 1)
+
+
+def _health(env: LocalAirflow, api_down: bool) -> dict:
+    """Airflow's own health; without an api-server to ask, why not, instead of a connection error."""
+    if api_down:
+        return {"error": "the api-server is not running"}
+    try:
+        with env.api(timeout=3) as api:
+            return api.health()
+    except Exception as err:  # an api-server starting up or hung: say what the request met
+        return {"error": f"the API does not answer: {type(err).__name__}: {err}"}

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from airagent import config as config_module
 from airagent import repair as repair_module
@@ -23,6 +22,7 @@ from interface.cli.base import (
     console,
     current_user,
     emit,
+    err_console,
     friendly,
     note_unapplied,
     run,
@@ -33,7 +33,7 @@ from interface.client import (
     AirAgent,
     exit_code,
 )
-from interface.display import follow, render, timestamp
+from interface.display import follow, render, render_history
 
 
 @app.command()
@@ -230,10 +230,7 @@ def history(
         if as_json:
             print(json.dumps([t.model_dump(mode="json") for t in trains], indent=2))
             return
-        table = Table("train", "state", "stage", "started", "ended")
-        for t in trains:
-            table.add_row(t.id, t.state, t.stage or "", timestamp(t.started), timestamp(t.ended))
-        console.print(table)
+        console.print(render_history(trains))
 
     run(go())
 
@@ -248,7 +245,9 @@ def validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the validate stage on a working tree (or --sha) before you merge: parse, policies, removed DAGs
-    since the branch point, owners. Exit 3 when it would stop a train."""
+    since the branch point, owners. Exit 3 when it would stop a train, 1 when this host cannot check."""
+    from temporalio.exceptions import ApplicationError
+
     from activities.validation.tree import check_tree
 
     cfg, base = config_module.load(config or path / config_module.DEFAULT_FILE)
@@ -257,7 +256,13 @@ def validate(
             f"{len(cfg.pipelines)} pipelines declared; pick one with --pipeline ({', '.join(cfg.pipelines)})"
         )
     settings = cfg.pipeline(pipeline or next(iter(cfg.pipelines)), base)
-    report = check_tree(settings, path.resolve(), sha)
+    try:
+        report = check_tree(settings, path.resolve(), sha)
+    except ApplicationError as err:
+        # What fails a train's build (requirements that do not resolve, a link out of the commit) fails here
+        # as the train says it; a host without a sandbox checked nothing.
+        err_console.print(f"[red]error:[/red] {err.message}")
+        raise typer.Exit(1 if err.type == "SandboxUnavailable" else 3) from None
     if as_json:
         print(report.model_dump_json(indent=2))
     else:
