@@ -38,7 +38,7 @@ def after_rollback(state: ConductorState, sha: str, status: TrainStatus, held_be
 def after_step(state: ConductorState, bisection: Bisection, status: TrainStatus | None, now: datetime) -> None:
     """One step's verdict narrows the suspects; the last holds the culprit back and deploys the head again."""
     middle = (bisection.good + bisection.bad) // 2
-    if status and status.state == TrainState.succeeded:
+    if status and status.state in (TrainState.succeeded, TrainState.noop):  # a noop step changed ignored files only
         bisection.good = middle
     elif status and status.state == TrainState.rolled_back and status.soak_failed == bisection.environment:
         bisection.bad = middle

@@ -100,7 +100,7 @@ class DeployTrain(TrainHoldBack):
                     + "; ".join(f"{h.sha[:12]} {h.reason}" for h in change.held),
                 )
             if change.empty:
-                return self._finish(TrainState.noop, "every environment already runs this commit")
+                return self._finish(TrainState.noop, NOTHING_TO_ROLL)
             await self._checkpoint()
             change = await self._built(input, change)
             await self._checkpoint()
@@ -349,6 +349,7 @@ class DeployTrain(TrainHoldBack):
 
 # Roll failures raised before the target changed anything, so the train rolls nothing back.
 REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
+NOTHING_TO_ROLL = "nothing to roll: every environment runs this commit, or differs from it in ignored files only"
 # Trains started before this patch complete whatever their outcome; those after fail unless they succeeded.
 FAIL_AS_WORKFLOW = "fail-as-workflow"
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.
@@ -383,6 +384,6 @@ def _settings_note(pipeline: str, change: DiffResult) -> str | None:
 
 def _describe_change(e: EnvironmentChange) -> str:
     if e.mode is None:
-        return f"{e.environment}: already on the target"
+        return f"{e.environment}: nothing to roll"
     kinds = ", ".join(sorted(e.kinds))
     return f"{e.environment}: {e.count} files ({kinds}) → {e.mode}"
