@@ -90,7 +90,8 @@ async def main() -> None:
                 await settle(env, handle.id)
                 await save(env, handle.id, "train_aborted")
 
-                quick = pipeline(root, soak="0s")
+                # All or nothing, so the broken commit fails its train instead of being held back.
+                quick = pipeline(root, soak="0s").model_copy(update={"isolation": False})
                 conductor = await agent.start_pipeline(quick)
                 broken = example.commit(repo, {example.BROKEN_PATH: example.BROKEN_DAG}, "break", "marketing")
                 await agent.notify(quick, broken)
