@@ -142,7 +142,7 @@ def timestamp(t) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S") if t else ""
 
 
-def render_pipeline(status: ConductorStatus) -> Table:
+def render_pipeline(status: ConductorStatus, live: dict[str, str] | None = None) -> Table:
     s = status.state
     mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
     table = Table(title=f"pipeline {status.pipeline}: [bold]{mode}[/bold]", show_header=False, title_justify="left")
@@ -155,6 +155,8 @@ def render_pipeline(status: ConductorStatus) -> Table:
     table.add_row("last deployed", (s.last_deployed or "-")[:12])
     if rolled_back := last_rollback(s):
         table.add_row("rolled back", f"{timestamp(rolled_back.at)} {rolled_back.reason}")
+    for name, runs in (live or {}).items():
+        table.add_row(f"{name} runs", runs)
     table.add_row("running", s.running.id if s.running else "-")
     table.add_row("queued", (status.queued or "-")[:12])
     if s.poll_error:

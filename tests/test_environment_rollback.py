@@ -11,6 +11,7 @@ from temporalio.client import WorkflowFailureError
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.models import ConductorStatus, Control, EnvironmentRollbackInput
+from interface.cli.pipeline import live_releases
 from interface.display import render_pipeline
 from tests.conftest import make_pipeline, start_train
 from workflows.environment_rollback import EnvironmentRollback
@@ -27,7 +28,7 @@ async def roll_back(agent, pipeline, env: str, **kwargs):
 
 def rendered(status: ConductorStatus) -> str:
     console = Console(width=200, record=True, file=io.StringIO())
-    console.print(render_pipeline(status))
+    console.print(render_pipeline(status, live_releases(status)))
     return console.export_text()
 
 
@@ -53,6 +54,7 @@ async def test_rollback_puts_the_previous_release_back_and_freezes_the_pipeline(
     shown = rendered(frozen)
     assert f"last deployed │ {bad[:12]}" in shown
     assert "rolled back   │ " in shown and f"prod rolled back from {result.replaced} to {good_release}" in shown
+    assert f"prod runs     │ {good_release} at {first.state.last_deployed[:12]}" in shown  # its own record says
 
     newer = example.commit(
         monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=3)}, "fix", "finance"

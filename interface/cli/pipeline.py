@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Annotated
 
 import typer
 
 from airagent import config as config_module
-from airagent.models import Control, PipelineControl, conductor_id
+from airagent.models import ConductorStatus, Control, PipelineControl, conductor_id
 from interface.cli.base import (
     DEFAULT_CONFIG,
     ConfigOpt,
@@ -82,12 +84,29 @@ def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
 
     async def go() -> None:
         status = await (await AirAgent.connect()).pipeline_status(pipeline)
+        live = await asyncio.to_thread(live_releases, status)
         if as_json:
-            print(status.model_dump_json(indent=2))
+            print(json.dumps({**status.model_dump(mode="json"), "live": live}, indent=2))
         else:
-            console.print(render_pipeline(status))
+            console.print(render_pipeline(status, live))
 
     run(go())
+
+
+def live_releases(status: ConductorStatus) -> dict[str, str]:
+    """What each environment runs now, from its own record, so a rollback outside a train shows at once."""
+    from activities.environment import environment  # the targets' clients load only when asked
+
+    found = {}
+    for env in status.settings.environments if status.settings else []:
+        try:
+            marker = environment(env, status.settings).marker()
+        except Exception as err:  # another host's folder, a cluster out of reach: the status still shows
+            found[env.name] = f"unknown here ({type(err).__name__}: {err})"
+            continue
+        commit = f" at {marker.live_commit[:12]}" if marker.live_commit else ""
+        found[env.name] = f"{marker.live or 'nothing'}{commit}"
+    return found
 
 
 def _pipeline_control(name: PipelineControl):
