@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import git
@@ -307,3 +308,22 @@ def test_build_keeps_a_link_that_stays_inside(tmp_path):
     env.roll(built)
     assert os.readlink(env.current / "dags") == "airflow"
     assert (env.current / "dags" / "finance" / "fx_rates.py").resolve().is_relative_to(env.releases.resolve())
+
+
+@pytest.mark.parametrize(("dag_folder", "plugins_folder"), [("dags", "plugins"), (".", "plugins"), ("", "plugins")])
+def test_only_what_components_read_at_start_asks_for_a_restart(tmp_path, dag_folder, plugins_folder):
+    from activities.targets.local_airflow import _restart_key
+
+    def key(files: dict[str, str]) -> str:
+        bundle = tmp_path / uuid.uuid4().hex
+        for name, text in files.items():
+            (bundle / name).parent.mkdir(parents=True, exist_ok=True)
+            (bundle / name).write_text(text)
+        folders = {"dag_folder": dag_folder, "plugins_folder": plugins_folder}
+        return _restart_key(Release(id="r", commit="c", runtime_hash="h", runtime="", bundle=str(bundle), **folders))
+
+    dag = f"{dag_folder.strip('.') or ''}/a.py".lstrip("/")
+    base = {dag: "v1", "plugins/p.py": "v1", "airflow.cfg": "v1"}
+    assert key(base) == key({**base, dag: "v2"})  # a DAG change rolls dags-only
+    assert key(base) != key({**base, "plugins/p.py": "v2"})
+    assert key(base) != key({**base, "airflow.cfg": "v2"})

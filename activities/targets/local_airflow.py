@@ -23,7 +23,7 @@ import httpx
 
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
-from activities.targets.base import EnvironmentDown, NotLive
+from activities.targets.base import CONFIG_FILES, EnvironmentDown, NotLive
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Record, differing
 from activities.targets.local_settings import (
@@ -370,8 +370,11 @@ class LocalAirflow:
 def _restart_key(release: Release) -> str:
     """What the components read only at start: the runtime and every file outside the DAG folder."""
     digest = hashlib.sha256(release.runtime_hash.encode())
+    dags = release.dag_folder.strip("/").removeprefix("./")
+    dags, plugins = "" if dags == "." else dags, release.plugins_folder.strip("/") + "/"
     for path, content in sorted(_digests(Path(release.bundle)).items()):
-        if not (path + "/").startswith(release.dag_folder.rstrip("/") + "/") and path != "release.json":
+        in_dags = not dags or (path + "/").startswith(dags + "/")  # DAGs at the root: every file is beside them
+        if (not in_dags or path.startswith(plugins) or path in CONFIG_FILES) and path != "release.json":
             digest.update(f"{path}\0{content}\0".encode())
     return digest.hexdigest()
 
