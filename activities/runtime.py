@@ -59,7 +59,9 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
-        install = [_uv(), "pip", "install", "--quiet", "--python", str(tmp / "bin" / "python")]
+        # Bytecode now: the sandboxed parser reads the runtime as nobody and cannot write it, so every start
+        # would compile Airflow again.
+        install = [_uv(), "pip", "install", "--quiet", "--compile-bytecode", "--python", str(tmp / "bin" / "python")]
         install += [f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
         given = requirements if reqs else None
         if sandboxed:

@@ -125,7 +125,7 @@ def essence(report: ValidationReport) -> tuple:
     )
 
 
-@settings(max_examples=10, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=6, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(changes, min_size=1, max_size=3))
 def test_incremental_validation_equals_a_full_parse(sequence):
     _, runtime = ensure_runtime(Runtime(), None)

@@ -39,6 +39,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -68,6 +69,9 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 with DAG("airagent_warm_up", start_date=datetime(2024, 1, 1), schedule=None):
     EmptyOperator(task_id="warm")
 """
+# CPython 3.11 and 3.12 miscount the AST's recursion depth when threads parse at once (SystemError: AST
+# constructor recursion depth mismatch): the deployer's validations share a worker's threads.
+_AST = threading.Lock()
 MOVE_IT = "read it inside a task, where it runs per run instead of on every parse"
 
 
@@ -100,7 +104,8 @@ def relative_python_files(folder: Path) -> list[str]:
 
 def syntax_tree(source: str | bytes) -> ast.AST | None:
     try:
-        return ast.parse(source)
+        with _AST:
+            return ast.parse(source)
     except (SyntaxError, ValueError):
         return None  # the parse itself reports it
 
