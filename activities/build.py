@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import images
 from activities.bundle import export_commit, inside
-from activities.release import folder, place, release_hash, repository_with
+from activities.release import folder, nearest, place, release_hash, repository_with
 from activities.runtime import ensure_runtime
 from airagent.config import PipelineSettings
 from airagent.models import BuildInput, Release
@@ -43,7 +43,7 @@ def build(input: BuildInput) -> Release:
         raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
     scratch = folder(pipeline, f".{sha[:12]}.{uuid.uuid4().hex[:8]}")
     try:
-        export_commit(pipeline, sha, scratch / "bundle")
+        export_commit(pipeline, sha, scratch / "bundle", nearest(pipeline))
         bundle = scratch / "bundle"
         dag_folder = inside(bundle, pipeline.dag_folder, "dag_folder", sha)
         inside(bundle, pipeline.plugins_folder, "plugins_folder", sha)

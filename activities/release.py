@@ -15,6 +15,7 @@ passes on files that are not there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -47,6 +48,18 @@ def release_hash(pipeline: PipelineSettings, bundle: Path, sha: str) -> str:
 def folder(pipeline: PipelineSettings, release_id: str) -> Path:
     """Where a release's files live on this worker: `bundle/` and `release.json`, written last."""
     return home() / "releases" / pipeline.name / release_id
+
+
+def nearest(pipeline: PipelineSettings) -> tuple[str, Path] | None:
+    """(commit, bundle) of the pipeline's release made here last: a new one is exported by difference from it."""
+    made = []
+    for described in (home() / "releases" / pipeline.name).glob("[!.]*/release.json"):  # not a scratch folder
+        with contextlib.suppress(OSError, ValueError):
+            made.append((described.stat().st_mtime, Release.model_validate_json(described.read_text())))
+    if not made:
+        return None
+    newest = max(made, key=lambda m: m[0])[1]
+    return newest.commit, folder(pipeline, newest.id) / "bundle"
 
 
 def place(scratch: Path, final: Path, release: Release) -> None:
@@ -102,7 +115,7 @@ def _make(release: Release, pipeline: PipelineSettings, final: Path) -> None:
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = final.with_name(f".{release.id}.{uuid.uuid4().hex[:8]}")
     try:
-        export_commit(pipeline, release.commit, scratch / "bundle")
+        export_commit(pipeline, release.commit, scratch / "bundle", nearest(pipeline))
         made = _with_runtime(release, pipeline, scratch / "bundle")
         place(scratch, final, made.model_copy(update={"bundle": str(final / "bundle")}))
     finally:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from activities.bundle import link
 from activities.targets.base import Swap, check_live
 from airagent.models import Expected, Release
 
@@ -91,13 +92,13 @@ class LocalEnvironment:
         return Release.model_validate_json(path.read_text())
 
     def _install(self, release: Release) -> None:
-        """Copy the release's files in once; a half-done copy never becomes visible."""
+        """Put the release's files in once, hard-linked where they can be; a half-done copy never becomes visible."""
         dest = self.releases / release.id
         if (dest / "release.json").exists():
             return
         self.releases.mkdir(parents=True, exist_ok=True)
         staging = self.releases / f".{release.id}.{uuid.uuid4().hex[:8]}"
-        shutil.copytree(release.bundle, staging, symlinks=True)
+        shutil.copytree(release.bundle, staging, symlinks=True, copy_function=link)
         local = release.model_copy(update={"bundle": str(dest)})
         (staging / "release.json").write_text(local.model_dump_json(indent=2))
         try:
@@ -159,6 +160,11 @@ def differing(old: Path | None, new: Path) -> set[str]:
         if not path.is_file() or "__pycache__" in path.parts:
             continue
         before = old / path.relative_to(new) if old else None
-        if before is None or not before.is_file() or not filecmp.cmp(path, before, shallow=False):
+        if before is None or not before.is_file() or not _same(path, before):
             found.add(path.relative_to(new).as_posix())
     return found
+
+
+def _same(path: Path, other: Path) -> bool:
+    """One file linked into both releases (the usual case, see `bundle.link`), or two with the same bytes."""
+    return os.path.samefile(path, other) or filecmp.cmp(path, other, shallow=False)
