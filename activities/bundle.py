@@ -93,7 +93,7 @@ def _extract(repo: git.Repo, sha: str, dest: Path, paths: list[str] | None) -> N
     """Extract the commit's files (or only `paths`), refusing the commit when one would land outside `dest`."""
     buf = io.BytesIO()
     with repo.git.custom_environment(GIT_LITERAL_PATHSPECS="1"):  # a file name is never a pattern
-        repo.archive(buf, treeish=sha, format="tar", **({"path": paths} if paths else {}))
+        repo.git.archive("--format=tar", sha, "--", *(paths or []), output_stream=buf)
     buf.seek(0)
     with tarfile.open(fileobj=buf) as tar:
         members = tar.getmembers()

@@ -115,6 +115,7 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     _runtimes(_runtimes_in_use(pipelines, {r.path for r in out.removals}), keep, now, out)
     _cache(keep, now, out)
     _parsers(keep, now, out)
+    _partials(home() / "trees", keep.partials, now, out, "a tree staged for a parse that never ended")
     for report in sorted(reports.folder().glob("*.json")) if reports.folder().is_dir() else []:
         _plan(out, "report", report, now, keep.reports, "a full validation report nothing asked for")
     return out

@@ -15,7 +15,7 @@ import pytest
 from activities.runtime import ensure_runtime
 from activities.validation import service as parser_service
 from activities.validation.cache import PARSER
-from activities.validation.parse import parse_tree, readable_root
+from activities.validation.parse import parse_tree
 from airagent.config import Runtime, home
 from tests.test_validate import GOOD, dag, settings, tree
 
@@ -36,13 +36,14 @@ def runtime(monkeypatch) -> Path:
             parser_service.stop()
 
 
-def server_of(runtime: Path, root: Path) -> parser_service.Server:
-    return parser_service.Server(runtime, readable_root(root))
+def server_of(runtime: Path) -> parser_service.Server:
+    """The server of trees outside a pipeline's releases: they are all staged under one folder."""
+    return parser_service.Server(runtime, home() / "trees")
 
 
-def socket_of(runtime: Path, root: Path) -> int:
+def socket_of(runtime: Path) -> int:
     """Which server listens now: a new one binds a new socket file."""
-    return (server_of(runtime, root).path / "socket").stat().st_ino
+    return (server_of(runtime).path / "socket").stat().st_ino
 
 
 def test_the_warm_parser_fails_a_file_that_hangs_exits_or_dies_alone_and_keeps_serving(runtime, tmp_path):
@@ -57,7 +58,7 @@ def test_the_warm_parser_fails_a_file_that_hangs_exits_or_dies_alone_and_keeps_s
     )
 
     report = parse_tree(runtime, root, "dags", "plugins", timeout=3)
-    server = socket_of(runtime, root)
+    server = socket_of(runtime)
 
     files = {f.path: f for f in report.files}
     assert files["dags/fine.py"].dag_ids == ["fine"] and files["dags/fine.py"].error is None
@@ -68,20 +69,20 @@ def test_the_warm_parser_fails_a_file_that_hangs_exits_or_dies_alone_and_keeps_s
     (root / "dags" / "fine.py").write_text(GOOD.replace('"fine"', '"fine_again"'))
     again = parse_tree(runtime, root, "dags", "plugins", timeout=3)
     assert {f.path: f.dag_ids for f in again.files}["dags/fine.py"] == ["fine_again"]
-    assert socket_of(runtime, root) == server
+    assert socket_of(runtime) == server
 
 
 def test_a_parser_that_died_is_started_again(runtime, tmp_path):
     root = tree(tmp_path / "repo", {"dags/one.py": dag("one")})
     parse_tree(runtime, root, "dags", "plugins")
-    server = socket_of(runtime, root)
-    os.kill(parser_service._started[server_of(runtime, root).path].pid, signal.SIGKILL)
+    server = socket_of(runtime)
+    os.kill(parser_service._started[server_of(runtime).path].pid, signal.SIGKILL)
 
     (root / "dags" / "two.py").write_text(dag("two"))
     report = parse_tree(runtime, root, "dags", "plugins")
 
     assert sorted(d for f in report.files for d in f.dag_ids) == ["one", "two"]
-    assert socket_of(runtime, root) != server
+    assert socket_of(runtime) != server
 
 
 def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_settings(runtime, tmp_path):

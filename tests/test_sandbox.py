@@ -144,6 +144,7 @@ return wrote
 
 def test_a_parser_asked_for_without_a_sandbox_says_how_to_get_one(tmp_path, monkeypatch):
     runtime = ensure_runtime(Runtime(), None)[1]
+    monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / "home"))  # no warm parser nor cached result to answer
     monkeypatch.setattr(sandbox, "bwrap", lambda: None)
     root = tree(tmp_path / "repo", {"dags/good.py": GOOD})
 

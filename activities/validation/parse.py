@@ -8,9 +8,13 @@ a pod. A parser that itself fails raises `service.ParserFailed`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from activities.bundle import link
 from activities.validation import cache, policies, service
 from activities.validation.parser import PLUGINS, cap
 from airagent.config import Classification, PipelineSettings, ValidationSettings, home
@@ -33,26 +37,66 @@ def parse_tree(
 ) -> ValidationReport:
     """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
     settings = pipeline.validation if pipeline else ValidationSettings()
-    server = service.Server(runtime, readable_root(bundle), sandboxed=pipeline.sandbox if pipeline else True)
-    return parse_changed(
-        {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")},
-        bundle,
-        dag_folder,
-        plugins_folder,
-        pipeline,
-        timeout,
-        lambda todo: _run_parser(server, bundle, dag_folder, plugins_folder, todo, settings, timeout),
-    )
+    with readable(bundle) as (root, tree):
+        server = service.Server(runtime, root, sandboxed=pipeline.sandbox if pipeline else True)
+        return parse_changed(
+            {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")},
+            tree,
+            dag_folder,
+            plugins_folder,
+            pipeline,
+            timeout,
+            lambda todo: _named_back(
+                _run_parser(server, tree, dag_folder, plugins_folder, todo, settings, timeout), tree, bundle
+            ),
+        )
 
 
-def readable_root(bundle: Path) -> Path:
-    """What a sandboxed parser may read: the pipeline's releases, so one warm parser serves all its trains; a
-    tree elsewhere (`airagent validate PATH`, a test) alone."""
-    releases = home() / "releases"
-    bundle = bundle.resolve()
-    if bundle.is_relative_to(releases.resolve()):
-        return releases.resolve() / bundle.relative_to(releases.resolve()).parts[0]
-    return bundle
+@contextmanager
+def readable(bundle: Path) -> Iterator[tuple[Path, Path]]:
+    """(what a sandboxed parser may read, the bundle there). A pipeline's releases are read where they are, so
+    one warm parser serves all its trains; any other tree (`airagent validate PATH`, a commit checked before
+    a merge) is staged, hard-linked, under one folder of the state directory, so one warm parser per
+    runtime serves them all, and a private folder of the caller's is never opened to the sandbox."""
+    releases = (home() / "releases").resolve()
+    resolved = bundle.resolve()
+    if resolved.is_relative_to(releases):
+        yield releases / resolved.relative_to(releases).parts[0], bundle
+        return
+    trees = home() / "trees"
+    trees.mkdir(parents=True, exist_ok=True)
+    staged = trees / f".{resolved.name or 'tree'}.{uuid.uuid4().hex[:8]}"  # a crash leaves it to gc as partial
+    try:
+        shutil.copytree(bundle, staged, symlinks=True, copy_function=_readable, ignore=_NOT_PARSED)
+        for folder, _, _ in os.walk(staged):
+            os.chmod(folder, 0o755)  # our copy of a folder the caller may keep private
+        yield trees.resolve(), staged
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+_NOT_PARSED = shutil.ignore_patterns(".git", "__pycache__")
+
+
+def _readable(source: str, dest: str) -> None:
+    """Linked when others may read it already; else a copy of ours that they may, so the caller's stays private."""
+    if os.stat(source).st_mode & 0o004:
+        link(source, dest)
+    else:
+        shutil.copy2(source, dest)
+        os.chmod(dest, 0o644)
+
+
+def _named_back(results: list[dict], staged: Path, tree: Path) -> list[dict]:
+    """Errors name the files where the caller has them, not where they were staged."""
+    if staged == tree:
+        return results
+    for result in results:
+        if result.get("error"):
+            result["error"] = result["error"].replace(str(staged), str(tree))
+        for path, error in result.get("plugins", {}).items():
+            result["plugins"][path] = error.replace(str(staged), str(tree))
+    return results
 
 
 def parse_changed(
