@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import images
 from activities.bundle import export_commit, inside
-from activities.release import folder, nearest, place, release_hash, repository_with
+from activities.release import folder, nearest, place, release_hash, remember, repository_with
 from activities.runtime import ensure_runtime
 from airagent.config import PipelineSettings
 from airagent.models import BuildInput, Release
@@ -70,6 +70,7 @@ def build(input: BuildInput) -> Release:
             image=image,
         )
         place(scratch, final, release)
+        remember(pipeline)
         return release
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

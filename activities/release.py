@@ -50,6 +50,20 @@ def folder(pipeline: PipelineSettings, release_id: str) -> Path:
     return home() / "releases" / pipeline.name / release_id
 
 
+def remember(pipeline: PipelineSettings) -> None:
+    """The settings this pipeline's releases here were made with, beside them: the worker's own gc reads them
+    (worker.janitor), as in a fleet the conductor's collection after a train runs on one replica only."""
+    path = home() / "releases" / pipeline.name / "pipeline.json"
+    text = pipeline.model_dump_json(indent=2)
+    with contextlib.suppress(OSError):
+        if path.read_text() == text:
+            return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".pipeline.{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def nearest(pipeline: PipelineSettings) -> tuple[str, Path] | None:
     """(commit, bundle) of the pipeline's release made here last: a new one is exported by difference from it."""
     made = []
@@ -118,6 +132,7 @@ def _make(release: Release, pipeline: PipelineSettings, final: Path) -> None:
         export_commit(pipeline, release.commit, scratch / "bundle", nearest(pipeline))
         made = _with_runtime(release, pipeline, scratch / "bundle")
         place(scratch, final, made.model_copy(update={"bundle": str(final / "bundle")}))
+        remember(pipeline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -40,18 +40,31 @@ from interface.client import AirAgent
 from worker.main import ACTIVITIES, WORKFLOWS
 
 DAG_FILES, OTHER_FILES = 2_000, 18_000
+EARLY = 10  # trains after which disk use is first measured, to compare the last with
 
 
 def disk(*folders: Path) -> int:
-    return sum(p.lstat().st_size for folder in folders for p in folder.rglob("*") if p.is_file())
+    """Bytes of the files under `folders`, a file hard-linked in several places counted once."""
+    sizes = {}
+    for folder in folders:
+        for p in folder.rglob("*"):
+            if p.is_file() and not p.is_symlink():
+                stat = p.lstat()
+                sizes[stat.st_dev, stat.st_ino] = stat.st_size
+    return sum(sizes.values())
 
 
-async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> float:
+async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str, stages: dict[str, list[float]]) -> float:
+    """Seconds from asking to the train's end; each stage's seconds added to `stages`."""
     started = time.monotonic()
     answer = await agent.deploy(pipeline, sha)
     status = await agent.wait(answer.train, timeout=timedelta(minutes=20))
     if status.state != TrainState.succeeded:
         raise SystemExit(f"{answer.train} ended {status.state.value}: {status.reason}")
+    for stage in status.stages:
+        if stage.ended:
+            name = f"{stage.name} {stage.environment}" if stage.environment else stage.name
+            stages.setdefault(name, []).append((stage.ended - stage.started).total_seconds())
     return time.monotonic() - started
 
 
@@ -88,30 +101,33 @@ async def main(trains: int) -> None:
                     client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
                 ):
                     agent = AirAgent(client, queue)
-                    first = await deploy(agent, pipeline, repo.head.commit.hexsha)
+                    first = await deploy(agent, pipeline, repo.head.commit.hexsha, {})
+                    stages: dict[str, list[float]] = {}
                     keep = gc.Retention(young=timedelta(0))
-                    one_file, after_ten = [], 0
+                    one_file, early = [], 0
                     for i in range(trains):
                         changed = repo_dir / "dags" / "team_07" / "dag_0007.py"
                         changed.write_text(changed.read_text() + f"# change {i}\n")
                         repo.index.add([str(changed)])
                         sha = repo.index.commit(f"change {i}").hexsha
-                        one_file.append(await deploy(agent, pipeline, sha))
+                        one_file.append(await deploy(agent, pipeline, sha, stages))
                         await asyncio.to_thread(gc.collect, pipeline, keep)  # the worker's loop goes on
-                        if i == 9:
-                            after_ten = await asyncio.to_thread(disk, root / "home", root / "envs")
+                        if i == min(EARLY, trains) - 1:
+                            early = await asyncio.to_thread(disk, root / "home", root / "envs")
                     last = await asyncio.to_thread(disk, root / "home", root / "envs")
                     largest = await largest_event(client)
         finally:
             parser_service.stop()
             server.stop()
     print(f"files: {DAG_FILES + OTHER_FILES} count", file=sys.stderr)
+    for name, seconds in stages.items():
+        print(f"one-file train, {name}: median {statistics.median(seconds):.2f} s", file=sys.stderr)
     print(f"scale_first_deploy: {first:.1f} s")
     print(f"scale_largest_payload: {largest} bytes")
     print(f"scale_worker_peak_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-    print(f"scale_disk_after_10_trains: {after_ten / 2**20:.0f} MB")
+    print(f"scale_disk_after_{min(EARLY, trains)}_trains: {early / 2**20:.0f} MB")
     print(f"scale_disk_after_{trains}_trains: {last / 2**20:.0f} MB")
-    print(f"scale_disk_growth: {last / after_ten:.2f} ratio")
+    print(f"scale_disk_growth: {last / early:.2f} ratio")
     print(f"scale_one_file_train: {statistics.median(one_file):.2f} s")
 
 

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from activities import gc
 from activities.bundle import export_commit
+from activities.release import remember
 from activities.runtime import LAST_USED, ensure_runtime, runtime_hash
 from activities.targets import local
 from activities.targets.base import Swap
@@ -30,6 +31,7 @@ from airagent.models import Release
 from interface.cli import app
 from tests.conftest import make_pipeline
 from tests.kube import cluster as kube
+from worker import janitor
 
 DAY = 86400
 
@@ -283,3 +285,35 @@ def test_a_kubernetes_environment_keeps_what_its_record_in_the_cluster_names(mon
 
     assert plan.notes == []
     assert {Path(x.path).name for x in plan.removals if x.kind == "release"} == {r[0].id, r[1].id}
+
+
+def test_each_worker_sweeps_its_own_disk_for_every_pipeline_it_made_releases_of(pipeline, monorepo, tmp_path):
+    """In a fleet the conductor's collection runs on one replica; every worker's janitor sweeps the rest, with
+    the settings its releases were made with."""
+    rt = runtime("a" * 16)
+    r = [built(pipeline, monorepo, i, rt, hours_old=10 - i) for i in range(4)]
+    remember(pipeline)
+    other = make_pipeline(monorepo, tmp_path / "other-envs").model_copy(update={"name": "other"})
+    (home() / "releases" / "other").mkdir()
+    remember(other)
+    (home() / "releases" / "broken").mkdir()
+    (home() / "releases" / "broken" / "pipeline.json").write_text("{")  # left out, said in the log
+    staging = env(pipeline, "staging")
+    for made in r:
+        staging.roll(made)
+    backdate(staging.path, DAY)
+
+    assert [p.name for p in janitor.known_pipelines()] == ["main", "other"]
+    result = janitor.sweep(gc.Retention(rollbacks=1, built=1))
+
+    assert names(home() / "releases" / "main") == {r[2].id, r[3].id, "pipeline.json"}
+    assert result.removed["release"] == 2
+
+
+def test_a_sweep_interval_of_zero_turns_the_janitor_off(monkeypatch):
+    monkeypatch.setenv("AIRAGENT_GC_EVERY_SECONDS", "0")
+    assert janitor.interval() is None
+    monkeypatch.setenv("AIRAGENT_GC_EVERY_SECONDS", "90")
+    assert janitor.interval() == timedelta(seconds=90)
+    monkeypatch.delenv("AIRAGENT_GC_EVERY_SECONDS")
+    assert janitor.interval() == janitor.EVERY

@@ -27,6 +27,7 @@ from activities.soak import soak_check
 from activities.validate import validate
 from airagent.config import host_queue
 from airagent.connection import connect, host_name, task_queue
+from worker.janitor import sweeping
 from worker.telemetry import tracing_interceptors
 from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
@@ -103,6 +104,6 @@ async def serve(queue: str | None = None) -> None:
             on_host.task_queue,
             f" as {version.version}" if version else " (unversioned)",
         )
-        async with worker, on_host:
+        async with worker, on_host, sweeping():
             await stop.wait()
             logging.getLogger("airagent").info("stopping: waiting for running activities")
