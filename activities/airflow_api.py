@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -96,15 +97,29 @@ class AirflowApi:
         return self._all("/api/v2/importErrors", "import_errors")
 
     def task_instances(
-        self, states: list[str], ended_after: datetime | None = None, ended_before: datetime | None = None
+        self,
+        states: list[str],
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
+        dag_id: str = "~",
     ) -> int:
-        """How many task instances, across every DAG and run, are in these states (and ended in the window)."""
+        """How many task instances, of one DAG or (`~`) every DAG, in any run, are in these states (and ended in the
+        window)."""
         params: dict[str, Any] = {"state": states, "limit": 1}
         if ended_after:
             params["end_date_gte"] = ended_after.isoformat()
         if ended_before:
             params["end_date_lte"] = ended_before.isoformat()
-        return self._get("/api/v2/dags/~/dagRuns/~/taskInstances", params)["total_entries"]
+        return self._get(f"/api/v2/dags/{quote(dag_id, safe='~')}/dagRuns/~/taskInstances", params)["total_entries"]
+
+    def deployed(self, dag_id: str) -> bool:
+        """Whether the DAG is in the files Airflow serves now: one whose file is gone is stale, or unknown."""
+        try:
+            return not self._get(f"/api/v2/dags/{quote(dag_id, safe='')}", {}).get("is_stale", False)
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code == 404:
+                return False
+            raise
 
     def failed_dags(self, ended_after: datetime) -> list[str]:
         """The DAGs whose task instances failed since `ended_after` (from the first page: enough to trace)."""

@@ -51,10 +51,16 @@ def import_errors(errors: list[dict[str, Any]], baseline: Baseline) -> ProbeRead
 
 
 def failure_rate(
-    failed: int, finished: int, baseline: Baseline, settings: Probes, dags: list[str] | None = None
+    failed: int,
+    finished: int,
+    baseline: Baseline,
+    settings: Probes,
+    dags: list[str] | None = None,
+    gone: list[str] | None = None,
 ) -> ProbeReading:
     """Failed task instances during soak, against the share that failed before the roll; a failing reading
-    names the DAGs they belong to, to trace the regression to commits."""
+    names the DAGs they belong to, to trace the regression to commits. The counts leave out the `gone` DAGs',
+    as a DAG no longer deployed (a rollback or a train took its file away) says nothing of this release."""
     before = baseline.failed / baseline.finished if baseline.finished else 0.0
     now = failed / finished if finished else 0.0
     limit = min(1.0, before + settings.failure_rate_tolerance)
@@ -63,7 +69,10 @@ def failure_rate(
         f" or fewer than {settings.min_failed_tasks} failed"
     )
     ok = failed < settings.min_failed_tasks or now <= limit
-    verdict = reading("task_failure_rate", ok, f"{failed} of {finished} task instances failed ({now:.0%})", threshold)
+    seen = f"{failed} of {finished} task instances failed ({now:.0%})"
+    if gone:
+        seen += f"; left out, as no longer deployed: {', '.join(sorted(gone))}"
+    verdict = reading("task_failure_rate", ok, seen, threshold)
     verdict.dag_ids = [] if ok else sorted(dags or [])
     return verdict
 
@@ -110,7 +119,13 @@ def airflow_probes(api: AirflowApi, baseline: Baseline, settings: Probes) -> lis
     def rate() -> ProbeReading:
         failed = api.task_instances(["failed"], ended_after=baseline.at)
         finished = api.task_instances(["success", "failed"], ended_after=baseline.at)
-        return failure_rate(failed, finished, baseline, settings, api.failed_dags(baseline.at) if failed else [])
+        dags = api.failed_dags(baseline.at) if failed else []
+        gone = [d for d in dags if not api.deployed(d)]
+        for dag in gone:  # a run already under way when its DAG was taken away can still fail
+            failed -= api.task_instances(["failed"], ended_after=baseline.at, dag_id=dag)
+            finished -= api.task_instances(["success", "failed"], ended_after=baseline.at, dag_id=dag)
+        kept = [d for d in dags if d not in gone]
+        return failure_rate(max(failed, 0), max(finished, 0), baseline, settings, kept, gone)
 
     return [
         guarded("health", "an answer", lambda: health(api.health())),

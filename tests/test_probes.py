@@ -98,6 +98,7 @@ class Replay(BaseHTTPRequestHandler):
     """Serves the recordings by path; `mode` makes every answer slow, garbled, failing or refused."""
 
     mode = "ok"
+    stale: ClassVar[set[str]] = set()  # DAGs Airflow serves as stale: their file is gone
     routes: ClassVar[dict[str, str]] = {
         "/api/v2/monitor/health": "health",
         "/api/v2/importErrors": "import_errors_one",
@@ -125,6 +126,9 @@ class Replay(BaseHTTPRequestHandler):
             return self._send(
                 200, recorded("task_instances_failed" if states == ["failed"] else "task_instances_finished")
             )
+        if url.path.startswith("/api/v2/dags/"):
+            dag_id = url.path.rsplit("/", 1)[1]
+            return self._send(200, {"dag_id": dag_id, "is_stale": dag_id in self.stale})
         self._send(200, recorded(self.routes[url.path]))
 
     def _send(self, code: int, body) -> None:
@@ -146,7 +150,7 @@ def airflow():
     thread.start()
     yield server
     server.shutdown()
-    Replay.mode = "ok"
+    Replay.mode, Replay.stale = "ok", set()
 
 
 def api(server, password: str = "s3cret") -> AirflowApi:
@@ -159,6 +163,15 @@ def test_recorded_answers_over_http(airflow):
     assert readings["health"].ok
     assert not readings["import_errors"].ok and "zz_broken.py" in readings["import_errors"].reading
     assert not readings["task_failure_rate"].ok
+
+
+def test_failures_of_a_dag_no_longer_deployed_are_left_out_of_the_rate(airflow):
+    """After a rollback took a DAG's file away, a run of it already under way can still fail: not this release's."""
+    Replay.stale = {"orders_feed_check"}
+    with api(airflow) as client:
+        verdict = {r.probe: r for r in probes.airflow_probes(client, baseline(), Probes())}["task_failure_rate"]
+    assert verdict.ok and "0 of 0" in verdict.reading and "no longer deployed: orders_feed_check" in verdict.reading
+    assert verdict.dag_ids == []
 
 
 @pytest.mark.parametrize(
