@@ -291,3 +291,18 @@ def test_a_plugin_that_does_not_import_fails_like_a_dag_file(tmp_path):
 
     tree(root, {"plugins/broken.py": PLUGIN.format(name="fixed")})
     assert all(f.error is None for f in check(root, pipeline).values())
+
+
+def test_a_dag_airflow_cannot_serialize_fails_as_the_dag_processor_would_fail_it(tmp_path):
+    """It imports, but the DAG processor stores DAGs serialized: a timetable no plugin registers is an import
+    error there, and the file's other DAGs still load."""
+    timetable = (
+        "from airflow.timetables.interval import CronDataIntervalTimetable\n"
+        "class EveryOtherDay(CronDataIntervalTimetable):\n    pass\n"
+    )
+    unregistered = dag("odd_days", body=timetable, schedule="EveryOtherDay('0 0 */2 * *', timezone='UTC')")
+    root = tree(tmp_path / "tree", {"dags/odd.py": unregistered + dag("plain").split("\n", 3)[3]})
+
+    files = check(root, settings(tmp_path))
+
+    assert "is not registered" in files["odd.py"].error and files["odd.py"].dag_ids == ["plain"]

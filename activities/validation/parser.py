@@ -348,7 +348,7 @@ class Parser:
         started = time.perf_counter()
         try:
             self.bag.process_file(str(path), only_if_updated=False, safe_mode=False)
-            error = self.bag.import_errors.get(rel) or self.bag.import_errors.get(str(path))
+            error = self.bag.import_errors.get(rel) or self.bag.import_errors.get(str(path)) or self.serialize()
         except Exception:
             self.bag.dags.clear()
             error = traceback.format_exc()
@@ -369,6 +369,23 @@ class Parser:
             "placeholders": sorted(self.lookups.used) if self.lookups else [],
             "transient": False,
         }
+
+    def serialize(self) -> str | None:
+        """Serialize each DAG as the DAG processor does before storing it: one that cannot be (a timetable no
+        plugin registers, a param that is not JSON) is an import error there, so it is one here; the file's
+        other DAGs stay, as they do there."""
+        try:
+            from airflow.serialization.serialized_objects import DagSerialization as serialization
+        except ImportError:  # before Airflow 3.1
+            from airflow.serialization.serialized_objects import SerializedDAG as serialization
+        errors = []
+        for dag_id, dag in list(self.bag.dags.items()):
+            try:
+                serialization.to_dict(dag)
+            except Exception:
+                del self.bag.dags[dag_id]
+                errors.append(traceback.format_exc())
+        return "\n".join(errors) or None
 
     @staticmethod
     def load_plugins() -> dict:
