@@ -17,19 +17,11 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import DevServer, free_ports, register_search_attributes
-from interface.client import AirAgent
-from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
+from bench.harness import dev_server, in_process_worker
 
 TEAMS = 4
 BROKEN = "import a_module_nobody_wrote\n"
@@ -94,74 +86,53 @@ def p95(values: list[float]) -> float:
 async def main(per_stretch: int, interval: float) -> None:
     with tempfile.TemporaryDirectory(prefix="airagent-isolation-") as tmp:
         root = Path(tmp)
-        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
-        server.start()
-        try:
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            await register_search_attributes(client)
-            repo = example.create(root / "repo", root / "envs", airflow=False)
-            example.commit(repo, {f"dags/team{t}/dag.py": team_dag(t, 0) for t in range(TEAMS)}, "teams", "platform")
-            pipeline = PipelineSettings(
-                name="isolation",
-                repo=str(root / "repo"),
-                poll_interval="1h",
-                teams={f"team{t}": [f"dags/team{t}/*"] for t in range(TEAMS)},
-                environments=[
-                    EnvironmentSettings(name=e, target=LocalTarget(path=root / "envs" / e, airflow=False))
-                    for e in ("staging", "prod")
-                ],
-            )
-            queue = f"isolation-{uuid.uuid4()}"
-            agent = AirAgent(client, queue)
-            with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-                async with Worker(
-                    client,
-                    task_queue=queue,
-                    workflows=WORKFLOWS,
-                    activities=ACTIVITIES,
-                    activity_executor=executor,
-                    max_concurrent_activities=ACTIVITY_THREADS,
-                ):
-                    await agent.start_pipeline(pipeline)
-                    watch = Watch(root / "envs" / "prod")
-                    watching = asyncio.create_task(watch.run())
-                    await watch.lags([(t, 0, time.time()) for t in range(TEAMS)])
-                    version = 0
+        repo = example.create(root / "repo", root / "envs", airflow=False)
+        example.commit(repo, {f"dags/team{t}/dag.py": team_dag(t, 0) for t in range(TEAMS)}, "teams", "platform")
+        pipeline = PipelineSettings(
+            name="isolation",
+            repo=str(root / "repo"),
+            poll_interval="1h",
+            teams={f"team{t}": [f"dags/team{t}/*"] for t in range(TEAMS)},
+            environments=[
+                EnvironmentSettings(name=e, target=LocalTarget(path=root / "envs" / e, airflow=False))
+                for e in ("staging", "prod")
+            ],
+        )
+        async with dev_server(root) as client, in_process_worker(client, "isolation") as agent:
+            await agent.start_pipeline(pipeline)
+            watch = Watch(root / "envs" / "prod")
+            watching = asyncio.create_task(watch.run())
+            await watch.lags([(t, 0, time.time()) for t in range(TEAMS)])
+            version = 0
 
-                    async def stretch(teams: list[int]) -> list[float]:
-                        nonlocal version
-                        commits = []
-                        for i in range(per_stretch):
-                            version += 1
-                            team = teams[i % len(teams)]
-                            sha = example.commit(
-                                repo,
-                                {f"dags/team{team}/dag.py": team_dag(team, version)},
-                                f"team{team}: v{version}",
-                                "finance",
-                            )
-                            commits.append((team, version, time.time()))
-                            await agent.notify(pipeline, sha)
-                            await asyncio.sleep(interval)
-                        return await watch.lags(commits)
+            async def stretch(teams: list[int]) -> list[float]:
+                nonlocal version
+                commits = []
+                for i in range(per_stretch):
+                    version += 1
+                    team = teams[i % len(teams)]
+                    sha = example.commit(
+                        repo,
+                        {f"dags/team{team}/dag.py": team_dag(team, version)},
+                        f"team{team}: v{version}",
+                        "finance",
+                    )
+                    commits.append((team, version, time.time()))
+                    await agent.notify(pipeline, sha)
+                    await asyncio.sleep(interval)
+                return await watch.lags(commits)
 
-                    healthy = await stretch(list(range(TEAMS)))
-                    broken = example.commit(
-                        repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops", "marketing"
-                    )
-                    await agent.notify(pipeline, broken)
-                    while_broken = await stretch(list(range(1, TEAMS)))
-                    held = held_in_environments(root / "envs")
-                    fixed_at = time.time()
-                    fix = example.commit(
-                        repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix", "marketing"
-                    )
-                    await agent.notify(pipeline, fix)
-                    [fix_lag] = await watch.lags([(0, version + 1, fixed_at)])
-                    watching.cancel()
-                    await client.get_workflow_handle("pipeline/isolation").terminate("bench over")
-        finally:
-            server.stop()
+            healthy = await stretch(list(range(TEAMS)))
+            broken = example.commit(repo, {"dags/team0/dag.py": BROKEN + team_dag(0, 0)}, "team0: oops", "marketing")
+            await agent.notify(pipeline, broken)
+            while_broken = await stretch(list(range(1, TEAMS)))
+            held = held_in_environments(root / "envs")
+            fixed_at = time.time()
+            fix = example.commit(repo, {"dags/team0/dag.py": team_dag(0, version + 1)}, "team0: fix", "marketing")
+            await agent.notify(pipeline, fix)
+            [fix_lag] = await watch.lags([(0, version + 1, fixed_at)])
+            watching.cancel()
+            await client.get_workflow_handle("pipeline/isolation").terminate("bench over")
 
     print(f"healthy_lag_median: {statistics.median(healthy):.2f} s")
     print(f"healthy_lag_p95: {p95(healthy):.2f} s")

@@ -19,23 +19,18 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
 from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import DevServer, free_ports, register_search_attributes
+from airagent.devserver import free_ports
 from airagent.models import TrainState, TrainStatus
+from bench.harness import dev_server, in_process_worker
 from interface.client import AirAgent
-from worker.main import ACTIVITIES, WORKFLOWS
 
 
 class HealthPoller:
@@ -82,8 +77,6 @@ async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> Train
 async def main(dags: int) -> None:
     with tempfile.TemporaryDirectory(prefix="airagent-lead-") as tmp:
         root = Path(tmp)
-        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
-        server.start()
         envs: list[LocalAirflow] = []
         try:
             repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
@@ -108,34 +101,26 @@ async def main(dags: int) -> None:
             for env in envs:
                 env.up(runtime)
 
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            await register_search_attributes(client)
-            queue = f"bench-{uuid.uuid4()}"
-            with ThreadPoolExecutor(max_workers=8) as executor:
-                async with Worker(
-                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
-                ):
-                    agent = AirAgent(client, queue)
-                    await deploy(agent, pipeline, repo.head.commit.hexsha)  # first train: restarts, unmeasured
+            async with dev_server(root) as client, in_process_worker(client, "lead") as agent:
+                await deploy(agent, pipeline, repo.head.commit.hexsha)  # first train: restarts, unmeasured
 
-                    sha = example.commit(
-                        repo,
-                        {"dags/generated/dag_042.py": example.dag_file("generated_042", 5)},
-                        "one DAG changes",
-                        "finance",
-                    )
-                    started = time.monotonic()
-                    status = await deploy(agent, pipeline, sha)
-                    total = time.monotonic() - started
+                sha = example.commit(
+                    repo,
+                    {"dags/generated/dag_042.py": example.dag_file("generated_042", 5)},
+                    "one DAG changes",
+                    "finance",
+                )
+                started = time.monotonic()
+                status = await deploy(agent, pipeline, sha)
+                total = time.monotonic() - started
 
-                    plugin = example.FILES["plugins/example_plugin.py"] + "# restart me\n"
-                    sha = example.commit(repo, {"plugins/example_plugin.py": plugin}, "plugin change", "platform")
-                    with HealthPoller(f"http://127.0.0.1:{envs[0].target.port}/api/v2/monitor/health") as poll:
-                        restarted = await deploy(agent, pipeline, sha)
+                plugin = example.FILES["plugins/example_plugin.py"] + "# restart me\n"
+                sha = example.commit(repo, {"plugins/example_plugin.py": plugin}, "plugin change", "platform")
+                with HealthPoller(f"http://127.0.0.1:{envs[0].target.port}/api/v2/monitor/health") as poll:
+                    restarted = await deploy(agent, pipeline, sha)
         finally:
             for env in envs:
                 env.down()
-            server.stop()
 
     assert status.mode == "dags-only" and restarted.mode == "restart", (status.mode, restarted.mode)
     for stage in status.stages:

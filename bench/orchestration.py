@@ -9,30 +9,17 @@ with a tiny repo and soak 0, each train carrying one DAG change.
 from __future__ import annotations
 
 import asyncio
-import socket
 import statistics
 import sys
 import tempfile
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
+from temporalio.client import WorkflowHandle
 
 from airagent import example
 from airagent.config import load_pipeline
-from airagent.devserver import DevServer
 from airagent.models import TrainState
-from interface.client import AirAgent
-from worker.main import ACTIVITIES, WORKFLOWS
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.harness import dev_server, in_process_worker
 
 
 async def overhead(handle: WorkflowHandle) -> tuple[float, float]:
@@ -57,36 +44,25 @@ async def overhead(handle: WorkflowHandle) -> tuple[float, float]:
 async def main(trains: int) -> None:
     with tempfile.TemporaryDirectory(prefix="airagent-bench-") as scratch:
         root = Path(scratch)
-        server = DevServer(root / "temporal", port=free_port(), ui_port=free_port())
-        server.start()
-        try:
-            repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
-            pipeline = load_pipeline("main", root / "repo" / "airagent.yaml")
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            queue = f"bench-{uuid.uuid4()}"
-            agent = AirAgent(client, queue)
-            figures = []
-            with ThreadPoolExecutor(max_workers=8) as executor:
-                async with Worker(
-                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
-                ):
-                    for i in range(trains):
-                        example.commit(
-                            repo,
-                            {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
-                            f"fx v{i}",
-                            "finance",
-                        )
-                        answer = await agent.deploy(pipeline)
-                        status = await agent.wait(answer.train)
-                        assert status.state == TrainState.succeeded, status.reason
-                        figures.append(await overhead(client.get_workflow_handle(answer.train)))
-                        print(
-                            f"train {i + 1}: wall {figures[-1][0]:.2f}s, overhead {figures[-1][1]:.3f}s",
-                            file=sys.stderr,
-                        )
-        finally:
-            server.stop()
+        repo = example.create(root / "repo", root / "envs", soak="0s", airflow=False)
+        pipeline = load_pipeline("main", root / "repo" / "airagent.yaml")
+        figures = []
+        async with dev_server(root) as client, in_process_worker(client, "bench") as agent:
+            for i in range(trains):
+                example.commit(
+                    repo,
+                    {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + i)},
+                    f"fx v{i}",
+                    "finance",
+                )
+                answer = await agent.deploy(pipeline)
+                status = await agent.wait(answer.train)
+                assert status.state == TrainState.succeeded, status.reason
+                figures.append(await overhead(client.get_workflow_handle(answer.train)))
+                print(
+                    f"train {i + 1}: wall {figures[-1][0]:.2f}s, overhead {figures[-1][1]:.3f}s",
+                    file=sys.stderr,
+                )
     walls = [w for w, _ in figures]
     overheads = [o for _, o in figures]
     print(f"trains: {trains} count")

@@ -20,24 +20,18 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
 import git
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
 from activities import gc
-from activities.validation import service as parser_service
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import DevServer, free_ports, register_search_attributes
 from airagent.generated import beside, generate
 from airagent.models import TrainState
+from bench.harness import dev_server, in_process_worker
 from interface.client import AirAgent
-from worker.main import ACTIVITIES, WORKFLOWS
 
 DAG_FILES, OTHER_FILES = 2_000, 18_000
 EARLY = 10  # trains after which disk use is first measured, to compare the last with
@@ -90,35 +84,22 @@ async def main(trains: int) -> None:
             for name in ("staging", "prod")
         ]
         pipeline = PipelineSettings(name="scale", repo=str(repo_dir), environments=envs)
-        server = DevServer(root / "temporal", port=free_ports(), ui_port=free_ports(first=21000))
-        server.start()
-        try:
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            await register_search_attributes(client)
-            queue = f"bench-{uuid.uuid4()}"
-            with ThreadPoolExecutor(max_workers=8) as executor:
-                async with Worker(
-                    client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
-                ):
-                    agent = AirAgent(client, queue)
-                    first = await deploy(agent, pipeline, repo.head.commit.hexsha, {})
-                    stages: dict[str, list[float]] = {}
-                    keep = gc.Retention(young=timedelta(0))
-                    one_file, early = [], 0
-                    for i in range(trains):
-                        changed = repo_dir / "dags" / "team_07" / "dag_0007.py"
-                        changed.write_text(changed.read_text() + f"# change {i}\n")
-                        repo.index.add([str(changed)])
-                        sha = repo.index.commit(f"change {i}").hexsha
-                        one_file.append(await deploy(agent, pipeline, sha, stages))
-                        await asyncio.to_thread(gc.collect, pipeline, keep)  # the worker's loop goes on
-                        if i == min(EARLY, trains) - 1:
-                            early = await asyncio.to_thread(disk, root / "home", root / "envs")
-                    last = await asyncio.to_thread(disk, root / "home", root / "envs")
-                    largest = await largest_event(client)
-        finally:
-            parser_service.stop()
-            server.stop()
+        async with dev_server(root) as client, in_process_worker(client, "scale") as agent:
+            first = await deploy(agent, pipeline, repo.head.commit.hexsha, {})
+            stages: dict[str, list[float]] = {}
+            keep = gc.Retention(young=timedelta(0))
+            one_file, early = [], 0
+            for i in range(trains):
+                changed = repo_dir / "dags" / "team_07" / "dag_0007.py"
+                changed.write_text(changed.read_text() + f"# change {i}\n")
+                repo.index.add([str(changed)])
+                sha = repo.index.commit(f"change {i}").hexsha
+                one_file.append(await deploy(agent, pipeline, sha, stages))
+                await asyncio.to_thread(gc.collect, pipeline, keep)  # the worker's loop goes on
+                if i == min(EARLY, trains) - 1:
+                    early = await asyncio.to_thread(disk, root / "home", root / "envs")
+            last = await asyncio.to_thread(disk, root / "home", root / "envs")
+            largest = await largest_event(client)
     print(f"files: {DAG_FILES + OTHER_FILES} count", file=sys.stderr)
     for name, seconds in stages.items():
         print(f"one-file train, {name}: median {statistics.median(seconds):.2f} s", file=sys.stderr)

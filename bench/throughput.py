@@ -14,21 +14,12 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Worker
 
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import DevServer
 from airagent.models import conductor_id
-from bench.orchestration import free_port
-from interface.client import AirAgent
-from worker.main import ACTIVITIES, ACTIVITY_THREADS, WORKFLOWS
+from bench.harness import dev_server, in_process_worker
 
 
 def pipeline(name: str, root: Path) -> PipelineSettings:
@@ -46,54 +37,34 @@ def pipeline(name: str, root: Path) -> PipelineSettings:
 async def main(seconds: float, count: int, interval: float) -> None:
     with tempfile.TemporaryDirectory(prefix="airagent-throughput-") as scratch:
         root = Path(scratch)
-        server = DevServer(root / "temporal", port=free_port(), ui_port=free_port())
-        server.start()
-        try:
-            client = await Client.connect(server.address, data_converter=pydantic_data_converter)
-            queue = f"throughput-{uuid.uuid4()}"
-            agent = AirAgent(client, queue)
-            pipelines = {f"p{i}": pipeline(f"p{i}", root / f"p{i}") for i in range(count)}
-            repos = {name: example.create(root / name / "repo", root / name / "envs") for name in pipelines}
-            committed: dict[str, list[tuple[str, float]]] = {name: [] for name in pipelines}
-            with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-                async with Worker(
-                    client,
-                    task_queue=queue,
-                    workflows=WORKFLOWS,
-                    activities=ACTIVITIES,
-                    activity_executor=executor,
-                    max_concurrent_activities=ACTIVITY_THREADS,
-                ):
-                    for p in pipelines.values():
-                        await agent.start_pipeline(p)
-                    started = time.time()
-                    n = 0
-                    while time.time() - started < seconds:
-                        for name, repo in repos.items():
-                            sha = example.commit(
-                                repo,
-                                {
-                                    "dags/finance/fx_rates.py": example.dag_file(
-                                        "fx_rates", tasks=2 + n % 5, note=f"v{n}"
-                                    )
-                                },
-                                f"fx v{n}",
-                                "finance",
-                            )
-                            committed[name].append((sha, time.time()))
-                            await agent.notify(pipelines[name], sha, by="bench")
-                        n += 1
-                        await asyncio.sleep(interval)
-                    window = time.time() - started
-                    # Let the last commits land, so each has a lag.
-                    for name in pipelines:
-                        while (await agent.pipeline_status(name)).state.last_deployed != committed[name][-1][0]:
-                            await asyncio.sleep(0.5)
-                    statuses = {name: await agent.pipeline_status(name) for name in pipelines}
-                    for name in pipelines:
-                        await client.get_workflow_handle(conductor_id(name)).terminate("bench over")
-        finally:
-            server.stop()
+        pipelines = {f"p{i}": pipeline(f"p{i}", root / f"p{i}") for i in range(count)}
+        repos = {name: example.create(root / name / "repo", root / name / "envs") for name in pipelines}
+        committed: dict[str, list[tuple[str, float]]] = {name: [] for name in pipelines}
+        async with dev_server(root) as client, in_process_worker(client, "throughput") as agent:
+            for p in pipelines.values():
+                await agent.start_pipeline(p)
+            started = time.time()
+            n = 0
+            while time.time() - started < seconds:
+                for name, repo in repos.items():
+                    sha = example.commit(
+                        repo,
+                        {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=2 + n % 5, note=f"v{n}")},
+                        f"fx v{n}",
+                        "finance",
+                    )
+                    committed[name].append((sha, time.time()))
+                    await agent.notify(pipelines[name], sha, by="bench")
+                n += 1
+                await asyncio.sleep(interval)
+            window = time.time() - started
+            # Let the last commits land, so each has a lag.
+            for name in pipelines:
+                while (await agent.pipeline_status(name)).state.last_deployed != committed[name][-1][0]:
+                    await asyncio.sleep(0.5)
+            statuses = {name: await agent.pipeline_status(name) for name in pipelines}
+            for name in pipelines:
+                await client.get_workflow_handle(conductor_id(name)).terminate("bench over")
 
     lags, per_pipeline = [], []
     for name, status in statuses.items():
