@@ -133,3 +133,19 @@ def test_a_server_ends_by_itself(runtime, tmp_path, ending):
         process.kill()
         process.wait()
         process.stdout.close()
+
+
+def test_trees_outside_the_releases_share_one_parser_and_their_errors_name_them(runtime, tmp_path):
+    """Working trees are staged under the state directory for the sandbox; what people read names theirs."""
+    first = tree(tmp_path / "first", {"dags/broken.py": "raise ValueError('first tree')\n"})
+    second = tree(tmp_path / "second", {"dags/one.py": dag("one"), ".venv/lib/big.py": "x = 1\n"})
+    os.chmod(first, 0o700)  # a private folder stays private: its staged copy is what the sandbox opens
+
+    broken = parse_tree(runtime, first, "dags", "plugins").files[0]
+    server = socket_of(runtime)
+    assert [f.dag_ids for f in parse_tree(runtime, second, "dags", "plugins").files] == [["one"]]
+
+    assert socket_of(runtime) == server
+    assert str(first / "dags" / "broken.py") in broken.error and str(home() / "trees") not in broken.error
+    assert os.stat(first).st_mode & 0o777 == 0o700
+    assert not any((home() / "trees").iterdir())  # each staged copy is removed after its parse

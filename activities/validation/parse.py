@@ -67,7 +67,7 @@ def readable(bundle: Path) -> Iterator[tuple[Path, Path]]:
     trees.mkdir(parents=True, exist_ok=True)
     staged = trees / f".{resolved.name or 'tree'}.{uuid.uuid4().hex[:8]}"  # a crash leaves it to gc as partial
     try:
-        shutil.copytree(bundle, staged, symlinks=True, copy_function=_readable, ignore=_NOT_PARSED)
+        shutil.copytree(bundle, staged, symlinks=True, copy_function=_readable, ignore=_not_parsed)
         for folder, _, _ in os.walk(staged):
             os.chmod(folder, 0o755)  # our copy of a folder the caller may keep private
         yield trees.resolve(), staged
@@ -75,7 +75,9 @@ def readable(bundle: Path) -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-_NOT_PARSED = shutil.ignore_patterns(".git", "__pycache__")
+def _not_parsed(folder: str, names: list[str]) -> set[str]:
+    """Hidden folders (.git, a venv, the state directory itself) and bytecode, as the cache keys leave them out."""
+    return {n for n in names if n == "__pycache__" or (n.startswith(".") and os.path.isdir(os.path.join(folder, n)))}
 
 
 def _readable(source: str, dest: str) -> None:
