@@ -26,7 +26,8 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy airagent workflows activities interface worker
-	$(BIN)/pytest -q --durations=15
+	@# Two processes: the suite mostly waits on Airflow, servers and soaks, so two share the cores well.
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python -m bench.orchestration

@@ -19,7 +19,7 @@ from temporalio.worker import Worker
 
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import binary, register_search_attributes
+from airagent.devserver import binary, free_ports, register_search_attributes
 from airagent.models import ConductorStatus, TrainInput, TrainStatus, train_id
 from interface.client import AirAgent
 from worker.main import ACTIVITIES, WORKFLOWS
@@ -28,6 +28,14 @@ from workflows.train import DeployTrain
 ROOT = Path(__file__).resolve().parent.parent
 # Shared across runs so the Airflow runtime is built once, then reused by hash.
 os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
+# pytest-xdist runs the suite in processes gw0, gw1...; each picks ports from a range of its own.
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def airflow_ports() -> int:
+    """The first of five free ports for a local Airflow: two test processes never pick the same ones, as an
+    environment binds them only seconds after they were found free."""
+    return free_ports(5, first=20000 + 5000 * XDIST_WORKER)
 
 
 @pytest.fixture(scope="session")

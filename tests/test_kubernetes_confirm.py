@@ -27,8 +27,8 @@ from activities.targets.local_airflow import LocalAirflow
 from activities.targets.local_settings import component_env, ensure_secrets
 from airagent import example
 from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings, Runtime
-from airagent.devserver import free_ports
 from airagent.models import Release, RolloutMode
+from tests.conftest import airflow_ports
 from tests.kube import cluster as kube
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -117,7 +117,7 @@ def world(tmp_path_factory):
     digest, runtime = ensure_runtime(Runtime(), root / "requirements.txt")
     python = runtime / "bin" / "python"
 
-    local = LocalAirflow("staging", LocalTarget(path=root / "airflow", port=free_ports(5)))
+    local = LocalAirflow("staging", LocalTarget(path=root / "airflow", port=airflow_ports()))
     ensure_secrets(local.target)
     env = {
         **component_env(local.name, local.target, python, None),

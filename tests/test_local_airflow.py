@@ -23,9 +23,9 @@ from activities.targets.local_airflow import LocalAirflow
 from activities.validation.parse import parse_release
 from airagent import example
 from airagent.config import LocalTarget
-from airagent.devserver import binary, free_ports
+from airagent.devserver import binary
 from airagent.models import BuildInput, Release, RolloutMode
-from tests.conftest import make_pipeline
+from tests.conftest import airflow_ports, make_pipeline
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -40,7 +40,7 @@ SLEEPER = dedent("""\
 
 
 def target(path, **settings) -> LocalTarget:
-    return LocalTarget(path=path, port=free_ports(5), drain_timeout="60s", live_timeout="90s", **settings)
+    return LocalTarget(path=path, port=airflow_ports(), drain_timeout="60s", live_timeout="90s", **settings)
 
 
 def built(pipeline, sha: str) -> tuple[Release, dict[str, list[str]]]:

@@ -12,9 +12,8 @@ from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget
-from airagent.devserver import free_ports
 from airagent.models import TrainState, train_id
-from tests.conftest import make_pipeline
+from tests.conftest import airflow_ports, make_pipeline
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401 - fixtures
 from tests.test_local_airflow import wait_for
 
@@ -30,7 +29,9 @@ def world(tmp_path_factory):
         name="staging",
         soak="25s",
         probe_interval="3s",
-        target=LocalTarget(path=root / "envs" / "staging", port=free_ports(5), drain_timeout="30s", live_timeout="90s"),
+        target=LocalTarget(
+            path=root / "envs" / "staging", port=airflow_ports(), drain_timeout="30s", live_timeout="90s"
+        ),
     )
     pipeline = make_pipeline(repo, root / "envs").model_copy(update={"environments": [settings]})
     env = LocalAirflow("staging", settings.target, settings.probes)
