@@ -27,7 +27,6 @@ import fcntl
 import json
 import os
 import shutil
-import socket
 import time
 import uuid
 from collections import Counter
@@ -44,7 +43,7 @@ from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.runtime import runtime_hash, runtimes_locked
 from activities.targets.local import LocalEnvironment
-from activities.validation import reports
+from activities.validation import reports, service
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home
 
 Kind = Literal["release", "environment release", "runtime", "partial", "cache", "parser", "report"]
@@ -269,11 +268,10 @@ def _parsers(keep: Retention, now: float, out: GcPlan) -> None:
 
 
 def _listening(parser: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(parser / "socket"))  # a parser takes a connection without a request as nothing to do
-        except OSError:
-            return False
+    connection = service.listening(parser)  # a parser takes a connection without a request as nothing to do
+    if connection is None:
+        return False
+    connection.close()
     return True
 
 

@@ -149,3 +149,14 @@ def test_trees_outside_the_releases_share_one_parser_and_their_errors_name_them(
     assert str(first / "dags" / "broken.py") in broken.error and str(home() / "trees") not in broken.error
     assert os.stat(first).st_mode & 0o777 == 0o700
     assert not any((home() / "trees").iterdir())  # each staged copy is removed after its parse
+
+
+def test_a_state_directory_deeper_than_a_socket_address_holds_still_gets_its_parser(runtime, tmp_path, monkeypatch):
+    deep = tmp_path / ("deep" * 20) / "home"  # its parser's socket path is past the 107 bytes an address holds
+    monkeypatch.setenv("AIRAGENT_HOME", str(deep))
+    root = tree(tmp_path / "repo", {"dags/one.py": dag("one")})
+
+    report = parse_tree(runtime, root, "dags", "plugins")
+
+    assert len(str(server_of(runtime).path / "socket")) > 108
+    assert [f.dag_ids for f in report.files] == [["one"]]

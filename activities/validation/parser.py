@@ -631,7 +631,8 @@ def serve(directory: Path, idle: float) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     staging = directory / f"socket.{os.getpid()}"
     staging.unlink(missing_ok=True)
-    listener.bind(str(staging))
+    os.chdir(directory)
+    listener.bind(staging.name)  # by a relative name: an address holds 107 bytes at most, the folder's path may not
     listener.listen(64)
     os.replace(staging, path)  # clients see the old socket or this one, never none
     mine = path.stat().st_ino

@@ -99,13 +99,13 @@ def _ask(server: Server, request: dict, timeout: float) -> dict:
 
 def connect(server: Server) -> socket.socket:
     """A connection to the warm parser, started first when none answers."""
-    if connection := _connection(server.path):
+    if connection := listening(server.path):
         return connection
     with _locked(server.path):  # one start per directory, across threads and processes
-        if connection := _connection(server.path):
+        if connection := listening(server.path):
             return connection
         _start(server)
-        if connection := _connection(server.path):
+        if connection := listening(server.path):
             return connection
     raise ParserFailed(f"the DAG parser started but does not accept requests; its log: {server.log_tail()}")
 
@@ -121,13 +121,24 @@ def stop() -> None:
         process.wait()
 
 
-def _connection(server: Path) -> socket.socket | None:
+def listening(folder: Path) -> socket.socket | None:
+    """A connection to the parser listening in `folder`, or None.
+
+    Reached through the folder's descriptor: a socket's address holds 107 bytes at most,
+    and a state directory can be deeper than that."""
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        connection.connect(str(server / "socket"))
+        handle = os.open(folder, os.O_PATH | os.O_DIRECTORY)
     except OSError:
         connection.close()
         return None
+    try:
+        connection.connect(f"/proc/self/fd/{handle}/socket")
+    except OSError:
+        connection.close()
+        return None
+    finally:
+        os.close(handle)
     return connection
 
 
