@@ -62,6 +62,7 @@ class Retention(BaseModel):
     reports: timedelta = Field(
         timedelta(days=7), description="a full validation report stays this long; a stage that needs it later makes it"
     )
+    reports_kept: int = Field(50, description="newest full validation reports kept up to `reports` old; the rest go")
     cache_bytes: int = Field(512 << 20, description="cap on the validation cache")
 
 
@@ -115,8 +116,11 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     _cache(keep, now, out)
     _parsers(keep, now, out)
     _partials(home() / "trees", keep.partials, now, out, "a tree staged for a parse that never ended")
-    for report in sorted(reports.folder().glob("*.json")) if reports.folder().is_dir() else []:
-        _plan(out, "report", report, now, keep.reports, "a full validation report nothing asked for")
+    made = sorted(reports.folder().glob("*.json"), key=_last_change, reverse=True) if reports.folder().is_dir() else []
+    for i, report in enumerate(made):
+        newest = i < keep.reports_kept
+        why = "a full validation report nothing asked for" + ("" if newest else f", past the {keep.reports_kept} newest")
+        _plan(out, "report", report, now, keep.reports if newest else keep.young, why)
     return out
 
 
