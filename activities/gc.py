@@ -118,9 +118,9 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     _partials(home() / "trees", keep.partials, now, out, "a tree staged for a parse that never ended")
     made = sorted(reports.folder().glob("*.json"), key=_last_change, reverse=True) if reports.folder().is_dir() else []
     for i, report in enumerate(made):
-        newest = i < keep.reports_kept
-        why = "a full validation report nothing asked for" + ("" if newest else f", past the {keep.reports_kept} newest")
-        _plan(out, "report", report, now, keep.reports if newest else keep.young, why)
+        past = "" if i < keep.reports_kept else f", past the {keep.reports_kept} newest"
+        why = f"a full validation report nothing asked for{past}"
+        _plan(out, "report", report, now, keep.young if past else keep.reports, why)
     return out
 
 
