@@ -440,7 +440,14 @@ class Kubelet:
             folder = volumes[volume["name"]] = scratch / volume["name"]
             folder.mkdir()
             if "configMap" in volume:
-                for key, text in self._config_map(store, namespace, volume["configMap"]["name"]).items():
+                # As the kubelet: the pod waits for its ConfigMap (a worker may die between making the Job
+                # and it, and the retry on another makes it); the Job's deadline ends the wait.
+                name, deadline = volume["configMap"]["name"], spec.get("activeDeadlineSeconds") or 600
+                try:
+                    data = self._config_map(store, namespace, name, wait=deadline)
+                except LookupError as err:
+                    return {spec["containers"][0]["name"]: (1, f"{err}\n")}
+                for key, text in data.items():
                     (folder / key).write_text(text)
         ran = {}
         for container in spec.get("initContainers", []) + spec["containers"]:
