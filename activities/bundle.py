@@ -37,7 +37,12 @@ def export_commit(pipeline: PipelineSettings, sha: str, dest: Path, near: tuple[
     if near is None or changed is None:
         _extract(repo, sha, dest, paths=None)
         return
-    shutil.copytree(near[1], dest, symlinks=True, copy_function=link, ignore=shutil.ignore_patterns("__pycache__"))
+    try:
+        shutil.copytree(near[1], dest, symlinks=True, copy_function=link, ignore=shutil.ignore_patterns("__pycache__"))
+    except (OSError, shutil.Error):  # the earlier bundle went meanwhile (gc): a whole export needs none
+        shutil.rmtree(dest, ignore_errors=True)
+        _extract(repo, sha, dest, paths=None)
+        return
     for path in changed:
         _remove(dest, path)
     written = [path for path, added in changed.items() if added]

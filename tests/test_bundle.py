@@ -12,6 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.bundle import escapes, export_commit
 from activities.validation.tree import check_tree
+from airagent import example
 from airagent.repo import RepoError
 from tests.conftest import make_pipeline
 
@@ -117,3 +118,14 @@ def test_an_export_by_difference_refuses_a_link_out_as_a_whole_one_does(monorepo
     with pytest.raises(ApplicationError, match="dags/up links outside the repository"):
         export_commit(pipeline, sha, tmp_path / "out", (base, tmp_path / "base"))
     assert not (tmp_path / "out" / "dags" / "up").exists()
+
+
+def test_an_export_whose_earlier_bundle_is_gone_is_made_whole(monorepo, tmp_path):
+    pipeline = make_pipeline(monorepo, tmp_path / "envs")
+    base = monorepo.head.commit.hexsha
+    sha = example.commit(monorepo, {"dags/finance/note.py": "# a note\n"}, "a note")
+
+    export_commit(pipeline, sha, tmp_path / "out", (base, tmp_path / "collected"))
+
+    export_commit(pipeline, sha, tmp_path / "whole")
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "whole")
