@@ -88,6 +88,24 @@ def test_second_roll_swaps_current_and_keeps_the_first(env, tmp_path):
     assert leftovers(env) == []
 
 
+def test_a_release_is_installed_as_links_and_only_what_changed_gets_a_fresh_mtime(env, tmp_path):
+    """A file no train changed takes its space once; the DAG processor is pointed at the files that differ."""
+    a, b = release(tmp_path, "a"), release(tmp_path, "b")
+    shared = Path(a.bundle) / "dags" / "shared.py"
+    shared.write_text("# the same in both\n")
+    os.link(shared, Path(b.bundle) / "dags" / "shared.py")  # as an export by difference leaves it
+    env.roll(a)  # a first roll marks every file
+    for path in (shared, Path(b.bundle) / "dags" / "dag.py"):
+        os.utime(path, (1_000_000, 1_000_000))
+    env.roll(b)
+
+    installed = env.releases / "b" / "dags"
+    assert os.path.samefile(installed / "shared.py", shared) and os.path.samefile(
+        installed / "dag.py", Path(b.bundle) / "dags" / "dag.py"
+    )
+    assert (installed / "dag.py").stat().st_mtime > 1_000_000 and (installed / "shared.py").stat().st_mtime == 1_000_000
+
+
 def test_rolling_the_live_release_is_a_noop(env, tmp_path):
     """A retried or replayed roll activity must not roll twice."""
     a = release(tmp_path, "a")
