@@ -10,6 +10,7 @@ both for one pipeline, after a train. What stays:
   `Retention.built` builds, so a train in flight keeps its release;
 - every runtime a release that stays names, and any used within `runtime_grace`;
 - the validation cache up to `cache_bytes`, the least recently used entries going first;
+- the newest `reports_kept` full reports and validated commits' DAG maps, up to `reports` old;
 - every parser folder with a parser listening, or used within `parsers`.
 
 A kubernetes environment's record is in its cluster: when it cannot be read (no cluster
@@ -43,7 +44,7 @@ from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.runtime import runtime_hash, runtimes_locked
 from activities.targets.local import LocalEnvironment
-from activities.validation import reports, service
+from activities.validation import reports, review, service
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home
 
 Kind = Literal["release", "environment release", "runtime", "partial", "cache", "parser", "report"]
@@ -62,7 +63,7 @@ class Retention(BaseModel):
     reports: timedelta = Field(
         timedelta(days=7), description="a full validation report stays this long; a stage that needs it later makes it"
     )
-    reports_kept: int = Field(50, description="newest full validation reports kept up to `reports` old; the rest go")
+    reports_kept: int = Field(50, description="newest full reports and commits' DAG maps kept, up to `reports` old")
     cache_bytes: int = Field(512 << 20, description="cap on the validation cache")
 
 
@@ -116,11 +117,12 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     _cache(keep, now, out)
     _parsers(keep, now, out)
     _partials(home() / "trees", keep.partials, now, out, "a tree staged for a parse that never ended")
-    made = sorted(reports.folder().glob("*.json"), key=_last_change, reverse=True) if reports.folder().is_dir() else []
-    for i, report in enumerate(made):
-        past = "" if i < keep.reports_kept else f", past the {keep.reports_kept} newest"
-        why = f"a full validation report nothing asked for{past}"
-        _plan(out, "report", report, now, keep.young if past else keep.reports, why)
+    records = {"a full validation report": reports.folder(), "a validated commit's DAGs": review.dag_maps()}
+    for what, folder in records.items():
+        made = sorted(folder.glob("*.json"), key=_last_change, reverse=True) if folder.is_dir() else []
+        for i, report in enumerate(made):
+            past = "" if i < keep.reports_kept else f", past the {keep.reports_kept} newest"
+            _plan(out, "report", report, now, keep.young if past else keep.reports, f"{what} nothing asked for{past}")
     return out
 
 
@@ -238,7 +240,7 @@ def _cache(keep: Retention, now: float, out: GcPlan) -> None:
     filesystem is mounted `relatime`, and a worker reads each once, so the order is rough; a removed entry
     costs one parse."""
     entries, total = [], 0
-    for folder, _, names in os.walk(home() / "validation-cache"):
+    for folder, _, names in os.walk(home() / "validation-cache" / "files"):
         for name in names:
             path = Path(folder) / name
             try:
@@ -273,10 +275,9 @@ def _parsers(keep: Retention, now: float, out: GcPlan) -> None:
 
 def _listening(parser: Path) -> bool:
     connection = service.listening(parser)  # a parser takes a connection without a request as nothing to do
-    if connection is None:
-        return False
-    connection.close()
-    return True
+    if connection is not None:
+        connection.close()
+    return connection is not None
 
 
 @contextlib.contextmanager

@@ -319,16 +319,17 @@ def test_a_sweep_interval_of_zero_turns_the_janitor_off(monkeypatch):
     assert janitor.interval() == janitor.EVERY
 
 
-def test_full_validation_reports_are_kept_by_age_and_by_count():
-    """A stage that finds its report gone makes it again from the release, so reports are only a cache."""
-    folder = home() / "reports"
-    folder.mkdir(parents=True)
-    for i in range(6):
-        (folder / f"{i:032x}.json").write_text("{}")
-        when = time.time() - (8 * DAY if i == 0 else (6 - i) * 3600)  # report 5 is the newest, an hour old
-        os.utime(folder / f"{i:032x}.json", (when, when))
+def test_full_validation_reports_and_dag_maps_are_kept_by_age_and_by_count():
+    """A stage that finds either gone makes it again from the release, so they are only a cache."""
+    for folder in (home() / "reports", home() / "validation-cache" / "commits"):
+        folder.mkdir(parents=True)
+        for i in range(6):
+            (folder / f"{i:032x}.json").write_text("{}")
+            when = time.time() - (8 * DAY if i == 0 else (6 - i) * 3600)  # 5 is the newest, an hour old
+            os.utime(folder / f"{i:032x}.json", (when, when))
 
     result = gc.apply(gc.plan([], gc.Retention(reports_kept=3)))
 
-    assert sorted(p.name[-6:] for p in folder.iterdir()) == ["3.json", "4.json", "5.json"]
-    assert result.removed == {"report": 3}
+    for folder in (home() / "reports", home() / "validation-cache" / "commits"):
+        assert sorted(p.name[-6:] for p in folder.iterdir()) == ["3.json", "4.json", "5.json"]
+    assert result.removed == {"report": 6}

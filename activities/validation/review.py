@@ -54,8 +54,13 @@ def blame(report: ValidationReport, repo: git.Repo, sha: str) -> None:
 # --- DAGs that must not vanish --------------------------------------------------------
 
 
+def dag_maps() -> Path:
+    """Where each validated commit's dag_id -> file map is kept (gc keeps the newest, as it does reports)."""
+    return home() / "validation-cache" / "commits"
+
+
 def _dags_record(commit: str, dag_folder: str) -> Path:
-    return home() / "validation-cache" / "commits" / f"{commit}-{cache.digest(dag_folder.encode())[:8]}.json"
+    return dag_maps() / f"{commit}-{cache.digest(dag_folder.encode())[:8]}.json"
 
 
 def remember_dags(commit: str, dag_folder: str, report: ValidationReport) -> None:
