@@ -26,8 +26,7 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy airagent workflows activities interface worker
-	@# Two processes: the suite mostly waits on Airflow, servers and soaks, so two share the cores well.
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/pytest -q --durations=15
 
 bench: setup
 	$(BIN)/python -m bench.orchestration
