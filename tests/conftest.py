@@ -57,12 +57,12 @@ def client(temporal_env) -> Client:
 
 
 @asynccontextmanager
-async def running_worker(client: Client):
+async def running_worker(client: Client, activities: list = ACTIVITIES):
     """A worker on a task queue of its own, and an AirAgent client that targets it."""
     queue = f"test-{uuid.uuid4()}"
     with ThreadPoolExecutor(max_workers=4) as executor:
         async with Worker(
-            client, task_queue=queue, workflows=WORKFLOWS, activities=ACTIVITIES, activity_executor=executor
+            client, task_queue=queue, workflows=WORKFLOWS, activities=activities, activity_executor=executor
         ):
             yield AirAgent(client, queue)
 

@@ -6,12 +6,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.targets.local import LocalEnvironment
+from activities.validate import validate
 from airagent import example
-from airagent.models import Control, Outcome, TrainState
-from tests.conftest import make_pipeline, start_train
+from airagent.models import Control, Outcome, TrainState, ValidateInput, ValidationReport
+from tests.conftest import Drive, make_pipeline, running_worker, start_train
+from worker.main import ACTIVITIES
 
 
 def live_commit(pipeline, env: str) -> str | None:
@@ -70,6 +73,28 @@ async def test_second_train_is_dags_only_then_noop(agent, pipeline, monorepo, dr
     third = await drive.finish((await start_train(agent, pipeline, sha)).id)
     assert third.state == TrainState.noop
     assert len(swaps(pipeline, "prod")) == 2
+
+
+async def test_a_stage_whose_worker_keeps_dying_is_tried_until_it_succeeds(client, temporal_env, pipeline, monorepo):
+    """A worker lost again and again during one stage is a fault, not a verdict on the commits: the stage is
+    tried again until its deadline, however many attempts that takes."""
+    attempts: list[int] = []
+
+    @activity.defn(name="validate")
+    def validate_on_a_dying_worker(input: ValidateInput) -> ValidationReport:
+        attempts.append(activity.info().attempt)
+        if len(attempts) <= 5:
+            raise RuntimeError("the worker running validate was lost")
+        return validate(input)
+
+    activities = [validate_on_a_dying_worker if a is validate else a for a in ACTIVITIES]
+    async with running_worker(client, activities) as agent:
+        handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
+        status = await Drive(temporal_env, agent).finish(handle.id)
+
+    assert status.state == TrainState.succeeded, status.reason
+    assert attempts == [1, 2, 3, 4, 5, 6]
+    assert live_commit(pipeline, "prod") == monorepo.head.commit.hexsha
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from temporalio.workflow import ContinueAsNewVersioningBehavior
 
 from workflows import culprits
 from workflows.conductor_controls import ConductorControls
-from workflows.options import CLOCK, POLL, QUICK, on
+from workflows.options import BEST_EFFORT, CLOCK, POLL, on
 
 with workflow.unsafe.imports_passed_through():
     from activities.clock import read_clock
@@ -147,7 +147,7 @@ class Conductor(ConductorControls):
             return
         queue = self.pipeline.task_queue(workflow.info().task_queue)
         try:
-            await workflow.execute_activity(collect_garbage, self.pipeline, **on(queue, QUICK))
+            await workflow.execute_activity(collect_garbage, self.pipeline, **on(queue, BEST_EFFORT))
         except ActivityError as err:
             workflow.logger.warning("gc after a train of %s: %s", self.pipeline.name, err.cause or err)
 
