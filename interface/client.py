@@ -158,7 +158,7 @@ class AirAgent:
             raise NotFound(f"{wf_id} is queued at the conductor; the run there deployed the commit before")
         if description.status in (WorkflowExecutionStatus.COMPLETED, WorkflowExecutionStatus.FAILED):
             try:
-                return await _outcome(handle)
+                return await outcome(handle)
             except WorkflowFailureError:
                 pass  # failed some other way: its last status is still there to ask for
         return await handle.query(DeployTrain.query_status)
@@ -175,7 +175,7 @@ class AirAgent:
                 raise TimeoutError(wf_id)
             try:
                 if not since or (await handle.describe()).start_time >= since:
-                    return await asyncio.wait_for(_outcome(handle), left)
+                    return await asyncio.wait_for(outcome(handle), left)
             except RPCError as err:  # not started yet (queued), or the server is restarting
                 log.info("waiting for %s: %s", wf_id, err.message)
             await asyncio.sleep(1)
@@ -325,7 +325,7 @@ def _conductor_summary(pipeline: PipelineSettings) -> str:
 _ENDED_BY_ITSELF = {TrainState.failed.value, TrainState.rolled_back.value, TrainState.aborted.value}
 
 
-async def _outcome(handle: WorkflowHandle) -> TrainStatus:
+async def outcome(handle: WorkflowHandle) -> TrainStatus:
     """How a train ended: its result, or the status a train that did not succeed fails with."""
     try:
         return await handle.result()

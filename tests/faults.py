@@ -36,7 +36,7 @@ from airagent import example
 from airagent.config import PipelineSettings, load_pipeline
 from airagent.devserver import DevServer
 from airagent.models import TrainState, TrainStatus
-from interface.client import AirAgent
+from interface.client import AirAgent, outcome
 from tests.devserver import WorkerProcess, end_conductors
 from worker.main import WORKFLOWS
 
@@ -65,6 +65,7 @@ class FaultReport:
     kills: int = 0
     restarts: int = 0
     unfinished: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # a train of good commits that ended other than succeeded or noop
     nondeterministic: list[str] = field(default_factory=list)  # a failed workflow task, or a failed replay
     doubled: list[str] = field(default_factory=list)  # a release rolled twice to one environment
     mismatched: list[str] = field(default_factory=list)  # live is not what the last succeeded train rolled
@@ -72,7 +73,7 @@ class FaultReport:
     longest_still: float = 0.0  # seconds, the longest gap between two events of one train
 
     def problems(self) -> list[str]:
-        return self.unfinished + self.nondeterministic + self.doubled + self.mismatched + self.overlapping
+        return self.unfinished + self.failed + self.nondeterministic + self.doubled + self.mismatched + self.overlapping
 
 
 @dataclass
@@ -216,8 +217,10 @@ async def judge(agent: AirAgent, lanes: list[Lane], deadline: float) -> FaultRep
         report.longest_still = max([report.longest_still, *((b - a).total_seconds() for a, b in pairwise(times))])
         pipeline = ex.id.split("/")[1]
         spans.setdefault(pipeline, []).append((described.start_time, described.close_time, ex.id))
-        status = await retry(lambda h=handle: h.result(follow_runs=False), deadline)
-        if (
+        status = await retry(lambda h=handle: outcome(h), deadline)
+        if status.state not in (TrainState.succeeded, TrainState.noop):  # every commit a lane pushes is good
+            report.failed.append(f"{ex.id}: {status.state.value}: {status.reason}")
+        elif (
             status.state == TrainState.succeeded
             and described.close_time >= last_succeeded.get(pipeline, (described.close_time,))[0]
         ):

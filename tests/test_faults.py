@@ -1,4 +1,5 @@
-"""Worker crashes and a dev-server restart in the middle of trains leave nothing wedged, doubled or wrong.
+"""Worker crashes and a dev-server restart in the middle of trains fail no good train and leave nothing
+wedged, doubled or wrong.
 
 Two files-only pipelines, a handful of trains between them, the worker SIGKILLed at seeded
 random moments and the dev server restarted once; tests/faults.py is the harness and says
