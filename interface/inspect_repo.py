@@ -10,6 +10,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from glob import escape as literal_glob
 from pathlib import Path
 
 import git
@@ -61,9 +62,9 @@ class Layout:
         defaults = Classification()
         found: dict[str, list[str]] = {}
         if self.dag_folder != "dags":
-            found["dags"] = ["*"] if self.dag_folder == "." else [f"{self.dag_folder}/*"]
+            found["dags"] = ["*"] if self.dag_folder == "." else [f"{literal_glob(self.dag_folder)}/*"]
         if self.plugins_folder and self.plugins_folder != "plugins":
-            found["plugins"] = [f"{self.plugins_folder}/*"]
+            found["plugins"] = [f"{literal_glob(self.plugins_folder)}/*"]
         local = [p for p in (self.requirements, self.constraints) if p and "://" not in p]
         extra = [p for p in local if defaults.kind_of(p) != "dependencies"]
         if extra:
@@ -210,7 +211,8 @@ def _teams(root: Path, dag_folder: str, files: list[str]) -> tuple[dict[str, lis
                 return owned, name
     prefix = "" if dag_folder == "." else dag_folder + "/"
     subfolders = sorted({f.removeprefix(prefix).split("/")[0] for f in files if "/" in f.removeprefix(prefix)})
-    return {sub: [f"{prefix}{sub}/*"] for sub in subfolders}, ("subfolders" if subfolders else None)
+    # A folder named `[red]web` is a name, not a character class.
+    return {sub: [f"{literal_glob(prefix + sub)}/*"] for sub in subfolders}, ("subfolders" if subfolders else None)
 
 
 def _codeowners(root: Path, files: list[str], text: str) -> dict[str, list[str]]:
