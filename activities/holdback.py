@@ -9,7 +9,9 @@ The release commit is a real commit airagent writes in the repository it deploys
 on `refs/airagent/releases/`, never on a branch: the head's tree with every held path as
 the first environment has it (deleted where it has none). Its trailers name the head it
 stands for and the commits it leaves out, so the next train compares with that head and
-carries the held commits again: when their fix has landed, the hold lifts by itself.
+carries the held commits again: when their fix has landed, the hold lifts by itself. They
+count only because the commit is kept under that ref: a user's commit with the same
+trailers is an ordinary commit.
 """
 
 from __future__ import annotations

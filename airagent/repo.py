@@ -78,7 +78,8 @@ def _lookup(repo: git.Repo, rev: str) -> str:
 # Trailers of a release commit airagent made without held commits (activities/holdback.py).
 RELEASE_OF = "Airagent-Release-Of"
 HELD = "Airagent-Held"
-# Where release commits are kept, never on a branch; the mirror's fetch leaves these refs alone.
+# Where release commits are kept, never on a branch; the mirror's fetch leaves these refs alone. Only a commit
+# kept here speaks through the trailers above (`is_release`).
 RELEASES = "refs/airagent/releases/"
 
 
@@ -117,11 +118,24 @@ def release_remotes(pipeline: PipelineSettings) -> list[str]:
 
 def ref_of(repo: git.Repo, pipeline: PipelineSettings, sha: str) -> str:
     """The ref a clone fetches to find `sha`: its release ref for a release commit, else the pipeline's branch."""
-    return RELEASES + sha if stands_for(repo, sha)[0] != sha else f"refs/heads/{pipeline.branch}"
+    return RELEASES + sha if is_release(repo, sha) else f"refs/heads/{pipeline.branch}"
+
+
+def is_release(repo: git.Repo, sha: str) -> bool:
+    """Whether `sha` is a release commit airagent made: one `keep_release` keeps under its own ref. Its message
+    proves nothing, as anyone can write the trailers in a commit (a copied message, a cherry-picked release)."""
+    full = repo.commit(sha).hexsha
+    try:
+        return _lookup(repo, RELEASES + full) == full
+    except _MISSING:
+        return False
 
 
 def stands_for(repo: git.Repo, sha: str) -> tuple[str, list[str]]:
-    """The head a commit stands for and the commits it leaves out: itself and none, for a user's commit."""
+    """The head a commit stands for and the commits it leaves out: itself and none, for a user's commit,
+    whatever trailers its message carries."""
+    if not is_release(repo, sha):
+        return sha, []
     trailers = repo.commit(sha).trailers_list
     head = next((value for key, value in trailers if key == RELEASE_OF), sha)
     return head, [value for key, value in trailers if key == HELD]
