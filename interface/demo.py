@@ -20,7 +20,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import git
-from rich.console import Console
 
 from activities.runtime import ensure_runtime
 from activities.targets.local import LocalEnvironment
@@ -31,8 +30,8 @@ from airagent.devserver import DevServer, binary, register_search_attributes
 from airagent.models import TrainState, TrainStatus, train_id
 from interface.client import AirAgent
 from interface.display import follow, render_pipeline
+from interface.terminal import console, labelled
 
-console = Console()
 TRAIN_TIMEOUT = timedelta(minutes=15)
 
 
@@ -41,7 +40,7 @@ class Checks:
         self.failed: list[str] = []
 
     def expect(self, ok: bool, what: str) -> None:
-        console.print(f"  {'[green]✓' if ok else '[red]✗'} {what}[/]")
+        console.print(f"  {'✓' if ok else '✗'} {what}", style="green" if ok else "red")
         if not ok:
             self.failed.append(what)
 
@@ -54,8 +53,12 @@ def main(once: bool, repo: Path | None) -> int:
     try:
         started = server.start()
         console.print(
-            f"[bold]Temporal[/bold] {'started' if started else 'already running'} on {server.address}, "
-            f"Web UI http://localhost:{server.ui_port} (state in {server.db})"
+            labelled(
+                "Temporal",
+                "bold",
+                f"{'started' if started else 'already running'} on {server.address}, "
+                f"Web UI http://localhost:{server.ui_port} (state in {server.db})",
+            )
         )
         with open(state / "worker.log", "ab") as log:
             worker = subprocess.Popen(
@@ -65,13 +68,13 @@ def main(once: bool, repo: Path | None) -> int:
                 start_new_session=True,
                 env={**os.environ, "AIRAGENT_HOME": str(state)},
             )
-        console.print(f"[bold]worker[/bold] started (pid {worker.pid}, log {state / 'worker.log'})")
+        console.print(labelled("worker", "bold", f"started (pid {worker.pid}, log {state / 'worker.log'})"))
         checks = asyncio.run(scenario(state, repo))
         hints(server)
         if checks.failed:
-            console.print(f"[red bold]demo: {len(checks.failed)} check(s) failed[/red bold]")
+            console.print(f"demo: {len(checks.failed)} check(s) failed", style="red bold")
             return 1
-        console.print("[green bold]demo: every step behaved as described[/green bold]")
+        console.print("demo: every step behaved as described", style="green bold")
         if not once:
             console.print("Services stay up for you to explore; Ctrl-C stops them.")
             signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -108,7 +111,7 @@ async def scenario(state: Path, given: Path | None) -> Checks:
 
     console.rule("1. the conductor deploys the head of main through staging and prod")
     conductor = await agent.start_pipeline(pipeline)
-    console.print(f"[bold]{conductor.id}[/bold] running: every commit on {pipeline.branch} deploys itself")
+    console.print(labelled(conductor.id, "bold", f"running: every commit on {pipeline.branch} deploys itself"))
     head = git.Repo(repo).head.commit.hexsha
     status = await train_for(agent, pipeline, head)
     checks.expect(status.state in (TrainState.succeeded, TrainState.noop), f"train ended {status.state.value}")
@@ -209,7 +212,7 @@ async def train_for(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> Tr
     while loop.time() < deadline:
         state = (await agent.pipeline_status(pipeline.name)).state
         if (state.running and state.running.sha == sha) or any(t.sha == sha for t in state.trains):
-            console.print(f"[bold]{wf_id}[/bold]")
+            console.print(wf_id, style="bold")
             return await follow(agent, wf_id, timeout=TRAIN_TIMEOUT)
         if state.running:
             console.print(f"an earlier train is still running: {state.running.id}; following it first")

@@ -6,8 +6,8 @@ import asyncio
 import re
 from datetime import datetime, timedelta
 
-from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
@@ -24,8 +24,7 @@ from airagent.models import (
     TrainSummary,
 )
 from interface.client import AirAgent, NotFound
-
-console = Console()
+from interface.terminal import console
 
 
 async def follow(
@@ -33,7 +32,7 @@ async def follow(
 ) -> TrainStatus:
     """Print each stage as it starts and ends, until the train is over; a queued train, a dead worker or a
     restarting server is waited for (up to `timeout`), and said once."""
-    seen: dict[int, str] = {}
+    seen: dict[int, Text] = {}
     waiting: str | None = None
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout.total_seconds() if timeout else None
@@ -43,7 +42,7 @@ async def follow(
         except (NotFound, RPCError, WorkflowQueryFailedError) as err:
             why = "queued at the conductor" if isinstance(err, NotFound) else f"the server or worker: {_reason(err)}"
             if why != waiting and not quiet:
-                console.print(f"  [dim]waiting for {why}[/dim]")
+                console.print(f"  waiting for {why}", style="dim")
             waiting, status = why, None
         if status and not quiet:
             waiting = None
@@ -68,12 +67,12 @@ def _reason(err: Exception) -> str:
 _COLOURS = {"ok": "green", "failed": "red", "running": "yellow", "skipped": "dim", "stopped": "magenta"}
 
 
-def stage_line(stage: StageRecord) -> str:
+def stage_line(stage: StageRecord) -> Text:
     where = f" {stage.environment}" if stage.environment else ""
     took = f" {(stage.ended - stage.started).total_seconds():.1f}s" if stage.ended else ""
     colour = _COLOURS.get(stage.outcome.value, "white")
     detail = f" — {stage.detail.splitlines()[0]}" if stage.detail else ""
-    return f"  [{colour}]{stage.outcome.value:>8}[/{colour}] {stage.name}{where}{took}{detail}"
+    return Text.assemble("  ", (f"{stage.outcome.value:>8}", colour), f" {stage.name}{where}{took}{detail}")
 
 
 def id_column(header: str) -> Column:
@@ -85,7 +84,7 @@ def id_column(header: str) -> Column:
 def render(wf_id: str, s: TrainStatus) -> Table:
     # As wide as its title, so the train id in it is not wrapped to a narrow table.
     table = Table(
-        title=f"{wf_id}: [bold]{s.state.value}[/bold]",
+        title=Text.assemble(f"{wf_id}: ", (s.state.value, "bold")),
         show_header=False,
         title_justify="left",
         min_width=len(f"{wf_id}: {s.state.value}"),
@@ -106,9 +105,11 @@ def render(wf_id: str, s: TrainStatus) -> Table:
             last = readings[-1]
             table.add_row(
                 f"  {last.probe}",
-                f"[{'green' if last.ok else 'red'}]{last.reading}[/] "
-                f"[dim]({timestamp(last.at)}, {len(readings)} kept; "
-                f"threshold: {last.threshold})[/dim]",
+                Text.assemble(
+                    (last.reading, "green" if last.ok else "red"),
+                    " ",
+                    (f"({timestamp(last.at)}, {len(readings)} kept; threshold: {last.threshold})", "dim"),
+                ),
             )
     for c in s.commits[:10]:
         table.add_row("commit", f"{c.sha[:8]} {c.summary} — {c.author}")
@@ -119,7 +120,7 @@ def render(wf_id: str, s: TrainStatus) -> Table:
     if s.validation:
         table.add_row("validation", s.validation)
     for note in s.notes:
-        table.add_row("note", f"[yellow]{note}[/yellow]")
+        table.add_row("note", Text(note, style="yellow"))
     for ev in s.events:
         verdict = "ok" if ev.accepted else "rejected"
         table.add_row(
@@ -145,12 +146,13 @@ def timestamp(t) -> str:
 def render_pipeline(status: ConductorStatus, live: dict[str, str] | None = None) -> Table:
     s = status.state
     mode = f"frozen: {s.frozen}" if s.frozen else "paused" if s.paused else "flowing"
-    table = Table(title=f"pipeline {status.pipeline}: [bold]{mode}[/bold]", show_header=False, title_justify="left")
+    title = Text.assemble(f"pipeline {status.pipeline}: ", (mode, "bold"))
+    table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")  # an id longer than the column folds rather than ending in "…"
     table.add_row("window", f"{'open' if status.window_open else 'closed'}: {status.window}")
     if warning := details.sandbox_warning(status):
-        table.add_row("[yellow]warning[/yellow]", warning)
+        table.add_row(Text("warning", style="yellow"), warning)
     table.add_row("head", (s.head or "-")[:12])
     table.add_row("last deployed", (s.last_deployed or "-")[:12])
     if rolled_back := last_rollback(s):

@@ -6,19 +6,20 @@ import io
 import json
 from datetime import UTC, datetime
 
-from rich.console import Console
 from typer.testing import CliRunner
 
 from airagent.models import ConductorState, ConductorStatus, TrainRecord, TrainState, TrainStatus, TrainSummary
 from interface.cli import app
 from interface.display import render, render_history, render_pipeline
+from interface.terminal import plain_console
 
 AT = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 IDS = [f"train/{pipeline}/371a2b3c4d5e" for pipeline in ("main", "marketing-and-finance-nightly")]
 
 
 def shown(table, width: int = 80) -> str:
-    console = Console(width=width, record=True, file=io.StringIO())
+    """As the CLI prints it."""
+    console = plain_console(width=width, record=True, file=io.StringIO())
     console.print(table)
     return console.export_text()
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import RenderableType
+from rich.text import Text
 
 from airagent import config as config_module
 from airagent.config import ConfigError, PipelineSettings
@@ -23,13 +24,11 @@ from interface.client import (
     RollbackRefused,
     TrainRunning,
 )
+from interface.terminal import console, err_console, labelled
 
 HELP = "`airagent`: run the deployer, start trains, watch and steer them. `--json` on every read for machines."
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
-console = Console()
-# Soft wrap keeps `file:line: field` messages whole for grep and CI logs.
-err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="AIRAGENT_CONFIG", help="path of airagent.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
@@ -45,11 +44,15 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused) as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(labelled("error:", "red", str(err)))
             raise typer.Exit(2) from None
         except TemporalUnreachable as err:
             err_console.print(
-                f"[red]error:[/red] cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS"
+                labelled(
+                    "error:",
+                    "red",
+                    f"cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS",
+                )
             )
             raise typer.Exit(2) from None
 
@@ -68,7 +71,9 @@ async def send_control(wf_id: str, name: str, control: Control, as_json: bool) -
     emit(
         ack.model_dump(),
         as_json,
-        f"[green]{name}: {ack.message}[/green]" if ack.accepted else f"[red]{name} rejected: {ack.message}[/red]",
+        Text(f"{name}: {ack.message}", style="green")
+        if ack.accepted
+        else Text(f"{name} rejected: {ack.message}", style="red"),
     )
     return 0 if ack.accepted else 1
 
@@ -79,9 +84,13 @@ async def note_unapplied(agent: AirAgent, settings: PipelineSettings, config: Pa
     unapplied = await agent.unapplied(settings)
     if unapplied:
         err_console.print(
-            f"[yellow]note:[/yellow] the conductor of {settings.name} deploys with its own settings, not {config}'s "
-            f"(they differ in {', '.join(unapplied)}); to change them, `airagent pipeline reconfigure "
-            f"-p {settings.name} -c {config} --reason ...`"
+            labelled(
+                "note:",
+                "yellow",
+                f"the conductor of {settings.name} deploys with its own settings, not {config}'s "
+                f"(they differ in {', '.join(unapplied)}); to change them, `airagent pipeline reconfigure "
+                f"-p {settings.name} -c {config} --reason ...`",
+            )
         )
 
 
@@ -91,7 +100,7 @@ def current_user() -> str:
     return getpass.getuser()
 
 
-def emit(data: dict, as_json: bool, text: str) -> None:
+def emit(data: dict, as_json: bool, text: RenderableType) -> None:
     if as_json:
         print(json.dumps(data))
     else:

@@ -7,13 +7,13 @@ from functools import partial
 from pathlib import Path
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from airagent.connection import task_queue
 from interface.checks import Check, environments, host, safely, safely_async, temporal
 from interface.cli.base import DEFAULT_CONFIG, ConfigOpt, JsonOpt, app, console, run
 
-MARKS = {"ok": "[green]✓[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]✗[/red]"}
+MARKS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red")}
 
 
 @app.command()
@@ -25,8 +25,10 @@ def doctor(config: ConfigOpt = DEFAULT_CONFIG, as_json: JsonOpt = False) -> None
         print(json.dumps([c.as_json() for c in checks], indent=2))
     else:
         for c in checks:
-            fix = f" [dim]→ fix:[/dim] {escape(c.fix)}" if c.fix and c.level != "ok" else ""
-            console.print(f"{MARKS[c.level]} {escape(c.check)}: {escape(c.detail)}{fix}", soft_wrap=True)
+            line = Text.assemble(MARKS[c.level], f" {c.check}: {c.detail}")
+            if c.fix and c.level != "ok":
+                line.append(" → fix:", style="dim").append(f" {c.fix}")
+            console.print(line, soft_wrap=True)
         failed = sum(c.level == "fail" for c in checks)
         warned = sum(c.level == "warn" for c in checks)
         warnings = "1 warning" if warned == 1 else f"{warned} warnings"

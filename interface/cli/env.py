@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from airagent import config as config_module
 from airagent.config import ConfigError
 from interface.cli.base import DEFAULT_CONFIG, ConfigOpt, JsonOpt, app, console, err_console, friendly
 from interface.display import id_column, timestamp
+from interface.terminal import labelled
 
 if TYPE_CHECKING:  # imported where used: `airagent --help` need not load the drivers
     from activities.targets.local_airflow import LocalAirflow
@@ -53,7 +55,7 @@ def _env_command(fn):
         except typer.Exit:  # a RuntimeError too, but the command's own answer
             raise
         except (TargetError, RuntimeError) as err:
-            err_console.print(f"[red]error:[/red] {err}")
+            err_console.print(labelled("error:", "red", str(err)))
             raise typer.Exit(1) from None
 
     return friendly(wrapper)
@@ -117,8 +119,12 @@ def env_status(
         print(json.dumps(data))
     elif state == "down":
         console.print(
-            f"[bold]{environment}[/bold]: [red]down[/red] (no component runs), live {data['live'] or 'nothing'}; "
-            f"start it with `{fix}`",
+            Text.assemble(
+                (environment, "bold"),
+                ": ",
+                ("down", "red"),
+                f" (no component runs), live {data['live'] or 'nothing'}; start it with `{fix}`",
+            ),
             soft_wrap=True,
         )
     else:
@@ -127,12 +133,16 @@ def env_status(
             table.add_row(
                 name,
                 str(p.pid),
-                "[green]running[/green]" if p.alive else "[red]down[/red]",
+                Text("running", style="green") if p.alive else Text("down", style="red"),
                 p.release or "(empty)",
                 timestamp(p.started),
             )
         console.print(
-            f"[bold]{environment}[/bold]: {state}, live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}"
+            labelled(
+                f"{environment}:",
+                "bold",
+                f"{state}, live {data['live'] or 'nothing'}, API http://127.0.0.1:{env.target.port}",
+            )
         )
         console.print(table)
         console.print(f"health: {json.dumps(data['health'])}", soft_wrap=True)

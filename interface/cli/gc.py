@@ -6,10 +6,10 @@ import json
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from airagent import config as config_module
 from interface.cli.base import DEFAULT_CONFIG, ConfigOpt, JsonOpt, app, console, err_console, friendly
+from interface.terminal import labelled
 
 
 @app.command("gc")
@@ -43,11 +43,9 @@ def gc(
         )
     else:
         for note in plan.notes:
-            err_console.print(f"[yellow]note:[/yellow] {escape(note)}")
+            err_console.print(labelled("note:", "yellow", note))
         for r in plan.removals:
-            console.print(
-                f"{r.kind} {escape(r.path)} ({size(r.size)}): {escape(r.reason)}", soft_wrap=True, highlight=False
-            )
+            console.print(f"{r.kind} {r.path} ({size(r.size)}): {r.reason}", soft_wrap=True, highlight=False)
         if result is None:
             console.print(f"would free {size(plan.size)} in {len(plan.removals)} removals (dry run: nothing removed)")
         else:
@@ -55,7 +53,7 @@ def gc(
             console.print(f"freed {size(result.freed)} in {sum(result.removed.values())} removals{kept}")
     if result is not None and result.failed:
         for failure in result.failed:
-            err_console.print(f"[red]could not remove[/red] {escape(failure)}")
+            err_console.print(labelled("could not remove", "red", failure))
         raise typer.Exit(1)
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from airagent import config as config_module
 from airagent.devserver import port_open
 from interface.cli.base import app, console, err_console, friendly
 from interface.init_yaml import ENVIRONMENTS, PIPELINE, STATE, render
 from interface.inspect_repo import InitError, Layout, inspect
+from interface.terminal import labelled
 
 
 @app.command()
@@ -28,18 +28,18 @@ def init(
     Airflow version, teams, and a local staging and prod. Then validate the head and say what to run next."""
     target = path / config_module.DEFAULT_FILE
     if target.exists() and not force:
-        err_console.print(f"[red]error:[/red] {escape(str(target))} exists; keep it, or replace it with --force")
+        err_console.print(labelled("error:", "red", f"{target} exists; keep it, or replace it with --force"))
         raise typer.Exit(2)
     try:
         layout = inspect(path)
     except InitError as err:
-        err_console.print(f"[red]error:[/red] {escape(str(err))}")
+        err_console.print(labelled("error:", "red", str(err)))
         raise typer.Exit(2) from None
     _write_checked(target, render(layout))
     _ignore_state(layout.root)
-    console.print(f"[green]wrote[/green] {escape(str(target))}: {escape(_summary(layout))}", soft_wrap=True)
+    console.print(labelled("wrote", "green", f"{target}: {_summary(layout)}"), soft_wrap=True)
     for note in _notes(layout):
-        err_console.print(f"[yellow]note:[/yellow] {escape(note)}")
+        err_console.print(labelled("note:", "yellow", note))
     code = 0 if no_validate else _validate(target, layout)
     _next_steps(target)
     raise typer.Exit(code)
@@ -56,7 +56,7 @@ def _write_checked(target: Path, text: str) -> None:
     finally:
         draft.unlink(missing_ok=True)
     for warning in warnings:
-        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+        err_console.print(labelled("warning:", "yellow", warning))
 
 
 def _ignore_state(root: Path) -> None:
@@ -112,9 +112,9 @@ def _validate(target: Path, layout: Layout) -> int:
     try:
         report = check_tree(settings, layout.root, sha)
     except (ApplicationError, SandboxUnavailable, ParserFailed) as err:
-        err_console.print(f"[red]validation could not run:[/red] {escape(str(err))}")
+        err_console.print(labelled("validation could not run:", "red", str(err)))
         return 3
-    console.print(escape(report.summary()), style="green" if report.ok else "red", soft_wrap=True)
+    console.print(report.summary(), style="green" if report.ok else "red", soft_wrap=True)
     if not report.ok:
         err_console.print("the head does not validate: a train would stop at validate until these are fixed")
     return 0 if report.ok else 3
@@ -128,4 +128,4 @@ def _next_steps(target: Path) -> None:
         "next, with `airagent dev` and `airagent worker` running (`airagent doctor` checks them):", soft_wrap=True
     )
     for command in (ups, f"airagent pipeline start -p {PIPELINE}{config}", f"airagent pipeline status -p {PIPELINE}"):
-        console.print(f"  {escape(command)}", soft_wrap=True, highlight=False)
+        console.print(f"  {command}", soft_wrap=True, highlight=False)

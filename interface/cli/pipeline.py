@@ -7,6 +7,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from airagent import config as config_module
 from airagent.models import ConductorStatus, Control, PipelineControl, conductor_id
@@ -68,9 +69,9 @@ def pipeline_reconfigure(
         emit(
             ack.model_dump(),
             as_json,
-            f"[green]reconfigure: {ack.message}[/green]"
+            Text(f"reconfigure: {ack.message}", style="green")
             if ack.accepted
-            else f"[red]reconfigure rejected: {ack.message}[/red]",
+            else Text(f"reconfigure rejected: {ack.message}", style="red"),
         )
         return 0 if ack.accepted else 1
 
@@ -157,7 +158,11 @@ def notify(
     async def go() -> int:
         agent = await AirAgent.connect()
         ack = await agent.notify(settings, sha, by, image)
-        emit(ack.model_dump(), as_json, ack.message if ack.accepted else f"[red]notify rejected: {ack.message}[/red]")
+        emit(
+            ack.model_dump(),
+            as_json,
+            ack.message if ack.accepted else Text(f"notify rejected: {ack.message}", style="red"),
+        )
         await note_unapplied(agent, settings, config)
         return 0 if ack.accepted else 1
 

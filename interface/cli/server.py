@@ -10,6 +10,7 @@ import typer
 
 from airagent import config as config_module
 from interface.cli.base import app, console, err_console, run
+from interface.terminal import labelled
 
 
 @app.command()
@@ -22,7 +23,9 @@ def dev(
 
     server = devserver.DevServer(config_module.home(), port=port, ui_port=ui_port)
     if not server.start():
-        err_console.print(f"[red]error:[/red] a server already listens on localhost:{port}; use it, or pick --port")
+        err_console.print(
+            labelled("error:", "red", f"a server already listens on localhost:{port}; use it, or pick --port")
+        )
         raise typer.Exit(2)
     console.print(
         f"Temporal dev server on localhost:{port}, Web UI http://localhost:{ui_port} "

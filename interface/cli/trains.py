@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from airagent import config as config_module
 from airagent import repair as repair_module
@@ -34,6 +35,7 @@ from interface.client import (
     exit_code,
 )
 from interface.display import follow, render, render_history
+from interface.terminal import labelled
 
 
 @app.command()
@@ -208,8 +210,10 @@ def rollback(
         emit(
             result.model_dump(),
             as_json,
-            f"[green]{env} back on {result.live} (was {result.replaced}); pipeline frozen: {result.frozen}[/green]\n"
-            f"unfreeze with `airagent pipeline unfreeze --pipeline {pipeline} --reason ...`",
+            Text.assemble(
+                (f"{env} back on {result.live} (was {result.replaced}); pipeline frozen: {result.frozen}", "green"),
+                f"\nunfreeze with `airagent pipeline unfreeze --pipeline {pipeline} --reason ...`",
+            ),
         )
 
     run(go())
@@ -261,7 +265,7 @@ def validate(
     except ApplicationError as err:
         # What fails a train's build (requirements that do not resolve, a link out of the commit) fails here
         # as the train says it; a host without a sandbox checked nothing.
-        err_console.print(f"[red]error:[/red] {err.message}")
+        err_console.print(labelled("error:", "red", err.message))
         raise typer.Exit(1 if err.type == "SandboxUnavailable" else 3) from None
     if as_json:
         print(report.model_dump_json(indent=2))
