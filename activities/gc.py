@@ -8,7 +8,9 @@ both for one pipeline, after a train. What stays:
   environments or one it could be rolled back to there (the environment's record: live,
   previous, the last `Retention.rollbacks` distinct releases it ran), and the newest
   `Retention.built` builds, so a train in flight keeps its release;
-- every runtime a release that stays names, and any used within `runtime_grace`;
+- every runtime a release that stays names, and any used within `runtime_grace`; every
+  runtime, while the record (`release.json`) of a release that stays cannot be read, as it
+  may run on any of them; the plan's notes name that release and what it kept;
 - the validation cache up to `cache_bytes`, the least recently used entries going first;
 - the newest `reports_kept` full reports and validated commits' DAG maps, up to `reports` old;
 - every parser folder with a parser listening, or used within `parsers`.
@@ -113,7 +115,8 @@ def plan(pipelines: Iterable[PipelineSettings], keep: Retention | None = None) -
     pipelines = list(pipelines)
     for pipeline in pipelines:
         _releases(pipeline, keep, now, out)
-    _runtimes(_runtimes_in_use(pipelines, {r.path for r in out.removals}), keep, now, out)
+    used, unread = _runtimes_in_use(pipelines, {r.path for r in out.removals})
+    _runtimes(used, unread, keep, now, out)
     _cache(keep, now, out)
     _parsers(keep, now, out)
     _partials(home() / "trees", keep.partials, now, out, "a tree staged for a parse that never ended")
@@ -204,10 +207,11 @@ def _linked(local: LocalEnvironment) -> str | None:
 # --- runtimes ---------------------------------------------------------------------------
 
 
-def _runtimes_in_use(pipelines: list[PipelineSettings], removed: set[str]) -> set[Path]:
-    """Runtimes that releases which stay name, and the one an empty local environment's Airflow starts on."""
+def _runtimes_in_use(pipelines: list[PipelineSettings], removed: set[str]) -> tuple[set[Path], dict[Path, str]]:
+    """Runtimes that releases which stay name, and the one an empty local environment's Airflow starts on; and
+    the record of each release that stays but cannot be read -> why."""
     releases = [p for folder in _folders(home() / "releases") for p in _folders(folder)]
-    used = set()
+    used, unread = set(), {}
     for pipeline in pipelines:
         for env in pipeline.environments:
             if isinstance(env.target, LocalTarget):
@@ -217,18 +221,31 @@ def _runtimes_in_use(pipelines: list[PipelineSettings], removed: set[str]) -> se
                     used.add(home() / "runtimes" / runtime_hash(pipeline.runtime, b""))  # see `airagent env up`
     for path in releases:
         if str(path) not in removed:
+            record = path / "release.json"
             try:
-                used.add(Path(json.loads((path / "release.json").read_text())["runtime"]))
-            except (OSError, ValueError, KeyError):
-                pass
-    return {p.resolve() for p in used}
+                used.add(Path(json.loads(record.read_text())["runtime"]))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                if path.exists():  # not one another gc took away meanwhile
+                    unread[record] = type(err).__name__
+    return {p.resolve() for p in used}, unread
 
 
-def _runtimes(used: set[Path], keep: Retention, now: float, out: GcPlan) -> None:
+def _runtimes(used: set[Path], unread: dict[Path, str], keep: Retention, now: float, out: GcPlan) -> None:
     folder = home() / "runtimes"
+    unused = GcPlan()
     for path in _folders(folder):
         if path.resolve() not in used:
-            _plan(out, "runtime", path, now, keep.runtime_grace, "no release left names it")
+            _plan(unused, "runtime", path, now, keep.runtime_grace, "no release left names it")
+    if unread:
+        spared = ", ".join(sorted(Path(r.path).name for r in unused.removals)) or "none"
+        for record, why in unread.items():
+            out.notes.append(
+                f"every runtime kept: {record} could not be read ({why}), so the runtime its release runs on is "
+                f"unknown; kept, though no readable release names them: {spared}. They go once that release is "
+                "removed or its record readable again"
+            )
+    else:
+        out.removals += unused.removals
     _partials(folder, keep.partials, now, out, "an unfinished runtime build")
 
 

@@ -150,6 +150,42 @@ def test_a_runtime_a_kept_release_names_is_never_removed(pipeline, monorepo):
     assert not (home() / "releases" / "main" / old.id).exists() and not orphan.exists()
 
 
+def test_a_release_whose_record_cannot_be_read_keeps_every_runtime_and_says_so(pipeline, monorepo):
+    """Which runtime that release runs on is unknown, so none is taken from under it; once the release goes by
+    retention, the runtimes no release names go too."""
+    live_rt, orphan, newer_rt = runtime("1" * 16), runtime("4" * 16), runtime("7" * 16)
+    unreadable = built(pipeline, monorepo, 1, live_rt, hours_old=48)
+    staging = env(pipeline, "staging")
+    staging.roll(unreadable)
+    record = staging.releases / unreadable.id / "release.json"
+    record.write_text("{")  # a disk that failed mid-write, a hand edit
+    backdate(staging.path, DAY)
+    keep = gc.Retention(rollbacks=0, built=0)
+
+    plan = gc.plan([pipeline], keep)
+
+    assert not [r for r in plan.removals if r.kind == "runtime"]
+    [note] = plan.notes
+    assert f"every runtime kept: {record} could not be read (JSONDecodeError)" in note
+    assert f"no readable release names them: {orphan.name}, {newer_rt.name}." in note
+    assert gc.apply(plan).notes == [note]
+
+    later = [built(pipeline, monorepo, i, newer_rt, hours_old=47 - i) for i in (2, 3)]
+    for release in later:
+        staging.roll(release)
+    backdate(staging.path, DAY)
+
+    plan = gc.plan([pipeline], keep)
+
+    assert plan.notes == []
+    assert {(r.kind, Path(r.path).name) for r in plan.removals} == {
+        ("release", unreadable.id),
+        ("environment release", unreadable.id),
+        ("runtime", live_rt.name),
+        ("runtime", orphan.name),
+    }
+
+
 def test_the_validation_cache_is_capped_least_recently_used_first():
     keys = [f"{i:02x}" + "0" * 62 for i in range(12)]
     for key in keys:
