@@ -1,4 +1,5 @@
-"""`airagent`: run the deployer, start trains, watch and steer them. `--json` on every read for machines.
+"""`airagent`: run the deployer, start trains, watch and steer them. `--json` for machines on what reads trains,
+pipelines and environments.
 
 One module per group of commands.
 """

@@ -26,7 +26,10 @@ from interface.client import (
 )
 from interface.terminal import console, err_console, labelled
 
-HELP = "`airagent`: run the deployer, start trains, watch and steer them. `--json` on every read for machines."
+HELP = (
+    "`airagent`: run the deployer, start trains, watch and steer them. `--json` for machines on what reads trains, "
+    "pipelines and environments."
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
 

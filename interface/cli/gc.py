@@ -22,9 +22,11 @@ def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would go, remove nothing")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove releases no environment runs or keeps to roll back to, runtimes no release uses, the validation
-    cache beyond its cap and idle parsers' folders. Runtimes, the cache and parsers are the host's, whatever
-    the pipeline."""
+    """Remove releases no environment runs or keeps to roll back to, runtimes no release uses, and old caches.
+
+    The caches: the validation cache beyond its cap, full validation reports and DAG maps past their count or age,
+    idle parsers' folders and copies that never finished. All but the releases are the host's, whatever the
+    pipeline."""
     from activities import gc as collector
 
     cfg, base = config_module.load(config)

@@ -81,7 +81,7 @@ def pipeline_reconfigure(
 @pipeline_app.command("status")
 @friendly
 def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
-    """Paused or frozen, the running train, the queued commit, and the recent trains."""
+    """Paused or frozen, each environment's release, the running train and queued commit, held commits, past trains."""
 
     async def go() -> None:
         status = await (await AirAgent.connect()).pipeline_status(pipeline)
@@ -152,7 +152,9 @@ def notify(
     config: ConfigOpt = DEFAULT_CONFIG,
     as_json: JsonOpt = False,
 ) -> None:
-    """For CI after a merge: have the conductor look at the branch now (starting it if needed)."""
+    """For CI after a merge: have the conductor look at the branch now (starting it if needed).
+
+    From then on it follows the branch, as after `pipeline start`."""
     settings = config_module.load_pipeline(pipeline, config)
 
     async def go() -> int:

@@ -44,7 +44,9 @@ def dev(
 def worker(
     task_queue: Annotated[str | None, typer.Option(help="default: $AIRAGENT_TASK_QUEUE or 'airagent'")] = None,
 ) -> None:
-    """Run a worker; SIGTERM or Ctrl-C lets running activities finish first."""
+    """Run a worker; SIGTERM or Ctrl-C lets running activities finish first.
+
+    It polls the shared task queue and this host's (`<queue>@<host>`), and sweeps this host's disk."""
     from worker.main import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -55,9 +57,16 @@ def worker(
 @app.command()
 def demo(
     once: Annotated[bool, typer.Option("--once", help="exit when the scenario is done")] = False,
-    repo: Annotated[Path | None, typer.Option(help="monorepo to deploy (default: create the example)")] = None,
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="a monorepo of yours: only its head is deployed (default: the example, with every scene)"),
+    ] = None,
 ) -> None:
-    """Dev server, worker, example monorepo, two trains: one that lands, one stopped at validate."""
+    """Dev server, worker, example monorepo, real Airflow staging and prod: every scene, checked as it goes.
+
+    The head deploys through both; one team's broken DAG is held back while another's change lands, and its fix
+    lifts the hold; a DAG whose task fails is rolled back by staging's soak. Exit 1 when a step did not behave as
+    described; the services stay up until Ctrl-C."""
     from interface import demo as demo_module
 
     raise typer.Exit(demo_module.main(once=once, repo=repo))

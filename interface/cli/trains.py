@@ -94,7 +94,9 @@ def status(
     watch: Annotated[bool, typer.Option(help="follow the train until it ends")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a train: stages, environments, commits, validation, controls. Exit code as for `deploy --wait`."""
+    """Show a train: its stage, environments and probes, commits, held-back commits, validation, controls.
+
+    --watch prints each stage as it moves. Once the train has ended, the exit code is as for `deploy --wait`."""
 
     async def go() -> int:
         agent = await AirAgent.connect()
