@@ -1,5 +1,6 @@
 """Code from the repository never gets the deployer's rights: an adversarial corpus parsed through the real
-`validate` path, each file failing alone or contained, none seeing a secret, the network or the disk outside."""
+`validate` path, each file failing alone or contained, none seeing a secret, the network or the disk outside.
+The same probes parsed with `sandbox: off` get through, so "contained" means the sandbox stopped them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import socket
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,13 +27,15 @@ from tests.test_validate import GOOD, dag, settings, tree
 pytestmark = pytest.mark.slow
 
 CANARY = "canary-7c1e0f3a9b"
+# In every probe, new each run: no cached parse result answers for one, each runs.
+RUN = uuid.uuid4().hex[:12]
 
 
 def guarded(name: str, attempt: str) -> str:
     """A DAG file that tries `attempt` and, when it works, fails with what it got, so a leak shows in the
     report; when it is stopped, it defines its DAG and parses clean."""
     return (
-        f"def attempt():\n{_indent(attempt)}\n"
+        f"# run {RUN}\ndef attempt():\n{_indent(attempt)}\n"
         "try:\n    got = attempt()\nexcept Exception:\n    got = None\n"
         "if got:\n    raise RuntimeError(f'escaped: {got}')\n"
     ) + dag(name)
@@ -41,43 +46,58 @@ def _indent(code: str) -> str:
 
 
 @pytest.fixture
-def listener():
-    """A TCP server on the host's loopback; records whether anything ever connected."""
+def listener() -> Iterator[tuple[int, threading.Event]]:
+    """A TCP server on the host's loopback; its event is set once anything connects."""
     server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[bool] = []
+    connected = threading.Event()
 
     def serve():
         try:
             server.accept()
-            accepted.append(True)
+            connected.set()
         except OSError:
             pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield server.getsockname()[1], accepted
+    yield server.getsockname()[1], connected
     server.close()
     thread.join(timeout=5)
 
 
-def test_the_adversarial_corpus_fails_alone_or_is_contained(tmp_path, monkeypatch, request, listener):
-    assert sandbox.unavailable() is None, sandbox.unavailable()
-    port, accepted = listener
+@dataclass
+class Bait:
+    """What the deployer has and repository code must not reach."""
+
+    secret: Path  # a file holding the canary
+    port: int  # the listener's
+    connected: threading.Event
+    outside: list[Path]  # files to be written outside the parser's own folder
+
+
+@pytest.fixture
+def bait(tmp_path, monkeypatch, request, listener) -> Iterator[Bait]:
+    port, connected = listener
     monkeypatch.setenv("TEMPORAL_API_KEY", CANARY)
     # /proc/<pid>/environ shows what a process started with: a stand-in for a worker started with secrets.
     worker = subprocess.Popen(["sleep", "300"], env={"TEMPORAL_API_KEY": CANARY, "AIRAGENT_AIRFLOW_PASSWORD": CANARY})
     request.addfinalizer(worker.kill)
-    secrets = home() / "envs" / "prod" / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True)
-    (secrets / "api-login").write_text(CANARY)
-    outside = tmp_path / "written-outside"
-    root = tree(
-        tmp_path / "repo",
-        {
-            "dags/good.py": GOOD,
-            "dags/environ.py": guarded(
-                "environ",
-                f"""
+    secret = home() / "envs" / "prod" / "secrets" / "api-login"
+    secret.parent.mkdir(parents=True, exist_ok=True)
+    secret.write_text(CANARY)
+    # The home is shared by the suite: the one there is the run's own, and goes after it.
+    outside = [tmp_path / "written-outside", home() / f"written-outside-{RUN}", tmp_path / "repo" / "dags" / "x"]
+    yield Bait(secret, port, connected, outside)
+    for path in outside:
+        path.unlink(missing_ok=True)
+
+
+def probes(bait: Bait) -> dict[str, str]:
+    """One DAG file per thing a probe reaches for, by path: the corpus both the sandbox and its control parse."""
+    return {
+        "dags/environ.py": guarded(
+            "environ",
+            f"""
 import glob
 found = []
 for path in glob.glob('/proc/*/environ'):
@@ -89,23 +109,23 @@ import os
 found.append(str(dict(os.environ)))
 return [f for f in found if {CANARY!r} in f]
 """,
-            ),
-            "dags/secret_file.py": guarded("secret_file", f"return open({str(secrets / 'api-login')!r}).read()"),
-            "dags/connects.py": guarded(
-                "connects",
-                f"""
+        ),
+        "dags/secret_file.py": guarded("secret_file", f"return open({str(bait.secret)!r}).read()"),
+        "dags/connects.py": guarded(
+            "connects",
+            f"""
 import _socket
 s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
 s.settimeout(3)
-s.connect(('127.0.0.1', {port}))
+s.connect(('127.0.0.1', {bait.port}))
 return 'connected'
 """,
-            ),
-            "dags/writes.py": guarded(
-                "writes",
-                f"""
+        ),
+        "dags/writes.py": guarded(
+            "writes",
+            f"""
 wrote = []
-for path in ({str(outside)!r}, {str(home() / "written-outside")!r}, {str(tmp_path / "repo" / "dags" / "x")!r}):
+for path in {[str(p) for p in bait.outside]!r}:
     try:
         open(path, 'w').write('x')
         wrote.append(path)
@@ -113,7 +133,18 @@ for path in ({str(outside)!r}, {str(home() / "written-outside")!r}, {str(tmp_pat
         pass
 return wrote
 """,
-            ),
+        ),
+    }
+
+
+def test_the_adversarial_corpus_fails_alone_or_is_contained(tmp_path, bait):
+    assert sandbox.unavailable() is None, sandbox.unavailable()
+    corpus = probes(bait)
+    root = tree(
+        tmp_path / "repo",
+        {
+            "dags/good.py": GOOD,
+            **corpus,
             "dags/fork_bomb.py": "import os, time\nwhile True:\n    try:\n        os.fork()\n"
             "    except OSError:\n        time.sleep(0.05)\n",
             "dags/memory_bomb.py": "hog = bytearray(64 << 30)\n",
@@ -126,20 +157,38 @@ return wrote
     report = parse_tree(ensure_runtime(Runtime(), None)[1], root, "dags", "plugins", pipeline, timeout=15)
 
     files = {f.path: f for f in report.files}
-    for name in ("good", "environ", "secret_file", "connects", "writes"):
-        assert files[f"dags/{name}.py"].error is None, files[f"dags/{name}.py"].error
-        assert files[f"dags/{name}.py"].dag_ids == [name if name != "good" else "fine"]
+    assert files["dags/good.py"].error is None and files["dags/good.py"].dag_ids == ["fine"]
+    for path in corpus:
+        assert files[path].error is None, files[path].error
+        assert files[path].dag_ids == [Path(path).stem]
     assert "longer than 15s" in files["dags/fork_bomb.py"].error
     assert "MemoryError" in files["dags/memory_bomb.py"].error
     assert "not parsed" in files["dags/big_file.py"].error and "50.0 MiB" in files["dags/big_file.py"].error
     assert len(files["dags/huge_message.py"].error) < 5000 and "characters cut" in files["dags/huge_message.py"].error
-    assert not accepted
-    assert not outside.exists() and not (home() / "written-outside").exists()
-    assert not (root / "dags" / "x").exists()
+    assert not bait.connected.wait(timeout=1)
+    assert not any(path.exists() for path in bait.outside)
     seen = report.model_dump_json() + "".join(
         p.read_text(errors="replace") for p in home().joinpath("parsers").rglob("*") if p.is_file()
     )
     assert CANARY not in seen
+
+
+def test_without_the_sandbox_every_probe_gets_through(tmp_path, bait):
+    """The control: with `sandbox: off` the same probes read the secret, connect and write outside, so a probe
+    the test above finds contained was stopped by the sandbox, not broken on its own (a typo, a missing module)."""
+    corpus = probes(bait)
+    root = tree(tmp_path / "repo", corpus)
+    off = settings(tmp_path / "s").model_copy(update={"sandbox": False})
+
+    report = parse_tree(ensure_runtime(Runtime(), None)[1], root, "dags", "plugins", off, timeout=30)
+
+    errors = {f.path: f.error or "" for f in report.files}
+    assert set(errors) == set(corpus)
+    for path, error in errors.items():
+        assert "escaped: " in error, f"{path}: {error}"
+    assert CANARY in errors["dags/environ.py"] and CANARY in errors["dags/secret_file.py"]
+    assert "connected" in errors["dags/connects.py"] and bait.connected.wait(timeout=10)
+    assert all(path.exists() for path in bait.outside)
 
 
 def test_a_parser_asked_for_without_a_sandbox_says_how_to_get_one(tmp_path, monkeypatch):
