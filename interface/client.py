@@ -26,7 +26,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from airagent import search_attributes as sa
-from airagent.config import PipelineSettings
+from airagent.config import NAME, PipelineSettings
 from airagent.connection import connect, task_queue
 from airagent.models import (
     ConductorInput,
@@ -140,7 +140,7 @@ class AirAgent:
 
     async def running_train(self, pipeline: str) -> str | None:
         """The pipeline's running train; its search attributes are set at start, so visibility sees it at once."""
-        query = f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' AND {sa.PIPELINE.name} = '{pipeline}'"
+        query = f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' AND {_of_pipeline(pipeline)}"
         async for execution in self.client.list_workflows(query, limit=1):
             return execution.id
         return None
@@ -287,7 +287,7 @@ class AirAgent:
     async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
         query = "WorkflowType = 'DeployTrain'"
         if pipeline:
-            query += f" AND {sa.PIPELINE.name} = '{pipeline}'"
+            query += f" AND {_of_pipeline(pipeline)}"
         trains = []
         async for ex in self.client.list_workflows(query, limit=limit):
             attrs = ex.typed_search_attributes
@@ -312,6 +312,13 @@ class AirAgent:
                 "`airagent deploy --pipeline P`"
             )
         return trains[0].id
+
+
+def _of_pipeline(name: str) -> str:
+    """The visibility clause for one pipeline's trains; a name that is no pipeline's never enters the query."""
+    if not NAME.fullmatch(name):
+        raise NotFound(f"{name!r} is not a pipeline name: lowercase letters, digits, '-' and '_'")
+    return f"{sa.PIPELINE.name} = '{name}'"
 
 
 def _no_conductor(name: str) -> NotFound:

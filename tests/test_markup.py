@@ -76,9 +76,13 @@ async def test_status_pipeline_status_history_and_validate_show_repository_text_
     assert BROKEN_PATH in shown(validated) and ERROR in validated.stdout, validated.stdout
 
     # A name given on the command line comes back in the error as written, too.
-    for args in (("status", "--pipeline", ODD_NAME), ("pipeline", "status", "--pipeline", ODD_NAME)):
+    for args in (
+        ("status", "--pipeline", ODD_NAME),
+        ("pipeline", "status", "--pipeline", ODD_NAME),
+        ("history", "--pipeline", "it's"),
+    ):
         missing = airagent(*args, env=env)
-        assert missing.returncode == 2 and repr(ODD_NAME) in shown(missing), missing.stderr
+        assert missing.returncode == 2 and repr(args[-1]) in shown(missing), missing.stderr
 
 
 def test_init_shows_team_folders_and_dag_errors_as_written(tmp_path):

@@ -4,7 +4,7 @@ Relative paths are resolved against the file's folder when it is loaded, so the
 snapshot in a train's input means the same thing on every worker of the host.
 """
 
-from airagent.config.base import Duration, Model, Name, Ref, RepoPath, home, is_url
+from airagent.config.base import NAME, Duration, Model, Name, Ref, RepoPath, home, is_url
 from airagent.config.errors import ConfigError, UnknownEnvironment
 from airagent.config.loading import DEFAULT_FILE, AirAgentConfig, check, load, load_pipeline
 from airagent.config.pipeline import (
@@ -30,6 +30,7 @@ from airagent.config.validation import ParseTime, Placeholders, Policies, Valida
 
 __all__ = [
     "DEFAULT_FILE",
+    "NAME",
     "TARGET_TYPES",
     "AirAgentConfig",
     "Classification",

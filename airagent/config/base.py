@@ -87,7 +87,8 @@ def _relative(value: Any) -> Any:
 
 
 # Names end up in workflow ids and visibility queries: keep them plain.
-Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+Name = Annotated[str, Field(pattern=f"^{NAME.pattern}$")]
 
 
 Ref = Annotated[str, BeforeValidator(_no_option)]
