@@ -15,13 +15,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import BaseModel
 
 LAUNCHER = Path(__file__).with_name("launch.py")
+SAY_EVERY = 30.0  # how often a long wait for a component to exit says it still waits
+ASK_EVERY = 5.0  # how often that wait asks whether there is still something to wait for
 
 
 class Process(BaseModel):
@@ -94,15 +96,36 @@ class Components:
         self._write(process)
         return process
 
-    def stop(self, process: Process, timeout: float) -> None:
-        """SIGTERM and wait, so a scheduler can let its running tasks finish; then kill what is left."""
-        if process.alive:
+    def stop(
+        self,
+        process: Process,
+        grace: float,
+        say: Callable[[str], None] | None = None,
+        keep_waiting: Callable[[], bool] | None = None,
+    ) -> str:
+        """SIGTERM, wait up to `grace` for it to exit, then kill what is left; returns how it ended.
+
+        The caller picks `grace` from what the component may still be finishing, and `keep_waiting`, asked every
+        few seconds, can end the wait sooner once it has nothing left to finish. `say` hears every SAY_EVERY
+        seconds that a long wait goes on, so whoever waits is never left without a word.
+        """
+        started = time.monotonic()
+        was_alive = process.alive
+        if was_alive:
             os.kill(process.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while process.alive and time.monotonic() < deadline:
+            next_word, next_ask = started + SAY_EVERY, started + ASK_EVERY
+            while process.alive and time.monotonic() - started < grace:
+                if say and time.monotonic() >= next_word:
+                    say(f"still waiting for {process.name} to exit: {next_word - started:.0f}s of {grace:.0f}s")
+                    next_word += SAY_EVERY
+                if keep_waiting and time.monotonic() >= next_ask:
+                    if not keep_waiting():
+                        break
+                    next_ask = time.monotonic() + ASK_EVERY
                 time.sleep(0.2)
+        stuck, waited = process.alive, time.monotonic() - started
         # The component leads its own process group: its helpers (log servers, workers) go with it.
-        for kill in (os.killpg, os.kill) if process.alive else (os.killpg,):
+        for kill in (os.killpg, os.kill) if stuck else (os.killpg,):
             try:
                 kill(process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -113,6 +136,11 @@ class Components:
         if process.alive:
             raise RuntimeError(f"{process.name} (pid {process.pid}) survived SIGKILL; stop it by hand")
         (self.run / f"{process.name}.json").unlink(missing_ok=True)
+        if not was_alive:
+            return "was not running"
+        if stuck:
+            return f"killed: still running {waited:.0f}s after SIGTERM"
+        return f"exited in {waited:.0f}s"
 
     def _write(self, process: Process) -> None:
         tmp = self.run / f".{process.name}.{os.getpid()}"

@@ -15,7 +15,9 @@ the old one leaves, so the API never stops answering.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,11 +45,19 @@ WORKERS = ("scheduler", "dag-processor", "triggerer")
 NO_LOG_SERVER = ("scheduler", "triggerer")
 API_SLOTS = ("api-server-1", "api-server-2")
 COMPONENTS = (*WORKERS, "api-server")
+# A component with nothing left to finish exits within seconds of SIGTERM; one that has not by then is stuck.
+QUIET_GRACE = 15.0
+
+logger = logging.getLogger(__name__)
 
 
 class LocalAirflow:
-    def __init__(self, name: str, target: LocalTarget, probes: Probes | None = None):
+    def __init__(
+        self, name: str, target: LocalTarget, probes: Probes | None = None, say: Callable[[str], None] | None = None
+    ):
+        """`say` hears what a stop waits for while it waits (the CLI prints it; a worker logs it)."""
         self.name, self.target, self.settings = name, target, probes or Probes()
+        self.say = say or logger.info
         self.files = LocalEnvironment(target.path, name)
         self.components = Components(target.path)
         self.home = airflow_home(target)
@@ -106,14 +116,9 @@ class LocalAirflow:
         return f"started {', '.join(down)}" if down else "already running"
 
     def down(self) -> str:
-        found = self.processes()
-        for name in WORKERS:
-            if name in found:
-                self.components.stop(found[name], self._grace(name))
-        for slot in API_SLOTS:
-            if record := self.components.record(slot):
-                self.components.stop(record, 30)
-        return f"stopped {', '.join(found) or 'nothing'}"
+        stopped = self._stop_workers()
+        stopped += [self._stop(record) for slot in API_SLOTS if (record := self.components.record(slot))]
+        return f"stopped {'; '.join(stopped) or 'nothing'}"
 
     # --- roll and rollback ----------------------------------------------------------------------
 
@@ -223,18 +228,16 @@ class LocalAirflow:
         ensure_secrets(self.target)
         python = Path(release.runtime) / "bin" / "python"
         drained = self.drain()
-        found = self.processes()
-        if "scheduler" in found:  # the scheduler lets the tasks it runs finish before it exits
-            self.components.stop(found["scheduler"], self._grace("scheduler"))
-        for name in ("dag-processor", "triggerer"):
-            if name in found:
-                self.components.stop(found[name], self._grace(name))
+        stopped = self._stop_workers()
         self._migrate(python, release)
         for name in WORKERS:
             self._start(name, python, release)
         self._swap_api(python, release)
         self.wait_healthy()
-        return f"{drained}; restarted {', '.join(WORKERS)} and the api-server on {release.id}; healthy"
+        return (
+            f"{drained}; stopped {'; '.join(stopped)}; "
+            f"restarted {', '.join(WORKERS)} and the api-server on {release.id}; healthy"
+        )
 
     def drain(self) -> str:
         """Wait for running task instances to finish, up to the drain timeout; say what was waited for."""
@@ -290,12 +293,12 @@ class LocalAirflow:
         # Both busy only after a swap was cut short: take the slot not serving this release.
         slot = free[0] if free else next((n for n, r in busy.items() if r.release != release.id), API_SLOTS[0])
         if record := self.components.record(slot):
-            self.components.stop(record, 30)  # a leftover of an interrupted swap
+            self._stop(record)  # a leftover of an interrupted swap
         new = self._start_api(slot, python, release)
         self._wait_answers(new)
         for record in old:
             if record.name != slot:
-                self.components.stop(record, 30)
+                self._stop(record)
 
     def _wait_answers(self, process_: Process) -> None:
         deadline = time.monotonic() + self.target.live_timeout.total_seconds()
@@ -356,15 +359,71 @@ class LocalAirflow:
             timeout=600,
         )
 
-    def _grace(self, name: str) -> float:
-        # The scheduler may still be finishing tasks the drain gave up on; the others stop quickly.
-        return max(self.target.drain_timeout.total_seconds(), 30.0) if name == "scheduler" else 30.0
+    # --- stopping components ----------------------------------------------------------------------
+
+    def _stop_workers(self) -> list[str]:
+        found = self.processes()
+        return [self._stop(found[name]) for name in WORKERS if name in found]
+
+    def _stop(self, process_: Process) -> str:
+        """Stop one component, waiting only while it has something to finish; says what it waits for."""
+        if not process_.alive:  # a dead component's helpers may linger in its group: nothing to wait for
+            return f"{process_.name}: {self.components.stop(process_, 0)}"
+        grace, why, keep_waiting = QUIET_GRACE, "", None
+        if process_.name == "scheduler":  # the one component that finishes work (its task instances) before it exits
+            grace, why, keep_waiting = _SchedulerTasks(self).grace()
+        bound = f"{why + '; ' if why else ''}up to {grace:.0f}s"
+        self.say(f"{self.name}: stopping {process_.name} ({bound} before SIGKILL)")
+        ended = self.components.stop(process_, grace, lambda line: self.say(f"{self.name}: {line}"), keep_waiting)
+        return f"{process_.name} ({bound}): {ended}"
 
     def _down_message(self) -> str:
         return (
             f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
             f"`airagent env up {self.name}` before deploying"
         )
+
+
+class _SchedulerTasks:
+    """The task instances a stopping scheduler still finishes, as the environment's API says: asked when it is told
+    to stop and again while it stops, so the wait ends QUIET_GRACE after the last of them, not at the drain timeout.
+    A scheduler that stays after that is stuck; while the API cannot say, some may run, so the drain timeout holds."""
+
+    def __init__(self, airflow: LocalAirflow):
+        self.airflow = airflow
+        self.idle_since: float | None = None
+
+    def grace(self) -> tuple[float, str, Callable[[], bool] | None]:
+        """How long the scheduler may take to exit, why, and what tells the wait to end sooner."""
+        try:
+            running = self._ask()
+        except (httpx.HTTPError, OSError, ValueError) as err:  # no answer, no login, a garbled answer
+            why = f"tasks may be running: the API did not answer ({type(err).__name__})"
+        else:
+            if not running:
+                return QUIET_GRACE, "no task instance running", None
+            listed = ", ".join(running[:5]) + (" …" if len(running) > 5 else "")
+            why = f"{len(running)} task instance{'s' if len(running) > 1 else ''} running: {listed}"
+        drain = max(self.airflow.target.drain_timeout.total_seconds(), QUIET_GRACE)
+        return drain, f"{why}, so until {QUIET_GRACE:.0f}s after none runs", self.keep_waiting
+
+    def keep_waiting(self) -> bool:
+        busy = self.idle_since is None
+        try:
+            self._ask()
+        except (httpx.HTTPError, OSError, ValueError):
+            return True
+        if self.idle_since is None:
+            return True
+        if busy:
+            self.airflow.say(f"{self.airflow.name}: no task instance running any more: up to {QUIET_GRACE:.0f}s more")
+        return time.monotonic() - self.idle_since < QUIET_GRACE
+
+    def _ask(self) -> list[str]:
+        with self.airflow.api(timeout=5) as api:
+            running = api.running()
+        self.idle_since = None if running else self.idle_since or time.monotonic()
+        return running
 
 
 def _restart_key(release: Release) -> str:

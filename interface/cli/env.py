@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -28,7 +29,7 @@ EnvArg = Annotated[str, typer.Argument(help="environment name from airagent.yaml
 EnvPipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
 
 
-def _local(pipeline: str, environment: str, config: Path):
+def _local(pipeline: str, environment: str, config: Path, say: Callable[[str], None] | None = None):
     from activities.targets.local_airflow import LocalAirflow
 
     settings = config_module.load_pipeline(pipeline, config)
@@ -40,7 +41,7 @@ def _local(pipeline: str, environment: str, config: Path):
         )
     if not env.target.airflow:
         raise ConfigError(f"{config}: environment {environment} has `airflow: false`: airagent runs no Airflow there")
-    return LocalAirflow(env.name, env.target, env.probes), settings
+    return LocalAirflow(env.name, env.target, env.probes, say), settings
 
 
 def _env_command(fn):
@@ -81,9 +82,15 @@ def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: Confi
 @env_app.command("down")
 @_env_command
 def env_down(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: ConfigOpt = DEFAULT_CONFIG) -> None:
-    """Stop the components; the scheduler first lets running tasks finish (up to the drain timeout)."""
-    env, _ = _local(pipeline, environment, config)
-    console.print(f"{environment}: {env.down()}")
+    """Stop the components; the scheduler first lets running tasks finish (up to the drain timeout).
+
+    Each wait is said before it starts, with what it waits for and how long at most."""
+
+    def say(line: str) -> None:  # task ids come from the repo's DAGs: printed as they are, never as markup
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    env, _ = _local(pipeline, environment, config, say)
+    say(f"{environment}: {env.down()}")
 
 
 @env_app.command("status")
