@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -342,9 +343,14 @@ class LocalAirflow:
         port = self.target.port + API_SLOTS.index(slot) + 1
         env = component_env(self.name, self.target, python, release)
         # Both slots listen on the shared port; each also on its own, so airagent can ask the new one directly.
-        env["GUNICORN_CMD_ARGS"] = (
-            f"--reuse-port --bind 127.0.0.1:{self.target.port} --bind 127.0.0.1:{port} "
-            f"--control-socket {self.components.run / (slot + '.ctl')}"
+        # gunicorn splits this like a shell line: quoted, a path with a space stays one argument.
+        env["GUNICORN_CMD_ARGS"] = shlex.join(
+            [
+                "--reuse-port",
+                *("--bind", f"127.0.0.1:{self.target.port}"),
+                *("--bind", f"127.0.0.1:{port}"),
+                *("--control-socket", str(self.components.run / f"{slot}.ctl")),
+            ]
         )
         argv: list[str | Path] = [python.with_name("airflow"), "api-server", "--port", str(self.target.port)]
         return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None, port=port)
