@@ -115,6 +115,31 @@ def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_set
     assert len(parser_service._started) == 1
 
 
+def test_reports_come_as_files_finish_and_a_dropped_answer_is_asked_again_for_the_rest(runtime, tmp_path):
+    root = tree(tmp_path / "repo", {"dags/fine.py": dag("fine"), "dags/slow.py": "import time\ntime.sleep(10)\n"})
+    server = parser_service.Server(runtime, root)
+    request = {
+        "folder": str(root / "dags"),
+        "plugins_folder": str(root / "plugins"),
+        "cwd": str(root),
+        "files": ["fine.py", "slow.py", "<plugins>"],
+        "placeholders": {},
+        "limits": {},
+        "workers": 2,
+        "timeout": 60,
+    }
+
+    reports = parser_service.parse(server, request, timeout=120)
+    first = next(reports)
+    started = (server.path / "socket").stat().st_ino
+    os.killpg(parser_service._started[server.path].pid, signal.SIGKILL)  # drops the answer half-way
+    rest = list(reports)
+
+    assert first["path"] != "slow.py"  # it came before the slow file was done: the answer was half-way
+    assert sorted(r["path"] for r in [first, *rest]) == ["<plugins>", "fine.py", "slow.py"]  # each once
+    assert (server.path / "socket").stat().st_ino != started  # a new parser answered the rest
+
+
 @pytest.mark.parametrize("ending", ["idle", "socket removed"])
 def test_a_server_ends_by_itself(runtime, tmp_path, ending):
     server = parser_service.Server(runtime, tmp_path, sandboxed=False).path

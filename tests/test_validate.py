@@ -53,6 +53,7 @@ def test_a_file_that_hangs_exits_or_dies_fails_alone(tmp_path):
     dags.mkdir()
     (dags / "fine.py").write_text(GOOD)
     (dags / "hangs.py").write_text("import time\ntime.sleep(600)\n")
+    (dags / "hangs_too.py").write_text("import time\ntime.sleep(600)\n")  # queued behind the first, or beside it
     (dags / "exits.py").write_text("import os\nos._exit(7)\n")
     (dags / "killed.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
     (dags / "no_words.py").write_text("raise RuntimeError('safe mode would have skipped me')\n")
@@ -60,7 +61,7 @@ def test_a_file_that_hangs_exits_or_dies_fails_alone(tmp_path):
     files = parse(dags, tmp_path)
 
     assert files["fine.py"]["dag_ids"] == ["fine"] and files["fine.py"]["error"] is None
-    assert "longer than 3s" in files["hangs.py"]["error"]
+    assert "longer than 3s" in files["hangs.py"]["error"] and "longer than 3s" in files["hangs_too.py"]["error"]
     assert "exit code 7" in files["exits.py"]["error"]
     assert "killed by SIGKILL" in files["killed.py"]["error"]
     assert "safe mode would have skipped me" in files["no_words.py"]["error"]

@@ -27,11 +27,12 @@ import hashlib
 import json
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.validation.parser import PLUGINS, imported_names, relative_python_files, syntax_tree
+from activities.validation.parser import PLUGINS, relative_python_files
 from airagent.config import home
 
 PARSER = Path(__file__).with_name("parser.py")
@@ -48,6 +49,9 @@ DYNAMIC = {
     "SourceFileLoader",
     "load_module",
 }
+# CPython 3.11 and 3.12 miscount the AST's recursion depth when threads parse at once (SystemError: AST
+# constructor recursion depth mismatch): the deployer's validations share a worker's threads.
+_AST = threading.Lock()
 _modules: dict[str, tuple[list[tuple[int, str, list[str]]], bool]] = {}  # content digest -> (imports, dynamic)
 REMEMBERED = 20_000
 _remembered: dict[tuple[Path, str], dict] = {}  # (cache folder, key) -> result; never stale, keys are content
@@ -67,6 +71,44 @@ def _module_info(content_digest: str, data: bytes) -> tuple[list[tuple[int, str,
         )
         _modules[content_digest] = (imported_names(tree), dynamic)
     return _modules[content_digest]
+
+
+def syntax_tree(source: bytes) -> ast.AST | None:
+    try:
+        with _AST:
+            return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None  # the parse itself reports it
+
+
+def imported_names(tree: ast.AST | None) -> list[tuple[int, str, list[str]]]:
+    """Every import statement anywhere in the module, as (level, module, names)."""
+    found: list[tuple[int, str, list[str]]] = []
+    if tree is None:
+        return found
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", [alias.name for alias in node.names]))
+    return found
+
+
+def absolute_imports(path: Path) -> list[str]:
+    """Modules a file imports by absolute name, for the policies; `from a import b` counts as `a` and `a.b`.
+
+    From the syntax tree its cache key was made from: the parser does not parse each file a second time."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return []
+    names = set()
+    for level, module, members in _module_info(digest(data), data)[0]:
+        if level or not module:
+            continue
+        names.add(module)
+        names.update(f"{module}.{m}" for m in members if m != "*")
+    return sorted(names)
 
 
 @functools.lru_cache(maxsize=1 << 16)

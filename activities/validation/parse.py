@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,16 +89,15 @@ def _readable(source: str, dest: str) -> None:
         os.chmod(dest, 0o644)
 
 
-def _named_back(results: list[dict], staged: Path, tree: Path) -> list[dict]:
+def _named_back(results: Iterable[dict], staged: Path, tree: Path) -> Iterator[dict]:
     """Errors name the files where the caller has them, not where they were staged."""
-    if staged == tree:
-        return results
     for result in results:
-        if result.get("error"):
-            result["error"] = result["error"].replace(str(staged), str(tree))
-        for path, error in result.get("plugins", {}).items():
-            result["plugins"][path] = error.replace(str(staged), str(tree))
-    return results
+        if staged != tree:
+            if result.get("error"):
+                result["error"] = result["error"].replace(str(staged), str(tree))
+            for path, error in result.get("plugins", {}).items():
+                result["plugins"][path] = error.replace(str(staged), str(tree))
+        yield result
 
 
 def parse_changed(
@@ -108,9 +107,10 @@ def parse_changed(
     plugins_folder: str,
     pipeline: PipelineSettings | None,
     timeout: float | None,
-    parse: Callable[[list[str]], list[dict]],
+    parse: Callable[[list[str]], Iterable[dict]],
 ) -> ValidationReport:
-    """Files not in the cache go to `parse` (paths relative to the DAG folder); `runtime` names what parses them.
+    """Files not in the cache go to `parse` (paths relative to the DAG folder), whose reports are stored as they
+    come; `runtime` names what parses them.
 
     Then apply the pipeline's rules and name owners, so a report means the same
     whether a file was parsed now or came from the cache, here or in a pod.
@@ -144,8 +144,11 @@ def parse_changed(
         assert parsed is not None
         # Capped again here: the text comes from a process that ran the file's code.
         error = cap(parsed["error"]) if parsed.get("error") else None
+        # Read only for the rule that needs them, from the syntax trees the cache keys came from.
+        imports = cache.absolute_imports(bundle / dag_folder / rel) if settings.policies.forbidden_imports else []
         report = FileReport.model_validate(
             {**parsed, "error": error, "path": _from_root(dag_folder, rel), "cached": rel not in todo}
+            | {"imports": imports}
         )
         files.append(policies.check(report, settings))
     owners: dict[str, list[str]] = {}
@@ -181,7 +184,7 @@ def _run_parser(
     files: list[str],
     settings: ValidationSettings,
     timeout: float | None,
-) -> list[dict]:
+) -> Iterator[dict]:
     request = {
         "folder": str(bundle / dag_folder),
         "plugins_folder": str(bundle / plugins_folder),
@@ -193,7 +196,7 @@ def _run_parser(
         "timeout": timeout,
     }
     try:
-        return service.parse(server, request, PARSE_TIMEOUT)
+        yield from service.parse(server, request, PARSE_TIMEOUT)
     except service.ParserFailed as err:
         raise service.ParserFailed(f"the DAG parser itself failed: {str(err)[-3000:]}") from None
 

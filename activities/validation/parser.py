@@ -1,9 +1,8 @@
 """Parse Python files of a DAG folder with Airflow's own DagBag; write a JSON report.
 
 Runs as a script by a release runtime's interpreter: it may import only the standard
-library and Airflow. (The deployer imports it only for `relative_python_files` and
-`imported_names`, which are plain standard library, so both sides agree on what a DAG
-file is and what it imports.)
+library and Airflow. (The deployer imports it only for `relative_python_files` and a few
+names, which are plain standard library, so both sides agree on what a DAG file is.)
 
     python parser.py DAG_FOLDER REPORT_JSON [WORKERS] [TIMEOUT_SECONDS] [--settings SETTINGS_JSON]
     (REPORT_JSON `-`: one line `airagent-report: {...}` on stdout)
@@ -29,7 +28,6 @@ With --serve, one warmed-up process per runtime stays up and forks a child per r
 from __future__ import annotations
 
 import argparse
-import ast
 import gc
 import json
 import os
@@ -39,9 +37,10 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 import traceback
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,18 +59,17 @@ WARM_MODULES = (
     "airflow.providers.standard.operators.python",
     "airflow.providers.standard.operators.bash",
 )
-# Parsed once before forking, so what Airflow sets up lazily on a first DAG (policies,
-# plugins, providers) is set up once, not in every child.
+# Parsed and serialized once before forking, so what Airflow sets up lazily on a first DAG (policies,
+# plugins, providers, the schema, cron timetables) is set up once, not in every child.
 WARM_DAG = """
 from datetime import datetime
 from airflow.sdk import DAG
 from airflow.providers.standard.operators.empty import EmptyOperator
-with DAG("airagent_warm_up", start_date=datetime(2024, 1, 1), schedule=None):
+with DAG("airagent_warm_up", start_date=datetime(2024, 1, 1), schedule="@daily"):
     EmptyOperator(task_id="warm")
 """
-# CPython 3.11 and 3.12 miscount the AST's recursion depth when threads parse at once (SystemError: AST
-# constructor recursion depth mismatch): the deployer's validations share a worker's threads.
-_AST = threading.Lock()
+# Files a worker holds at once: the one it parses and the next.
+DEPTH = 2
 MOVE_IT = "read it inside a task, where it runs per run instead of on every parse"
 
 
@@ -100,38 +98,6 @@ def relative_python_files(folder: Path) -> list[str]:
         prefix = "" if prefix == "./" else prefix
         found += [prefix + name for name in names if name.endswith(".py") and not name.startswith(".")]
     return sorted(found, key=lambda rel: rel.split("/"))  # the order of sorted Paths
-
-
-def syntax_tree(source: str | bytes) -> ast.AST | None:
-    try:
-        with _AST:
-            return ast.parse(source)
-    except (SyntaxError, ValueError):
-        return None  # the parse itself reports it
-
-
-def imported_names(tree: ast.AST | None) -> list[tuple[int, str, list[str]]]:
-    """Every import statement anywhere in the module, as (level, module, names)."""
-    found: list[tuple[int, str, list[str]]] = []
-    if tree is None:
-        return found
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(0, alias.name, []) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            found.append((node.level, node.module or "", [alias.name for alias in node.names]))
-    return found
-
-
-def absolute_imports(source: str) -> list[str]:
-    """Modules a file imports by absolute name; `from a import b` counts as `a` and `a.b`."""
-    names = set()
-    for level, module, members in imported_names(syntax_tree(source)):
-        if level or not module:
-            continue
-        names.add(module)
-        names.update(f"{module}.{m}" for m in members if m != "*")
-    return sorted(names)
 
 
 def trim(text: str) -> str:
@@ -354,17 +320,12 @@ class Parser:
             error = traceback.format_exc()
         seconds = time.perf_counter() - started
         created = DagCounter.created
-        try:
-            imports = absolute_imports(path.read_text(errors="replace"))
-        except OSError:
-            imports = []
         return {
             "path": rel,
             "dag_ids": sorted(self.bag.dags),
             "error": trim(error) if error else None,
             "parse_seconds": round(seconds, 4),
             "dags": [facts(self.bag.dags[d]) for d in sorted(self.bag.dags)],
-            "imports": imports,
             "same_file_duplicates": sorted({d for d in created if created.count(d) > 1}),
             "placeholders": sorted(self.lookups.used) if self.lookups else [],
             "transient": False,
@@ -424,10 +385,12 @@ def failed(folder: Path, path: Path, error: str, seconds: float, transient: bool
 
 
 class Worker:
-    """A forked parser that takes file paths one at a time (JSON lines in) and answers with reports (JSON lines out).
+    """A forked parser that takes file paths (JSON lines in) and answers with reports (JSON lines out), in order.
 
     Files share its interpreter, as they share a DagBag's, so common modules load once;
-    when a file hangs or kills it, only that file fails and a fresh worker takes over.
+    when a file hangs or kills it, only that file fails and a fresh worker takes over. It
+    holds the file it parses and the next (DEPTH), so it never waits for this process to
+    wake up between files.
     """
 
     # Descriptors no worker may keep open: every worker's pipe ends, and a warm request's
@@ -450,8 +413,8 @@ class Worker:
         Worker.held |= {jobs_write, results_read}
         self.jobs = os.fdopen(jobs_write, "w")
         self.results = results_read
-        self.path: Path | None = None
-        self.started = 0.0
+        self.queue: deque[Path] = deque()  # given, not answered yet; it parses the first
+        self.started = 0.0  # when it began the first
         self.buffer = b""
 
     @staticmethod
@@ -473,23 +436,27 @@ class Worker:
         os._exit(0)
 
     def give(self, path: Path) -> None:
-        self.path, self.started, self.buffer = path, time.monotonic(), b""
+        if not self.queue:
+            self.started = time.monotonic()
+        self.queue.append(path)
         self.jobs.write(json.dumps(str(path)) + "\n")
         self.jobs.flush()
 
-    def read(self) -> dict | None:
-        """The finished report, if one is complete; raises EOFError when the worker died."""
+    def read(self) -> list[tuple[Path, dict]]:
+        """The files answered since the last read, with their reports; raises EOFError when the worker died."""
         chunk = os.read(self.results, 1 << 16)
         if not chunk:
             raise EOFError
-        self.buffer += chunk
-        if not self.buffer.endswith(b"\n"):
-            return None
-        self.path = None
-        return json.loads(self.buffer)
+        *lines, self.buffer = (self.buffer + chunk).split(b"\n")
+        answered = []
+        for line in lines:
+            answered.append((self.queue.popleft(), json.loads(line)))
+            self.started = time.monotonic()
+        return answered
 
     def kill(self) -> int:
-        if self.path is not None:
+        """End the worker: at once when it holds a file, else by closing its jobs, which it ends on."""
+        if self.queue:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -522,46 +489,67 @@ def parse_all(
     timeout: float,
     lookups: Lookups | None = None,
     limits: dict | None = None,
-) -> list[dict]:
-    pending, results, limits = list(files), {}, limits or {}
+) -> Iterator[dict]:
+    """Each file's report, as soon as it is done (in no set order)."""
+    pending, limits = deque(files), limits or {}
+    done: set[Path] = set()
     pool = [Worker(folder, lookups, limits) for _ in range(min(workers, len(files)) or 1)]
     try:
-        while pending or any(w.path for w in pool):
+        while len(done) < len(files):
             for w in pool:
-                if w.path is None and pending:
-                    w.give(pending.pop(0))
-            busy = {w.results: w for w in pool if w.path is not None}
+                while len(w.queue) < DEPTH and (path := _next(w, pending, pool, done)):
+                    w.give(path)
+            busy = {w.results: w for w in pool if w.queue}
             ready, _, _ = select.select(list(busy), [], [], 0.05)
             for fd in ready:
                 w = busy[fd]
-                path = w.path
-                assert path is not None  # `busy` holds only workers given a file
                 try:
-                    report = w.read()
+                    answered = w.read()
                 except EOFError:
-                    results[path] = failed(folder, path, died(w.kill()), time.monotonic() - w.started)
-                    pool[pool.index(w)] = Worker(folder, lookups, limits)
-                    continue
-                if report is not None:
-                    results[path] = report
+                    answered = [(w.queue[0], failed(folder, w.queue[0], died(w.kill()), time.monotonic() - w.started))]
+                    pool[pool.index(w)] = _replace(w, folder, lookups, limits, pending, done)
+                for path, report in answered:
+                    if path not in done:
+                        done.add(path)
+                        yield report
             now = time.monotonic()
             for i, w in enumerate(pool):
-                if w.path is not None and now - w.started > timeout:
-                    path = w.path
+                if w.queue and now - w.started > timeout:
+                    path = w.queue[0]
                     w.kill()
-                    results[path] = failed(
-                        folder,
-                        path,
-                        f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not block "
-                        "at import: move network, database and long work into tasks",
-                        now - w.started,
-                    )
-                    pool[i] = Worker(folder, lookups, limits)
+                    pool[i] = _replace(w, folder, lookups, limits, pending, done)
+                    if path not in done:
+                        done.add(path)
+                        yield failed(
+                            folder,
+                            path,
+                            f"parsing took longer than {timeout:g}s (dagbag_import_timeout); a DAG file must not "
+                            "block at import: move network, database and long work into tasks",
+                            now - w.started,
+                        )
     finally:
         for w in pool:
-            w.path = None
             w.kill()
-    return [results[p] for p in files]
+
+
+def _next(worker: Worker, pending: deque[Path], pool: list[Worker], done: set[Path]) -> Path | None:
+    """The next file for `worker`: a pending one; when none is left and it is idle, one that waits behind another
+    worker's file, which may be slow (the first answer counts)."""
+    if pending:
+        return pending.popleft()
+    if worker.queue:
+        return None
+    parsing = {w.queue[0] for w in pool if w.queue}
+    return next((p for w in pool for p in list(w.queue)[1:] if p not in done and p not in parsing), None)
+
+
+def _replace(
+    worker: Worker, folder: Path, lookups: Lookups | None, limits: dict, pending: deque[Path], done: set[Path]
+) -> Worker:
+    """A fresh worker for one that died or was killed; the files it had not begun go back to the others."""
+    pending.extendleft(reversed([p for p in list(worker.queue)[1:] if p not in done]))
+    worker.queue.clear()
+    return Worker(folder, lookups, limits)
 
 
 def died(status: int) -> str:
@@ -588,7 +576,7 @@ def warm_up() -> None:
     gc.freeze()  # forks then share these objects' pages instead of copying them when the collector runs
 
 
-def parse_folder(folder: Path, workers: int, timeout: float | None, settings: dict) -> list[dict]:
+def parse_folder(folder: Path, workers: int, timeout: float | None, settings: dict) -> Iterator[dict]:
     """Parse in a warmed-up process, which this call changes for good: fork before calling it again."""
     from airflow.configuration import conf
 
@@ -605,7 +593,8 @@ def parse_folder(folder: Path, workers: int, timeout: float | None, settings: di
 
 def main(folder: Path, out: Path, workers: int, timeout: float | None, settings: dict) -> None:
     warm_up()
-    report = json.dumps({"files": parse_folder(folder, workers, timeout, settings)})
+    files = sorted(parse_folder(folder, workers, timeout, settings), key=lambda f: f["path"])
+    report = json.dumps({"files": files})
     if str(out) == "-":
         # A pod's log is all that comes back from a validator Job, mixed with what DAG files printed:
         # one marked line of its own.
@@ -686,7 +675,9 @@ def _answer_in_child(listener: socket.socket) -> int:
 
 def _answer(connection: socket.socket) -> None:
     """One request: JSON in until end-of-file ({folder, plugins_folder, cwd, files, placeholders, workers,
-    timeout}), {"files": [...]} or {"error": ...} back."""
+    timeout}); back, one JSON line per file as soon as it is parsed, or one {"error": ...} line.
+
+    So the client stores each report while the others are parsed, not all after the last."""
     with connection, tempfile.TemporaryFile() as output:
         # The DAG files' prints and warnings, as a cold run's output file holds them.
         os.dup2(output.fileno(), 1)
@@ -697,18 +688,17 @@ def _answer(connection: socket.socket) -> None:
         if not chunks:
             return  # the client connected, then found nothing to parse
         Worker.held.add(connection.fileno())
-        answer: dict[str, list[dict] | str]
         try:
             request = json.loads(b"".join(chunks))
             folder = Path(request["folder"]).resolve()
             _enter(request["cwd"], folder, request["plugins_folder"])
-            answer = {"files": parse_folder(folder, request["workers"], request["timeout"], request)}
+            for report in parse_folder(folder, request["workers"], request["timeout"], request):
+                connection.sendall(json.dumps(report).encode() + b"\n")
         except Exception:
             sys.stderr.flush()
             output.seek(0)
             tail = output.read()[-3000:].decode(errors="replace")
-            answer = {"error": tail + traceback.format_exc()}
-        connection.sendall(json.dumps(answer).encode())
+            connection.sendall(json.dumps({"error": tail + traceback.format_exc()}).encode() + b"\n")
 
 
 def _enter(cwd: str, folder: Path, plugins_folder: str) -> None:

@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,40 +62,50 @@ class Server:
             return "(no log)"
 
 
-def parse(server: Server, request: dict, timeout: float) -> list[dict]:
-    """Send one request (see parser._answer) to the warm parser; its file reports.
+def parse(server: Server, request: dict, timeout: float) -> Iterator[dict]:
+    """Send one request (see parser._answer) to the warm parser; each file's report as soon as it is parsed.
 
-    Asked ASKS times at most: a server that dies while a connection waits for it drops that
-    connection unanswered (a sandboxed one dies a moment after its bubblewrap), and parsing
-    again is harmless.
+    Asked ASKS times at most, for the files not answered yet: a server that dies while a
+    connection waits for it drops that connection (a sandboxed one dies a moment after its
+    bubblewrap), and parsing again is harmless.
     """
+    unanswered = set(request["files"])
     for attempt in range(ASKS):
         try:
-            answer = _ask(server, request, timeout)
-            break
+            for report in _ask(server, {**request, "files": sorted(unanswered)}, timeout):
+                unanswered.discard(report["path"])
+                yield report
+            if not unanswered:
+                return
         except (ConnectionError, ValueError):
-            if attempt == ASKS - 1:
-                raise ParserFailed(f"the DAG parser ended without an answer; its log: {server.log_tail()}") from None
-            time.sleep(0.5 * (attempt + 1))
-    if "error" in answer:
-        raise ParserFailed(answer["error"])
-    return answer["files"]
+            pass
+        if attempt == ASKS - 1:
+            raise ParserFailed(f"the DAG parser ended without an answer; its log: {server.log_tail()}")
+        time.sleep(0.5 * (attempt + 1))
 
 
-def _ask(server: Server, request: dict, timeout: float) -> dict:
+def _ask(server: Server, request: dict, timeout: float) -> Iterator[dict]:
+    """The reports of one request, line by line, until the parser closes the connection."""
     with connect(server) as connection, keep_alive("DAG parser"):
         connection.sendall(json.dumps(request).encode())
         connection.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + timeout
-        chunks: list[bytes] = []
+        buffer = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([connection], [], [], left)[0]:
                 raise TimeoutError(f"the DAG parser did not answer within {timeout:.0f}s")
             chunk = connection.recv(1 << 20)
             if not chunk:
-                return json.loads(b"".join(chunks))
-            chunks.append(chunk)
+                if buffer:
+                    raise ValueError("the DAG parser's answer ends in the middle of a line")
+                return
+            *lines, buffer = (buffer + chunk).split(b"\n")
+            for line in lines:
+                answer = json.loads(line)
+                if "path" not in answer:  # the request itself failed
+                    raise ParserFailed(answer["error"])
+                yield answer
 
 
 def connect(server: Server) -> socket.socket:
