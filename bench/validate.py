@@ -35,12 +35,12 @@ from textwrap import dedent
 from activities.runtime import ensure_runtime
 from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
-from activities.validation.parser import WARM_DAG, WARM_MODULES
+from activities.validation.parser.run import WARM_DAG, WARM_MODULES
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, Runtime
 from airagent.generated import generate
 
 # A plain DagBag over the folder, timed from outside as it is (MODE cold); or its collection timed on its own once
-# Airflow is warmed up as the warm parser is (see parser.warm_up), alone (warm) or with every DAG serialized as
+# Airflow is warmed up as the warm parser is (see parser.run.warm_up), alone (warm) or with every DAG serialized as
 # the DAG processor does (serialized).
 DAGBAG = dedent("""\
     import sys, tempfile, time

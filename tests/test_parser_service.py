@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from activities.runtime import ensure_runtime
+from activities.validation import parser_app
 from activities.validation import service as parser_service
-from activities.validation.cache import PARSER
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime, home
 from tests.test_validate import GOOD, dag, settings, tree
@@ -143,8 +143,9 @@ def test_reports_come_as_files_finish_and_a_dropped_answer_is_asked_again_for_th
 @pytest.mark.parametrize("ending", ["idle", "socket removed"])
 def test_a_server_ends_by_itself(runtime, tmp_path, ending):
     server = parser_service.Server(runtime, tmp_path, sandboxed=False).path
+    idle = "1" if ending == "idle" else "600"
     process = subprocess.Popen(
-        [runtime / "bin" / "python", PARSER, "--serve", server, "--idle", "1" if ending == "idle" else "600"],
+        [runtime / "bin" / "python", parser_app.path(), "--serve", server, "--idle", idle],
         stdout=subprocess.PIPE,
         env={"PATH": os.environ["PATH"], "HOME": str(server), "AIRFLOW_HOME": str(server / "airflow")},
     )

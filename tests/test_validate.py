@@ -14,9 +14,8 @@ from activities import process
 from activities.build import build
 from activities.runtime import ensure_runtime
 from activities.validate import validate
-from activities.validation import reports
+from activities.validation import parser_app, reports
 from activities.validation import service as parser_service
-from activities.validation.cache import PARSER
 from activities.validation.parse import parse_tree
 from airagent import example
 from airagent.config import PipelineSettings, Runtime
@@ -44,7 +43,7 @@ def parse(folder: Path, tmp_path: Path, timeout: float = 3) -> dict[str, dict]:
     _, runtime = ensure_runtime(Runtime(), None)
     out = tmp_path / "report.json"
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "home")}
-    process.run([runtime / "bin" / "python", PARSER, folder, out, "2", str(timeout)], env=env)
+    process.run([runtime / "bin" / "python", parser_app.path(), folder, out, "2", str(timeout)], env=env)
     return {f["path"]: f for f in json.loads(out.read_text())["files"]}
 
 

@@ -90,7 +90,7 @@ def test_a_retried_activity_reads_the_job_it_started():
     assert first == again == [{"path": "a.py", "dag_ids": ["a"]}]
     assert len(jobs) == 1 and kubelet.runs_made == 1
     assert config_map["metadata"]["ownerReferences"][0]["uid"] == jobs[0]["metadata"]["uid"]  # goes with the Job
-    assert set(config_map["data"]) == {"parser.py", "settings.json"}
+    assert set(config_map["data"]) == {"settings.json"} and set(config_map["binaryData"]) == {"parser.pyz"}
 
 
 def test_the_job_spec_passes_arguments_never_a_shell_line():

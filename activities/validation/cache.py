@@ -8,7 +8,7 @@ A file's result is stored under a key made of everything that can change it:
   satisfies an import changes the key too);
 - when a file or one of its modules imports by a computed name (`importlib`,
   `__import__`, `exec`, `runpy`...), the content of every Python file in the DAG folder;
-- the runtime, the parser script and the placeholder and timeout settings;
+- the runtime, the parser's sources and the placeholder and timeout settings;
 - every other file of the tree that is not declared `ignored` by the classification:
   plugins, config, data files a DAG might read (`open()` cannot be traced, so any of
   them changing invalidates every result).
@@ -32,10 +32,10 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from activities.validation.parser import PLUGINS, relative_python_files
+from activities.validation import parser_app
+from activities.validation.parser.paths import PLUGINS, relative_python_files
 from airagent.config import home
 
-PARSER = Path(__file__).with_name("parser.py")
 # Calls that import or run code by a name `ast` cannot see.
 DYNAMIC = {
     "import_module",
@@ -143,7 +143,7 @@ def file_keys(bundle: Path, dag_folder: str, context: dict, ignored: Iterable[st
     shared = digest(
         json.dumps(
             {
-                "parser": digest(PARSER.read_bytes()),
+                "parser": parser_app.digest(),
                 "context": context,
                 "others": _other_files(bundle, dags, list(ignored)),
             },

@@ -8,9 +8,9 @@ release that will run an image is parsed in that image, and passes only if it pa
   commit's DAGs. A git-sync init container (the chart's own way to get DAGs) clones the
   commit into an emptyDir, from the URL kaniko builds from (`image.context`, default the
   pipeline's repo), with the credentials Secret `image.git_secret` if set.
-- The parser (parser.py: standard library and Airflow only) and its settings (the
-  files to parse, placeholders) come from a ConfigMap owned by the Job, so both go when
-  the Job's TTL removes it.
+- The parser (one zipapp, see `parser_app`: standard library and Airflow only) and its
+  settings (the files to parse, placeholders) come from a ConfigMap owned by the Job, so
+  both go when the Job's TTL removes it.
 - The report comes back in the pod's log, one marked line; the deployer applies the
   pipeline's rules to it exactly as for a local parse (`parse.parse_changed`), and files
   parsed once in an image are cached under that image.
@@ -25,6 +25,7 @@ retried activity finds the Job it started and reads its result instead of starti
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
@@ -39,9 +40,9 @@ from temporalio.exceptions import ApplicationError
 from activities.heartbeat import keep_alive
 from activities.targets.kube_client import connect
 from activities.targets.kube_rollout import FATAL_WAITING, WATCH_SECONDS
-from activities.validation.cache import PARSER
+from activities.validation import parser_app
 from activities.validation.parse import parse_changed
-from activities.validation.parser import REPORT_MARKER
+from activities.validation.parser.report import REPORT_MARKER
 from airagent.config import ImageSettings, KubernetesTarget, PipelineSettings
 from airagent.models import Release, ValidationReport
 from airagent.repo import cluster_url
@@ -149,13 +150,13 @@ def manifests(
 ) -> tuple[dict, dict, ValidatorJob]:
     """The Job and its ConfigMap (owner set once the Job exists); argument lists, never a shell line."""
     assert release.image is not None  # the validator runs in the release's image
-    script, settings_json = PARSER.read_text(), json.dumps(parse_settings, sort_keys=True)
+    settings_json = json.dumps(parse_settings, sort_keys=True)
     deadline = int(settings.validate_deadline.total_seconds())
     key = json.dumps(
         [
             release.commit,
             release.image,
-            hashlib.sha256(script.encode()).hexdigest(),
+            parser_app.digest(),
             settings_json,
             url,
             release.dag_folder,
@@ -200,7 +201,7 @@ def manifests(
         "workingDir": CHECKOUT,
         "command": [
             "python",
-            f"{PARSER_DIR}/parser.py",
+            f"{PARSER_DIR}/parser.pyz",
             f"{CHECKOUT}/{release.dag_folder}",
             "-",
             str(WORKERS),
@@ -251,7 +252,8 @@ def manifests(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": name, "labels": labels},
-        "data": {"parser.py": script, "settings.json": settings_json},
+        "data": {"settings.json": settings_json},
+        "binaryData": {"parser.pyz": base64.b64encode(parser_app.archive()).decode()},
     }
     ref = ValidatorJob(
         name=name, namespace=namespace, commit=release.commit, image=release.image, url=url, deadline=deadline

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from activities.bundle import link
 from activities.validation import cache, policies, service
-from activities.validation.parser import PLUGINS, cap
+from activities.validation.parser.paths import PLUGINS
+from activities.validation.parser.report import cap
 from airagent.config import Classification, PipelineSettings, ValidationSettings, home
 from airagent.models import FileReport, Release, ValidationReport
 

@@ -1,9 +1,9 @@
 """A warm DAG parser per runtime, so a validation does not pay for starting Airflow.
 
-The first validation in a runtime starts `parser.py --serve` with that runtime's
-interpreter; it imports Airflow once and forks a child per request, which parses as a
-cold run would (its own workers, timeouts, lookups). Requests go over a Unix socket in a
-private directory under home(), named by the runtime, the parser script and the folder
+The first validation in a runtime starts `parser.pyz --serve` (see `parser_app`) with that
+runtime's interpreter; it imports Airflow once and forks a child per request, which parses
+as a cold run would (its own workers, timeouts, lookups). Requests go over a Unix socket in
+a private directory under home(), named by the runtime, the parser's sources and the folder
 the server may read, so a new runtime or parser gets a new server. A server that died is
 started again by the next request; one that idles, or whose starter ended, ends by itself.
 
@@ -28,7 +28,8 @@ from pathlib import Path
 
 from activities import sandbox
 from activities.heartbeat import keep_alive
-from activities.validation.cache import PARSER, digest
+from activities.validation import parser_app
+from activities.validation.cache import digest
 from airagent.config import home
 
 IDLE_SECONDS = 600.0
@@ -50,7 +51,7 @@ class Server:
             description = (runtime / "runtime.json").read_text()
         except OSError:
             description = ""
-        key = [str(runtime.resolve()), description, digest(PARSER.read_bytes()), str(self.root), sandboxed]
+        key = [str(runtime.resolve()), description, parser_app.digest(), str(self.root), sandboxed]
         self.path = home() / "parsers" / digest(json.dumps(key).encode())[:16]
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path.parent, 0o700)  # requests name folders to parse: only this user may send them
@@ -63,7 +64,7 @@ class Server:
 
 
 def parse(server: Server, request: dict, timeout: float) -> Iterator[dict]:
-    """Send one request (see parser._answer) to the warm parser; each file's report as soon as it is parsed.
+    """Send one request (see parser.serve._answer) to the warm parser; each file's report as soon as it is parsed.
 
     Asked ASKS times at most, for the files not answered yet: a server that dies while a
     connection waits for it drops that connection (a sandboxed one dies a moment after its
@@ -178,10 +179,11 @@ def _start(server: Server) -> None:
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR",
     }
     python = server.runtime / "bin" / "python"
-    argv: list[str] = [str(python), str(PARSER), "--serve", str(home_dir), "--idle", str(IDLE_SECONDS)]
+    parser = parser_app.path()
+    argv: list[str] = [str(python), str(parser), "--serve", str(home_dir), "--idle", str(IDLE_SECONDS)]
     if server.sandboxed:
         sandbox.require()
-        seen = [server.runtime.resolve(), sandbox.interpreter_prefix(python), PARSER, server.root]
+        seen = [server.runtime.resolve(), sandbox.interpreter_prefix(python), parser, server.root]
         argv = sandbox.command(argv, read_only=seen, writable=[home_dir], env=env, cwd=home_dir)
     with open(home_dir / "log", "wb") as log:
         process = subprocess.Popen(

@@ -20,6 +20,7 @@ every one of them is a watch event the driver sees.
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import io
@@ -447,8 +448,8 @@ class Kubelet:
                     data = self._config_map(store, namespace, name, wait=deadline)
                 except LookupError as err:
                     return {spec["containers"][0]["name"]: (1, f"{err}\n")}
-                for key, text in data.items():
-                    (folder / key).write_text(text)
+                for key, content in data.items():
+                    (folder / key).write_bytes(content)
         ran = {}
         for container in spec.get("initContainers", []) + spec["containers"]:
             mounts = {m["mountPath"]: volumes[m["name"]] for m in container.get("volumeMounts", [])}
@@ -462,14 +463,15 @@ class Kubelet:
         return ran
 
     @staticmethod
-    def _config_map(store: Store, namespace: str, name: str, wait: float = 30) -> dict[str, str]:
-        """As the kubelet does for a ConfigMap volume: wait until it exists."""
+    def _config_map(store: Store, namespace: str, name: str, wait: float = 30) -> dict[str, bytes]:
+        """As the kubelet does for a ConfigMap volume: wait until it exists; its keys' contents, text or binary."""
         deadline = time.monotonic() + wait
         while (found := store.get("configmaps", namespace, name)) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if found is None:
             raise LookupError(f"configmap {name} never appeared")
-        return found.get("data") or {}
+        text = {key: value.encode() for key, value in (found.get("data") or {}).items()}
+        return text | {key: base64.b64decode(value) for key, value in (found.get("binaryData") or {}).items()}
 
     def _git_sync(self, args: list[str], local) -> tuple[int, str]:
         flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
