@@ -20,6 +20,9 @@ DEFAULTS = {
     ("core", "load_examples"): "False",
     ("core", "simple_auth_manager_users"): f"{USER}:admin",
     ("dag_processor", "refresh_interval"): "5",
+    # How often the processor looks whether the listing is due (default 5 s): a new DAG file, which Airflow cannot be
+    # asked to parse, is found within refresh_interval rather than up to twice that. One small query a second.
+    ("dag_processor", "bundle_refresh_check_interval"): "1",
     ("api", "workers"): "1",
 }
 
