@@ -134,6 +134,15 @@ class AirflowApi:
         body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances", {"state": ["running"], "limit": PAGE})
         return [f"{t['dag_id']}.{t['task_id']} ({t['dag_run_id']})" for t in body["task_instances"]]
 
+    def reparse(self, file_token: str) -> bool:
+        """Ask the DAG processor to parse one file on its next loop rather than its next round; the token is the
+        `file_token` of a DAG from that file. False when Airflow has no DAG from that file (it is new to it)."""
+        response = self._send("PUT", f"/api/v2/parseDagFile/{quote(file_token, safe='')}")
+        if response.status_code == 404:
+            return False
+        response.raise_for_status()
+        return True
+
     def _all(self, path: str, key: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         while True:
@@ -143,12 +152,16 @@ class AirflowApi:
                 return items
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        response = self.http.get(path, params=params, headers=self._auth())
-        if response.status_code == 401:  # the token expired: one fresh try
-            self._token = None
-            response = self.http.get(path, params=params, headers=self._auth())
+        response = self._send("GET", path, params)
         response.raise_for_status()
         return response.json()
+
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        response = self.http.request(method, path, params=params, headers=self._auth())
+        if response.status_code == 401:  # the token expired: one fresh try
+            self._token = None
+            response = self.http.request(method, path, params=params, headers=self._auth())
+        return response
 
     def _auth(self) -> dict[str, str]:
         if self._token is None:

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from textwrap import dedent
 
@@ -72,6 +72,13 @@ def wait_for(predicate, seconds: float, what: str):
     raise AssertionError(f"{what} did not happen within {seconds}s")
 
 
+def parse_requests(env: LocalAirflow, since: datetime) -> int:
+    """How many parse requests Airflow's audit log holds since `since` (it masks which file: tokens are secret)."""
+    with env.api() as api:
+        body = api._get("/api/v2/eventLogs", {"event": "reparse_dag_file", "after": since.isoformat()})
+    return body["total_entries"]
+
+
 def pids(env: LocalAirflow) -> dict[str, int]:
     return {name: p.pid for name, p in env.processes().items()}
 
@@ -119,14 +126,35 @@ def test_dags_only_roll_is_live_without_restarting_anything(live):
         "finance",
     )
     release, dags = built(pipeline, sha)
+    rolled = datetime.now(UTC)
 
     record, changed, detail = env.roll(release, RolloutMode.dags_only, dags)
 
     assert changed and record.live.id == release.id
     assert "nothing restarted" in detail and "1 re-parsed" in detail, detail
+    # The file's DAG took a new id: its file is still the one Airflow knew, and is asked for by that.
+    assert "parse asked for 1 file" in detail and parse_requests(env, rolled) == 1, detail
     assert pids(env) == before
     with env.api() as api:
         assert "fx_rates_v2" in {d["dag_id"] for d in api.dags()}
+
+
+def test_a_new_dag_file_is_confirmed_once_the_dag_processor_lists_it(live):
+    """Airflow cannot be asked to parse a file it has no DAG from: the roll waits for the folder's next listing."""
+    env, repo, pipeline = live
+    sha = example.commit(
+        repo, {"dags/finance/fx_forwards.py": example.dag_file("fx_forwards")}, "finance: forward rates", "finance"
+    )
+    release, dags = built(pipeline, sha)
+    rolled = datetime.now(UTC)
+
+    _, _, detail = env.roll(release, RolloutMode.dags_only, dags)
+
+    assert "1 re-parsed" in detail and "parse asked for 0 files" in detail, detail
+    assert parse_requests(env, rolled) == 0
+    with env.api() as api:
+        served = {d["dag_id"]: d for d in api.dags()}
+    assert served["fx_forwards"]["relative_fileloc"] == "finance/fx_forwards.py"
 
 
 def test_restart_roll_drains_a_running_task_before_restarting(live):
