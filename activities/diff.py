@@ -149,7 +149,9 @@ def _changes(
     changes = []
     for name, live in markers:
         live_commit = live.live_commit
-        if live_commit == target:
+        if live_commit == target or (
+            live_commit and not pipeline.allow_history_rewrite and _carries(repo, live_commit, target)
+        ):
             changes.append(EnvironmentChange(environment=name, live_commit=live_commit, live_release=live.live))
             continue
         if live_commit is not None:
@@ -170,6 +172,17 @@ def _changes(
             )
         )
     return changes
+
+
+def _carries(repo: git.Repo, live: str, target: str) -> bool:
+    """Whether what runs already holds `target`: a later commit of the same history, no commit held back from it
+    in `target`. A deploy of an earlier commit (a CI job for an earlier push, arriving late) then finds nothing
+    to do; going back to it is a rollback, or a deploy with allow_history_rewrite."""
+    if not commit_exists(repo, live):
+        return False
+    head, held = stands_for(repo, live)
+    # GitPython types the revs as Commit; git takes any rev, a sha too
+    return repo.is_ancestor(target, head) and not any(repo.is_ancestor(h, target) for h in held)  # type: ignore[arg-type]
 
 
 def _check_ancestry(repo: git.Repo, pipeline: str, allowed: bool, env: str, live: str, target: str) -> None:

@@ -10,10 +10,11 @@ from temporalio.exceptions import ApplicationError
 
 from activities.build import build
 from activities.diff import changed_files, classify, diff
+from activities.holdback import release_commit
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.config import Classification
-from airagent.models import BuildInput, DiffInput, Kind, Release, RolloutMode
+from airagent.models import BuildInput, DiffInput, HeldCommit, Kind, Release, RolloutMode
 from airagent.repo import RepoError, resolve
 
 RULES = Classification()
@@ -286,12 +287,33 @@ def test_live_commit_gone_from_the_repository(monorepo, pipeline):
     assert prod.mode == RolloutMode.rebuild
 
 
-def test_target_older_than_live_is_refused(monorepo, pipeline):
-    """Going back to an ancestor is a rollback, not a deploy: it needs the same explicit permission."""
+def test_target_older_than_live_is_already_carried(monorepo, pipeline):
+    """An earlier commit than what runs (a CI job for an earlier push, arriving late) is already live in the later
+    one: nothing to roll, nothing refused. Going back to it is a rollback, or needs allow_history_rewrite."""
     old = monorepo.head.commit.parents[0].hexsha
     deploy(pipeline, "staging", monorepo.head.commit.hexsha)
+    deploy(pipeline, "prod", monorepo.head.commit.hexsha)
+    result = diff(DiffInput(pipeline=pipeline, target=old))
+    assert result.empty and result.commits == []
+
+    back = diff(DiffInput(pipeline=pipeline.model_copy(update={"allow_history_rewrite": True}), target=old))
+    assert all(e.mode is not None for e in back.environments)
+
+
+def test_a_release_does_not_carry_a_commit_it_holds_back(monorepo, pipeline):
+    """A release made without a held commit carries the commits before it, not the held one: deploying that is
+    going back, and refused as such."""
+    before = monorepo.head.commit.hexsha
+    broken = example.commit(monorepo, {example.BROKEN_PATH: example.BROKEN_DAG}, "marketing: v2", "marketing")
+    good = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=7)}, "fx")
+    held = HeldCommit(sha=broken, author="Ada", summary="v2", paths=[example.BROKEN_PATH], reason="no import")
+    made = release_commit(monorepo, pipeline, good, before, [held])
+    for env in ("staging", "prod"):
+        deploy(pipeline, env, made)
+
+    assert diff(DiffInput(pipeline=pipeline, target=before)).empty
     with pytest.raises(ApplicationError, match="not an ancestor.*older than what is live"):
-        diff(DiffInput(pipeline=pipeline, target=old))
+        diff(DiffInput(pipeline=pipeline, target=broken))
 
 
 @pytest.mark.parametrize("sha", ["deadbeef", "a" * 40])

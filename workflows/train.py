@@ -349,7 +349,9 @@ class DeployTrain(TrainHoldBack):
 
 # Roll failures raised before the target changed anything, so the train rolls nothing back.
 REFUSED_UNTOUCHED = ("EnvironmentDown", "UnexpectedLive")
-NOTHING_TO_ROLL = "nothing to roll: every environment runs this commit, or differs from it in ignored files only"
+NOTHING_TO_ROLL = (
+    "nothing to roll: every environment runs this commit or a later one, or differs from it in ignored files only"
+)
 # Trains started before this patch complete whatever their outcome; those after fail unless they succeeded.
 FAIL_AS_WORKFLOW = "fail-as-workflow"
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.
