@@ -2,7 +2,8 @@
 
 A monorepo of 100 DAGs, staging and prod as real local Airflow environments, soak 0, a
 dev server with the worker in this process. Set-up (runtime, environments, the first
-train) is not measured. Then, in one run:
+train, and each environment's first parse of every file after it) is not measured. Then,
+in one run:
 
 - one DAG file changes; seconds from the commit to the train's end, when prod serves
   the new code, and per stage;
@@ -25,6 +26,7 @@ import httpx
 
 from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
+from activities.validation.parse import parse_release
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import free_ports
@@ -66,6 +68,20 @@ class HealthPoller:
                 time.sleep(0.1)
 
 
+def settle(env: LocalAirflow, seconds: float = 600) -> None:
+    """Wait until the environment serves every DAG of its release: a restart roll ends once Airflow is healthy, before
+    its DAG processor has parsed every file again, and a change rolled meanwhile would wait for all of them."""
+    live = env.files.live()
+    assert live is not None
+    expected = {dag_id for f in parse_release(live).files for dag_id in f.dag_ids}
+    deadline = time.monotonic() + seconds
+    with env.api() as api:
+        while not expected <= {d["dag_id"] for d in api.dags()}:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{env.name} did not serve every DAG within {seconds:.0f} s")
+            time.sleep(1)
+
+
 async def deploy(agent: AirAgent, pipeline: PipelineSettings, sha: str) -> TrainStatus:
     answer = await agent.deploy(pipeline, sha)
     status = await agent.wait(answer.train)
@@ -103,6 +119,8 @@ async def main(dags: int) -> None:
 
             async with dev_server(root) as client, in_process_worker(client, "lead") as agent:
                 await deploy(agent, pipeline, repo.head.commit.hexsha)  # first train: restarts, unmeasured
+                for env in envs:
+                    await asyncio.to_thread(settle, env)
 
                 sha = example.commit(
                     repo,
