@@ -19,7 +19,7 @@ from textwrap import dedent
 
 import pytest
 
-from activities.targets import local_airflow
+from activities.targets import local_drain
 from activities.targets.components import Process
 from activities.targets.local_airflow import LocalAirflow
 from airagent.config import LocalTarget
@@ -127,7 +127,7 @@ def test_env_down_kills_a_stuck_scheduler_after_a_short_grace_when_no_task_runs(
 
 
 def test_while_a_task_runs_the_wait_is_bounded_by_the_drain_timeout_and_names_it(api, tmp_path, monkeypatch):
-    monkeypatch.setattr(local_airflow, "QUIET_GRACE", 2.0)
+    monkeypatch.setattr(local_drain, "QUIET_GRACE", 2.0)
     Replay.running = "task_instances_running_one"
     said: list[str] = []
     env = environment(tmp_path, api.server_port, drain_timeout="8s", said=said)
@@ -144,7 +144,7 @@ def test_while_a_task_runs_the_wait_is_bounded_by_the_drain_timeout_and_names_it
 
 def test_the_wait_ends_a_short_grace_after_the_last_task_finishes(api, tmp_path, monkeypatch):
     """A scheduler that stays once its tasks are done is stuck: the drain timeout is no reason to wait on."""
-    monkeypatch.setattr(local_airflow, "QUIET_GRACE", 2.0)
+    monkeypatch.setattr(local_drain, "QUIET_GRACE", 2.0)
     Replay.running = "task_instances_running_one"
     said: list[str] = []
     env = environment(tmp_path, api.server_port, drain_timeout="1h", said=said)

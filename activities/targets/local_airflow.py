@@ -26,6 +26,7 @@ import httpx
 
 from activities import probes, process
 from activities.airflow_api import AirflowApi, Credentials
+from activities.targets import local_drain as drain
 from activities.targets.base import CONFIG_FILES, EnvironmentDown, NotLive
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Record, differing
@@ -49,8 +50,6 @@ COMPONENTS = (*WORKERS, "api-server")
 # The pause between a dags-only roll's looks at what Airflow serves: well under the time a parse takes. A look waits
 # for its answer, so a slow api-server slows the looks rather than queueing them.
 CONFIRM_POLL = 0.2
-# A component with nothing left to finish exits within seconds of SIGTERM; one that has not by then is stuck.
-QUIET_GRACE = 15.0
 
 logger = logging.getLogger(__name__)
 
@@ -253,27 +252,7 @@ class LocalAirflow:
 
     def drain(self) -> str:
         """Wait for running task instances to finish, up to the drain timeout; say what was waited for."""
-        limit = self.target.drain_timeout.total_seconds()
-        started = time.monotonic()
-        first: list[str] = []
-        try:
-            with self.api() as api:
-                while running := api.running():
-                    first = first or running
-                    if time.monotonic() - started >= limit:
-                        return (
-                            f"drain gave up after {limit:.0f}s with {len(running)} still running "
-                            f"({', '.join(running[:5])}); the scheduler finishes them before it exits"
-                        )
-                    time.sleep(1)
-        except (httpx.HTTPError, PermissionError) as err:
-            return f"drain skipped: the API did not answer ({type(err).__name__}); the scheduler finishes its tasks"
-        if not first:
-            return "drain: no task was running"
-        return (
-            f"drained {len(first)} running task instance{'s' if len(first) > 1 else ''} "
-            f"({', '.join(first[:5])}) in {time.monotonic() - started:.0f}s"
-        )
+        return drain.running_tasks(self.api, self.target.drain_timeout.total_seconds())
 
     def wait_healthy(self) -> None:
         deadline = time.monotonic() + self.target.live_timeout.total_seconds()
@@ -386,61 +365,23 @@ class LocalAirflow:
         """Stop one component, waiting only while it has something to finish; says what it waits for."""
         if not process_.alive:  # a dead component's helpers may linger in its group: nothing to wait for
             return f"{process_.name}: {self.components.stop(process_, 0)}"
-        grace, why, keep_waiting = QUIET_GRACE, "", None
+        grace, why, keep_waiting = drain.QUIET_GRACE, "", None
         if process_.name == "scheduler":  # the one component that finishes work (its task instances) before it exits
-            grace, why, keep_waiting = _SchedulerTasks(self).grace()
+            tasks = drain.SchedulerTasks(self.api, self.target.drain_timeout.total_seconds(), self._say)
+            grace, why, keep_waiting = tasks.grace()
         bound = f"{why + '; ' if why else ''}up to {grace:.0f}s"
         self.say(f"{self.name}: stopping {process_.name} ({bound} before SIGKILL)")
-        ended = self.components.stop(process_, grace, lambda line: self.say(f"{self.name}: {line}"), keep_waiting)
+        ended = self.components.stop(process_, grace, self._say, keep_waiting)
         return f"{process_.name} ({bound}): {ended}"
+
+    def _say(self, line: str) -> None:
+        self.say(f"{self.name}: {line}")
 
     def _down_message(self) -> str:
         return (
             f"{self.name} is not running ({', '.join(self.stopped())} down); start it with "
             f"`airagent env up {self.name}` before deploying"
         )
-
-
-class _SchedulerTasks:
-    """The task instances a stopping scheduler still finishes, as the environment's API says: asked when it is told
-    to stop and again while it stops, so the wait ends QUIET_GRACE after the last of them, not at the drain timeout.
-    A scheduler that stays after that is stuck; while the API cannot say, some may run, so the drain timeout holds."""
-
-    def __init__(self, airflow: LocalAirflow):
-        self.airflow = airflow
-        self.idle_since: float | None = None
-
-    def grace(self) -> tuple[float, str, Callable[[], bool] | None]:
-        """How long the scheduler may take to exit, why, and what tells the wait to end sooner."""
-        try:
-            running = self._ask()
-        except (httpx.HTTPError, OSError, ValueError) as err:  # no answer, no login, a garbled answer
-            why = f"tasks may be running: the API did not answer ({type(err).__name__})"
-        else:
-            if not running:
-                return QUIET_GRACE, "no task instance running", None
-            listed = ", ".join(running[:5]) + (" …" if len(running) > 5 else "")
-            why = f"{len(running)} task instance{'s' if len(running) > 1 else ''} running: {listed}"
-        drain = max(self.airflow.target.drain_timeout.total_seconds(), QUIET_GRACE)
-        return drain, f"{why}, so until {QUIET_GRACE:.0f}s after none runs", self.keep_waiting
-
-    def keep_waiting(self) -> bool:
-        busy = self.idle_since is None
-        try:
-            self._ask()
-        except (httpx.HTTPError, OSError, ValueError):
-            return True
-        if self.idle_since is None:
-            return True
-        if busy:
-            self.airflow.say(f"{self.airflow.name}: no task instance running any more: up to {QUIET_GRACE:.0f}s more")
-        return time.monotonic() - self.idle_since < QUIET_GRACE
-
-    def _ask(self) -> list[str]:
-        with self.airflow.api(timeout=5) as api:
-            running = api.running()
-        self.idle_since = None if running else self.idle_since or time.monotonic()
-        return running
 
 
 def _restart_key(release: Release) -> str:
