@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import ClassVar
 from urllib.parse import parse_qs, urlparse
 
@@ -24,12 +21,7 @@ from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.components import Process, _start_ticks
 from airagent.config import Probes, WebhookProbe
 from airagent.models import Baseline, Release
-
-RECORDED = Path(__file__).parent / "airflow_api"
-
-
-def recorded(name: str):
-    return json.loads((RECORDED / f"{name}.json").read_text())
+from tests.airflow_api import Replaying, recorded, serving
 
 
 def baseline(**fields) -> Baseline:
@@ -94,7 +86,7 @@ def test_components_fail_when_one_is_gone_or_its_pid_was_reused():
 # --- over HTTP: slow, garbled and refusing answers ------------------------------------------
 
 
-class Replay(BaseHTTPRequestHandler):
+class Replay(Replaying):
     """Serves the recordings by path; `mode` makes every answer slow, garbled, failing or refused."""
 
     mode = "ok"
@@ -108,48 +100,34 @@ class Replay(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.mode == "refuse" or body != {"username": "airagent", "password": "s3cret"}:
-            return self._send(401, {"detail": "Invalid credentials"})
-        self._send(201, {"access_token": "token"})
+            return self.send_json({"detail": "Invalid credentials"}, 401)
+        self.send_json({"access_token": "token"}, 201)
 
     def do_GET(self):
         url = urlparse(self.path)
         if self.mode == "slow":
             time.sleep(1.5)
         if self.mode == "garbled":
-            return self._send(200, b"<html>proxy error</html>")
+            return self.send_json(b"<html>proxy error</html>")
         if self.mode == "error":
-            return self._send(503, {"detail": "unavailable"})
+            return self.send_json({"detail": "unavailable"}, 503)
         if url.path != "/api/v2/monitor/health" and self.headers.get("Authorization") != "Bearer token":
-            return self._send(401, {"detail": "Not authenticated"})
+            return self.send_json({"detail": "Not authenticated"}, 401)
         if url.path.endswith("/taskInstances"):
             states = parse_qs(url.query)["state"]
-            return self._send(
-                200, recorded("task_instances_failed" if states == ["failed"] else "task_instances_finished")
+            return self.send_json(
+                recorded("task_instances_failed" if states == ["failed"] else "task_instances_finished")
             )
         if url.path.startswith("/api/v2/dags/"):
             dag_id = url.path.rsplit("/", 1)[1]
-            return self._send(200, {"dag_id": dag_id, "is_stale": dag_id in self.stale})
-        self._send(200, recorded(self.routes[url.path]))
-
-    def _send(self, code: int, body) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+            return self.send_json({"dag_id": dag_id, "is_stale": dag_id in self.stale})
+        self.send_json(recorded(self.routes[url.path]))
 
 
 @pytest.fixture
 def airflow():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with serving(Replay) as server:
+        yield server
     Replay.mode, Replay.stale = "ok", set()
 
 

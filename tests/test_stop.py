@@ -8,12 +8,10 @@ The environment's API is replayed over real HTTP from answers recorded from a re
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from textwrap import dedent
 
@@ -24,8 +22,8 @@ from activities.targets.components import Process
 from activities.targets.local_airflow import LocalAirflow
 from airagent.config import LocalTarget
 from airagent.devserver import binary, free_ports
+from tests.airflow_api import Replaying, recorded, serving
 
-RECORDED = Path(__file__).parent / "airflow_api"
 # A scheduler that will not exit: it traps SIGTERM and sleeps on.
 STUBBORN = dedent("""\
     import signal, time
@@ -38,38 +36,24 @@ STUBBORN = dedent("""\
 PROMPT = 'print("ready", flush=True)\nimport time\nwhile True:\n    time.sleep(1)\n'
 
 
-class Replay(BaseHTTPRequestHandler):
+class Replay(Replaying):
     """Airflow's token endpoint and its running task instances, from `running` (a recording's name)."""
 
     running = "task_instances_running"
 
     def do_POST(self):
-        self._send({"access_token": "token"}, 201)
+        self.send_json({"access_token": "token"}, 201)
 
     def do_GET(self):
         if "/taskInstances" not in self.path or self.headers.get("Authorization") != "Bearer token":
-            return self._send({"detail": "Not found"}, 404)
-        self._send(json.loads((RECORDED / f"{self.running}.json").read_text()))
-
-    def _send(self, body, code: int = 200) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args) -> None:
-        pass
+            return self.send_json({"detail": "Not found"}, 404)
+        self.send_json(recorded(self.running))
 
 
 @pytest.fixture
 def api():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+    with serving(Replay) as server:
+        yield server
     Replay.running = "task_instances_running"
 
 
