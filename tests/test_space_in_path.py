@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,11 +20,14 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
 
 def test_an_api_server_under_a_path_with_a_space_starts_and_answers_health(tmp_path):
+    # Short, under /tmp: the control socket's path must fit a socket address (107 bytes), which pytest's own
+    # folders under pytest-xdist do not leave room for.
+    root = Path(tempfile.mkdtemp(prefix="airagent-"))
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(example.FILES["requirements.txt"])
     _, runtime = ensure_runtime(Runtime(), requirements)  # the example's runtime, as its releases are built on
     python = runtime / "bin" / "python"
-    target = LocalTarget(path=tmp_path / "airflow environments" / "staging", port=airflow_ports(), live_timeout="120s")
+    target = LocalTarget(path=root / "airflow environments" / "staging", port=airflow_ports(), live_timeout="120s")
     env = LocalAirflow("staging", target)
     ensure_secrets(target)
     env._migrate(python, None)
@@ -38,5 +44,6 @@ def test_an_api_server_under_a_path_with_a_space_starts_and_answers_health(tmp_p
         socket_made = control_socket.is_socket()
     finally:
         env.down()
+        shutil.rmtree(root)
     assert health["metadatabase"]["status"] == "healthy"
-    assert socket_made and not (tmp_path / "airflow").exists()
+    assert socket_made and not (root / "airflow").exists()
