@@ -34,6 +34,15 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (`--dist loadgroup`), a file's tests run in one process, so its module fixtures are made
+    once; and every file that starts real Airflow runs in the same process, one after another: two Airflows
+    starting side by side on two cores miss their health deadlines."""
+    for item in items:
+        group = "airflow" if item.get_closest_marker("airflow") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def airflow_ports() -> int:
     """The first of five free ports for a local Airflow: two test processes never pick the same ones, as an
     environment binds them only seconds after they were found free."""
