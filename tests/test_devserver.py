@@ -217,9 +217,14 @@ async def test_conductor_continues_as_new_keeping_its_state(short_history_server
                 )
             )
             await agent.notify(pipeline, shas[-1])
-        status = await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+        await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1] and s.state.running is None)
+        # It continues as new between trains, after the last one's gc and poll: a new run, with the state.
+        deadline = asyncio.get_running_loop().time() + 120
+        while (await client.get_workflow_handle("pipeline/main").describe()).run_id == first_run:
+            assert asyncio.get_running_loop().time() < deadline, "the conductor never continued as new"
+            await asyncio.sleep(0.5)
+        status = await until_pipeline(agent, lambda s: s.state.last_deployed == shas[-1])
 
-        assert (await client.get_workflow_handle("pipeline/main").describe()).run_id != first_run
         assert [t.sha for t in status.state.trains] == shas
         assert status.state.head == shas[-1]
         assert status.settings == reconfigured and status.state.reconfigured.by == "ops"
