@@ -34,13 +34,20 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
+# Files that start real Airflow run in this many lanes, one file after another in each: more Airflows starting
+# side by side on two cores miss their health deadlines.
+AIRFLOW_LANES = 2
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`), a file's tests run in one process, so its module fixtures are made
-    once; and every file that starts real Airflow runs in the same process, one after another: two Airflows
-    starting side by side on two cores miss their health deadlines."""
+    """Under pytest-xdist (`--dist loadgroup`) a file's tests run in one process, so its module fixtures are made
+    once, and the files that start real Airflow share AIRFLOW_LANES processes. Those files are the longest, so
+    they go first: the others fill the processes around them."""
+    airflow = sorted({item.path for item in items if item.get_closest_marker("airflow")})
+    lanes = {path: f"airflow-{i % AIRFLOW_LANES}" for i, path in enumerate(airflow)}
     for item in items:
-        group = "airflow" if item.get_closest_marker("airflow") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(lanes.get(item.path, item.nodeid.split("::")[0])))
+    items.sort(key=lambda item: item.path not in lanes)
 
 
 def airflow_ports() -> int:
