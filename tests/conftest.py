@@ -34,20 +34,39 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
-# Files that start real Airflow run in this many lanes, one file after another in each: more Airflows starting
-# side by side on two cores miss their health deadlines.
-AIRFLOW_LANES = 2
+# The files that start real Airflow, each in one of two lanes: pytest-xdist runs a lane's files one after
+# another in one process, as more Airflows starting side by side on two cores miss their health deadlines.
+AIRFLOW_LANES = {
+    "tests/test_kubernetes_confirm.py": "airflow-1",
+    "tests/test_soak.py": "airflow-1",
+    "tests/test_local_airflow.py": "airflow-2",
+    "tests/test_space_in_path.py": "airflow-2",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`--dist loadgroup`) a file's tests run in one process, so its module fixtures are made
-    once, and the files that start real Airflow share AIRFLOW_LANES processes. Those files are the longest, so
-    they go first: the others fill the processes around them."""
-    airflow = sorted({item.path for item in items if item.get_closest_marker("airflow")})
-    lanes = {path: f"airflow-{i % AIRFLOW_LANES}" for i, path in enumerate(airflow)}
+    """The Airflow lanes' files are the longest, so they are collected first and start first; the other files
+    fill the processes around them."""
     for item in items:
-        item.add_marker(pytest.mark.xdist_group(lanes.get(item.path, item.nodeid.split("::")[0])))
-    items.sort(key=lambda item: item.path not in lanes)
+        if item.get_closest_marker("airflow") and _file(item.nodeid) not in AIRFLOW_LANES:
+            raise pytest.UsageError(f"{_file(item.nodeid)} starts real Airflow: give it a lane in AIRFLOW_LANES")
+    items.sort(key=lambda item: _file(item.nodeid) not in AIRFLOW_LANES)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist, each file's tests run in one process, so its module fixtures are made once, and each
+    Airflow lane's files in one process (see AIRFLOW_LANES)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Lanes(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return AIRFLOW_LANES.get(_file(nodeid), _file(nodeid))
+
+    return Lanes(config, log)
+
+
+def _file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
 
 
 def airflow_ports() -> int:
