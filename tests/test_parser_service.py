@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def runtime(monkeypatch) -> Path:
     """The shared runtime, with a home of its own (short, as a socket path must be), so this test's parsers are
-    the only ones it talks to; stopped after."""
+    the only ones it talks to and counts (earlier tests' in this process are stopped first); stopped after."""
     _, built = ensure_runtime(Runtime(), None)
+    parser_service.stop()
     with tempfile.TemporaryDirectory(prefix="aa-") as home:
         monkeypatch.setenv("AIRAGENT_HOME", home)
         try:
