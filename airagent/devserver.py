@@ -96,16 +96,26 @@ class DevServer:
                 self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while not (port_open(self.port) and port_open(self.ui_port)):
+        while not (port_open(self.port) and port_open(self.ui_port) and self.answers()):
             if self.process.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited with {self.process.returncode}; see {self.log}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(
-                    f"temporal dev server did not listen on {self.port} within {timeout}s; see {self.log}"
+                    f"temporal dev server did not answer on {self.port} within {timeout}s; see {self.log}"
                 )
             time.sleep(0.2)
         return True
+
+    def answers(self) -> bool:
+        """Whether the frontend serves a real request: it listens a moment before it is healthy, and a client
+        connecting in that moment is refused ("Frontend is not healthy yet")."""
+        ask = [binary("temporal"), "operator", "namespace", "describe", "--namespace", "default"]
+        try:
+            done = subprocess.run([*ask, "--address", self.address], capture_output=True, timeout=10, check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        return done.returncode == 0
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
