@@ -1,0 +1,1 @@
+"""Soak analysis: providers that read, and pure judges that decide."""
