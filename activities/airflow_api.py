@@ -129,6 +129,52 @@ class AirflowApi:
         )
         return sorted({t["dag_id"] for t in body["task_instances"]})
 
+    def dag_versions(self, dag_id: str) -> list[int]:
+        """The version numbers Airflow keeps of a DAG, ascending (none for a DAG it does not know): a new one each
+        time a parse changes a DAG that has run; a change to one that never ran rewrites its latest version."""
+        try:
+            found = self._all(f"/api/v2/dags/{quote(dag_id, safe='')}/dagVersions", "dag_versions")
+        except httpx.HTTPStatusError as err:
+            if err.response.status_code == 404:
+                return []
+            raise
+        return sorted(v["version_number"] for v in found)
+
+    def finished_tasks(
+        self,
+        dag_id: str,
+        *,
+        versions: list[int] | None = None,
+        ended_after: datetime | None = None,
+        ended_before: datetime | None = None,
+        limit: int = PAGE,
+    ) -> list[dict[str, Any]]:
+        """A DAG's task instances in success or failed, newest first, at most `limit`: on these DAG versions (None:
+        any; an empty list: none) and ended in the window. Bounded, as what the soak judges lands in history."""
+        if versions == []:
+            return []
+        params: dict[str, Any] = {"state": ["success", "failed"], "order_by": ["-end_date", "id"]}
+        if versions:
+            params["version_number"] = versions
+        if ended_after:
+            params["end_date_gte"] = ended_after.isoformat()
+        if ended_before:
+            params["end_date_lte"] = ended_before.isoformat()
+        path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/~/taskInstances"
+        return self._all(path, "task_instances", params, most=limit)
+
+    def trigger(self, dag_id: str, conf: dict[str, Any], note: str) -> str:
+        """Start a run of the DAG now, with this conf and note; returns its run id. A paused DAG's run is made all
+        the same but waits, queued, until someone unpauses the DAG (its scheduler starts no run of a paused DAG):
+        unpausing is its owners' choice, never airagent's."""
+        response = self._send(
+            "POST",
+            f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
+            json={"logical_date": None, "conf": conf, "note": note},
+        )
+        response.raise_for_status()
+        return response.json()["dag_run_id"]
+
     def running(self) -> list[str]:
         """The task instances running now, as `dag.task (run)`."""
         body = self._get("/api/v2/dags/~/dagRuns/~/taskInstances", {"state": ["running"], "limit": PAGE})
@@ -143,24 +189,37 @@ class AirflowApi:
         response.raise_for_status()
         return True
 
-    def _all(self, path: str, key: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def _all(
+        self, path: str, key: str, params: dict[str, Any] | None = None, most: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every item, page by page, or the first `most`. An item that arrives meanwhile shifts the pages: one seen
+        twice is kept once, by its id where it has one."""
         items: list[dict[str, Any]] = []
-        while True:
-            body = self._get(path, {**(params or {}), "limit": PAGE, "offset": len(items)})
-            items += body[key]
-            if not body[key] or len(items) >= body["total_entries"]:
-                return items
+        seen: set[Any] = set()
+        offset = 0
+        while most is None or len(items) < most:
+            page = PAGE if most is None else min(PAGE, most - len(items))
+            body = self._get(path, {**(params or {}), "limit": page, "offset": offset})
+            offset += len(body[key])
+            for item in body[key]:
+                if "id" in item and item["id"] in seen:
+                    continue
+                seen.add(item.get("id"))
+                items.append(item)
+            if not body[key] or offset >= body["total_entries"]:
+                break
+        return items[:most]
 
     def _get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         response = self._send("GET", path, params)
         response.raise_for_status()
         return response.json()
 
-    def _send(self, method: str, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
-        response = self.http.request(method, path, params=params, headers=self._auth())
+    def _send(self, method: str, path: str, params: dict[str, Any] | None = None, json: Any = None) -> httpx.Response:
+        response = self.http.request(method, path, params=params, json=json, headers=self._auth())
         if response.status_code == 401:  # the token expired: one fresh try
             self._token = None
-            response = self.http.request(method, path, params=params, headers=self._auth())
+            response = self.http.request(method, path, params=params, json=json, headers=self._auth())
         return response
 
     def _auth(self) -> dict[str, str]:
