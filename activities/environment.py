@@ -9,6 +9,7 @@ targets and validation meet, so neither imports the other.
 
 from __future__ import annotations
 
+from activities.airflow_api import AirflowApi
 from activities.probes import reading
 from activities.targets.base import Driver, Rolled
 from activities.targets.local_airflow import LocalAirflow
@@ -62,6 +63,12 @@ class LocalDriver:
 
     def preflight(self) -> list[str]:
         return []
+
+    def airflow_api(self) -> AirflowApi | None:
+        try:
+            return self.airflow.api() if self.runs_airflow else None
+        except FileNotFoundError:  # no login yet: the environment never started
+            return None
 
     def _marker(self, expected: str) -> ProbeReading:
         """The environment's own record still says the release is live."""

@@ -103,7 +103,7 @@ def unanswered(probe: str, err: Exception, threshold: str) -> ProbeReading:
         seen = f"malformed answer ({type(err).__name__}: {err})"
     else:
         seen = f"{type(err).__name__}: {err}"
-    return reading(probe, False, seen, threshold)
+    return reading(probe, False, seen, threshold).model_copy(update={"error": True})
 
 
 def guarded(probe: str, threshold: str, read: Callable[[], ProbeReading]) -> ProbeReading:

@@ -1,13 +1,23 @@
-"""One round of the `soak` stage's probes; the train's timer decides when, so a paused soak's clock stops."""
+"""One round of the `soak` stage's analysis; the train's timer decides when, so a paused soak's clock stops.
+
+Each round reads the metrics that are due, advances each metric's state by its
+measurement and returns the states with the analysis' verdict: the judging happens here,
+on what the round read, and the train only acts on the verdict history records.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from temporalio import activity
 
+from activities.analysis import airflow, judge, outside
 from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.probes import webhook
-from airagent.models import SoakCheckInput, SoakCheckResult
+from airagent.config.analysis import AirflowMetric, JobMetric, Metric, WebhookMetric
+from airagent.models import ProbeReading, SoakCheckInput, SoakCheckResult
+from airagent.models.analysis import Measurement, Phase
 
 
 @activity.defn(name="soak_check")
@@ -15,8 +25,49 @@ def soak_check(input: SoakCheckInput) -> SoakCheckResult:
     env = environment(input.environment)
     with keep_alive(f"soak {input.environment.name}"):
         readings = env.probe(input.release, input.baseline)
-        probes = input.environment.probes
-        readings += [webhook(w, input.release, probes.timeout.total_seconds()) for w in probes.webhooks]
+        if input.metrics is None:
+            return _by_readings(input, readings)
+        return _analysed(input, env, readings)
+
+
+def _by_readings(input: SoakCheckInput, readings: list[ProbeReading]) -> SoakCheckResult:
+    """A train from before analysis: any failing reading rolls back, as it did then."""
+    probes = input.environment.probes
+    readings += [webhook(w, input.release, probes.timeout.total_seconds()) for w in probes.webhooks]
     failing = [r for r in readings if not r.ok]
     detail = "; ".join(r.line() for r in failing) if failing else ", ".join(f"{r.probe} ok" for r in readings)
     return SoakCheckResult(healthy=not failing, detail=detail, readings=readings)
+
+
+def _analysed(input: SoakCheckInput, env, readings: list[ProbeReading]) -> SoakCheckResult:
+    analysis = input.environment.metrics()
+    known = {s.metric: s for s in input.metrics or []}
+    now, interval = datetime.now(UTC), input.environment.probe_interval
+    since = input.baseline.at if input.baseline else now
+    states = []
+    for metric in analysis.metrics:
+        state = known.get(metric.name) or judge.start(metric)
+        if judge.due(metric, state, now, interval):
+            state = judge.advance(metric, state, _measure(metric, input, env, readings, since))
+        states.append(judge.conclude(state) if input.final else state)
+    moved = [r for r in readings if r.probe not in airflow.CLAIMED and not r.ok]
+    verdict = Phase.failed if moved else judge.overall(analysis, states)
+    detail = "; ".join(r.line() for r in moved) or judge.summary(states)
+    return SoakCheckResult(
+        healthy=verdict != Phase.failed, detail=detail, readings=readings, metrics=states, verdict=verdict
+    )
+
+
+def _measure(metric: Metric, input: SoakCheckInput, env, readings: list[ProbeReading], since: datetime) -> Measurement:
+    if isinstance(metric, WebhookMetric):
+        return outside.webhook(metric, input.release)
+    if isinstance(metric, JobMetric):
+        return outside.job(metric, input.release, input.sandbox)
+    assert isinstance(metric, AirflowMetric)
+    if metric.measure != "changed_dags":
+        return airflow.from_readings(metric, readings)
+    api = env.airflow_api()
+    if api is None:
+        return airflow.changed(metric, None, [], since)
+    with api:  # the DAGs Airflow re-serialized since the roll: their files, or modules they import, changed
+        return airflow.changed(metric, api, api.changed_since(since), since)

@@ -17,6 +17,7 @@ from workflows.train_bookkeeping import Failed, Stop, cause
 from workflows.train_holdback import HOLD_BACK, TrainHoldBack
 
 with workflow.unsafe.imports_passed_through():
+    from activities.analysis import judge
     from activities.announce import announce
     from activities.build import build
     from activities.diff import diff
@@ -25,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.validate import validate
     from airagent import search_attributes as sa
     from airagent.config import EnvironmentSettings
+    from airagent.config.analysis import Analysis
     from airagent.models import (
         Announcement,
         Baseline,
@@ -41,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         RollbackInput,
         RollInput,
         SoakCheckInput,
+        SoakCheckResult,
         StageRecord,
         TrainControl,
         TrainInput,
@@ -49,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         ValidationReport,
     )
+    from airagent.models.analysis import MetricState, Phase
 
 
 @workflow.defn(name="DeployTrain")
@@ -129,6 +133,8 @@ class DeployTrain(TrainHoldBack):
             reason = f"{failure.stage}{' ' + failure.environment if failure.environment else ''}: {failure.detail}"
             problems = await self._rollback([failure.environment]) if failure.environment else ""
             if failure.state == TrainState.rolled_back and failure.environment and not problems:
+                if unwell := await self._unwell_before(failure.environment):
+                    return self._finish(TrainState.failed, f"{reason}; {unwell}")
                 self.status.soak_failed = failure.environment
                 await self._trace_regression(input, failure.environment)
             return self._finish(TrainState.failed if problems else failure.state, reason + problems)
@@ -252,35 +258,110 @@ class DeployTrain(TrainHoldBack):
         # Soak time is counted in fired timers: a clock reading can differ between the live worker and a
         # replay (a query answered across a timed-out workflow task moved it), and then so would the branch.
         by_ticks = workflow.patched(SOAK_COUNTS_TICKS)
-        remaining, checks = env.soak, 0
-        while remaining > timedelta(0):
+        states: list[MetricState] | None = [] if workflow.patched(SOAK_ANALYSIS) else None
+        remaining, checks, final = env.soak, 0, False
+        while remaining > timedelta(0) or (states is not None and not final):
             await self._checkpoint(record, hold=False)
-            paused, started, tick = self.paused, workflow.now(), min(env.probe_interval, remaining)
-            # A pause or resume ends the tick early, so a tick that ran out was all paused or all not.
-            fired = await _timer(tick, lambda: self.paused != paused or self.stop is not None)  # noqa: B023
-            if not paused:
-                remaining -= (tick if fired else timedelta(0)) if by_ticks else workflow.now() - started
-            self._show_paused(record, remaining)
-            if self.stop or self.paused != paused:
-                continue
-            try:
-                check = await workflow.execute_activity(
-                    soak_check,
-                    SoakCheckInput(environment=env, release=self.release, baseline=self.baselines.get(env.name)),
-                    **on(self._queue(env.name), LONG),
-                )
-            except ActivityError as err:
-                self._end(record, Outcome.failed, cause(err))
-                raise Failed("soak", cause(err), env.name) from None
+            if remaining > timedelta(0):
+                paused, started, tick = self.paused, workflow.now(), min(env.probe_interval, remaining)
+                # A pause or resume ends the tick early, so a tick that ran out was all paused or all not.
+                fired = await _timer(tick, lambda: self.paused != paused or self.stop is not None)  # noqa: B023
+                if not paused:
+                    remaining -= (tick if fired else timedelta(0)) if by_ticks else workflow.now() - started
+                self._show_paused(record, remaining)
+                if self.stop or self.paused != paused:
+                    continue
+            final = remaining <= timedelta(0)  # the last round concludes each metric still running
+            check = await self._soak_check(env, record, states, final)
             checks += 1
-            status.keep(check.readings)
+            states = check.metrics if states is not None else None
             if not check.healthy:
                 self._end(record, Outcome.failed, check.detail)
                 raise Failed("soak", check.detail, env.name, state=TrainState.rolled_back)
             record.detail = f"{checks} checks healthy; {_short(remaining)} to go"
             self._publish()
+        if states and check.verdict == Phase.inconclusive:
+            await self._inconclusive(env.name, record, check.detail)
         status.state = "live"
-        self._end(record, Outcome.ok, f"healthy for {_short(env.soak)} ({checks} checks)")
+        self._end(record, Outcome.ok, f"healthy for {_short(env.soak)} ({checks} checks)" + _verdicts(states))
+
+    async def _soak_check(
+        self, env: EnvironmentSettings, record: StageRecord, states: list[MetricState] | None, final: bool
+    ) -> SoakCheckResult:
+        """One round of analysis; the environment's status shows each metric and reading it returns."""
+        assert self.release is not None
+        try:
+            check: SoakCheckResult = await workflow.execute_activity(
+                soak_check,
+                SoakCheckInput(
+                    environment=env,
+                    release=self.release,
+                    baseline=self.baselines.get(env.name),
+                    metrics=states,
+                    final=final,
+                    sandbox=self.pipeline.sandbox,
+                ),
+                **on(self._queue(env.name), LONG),
+            )
+        except ActivityError as err:
+            self._end(record, Outcome.failed, cause(err))
+            raise Failed("soak", cause(err), env.name) from None
+        status = self._env(env.name)
+        status.keep(check.readings)
+        status.analysis = check.metrics
+        return check
+
+    async def _inconclusive(self, env: str, record: StageRecord, why: str) -> None:
+        """Too little data to judge, and the analysis says to ask: pause, tell the receivers, and wait for
+        `approve` (the train goes on) or `abort`."""
+        record.detail = f"inconclusive, waiting for approve or abort: {why}"
+        self.approved.discard(env)
+        self.awaiting_approval, self.status.state = env, TrainState.paused
+        self._publish()
+        await self._announce()
+        await workflow.wait_condition(lambda: env in self.approved or self.stop is not None)
+        self.awaiting_approval, self.status.state = None, TrainState.running
+        if self.stop:
+            self._end(record, Outcome.stopped, f"{self.stop[0]} requested while inconclusive")
+            raise Stop()
+
+    async def _unwell_before(self, name: str) -> str | None:
+        """When only environment-wide metrics (health, components, a webhook) failed the soak, read them again
+        on the release rolled back to: failing there too, the environment is unwell whatever runs on it, and no
+        commit is to blame (nothing is held or bisected). Says how, or None when the commits may be to blame."""
+        env, before, status = self.pipeline.environment(name), self.before[name], self._env(name)
+        analysis = env.metrics()
+        failed = judge.failed(analysis, status.analysis)
+        if not failed or not all(judge.environment_wide(m) for m in failed) or not before.live_release:
+            return None
+        assert self.release is not None
+        again = env.model_copy(update={"analysis": Analysis(metrics=failed)})
+        previous = self.release.model_copy(update={"id": before.live_release, "commit": before.live_commit or ""})
+        record = self._begin("confirm", name)
+        states: list[MetricState] = []
+        rounds = max(max(m.failure_limit, m.consecutive_error_limit) for m in failed) + 1
+        for round in range(rounds):
+            check: SoakCheckResult = await workflow.execute_activity(
+                soak_check,
+                SoakCheckInput(
+                    environment=again,
+                    release=previous,
+                    baseline=self.baselines.get(name),
+                    metrics=states,
+                    final=round == rounds - 1,
+                    sandbox=self.pipeline.sandbox,
+                ),
+                **on(self._queue(name), LONG),
+            )
+            states = check.metrics
+            if check.verdict != Phase.running:
+                break
+            await workflow.sleep(env.probe_interval)
+        if check.verdict == Phase.failed:
+            self._end(record, Outcome.failed, f"just as unwell on {before.live_release}: {check.detail}")
+            return f"{name} is just as unwell on {before.live_release}, so no commit is blamed: {check.detail}"
+        self._end(record, Outcome.ok, f"well on {before.live_release}: the release is to blame")
+        return None
 
     def _show_paused(self, record: StageRecord, remaining: timedelta) -> None:
         state = TrainState.paused if self.paused else TrainState.running
@@ -356,6 +437,8 @@ NOTHING_TO_ROLL = (
 FAIL_AS_WORKFLOW = "fail-as-workflow"
 # Trains that began soaking before this patch count their soak by the clock; remove once none run.
 SOAK_COUNTS_TICKS = "soak-counts-ticks"
+# Trains that began soaking before this patch roll back on any failing reading; remove once none run.
+SOAK_ANALYSIS = "soak-analysis"
 
 
 async def _timer(timeout: timedelta, wake) -> bool:
@@ -365,6 +448,10 @@ async def _timer(timeout: timedelta, wake) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+def _verdicts(states: list[MetricState] | None) -> str:
+    return ": " + ", ".join(f"{s.metric} {s.verdict}" for s in states) if states else ""
 
 
 def _short(delta: timedelta) -> str:

@@ -157,8 +157,7 @@ class TrainHoldBack(TrainBookkeeping):
     async def _trace_regression(self, input: TrainInput, env: str) -> None:
         """After a soak rollback, the DAGs whose tasks failed lead to their files and the commits that changed
         them: the conductor holds those back from the next train. Best effort: the rollback is done."""
-        readings = self._env(env).probes.get("task_failure_rate", [])[-1:]
-        dags = {d for r in readings if not r.ok for d in r.dag_ids}
+        dags = self._env(env).blamed_dags()
         request = self._hold_input(input, {}, soak=True)
         if self.report and self.report.digest and self.release:  # bounded: the activity finds the files
             traced = bool(dags)

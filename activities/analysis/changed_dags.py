@@ -14,49 +14,10 @@ from statistics import median
 from typing import NamedTuple
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
+from airagent.config.analysis import ChangedDagsPolicy
 from airagent.models.analysis import DagSamples, DagVerdict, Phase, TaskSample
-
-
-class ChangedDagsPolicy(BaseModel):
-    """The thresholds a changed DAG is judged by; the defaults hold without configuration."""
-
-    model_config = ConfigDict(frozen=True)
-
-    alpha: float = Field(
-        0.05,
-        gt=0,
-        lt=1,
-        description="the error allowed: the level of the tests (family-wise over a DAG's tasks), and a failure"
-        " rate is worse when it is with probability 1 - alpha",
-    )
-    min_new: int = Field(
-        3,
-        ge=1,
-        description="finished task instances needed on the new version before its failure rate is judged;"
-        " a previous version with fewer is too little history to compare against",
-    )
-    min_duration_samples: int = Field(
-        5, ge=2, description="successful durations needed per task on each version before its duration is judged"
-    )
-    failure_margin: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="the new failure rate must exceed the previous one by at least this, with probability 1 - alpha",
-    )
-    duration_ratio: float = Field(
-        1.5, ge=1, description="the new median duration must be at least this many times the previous one"
-    )
-    new_dag_failure_rate: float = Field(
-        0.5,
-        gt=0,
-        lt=1,
-        description="for a DAG with no previous version to compare with: the failure rate it is held to",
-    )
-
 
 # Midpoints of the previous rate's quantiles: the posterior probability is a mean over them, exact to 1e-4.
 QUANTILES = (np.arange(2000) + 0.5) / 2000

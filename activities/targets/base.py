@@ -13,6 +13,7 @@ from typing import Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel
 
+from activities.airflow_api import AirflowApi
 from airagent.models import Baseline, Expected, Marker, ProbeReading, Release, RolloutMode
 
 # Where a repository keeps its Airflow configuration, first match wins.
@@ -51,6 +52,9 @@ class Driver(Protocol):
     def baseline(self) -> Baseline | None: ...
 
     def preflight(self) -> list[str]: ...
+
+    def airflow_api(self) -> AirflowApi | None:
+        """The environment's Airflow API, for soak analysis; None when it runs no Airflow airagent can reach."""
 
 
 def config_file(release: Release | None) -> Path | None:

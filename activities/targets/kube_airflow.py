@@ -99,6 +99,9 @@ class KubernetesAirflow:
 
     # --- confirm and baseline through the API --------------------------------------------
 
+    def airflow_api(self) -> AirflowApi | None:
+        return self.api()
+
     def api(self) -> AirflowApi | None:
         if not self.target.api_url:
             return None

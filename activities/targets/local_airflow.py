@@ -314,7 +314,10 @@ class LocalAirflow:
         try:
             api = self.api()
         except FileNotFoundError as err:
-            return [*readings, probes.reading("health", False, str(err), "an answer")]
+            return [
+                *readings,
+                probes.reading("health", False, str(err), "an answer").model_copy(update={"error": True}),
+            ]
         with api:
             return readings + probes.airflow_probes(api, baseline, self.settings)
 

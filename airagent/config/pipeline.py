@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from airagent.config.analysis import Analysis
 from airagent.config.base import Duration, Model, Name, Ref, RepoPath, _no_option, is_url
 from airagent.config.errors import UnknownEnvironment
 from airagent.config.targets import EnvironmentSettings, KubernetesTarget, LocalTarget, host_queue
@@ -21,9 +22,10 @@ class Notification(Model):
 
     type: Literal["webhook", "slack"] = "webhook"
     url_env: str = Field(description="environment variable, on the worker, holding the URL")
-    on: list[Literal["succeeded", "failed", "rolled_back", "aborted", "held"]] = Field(
-        ["succeeded", "failed", "rolled_back", "held"],
-        description="train outcomes to tell; `held`: a train that held commits back, whatever its outcome",
+    on: list[Literal["succeeded", "failed", "rolled_back", "aborted", "held", "paused"]] = Field(
+        ["succeeded", "failed", "rolled_back", "held", "paused"],
+        description="train outcomes to tell; `held`: a train that held commits back, whatever its outcome; "
+        "`paused`: a soak too inconclusive to judge, waiting for `approve` or `abort`",
     )
 
 
@@ -161,6 +163,7 @@ class _Pipeline(Model):
     teams: dict[str, list[str]] = Field({}, description="team -> globs of the paths it owns, to name who broke what")
     validation: ValidationSettings = ValidationSettings()
     image: ImageSettings | None = Field(None, description="how kubernetes environments get their runtime image")
+    analyses: dict[Name, Analysis] = Field({}, description="analyses by name, for environments to share")
 
     @field_validator("environments")
     @classmethod
@@ -171,6 +174,20 @@ class _Pipeline(Model):
         if len(set(names)) != len(names):
             raise ValueError(f"environment names must be unique, got {names}")
         return envs
+
+    @model_validator(mode="after")
+    def _named_analyses(self) -> Self:
+        """An environment naming an analysis gets it, so a train's snapshot carries the metrics themselves."""
+        for env in self.environments:
+            if isinstance(env.analysis, str):
+                if env.analysis not in self.analyses:
+                    known = ", ".join(sorted(self.analyses)) or "none are declared"
+                    raise ValueError(
+                        f"environment {env.name}: analysis {env.analysis!r} is not under `analyses` ({known}); "
+                        "declare it there or write the metrics in place"
+                    )
+                env.analysis = self.analyses[env.analysis]
+        return self
 
 
 class PipelineDeclaration(_Pipeline):

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator
 
+from airagent.config.analysis import AirflowMetric, Analysis, WebhookMetric, default_analysis
 from airagent.config.base import Duration, Model, Name, _no_option
 
 
@@ -189,7 +190,7 @@ class WebhookProbe(Model):
 
 
 class Probes(Model):
-    """What soak holds an environment to; any failing probe rolls it back."""
+    """The settings soak had before `analysis:`; read as metrics of it (`metrics`), so an existing block still works."""
 
     failure_rate_tolerance: float = Field(
         0.1,
@@ -213,6 +214,30 @@ class EnvironmentSettings(Model):
     probe_interval: Duration = Field(timedelta(seconds=30), gt=timedelta(0), description="how often soak checks")
     require_approval: bool = Field(False, description="hold the train before this environment until `approve`")
     probes: Probes = Probes()
+    analysis: Analysis | Name | None = Field(
+        None,
+        description="what soak holds the environment to: metrics here, or the name of one under the pipeline's "
+        "`analyses`; default: health, components, import errors and the changed-DAG judge",
+    )
+    smoke: Literal["off", "trigger"] = Field(
+        "off", description="`trigger`: at the start of soak, run each changed DAG once, so soak has runs to judge"
+    )
+    smoke_dags: str | None = Field(None, description="with `smoke: trigger`, only the changed DAGs whose id matches")
+
+    def metrics(self) -> Analysis:
+        """The analysis soak runs: the declared one (names are resolved when the pipeline is read), or the default
+        with what a `probes:` block set."""
+        if isinstance(self.analysis, Analysis):
+            return self.analysis
+        webhooks = [
+            WebhookMetric(provider="webhook", name=w.name, url_env=w.url_env, consecutive_error_limit=2)
+            for w in self.probes.webhooks
+        ]
+        analysis = default_analysis(webhooks)
+        rate = {"failure_rate_tolerance", "min_failed_tasks", "baseline_window"} & self.probes.model_fields_set
+        if rate:  # a team that tuned the pooled failure rate keeps it
+            analysis.metrics.append(AirflowMetric(name="task_failure_rate", measure="task_failure_rate"))
+        return analysis
 
     @property
     def host(self) -> str | None:

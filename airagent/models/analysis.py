@@ -55,3 +55,31 @@ class DagVerdict(BaseModel):
     dag_id: str
     phase: Phase = Field(description="successful, failed or inconclusive")
     detail: str = Field(description="e.g. 'failure rate 6/6 vs 1/20, Fisher exact p=0.0001 < 0.05'")
+
+
+# The newest measurements a metric keeps in the status: enough to show a trend, bounded in history.
+KEEP_MEASUREMENTS = 5
+
+
+class MetricState(BaseModel):
+    """One metric of one soak, as far as it has got: counts, the newest measurements, and its verdict."""
+
+    metric: str
+    held_to: str = Field("", description="its condition and limits, in words")
+    verdict: Phase = Phase.running
+    measurements: int = 0
+    failures: int = 0
+    errors: int = 0
+    consecutive_errors: int = 0
+    inconclusives: int = 0
+    last: list[Measurement] = Field([], description=f"the newest {KEEP_MEASUREMENTS}")
+
+    def line(self) -> str:
+        newest = self.last[-1] if self.last else None
+        seen = (
+            f"{newest.value}" + (f" ({newest.detail})" if newest and newest.detail else "") if newest else "no reading"
+        )
+        counts = (
+            f"{self.failures} failed, {self.errors} errors, {self.inconclusives} inconclusive of {self.measurements}"
+        )
+        return f"{self.metric}: {self.verdict} — {seen}; {counts}; {self.held_to}"

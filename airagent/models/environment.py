@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from airagent.config import EnvironmentSettings, PipelineSettings
+from airagent.models.analysis import MetricState, Phase
 from airagent.models.build import Release
 from airagent.models.common import RolloutMode
 
@@ -71,6 +72,7 @@ class ProbeReading(BaseModel):
     threshold: str = Field(description="what it was held to")
     at: datetime
     dag_ids: list[str] = Field([], description="the DAGs a failing reading is about, to trace it to commits")
+    error: bool = Field(False, description="the probe could not read (a timeout, a refusal): not a verdict")
 
     def line(self) -> str:
         return f"{self.probe}: {self.reading} ({'ok' if self.ok else 'FAILED'}; threshold: {self.threshold})"
@@ -90,9 +92,16 @@ class SoakCheckInput(BaseModel):
     environment: EnvironmentSettings
     release: Release
     baseline: Baseline | None = None
+    metrics: list[MetricState] | None = Field(
+        None, description="each metric so far; None: a train from before analysis, judged by its readings alone"
+    )
+    final: bool = Field(False, description="the soak's last round: a metric still running gets its verdict")
+    sandbox: bool = Field(True, description="the pipeline's `sandbox`: whether `job` metrics run in it")
 
 
 class SoakCheckResult(BaseModel):
     healthy: bool
     detail: str
     readings: list[ProbeReading] = []
+    metrics: list[MetricState] = []
+    verdict: Phase | None = Field(None, description="the analysis' verdict; None for a train from before it")

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from airagent.config import PipelineSettings
+from airagent.models.analysis import MetricState, Phase
 from airagent.models.common import Commit, Event, Kind, Outcome, RolloutMode, TrainState
 from airagent.models.diff import DiffResult
 from airagent.models.environment import ProbeReading
@@ -54,6 +55,15 @@ class EnvironmentStatus(BaseModel):
     state: str = "pending"
     probes: dict[str, list[ProbeReading]] = Field({}, description="each probe's latest readings, newest last")
     warnings: list[str] = Field([], description="pre-flight: what a roll here could drop, and the fix")
+    analysis: list[MetricState] = Field([], description="soak's metrics: readings, what each is held to, verdicts")
+
+    def blamed_dags(self) -> set[str]:
+        """The DAGs a failed soak names: those of failed metrics' newest failed measurements, or, for a train from
+        before analysis, of the failing task-failure-rate reading."""
+        if self.analysis:
+            failed = [s for s in self.analysis if s.verdict == Phase.failed]
+            return {d for s in failed for m in s.last[-1:] for d in m.dag_ids}
+        return {d for r in self.probes.get("task_failure_rate", [])[-1:] if not r.ok for d in r.dag_ids}
 
     def keep(self, readings: list[ProbeReading]) -> None:
         """The latest readings of each probe: enough to see a trend, never a history that grows with the soak."""

@@ -1,0 +1,106 @@
+"""The verdict of a metric from its measurements, with its limits: pure, so recorded readings test it.
+
+Failures beyond `failure_limit` fail a metric at once; errors in a row beyond
+`consecutive_error_limit` too (its verdict is then `error`, which rolls back like a
+failure: an environment that cannot answer for that long is not healthy). A metric that
+has neither failed nor erred out is `running` until the soak ends, then `successful`,
+or `inconclusive` when its newest conclusive measurement was inconclusive or it never
+had one.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airagent.config.analysis import AirflowMetric, Analysis, Metric, WebhookMetric
+from airagent.models.analysis import KEEP_MEASUREMENTS, Measurement, MetricState, Phase
+
+ENDED = (Phase.failed, Phase.error)
+
+
+def start(metric: Metric) -> MetricState:
+    return MetricState(metric=metric.name, held_to=metric.held_to())
+
+
+def due(metric: Metric, state: MetricState, now: datetime, interval: timedelta) -> bool:
+    """Whether the metric is read on this round: its own interval has passed since its newest measurement.
+    A round comes every probe interval, so a metric is read at most that often."""
+    if state.verdict in ENDED or not state.last:
+        return state.verdict not in ENDED
+    # Half a round of slack: a round a little early still reads a metric whose interval is the round's.
+    return now - state.last[-1].at >= (metric.interval or interval) - interval / 2
+
+
+def advance(metric: Metric, state: MetricState, measured: Measurement) -> MetricState:
+    """The state after one more measurement."""
+    s = state.model_copy(deep=True)
+    s.measurements += 1
+    s.last = [*s.last, measured][-KEEP_MEASUREMENTS:]
+    if measured.phase == Phase.error:
+        s.errors += 1
+        s.consecutive_errors += 1
+    else:
+        s.consecutive_errors = 0
+    if measured.phase == Phase.failed:
+        s.failures += 1
+    if measured.phase == Phase.inconclusive:
+        s.inconclusives += 1
+    if s.failures > metric.failure_limit:
+        s.verdict = Phase.failed
+    elif s.consecutive_errors > metric.consecutive_error_limit:
+        s.verdict = Phase.error
+    return s
+
+
+def conclude(state: MetricState) -> MetricState:
+    """The verdict of a metric still running when the soak ends."""
+    if state.verdict != Phase.running:
+        return state
+    conclusive = [m for m in state.last if m.phase != Phase.error]
+    newest = conclusive[-1].phase if conclusive else Phase.inconclusive
+    verdict = Phase.inconclusive if newest == Phase.inconclusive else Phase.successful
+    return state.model_copy(update={"verdict": verdict})
+
+
+def overall(analysis: Analysis, states: list[MetricState]) -> Phase:
+    """The soak's verdict so far: failed when any metric failed or erred out, or ended inconclusive with
+    `inconclusive: rollback`; inconclusive when one ended so with `pause`; running or successful otherwise."""
+    by_name = {m.name: m for m in analysis.metrics}
+    verdicts = [(by_name[s.metric], s.verdict) for s in states if s.metric in by_name]
+    if any(v in ENDED or (v == Phase.inconclusive and m.inconclusive == "rollback") for m, v in verdicts):
+        return Phase.failed
+    if any(v == Phase.running for _, v in verdicts):
+        return Phase.running
+    if any(v == Phase.inconclusive and m.inconclusive == "pause" for m, v in verdicts):
+        return Phase.inconclusive
+    return Phase.successful
+
+
+def environment_wide(metric: Metric) -> bool:
+    """Whether a failure of the metric says something of the environment rather than of one release's files:
+    such a failure is read again on the previous release before any commit is blamed for it."""
+    if isinstance(metric, AirflowMetric):
+        return metric.measure in ("health", "components")
+    return isinstance(metric, WebhookMetric)  # a job runs in the release's runtime: it judges the release
+
+
+def failed(analysis: Analysis, states: list[MetricState]) -> list[Metric]:
+    """The metrics whose verdict rolls the environment back."""
+    bad = {s.metric for s in states if s.verdict in ENDED or s.verdict == Phase.inconclusive}
+    return [
+        m
+        for m in analysis.metrics
+        if m.name in bad and (m.name not in _inconclusive(states) or m.inconclusive == "rollback")
+    ]
+
+
+def _inconclusive(states: list[MetricState]) -> set[str]:
+    return {s.metric for s in states if s.verdict == Phase.inconclusive}
+
+
+def summary(states: list[MetricState]) -> str:
+    """One line per metric that did not pass, or all passing: the rollback reason and the stage's detail."""
+    bad = [s for s in states if s.verdict != Phase.successful and s.verdict != Phase.running]
+    if bad:
+        return "; ".join(s.line() for s in bad)
+    return ", ".join(f"{s.metric} {s.verdict}" for s in states)
