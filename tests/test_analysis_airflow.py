@@ -1,0 +1,165 @@
+"""The changed-DAG judge's reading on a real Airflow 3: task instances told apart by the DAG version they ran on,
+and smoke runs marked as airagent's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from textwrap import dedent
+
+import pytest
+
+from activities.airflow_api import AirflowApi
+from activities.analysis.airflow_samples import samples, smoke
+from activities.runtime import ensure_runtime
+from activities.targets.local_airflow import LocalAirflow
+from airagent.config import LocalTarget, Runtime
+from tests.conftest import airflow_ports
+from tests.test_local_airflow import wait_for
+
+pytestmark = [pytest.mark.airflow, pytest.mark.slow]
+
+DAG = "napper"
+FINISHED = ("success", "failed")
+HOUR = timedelta(hours=1)
+# The changed task's nap, in seconds: well over the seconds a task takes to start here (measured 5 to 9, on top of a
+# 1 s nap), so the two versions' durations never overlap.
+SLOW = 10
+
+
+def napper(seconds: int) -> str:
+    return dedent(f"""\
+        from datetime import datetime
+        from airflow.sdk import DAG
+        from airflow.providers.standard.operators.bash import BashOperator
+
+        with DAG("{DAG}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+            BashOperator(task_id="nap", bash_command="sleep {seconds}")
+        """)
+
+
+def run(api: AirflowApi, run_id: str) -> dict:
+    return api._get(f"/api/v2/dags/{DAG}/dagRuns/{run_id}", {})
+
+
+def finish(api: AirflowApi, run_ids: list[str]) -> None:
+    wait_for(lambda: all(run(api, r)["state"] in FINISHED for r in run_ids), 120, f"runs {run_ids} to finish")
+
+
+def stays_queued(api: AirflowApi, run_id: str, seconds: float) -> bool:
+    """Whether the run is still queued after `seconds`, several of the scheduler's loops (a second each): a run it
+    were to start would be running by then."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if run(api, run_id)["state"] != "queued":
+            return False
+        time.sleep(0.5)
+    return True
+
+
+@dataclass
+class Story:
+    """What the module's Airflow went through: three runs on version 1, the roll at `since`, two on version 2."""
+
+    api: AirflowApi
+    started: datetime
+    since: datetime
+    paused_run: str
+    paused_waits: bool
+    old_runs: list[str]
+    new_runs: list[str]
+    smoked: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    """One real Airflow whose DAGs folder is a plain folder the test edits: `current` links to it as it would to
+    a release, and no release is ever rolled."""
+    root = tmp_path_factory.mktemp("analysis")
+    dags = root / "bundle" / "dags"
+    dags.mkdir(parents=True)
+    (dags / f"{DAG}.py").write_text(napper(1))
+    target = LocalTarget(path=root / "env", port=airflow_ports(), drain_timeout="30s", live_timeout="90s")
+    target.path.mkdir()
+    (target.path / "current").symlink_to(dags.parent)
+    env = LocalAirflow("analysis", target)
+    try:
+        env.up(ensure_runtime(Runtime(), None)[1])
+        yield env, dags
+    finally:
+        env.down()
+
+
+@pytest.fixture(scope="module")
+def story(airflow) -> Iterator[Story]:
+    env, dags = airflow
+    with env.api() as api:
+        started = datetime.now(UTC)
+        wait_for(lambda: DAG in {d["dag_id"] for d in api.dags()}, 90, f"Airflow to serve {DAG}")
+        assert api._get(f"/api/v2/dags/{DAG}", {})["is_paused"], "a new DAG starts paused"
+        paused_run = api.trigger(DAG, {"why": "paused"}, "while paused")
+        paused_waits = stays_queued(api, paused_run, seconds=6)
+        api._send("PATCH", f"/api/v2/dags/{DAG}", json={"is_paused": False}).raise_for_status()
+        old_runs = [paused_run] + [api.trigger(DAG, {}, f"old {i}") for i in range(2)]
+        finish(api, old_runs)
+
+        since = datetime.now(UTC)
+        (dags / f"{DAG}.py").write_text(napper(SLOW))
+        api.reparse(api._get(f"/api/v2/dags/{DAG}", {})["file_token"])
+        wait_for(lambda: api.dag_versions(DAG) == [1, 2], 90, "Airflow to make version 2 of the changed DAG")
+        smoked = smoke(api, [DAG, "no_such_dag"], train="train/main/0123456789ab", release="r-0123")
+        new_runs = [api.trigger(DAG, {}, "new"), smoked[DAG]]
+        finish(api, new_runs)
+        yield Story(api, started, since, paused_run, paused_waits, old_runs, new_runs, smoked)
+
+
+def test_samples_split_the_changed_dags_tasks_by_version_with_durations(story):
+    got = samples(story.api, DAG, story.since, HOUR)
+
+    assert got.dag_id == DAG and got.new_version == 2
+    assert [t.state for t in got.new] == ["success"] * len(story.new_runs)
+    assert [t.state for t in got.previous] == ["success"] * len(story.old_runs)
+    assert {t.task_id for t in got.new + got.previous} == {"nap"}
+    new = [t.duration or 0.0 for t in got.new]
+    old = [t.duration or 0.0 for t in got.previous]
+    assert min(new) >= SLOW and min(old) >= 1 and min(new) > max(old), (new, old)
+
+
+def test_samples_are_bounded_and_the_previous_ones_within_the_history(story):
+    one = samples(story.api, DAG, story.since, HOUR, limit=1)
+    assert (len(one.new), len(one.previous)) == (1, 1)
+
+    # Everything ran after `started`: nothing on version 1 ended in the hour before it.
+    before = samples(story.api, DAG, story.started, HOUR)
+    assert (len(before.new), before.previous) == (len(story.new_runs), [])
+
+
+def test_finished_tasks_are_newest_first_within_the_window(story):
+    everything = story.api.finished_tasks(DAG, versions=None)
+    ends = [t["end_date"] for t in everything]
+    assert len(everything) == len(story.old_runs + story.new_runs) and ends == sorted(ends, reverse=True)
+    assert {t["dag_version"]["version_number"] for t in everything[: len(story.new_runs)]} == {2}
+
+    since = story.api.finished_tasks(DAG, versions=None, ended_after=story.since)
+    assert sorted(t["dag_run_id"] for t in since) == sorted(story.new_runs)
+    until = story.api.finished_tasks(DAG, versions=[1, 2], ended_before=story.since)
+    assert sorted(t["dag_run_id"] for t in until) == sorted(story.old_runs)
+    assert story.api.finished_tasks(DAG, versions=[]) == []
+    assert story.api.dag_versions("no_such_dag") == []
+
+
+def test_a_paused_dags_triggered_run_waits_with_its_conf_and_note(story):
+    assert story.paused_waits, "the scheduler starts no run of a paused DAG"
+    first = run(story.api, story.paused_run)
+    assert (first["conf"], first["note"], first["state"]) == ({"why": "paused"}, "while paused", "success")
+
+
+def test_smoke_marks_its_runs_as_airagents_and_names_a_dag_it_cannot_run(story):
+    smoked = run(story.api, story.smoked[DAG])
+    assert smoked["conf"] == {"airagent": {"train": "train/main/0123456789ab", "release": "r-0123"}}
+    assert smoked["note"] == "triggered by airagent for train train/main/0123456789ab (release r-0123)"
+    assert smoked["run_type"] == "manual" and smoked["state"] == "success"
+    error = story.smoked["no_such_dag"]
+    assert error.startswith("error: 404") and "no_such_dag" in error, error
