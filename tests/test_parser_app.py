@@ -10,8 +10,9 @@ import sys
 
 from activities.validation import parser_app
 
-# What the runtime gives besides the standard library: Airflow, and SQLAlchemy that it runs on.
-RUNTIME = {"airflow", "sqlalchemy"}
+# What the runtime gives besides the standard library: Airflow, SQLAlchemy that it runs on, and jsonschema that
+# it checks serialized DAGs with.
+RUNTIME = {"airflow", "sqlalchemy", "jsonschema"}
 
 
 def test_the_archive_runs_on_a_bare_interpreter(tmp_path, monkeypatch):

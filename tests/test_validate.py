@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from textwrap import dedent
 
 import git
 import pytest
@@ -306,3 +307,81 @@ def test_a_dag_airflow_cannot_serialize_fails_as_the_dag_processor_would_fail_it
     files = check(root, settings(tmp_path))
 
     assert "is not registered" in files["odd.py"].error and files["odd.py"].dag_ids == ["plain"]
+
+
+# Run by the runtime's interpreter: Airflow's example DAGs serialized, then changed at random (a key dropped, a
+# value of another type, a property added), each judged by Airflow's validator and by the compiled check.
+SCHEMA_CHECK = dedent("""\
+    import copy, json, random, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[1])
+    from airagent_parser import schema
+    import airflow.example_dags
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.serialization.serialized_objects import DagSerialization
+    validator = DagSerialization._json_schema
+    accepts = schema.compile_validator(validator)
+    folder = Path(airflow.example_dags.__file__).parent
+    bag = DagBag(dag_folder=str(folder), safe_mode=False, bundle_path=folder)
+    documents = []
+    for dag in bag.dags.values():
+        try:
+            documents.append(DagSerialization.to_dict(dag))
+        except Exception:
+            pass  # not serializable at all: no document to judge
+    values = [None, True, False, 0, 1, -1, 1.5, 2.0, "", "x", [], [1], {}, {"a": 1}, {"__type": "dict", "__var": {}}]
+    draw = random.Random(22)
+    def places(x, here=()):
+        yield here
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            yield from places(v, here + (k,))
+    def change(document):
+        document = copy.deepcopy(document)
+        where = list(places(document))[1:]
+        if not where:
+            return document
+        *path, key = draw.choice(where)
+        parent = document
+        for k in path:
+            parent = parent[k]
+        roll = draw.random()
+        if roll < 0.3 and isinstance(parent, dict):
+            del parent[key]
+        elif roll < 0.5 and isinstance(parent, dict):
+            parent[f"extra_{draw.randint(0, 3)}"] = draw.choice(values)
+        else:
+            parent[key] = copy.deepcopy(draw.choice(values))
+        return document
+    judged = {"real": len(documents), "real_accepted": sum(map(accepts, documents)), "refused": 0, "disagree": []}
+    for _ in range(4000):
+        document = change(draw.choice(documents))
+        valid = validator.is_valid(document)
+        judged["refused"] += not valid
+        if accepts(document) != valid:
+            judged["disagree"].append(json.dumps(document)[:500])
+    refused = next(d for d in map(change, documents * 10) if not validator.is_valid(d))
+    errors = []
+    for installed in (False, True):
+        if installed:
+            schema.install()
+        try:
+            DagSerialization.validate_schema(refused)
+        except Exception as error:
+            errors.append(repr(error))
+    judged["same_error"] = len(errors) == 2 and errors[0] == errors[1]
+    print(json.dumps(judged))
+    """)
+
+
+def test_the_compiled_schema_check_accepts_exactly_what_airflows_validation_accepts(tmp_path):
+    """Serializing checks each DAG against Airflow's JSON schema; the parser accepts with checks compiled from
+    it, and leaves every other document to Airflow's validator: same verdicts, same error."""
+    _, runtime = ensure_runtime(Runtime(), None)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AIRFLOW_HOME": str(tmp_path / "home")}
+    out = process.run([runtime / "bin" / "python", "-c", SCHEMA_CHECK, parser_app.path()], env=env, timeout=300)
+
+    judged = json.loads(last_line(out))
+    assert judged["real"] > 30 and judged["real_accepted"] == judged["real"]
+    assert judged["refused"] > 1000 and judged["disagree"] == []
+    assert judged["same_error"]

@@ -14,6 +14,8 @@ sides agree on what a DAG file is and how a report reads. One concern a module:
 - `paths`: which files are DAG files; `report`: what a file's report says when it failed;
 - `lookups`: what a DAG file sees at parse time (placeholders, no network, no database);
 - `facts`: what the policies need of each DAG; `dagbag`: one file through a DagBag;
+- `schema`, `timetables`: what serializing every DAG repeats, done once per process (the schema
+  compiled into checks that only ever accept, cron descriptions kept per expression);
 - `pool`: workers forked to parse files side by side, a file that hangs or dies failing alone;
 - `run`: the warm-up and a cold run over a folder; `serve`: the warm parser; `cli`: the command line.
 

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import schema, timetables
 from .dagbag import Parser
 from .facts import DagCounter
 from .lookups import Lookups
@@ -38,6 +39,8 @@ def warm_up() -> None:
     """Load and set up what every DAG file needs once, so no forked worker pays for it."""
     for module in WARM_MODULES:
         __import__(module)
+    schema.install()
+    timetables.install()
     with tempfile.TemporaryDirectory() as scratch:
         warm = Path(scratch) / "warm_up.py"
         warm.write_text(WARM_DAG)
