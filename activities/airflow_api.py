@@ -140,6 +140,24 @@ class AirflowApi:
             raise
         return sorted(v["version_number"] for v in found)
 
+    def changed_since(self, since: datetime, most: int = PAGE) -> list[str]:
+        """The DAGs with a version made after `since`: Airflow re-serialized them, so their file or a module they
+        import changed. Versions are read newest first (their ids are time-ordered UUIDv7) until one is older."""
+        changed: list[str] = []
+        offset = 0
+        while len(changed) < most:
+            body = self._get("/api/v2/dags/~/dagVersions", {"order_by": ["-id"], "limit": PAGE, "offset": offset})
+            versions = body["dag_versions"]
+            offset += len(versions)
+            for version in versions:
+                if datetime.fromisoformat(version["created_at"]) < since:
+                    return changed
+                if version["dag_id"] not in changed:
+                    changed.append(version["dag_id"])
+            if not versions or offset >= body["total_entries"]:
+                break
+        return changed[:most]
+
     def finished_tasks(
         self,
         dag_id: str,

@@ -6,6 +6,13 @@ Pure functions of the models, so workflows call them freely: details are not com
 from __future__ import annotations
 
 from airagent.models import ConductorStatus, HeldCommit, TrainStatus
+from airagent.models.analysis import MetricState
+
+
+def _newest(m: MetricState) -> str:
+    newest = m.last[-1] if m.last else None
+    seen = f"{newest.phase}: {newest.value}" if newest else "no reading"
+    return f"{seen} ({m.failures} failed, {m.errors} errors of {m.measurements})"
 
 
 def train(status: TrainStatus) -> str:
@@ -18,7 +25,11 @@ def train(status: TrainStatus) -> str:
         lines += ["", f"> {status.reason}"]
     lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
     lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
-    probes = [(e.name, r[-1]) for e in status.environments for r in e.probes.values()]
+    metrics = [(e.name, m) for e in status.environments for m in e.analysis]
+    if metrics:
+        lines += ["", "| environment | metric | verdict | newest reading | held to |", "|---|---|---|---|---|"]
+        lines += [f"| {env} | {m.metric} | {m.verdict} | {_newest(m)} | {m.held_to} |" for env, m in metrics]
+    probes = [(e.name, r[-1]) for e in status.environments if not e.analysis for r in e.probes.values()]
     if probes:
         lines += ["", "| environment | probe | reading | threshold |", "|---|---|---|---|"]
         lines += [f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {r.reading} | {r.threshold} |" for env, r in probes]

@@ -45,6 +45,7 @@ from airagent.models import (
     TrainState,
     TrainStatus,
     TrainSummary,
+    Unhold,
     conductor_id,
     rollback_id,
     settings_changes,
@@ -267,6 +268,18 @@ class AirAgent:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
             raise _no_conductor(pipeline.name) from err
+
+    async def unhold(self, pipeline: str, sha: str, by: str | None, reason: str) -> ControlAck:
+        """Lift a hold on a commit; the conductor records who and why, and deploys it with its next train."""
+        handle = self.client.get_workflow_handle(conductor_id(pipeline))
+        try:
+            return await handle.execute_update(Conductor.unhold_update, Unhold(sha=sha, by=by, reason=reason))
+        except WorkflowUpdateFailedError as err:
+            return ControlAck(accepted=False, message=getattr(err.cause, "message", None) or str(err.cause or err))
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            raise _no_conductor(pipeline) from err
 
     async def unapplied(self, pipeline: PipelineSettings) -> list[str]:
         """The settings in which `pipeline` differs from what its running conductor deploys with (none when

@@ -101,7 +101,16 @@ def render(wf_id: str, s: TrainStatus) -> Table:
         table.add_row(
             f"env {e.name}", f"{e.live or 'nothing'} ({e.state}; before this train: {e.previous or 'nothing'})"
         )
-        for readings in e.probes.values():
+        for m in e.analysis:
+            table.add_row(
+                f"  {m.metric}",
+                Text.assemble(
+                    (str(m.verdict), "red" if m.verdict in ("failed", "error") else "green"),
+                    " ",
+                    (m.line().split(" — ", 1)[-1], "dim"),
+                ),
+            )
+        for readings in [] if e.analysis else e.probes.values():
             last = readings[-1]
             table.add_row(
                 f"  {last.probe}",

@@ -208,3 +208,9 @@ def test_a_job_reads_its_last_line_and_exit_code_in_the_sandbox(tmp_path: Path, 
     assert outside.job(rated, release, True).phase == Phase.failed
     missing = JobMetric(provider="job", name="j", command=["no-such-program"])
     assert outside.job(missing, release, False).phase == Phase.error
+
+
+def test_an_environment_read_back_from_history_keeps_its_analysis():
+    env = EnvironmentSettings(name="e", target=LOCAL)
+    again = EnvironmentSettings.model_validate_json(env.model_dump_json())
+    assert [m.name for m in again.metrics().metrics] == [m.name for m in env.metrics().metrics]

@@ -15,7 +15,7 @@ from temporalio.service import RPCError
 from activities.targets.local import LocalEnvironment
 from airagent import example
 from airagent.config import DeployWindow, Probes, WebhookProbe
-from airagent.models import Control
+from airagent.models import Control, train_id
 from airagent.repo import stands_for
 from tests.conftest import current_details, make_pipeline, start_train
 
@@ -223,14 +223,17 @@ async def test_a_train_started_by_hand_for_the_same_commit_does_not_stall_the_co
 
 
 @contextmanager
-def monitoring(env: Path):
+def monitoring(env: Path, mood: dict[str, str] | None = None):
     """An outside check of an environment, as a synthetic monitor would be: 500 while its live files carry
-    BREAKS_MONITORING. It names no DAG, so a failure it finds cannot be traced."""
+    BREAKS_MONITORING. It names no DAG, so a failure it finds cannot be traced. `mood["is"]` set to `down`
+    fails whatever is live; to `lenient`, passes whatever is live."""
+    mood = mood if mood is not None else {}
 
     class Check(BaseHTTPRequestHandler):
         def do_GET(self):
             broken = any("BREAKS_MONITORING" in p.read_text() for p in (env / "current").rglob("*.py"))
-            self.send_response(500 if broken else 200)
+            failing = {"down": True, "lenient": False}.get(mood.get("is", ""), broken)
+            self.send_response(500 if failing else 200)
             self.end_headers()
 
         def log_message(self, *args):
@@ -247,7 +250,8 @@ def monitoring(env: Path):
 async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(
     agent, drive, monorepo, tmp_path, monkeypatch
 ):
-    with monitoring(tmp_path / "envs" / "staging") as url:
+    mood: dict[str, str] = {}
+    with monitoring(tmp_path / "envs" / "staging", mood) as url:
         monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
         pipeline = make_pipeline(
             monorepo,
@@ -279,7 +283,7 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
         bisecting = await drive.pipeline_until("main", lambda s: s.state.bisection is not None)
         step = bisecting.state.bisection.step_input()
         assert (step.step, step.steps, step.environment) == (1, 2, "staging")
-        assert "monitoring: HTTP 500" in step.why and shas[1][:12] in step.why
+        assert "monitoring: failed — HTTP 500" in step.why and shas[1][:12] in step.why
         assert "bisection step 1 of ~2 on staging" in await current_details(agent, "pipeline/main")
         without_staging = pipeline.model_copy(update={"environments": [prod]})
         refused = await agent.reconfigure(without_staging, by="ops")
@@ -305,3 +309,45 @@ async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_d
     assert "BREAKS_MONITORING" not in (dags / "marketing/campaigns.py").read_text()
     assert (dags / "finance/fx_rates.py").read_text() == example.dag_file("fx_rates", tasks=7)
     assert (dags / "finance/ledger_daily.py").read_text() == example.dag_file("ledger_daily", tasks=3)
+
+    # The monitor was wrong to mind the marker; a person lifts the hold, and the next train deploys the commit.
+    mood["is"] = "lenient"
+    refused = await agent.unhold("main", shas[2][:12], "ops", "")
+    assert not refused.accepted and "needs a reason" in refused.message
+    assert not (await agent.unhold("main", shas[0], "ops", "not held")).accepted
+    ack = await agent.unhold("main", shas[2][:12], "ops", "the monitor flagged a comment")
+    assert ack.accepted and "next train deploys it" in ack.message
+    lifted = await drive.pipeline_until(
+        "main", lambda s: s.state.running is None and s.state.trains[-1].sha == shas[-1] and len(s.state.trains) == 6
+    )
+    assert lifted.state.trains[-1].state == "succeeded" and lifted.state.held == []
+    event = next(e for e in reversed(lifted.state.events) if e.control == "unhold")
+    assert (event.by, event.reason) == ("ops", "the monitor flagged a comment")
+    assert "BREAKS_MONITORING" in (dags / "marketing/campaigns.py").read_text()
+
+
+async def test_an_environment_unwell_on_the_previous_release_too_blames_no_commit(
+    agent, drive, monorepo, tmp_path, monkeypatch
+):
+    mood: dict[str, str] = {}
+    with monitoring(tmp_path / "envs" / "staging", mood) as url:
+        monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
+        pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h")
+        staging, prod = pipeline.environments
+        staging = staging.model_copy(
+            update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])}
+        )
+        pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
+        await agent.start_pipeline(pipeline)
+        await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
+        mood["is"] = "down"
+        sha = example.commit(
+            monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance"
+        )
+        await agent.notify(pipeline, sha)
+        status = await drive.pipeline_until("main", lambda s: s.state.running is None and len(s.state.trains) == 2)
+        train = await drive.finish(train_id("main", sha))
+
+    assert status.state.trains[-1].state == "failed" and status.state.held == [] and status.state.bisection is None
+    assert "staging is just as unwell on" in train.reason and "no commit is blamed" in train.reason, train.reason
+    assert train.soak_failed is None and [s.name for s in train.stages][-2:] == ["rollback", "confirm"]

@@ -15,6 +15,7 @@ from itertools import takewhile
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows import culprits
 from workflows.controls import Controlled
 
 with workflow.unsafe.imports_passed_through():
@@ -26,9 +27,11 @@ with workflow.unsafe.imports_passed_through():
         ControlAck,
         DeployAnswer,
         DeployRequest,
+        HeldCommit,
         Notify,
         PipelineControl,
         Reconfigure,
+        Unhold,
         settings_changes,
         train_id,
     )
@@ -174,6 +177,42 @@ class ConductorControls(Controlled[PipelineControl]):
         self.state.reconfigured = event
         self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
         return ControlAck(accepted=True, message=message)
+
+    @workflow.update(name="unhold")
+    def unhold_update(self, request: Unhold) -> ControlAck:
+        """Lift a hold a person judges wrong (a regression that was the environment's, a flaky test): the
+        commit deploys with the next train, which starts now for the newest commit seen."""
+        held = self._held(request)
+        self.state.held = [h for h in self.state.held if h.sha != held.sha]
+        if head := self.state.head or self.state.last_deployed:
+            culprits.retry(self.state, head)
+        self.wake = True
+        message = f"{held.sha[:12]} ({held.author}: {held.summary}) is no longer held; the next train deploys it"
+        event = self._event("unhold", Control(by=request.by, reason=request.reason), True, message)
+        self.state.events = [*self.state.events, event][-KEEP_EVENTS:]
+        return ControlAck(accepted=True, message=message)
+
+    @unhold_update.validator
+    def _unhold_allowed(self, request: Unhold) -> None:
+        if not request.reason.strip():
+            raise ApplicationError(
+                "an unhold needs a reason, so whoever reads the event log knows why the hold was wrong",
+                type="ControlRejected",
+                non_retryable=True,
+            )
+        self._held(request)
+
+    def _held(self, request: Unhold) -> HeldCommit:
+        found = [h for h in self.state.held if len(request.sha) >= 7 and h.sha.startswith(request.sha)]
+        if len(found) != 1:
+            held = ", ".join(h.sha[:12] for h in self.state.held) or "none"
+            why = "matches several held commits" if found else "is not held"
+            raise ApplicationError(
+                f"{request.sha} {why} (held now: {held}); give at least 7 characters of one held sha",
+                type="ControlRejected",
+                non_retryable=True,
+            )
+        return found[0]
 
     @reconfigure_update.validator
     def _reconfigure_allowed(self, request: Reconfigure) -> None:

@@ -27,16 +27,17 @@ def measurement(metric: str, phase: Phase, value: str, detail: str) -> Measureme
     return Measurement(metric=metric, phase=phase, value=value[:SHOWN], detail=detail[:SHOWN], at=datetime.now(UTC))
 
 
-def judged(metric: WebhookMetric | JobMetric, result: str, default: Phase) -> Measurement:
-    """A result held to the metric's conditions: failure first, then success; neither met is inconclusive.
-    `default` is the verdict when the metric has no conditions at all."""
+def judged(metric: WebhookMetric | JobMetric, result: str, seen: str | None = None) -> Measurement:
+    """A result held to the metric's conditions: failure first, then success; neither met is inconclusive,
+    and with no conditions at all it is successful. `seen` is what to show, when not the result itself."""
+    seen = seen or result
     if metric.failure and holds(metric.failure, result):
-        return measurement(metric.name, Phase.failed, result, f"met {metric.failure}")
+        return measurement(metric.name, Phase.failed, seen, f"met {metric.failure}")
     if metric.success and holds(metric.success, result):
-        return measurement(metric.name, Phase.successful, result, f"met {metric.success}")
+        return measurement(metric.name, Phase.successful, seen, f"met {metric.success}")
     if metric.failure or metric.success:
-        return measurement(metric.name, Phase.inconclusive, result, "met no condition")
-    return measurement(metric.name, default, result, "")
+        return measurement(metric.name, Phase.inconclusive, seen, "met no condition")
+    return measurement(metric.name, Phase.successful, seen, "")
 
 
 def webhook(metric: WebhookMetric, release: Release) -> Measurement:
@@ -56,8 +57,8 @@ def webhook(metric: WebhookMetric, release: Release) -> Measurement:
     except ValueError:
         body = None
     if isinstance(body, dict) and "result" in body:
-        return judged(metric, str(body["result"]), Phase.successful)
-    return judged(metric, "pass" if answer.is_success else "fail", Phase.successful)
+        return judged(metric, str(body["result"]), f"HTTP {answer.status_code}: {body['result']}")
+    return judged(metric, "pass" if answer.is_success else "fail", f"HTTP {answer.status_code}")
 
 
 def job(metric: JobMetric, release: Release, sandboxed: bool) -> Measurement:
@@ -83,4 +84,4 @@ def job(metric: JobMetric, release: Release, sandboxed: bool) -> Measurement:
     last = lines[-1].strip() if lines else ""
     if done.returncode != 0:
         return measurement(metric.name, Phase.failed, last, f"exit code {done.returncode}")
-    return judged(metric, last, Phase.successful)
+    return judged(metric, last)

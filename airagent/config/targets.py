@@ -234,8 +234,10 @@ class EnvironmentSettings(Model):
             for w in self.probes.webhooks
         ]
         analysis = default_analysis(webhooks)
-        rate = {"failure_rate_tolerance", "min_failed_tasks", "baseline_window"} & self.probes.model_fields_set
-        if rate:  # a team that tuned the pooled failure rate keeps it
+        tuned = [
+            f for f in ("failure_rate_tolerance", "min_failed_tasks", "baseline_window") if f in _tuned(self.probes)
+        ]
+        if tuned:  # a team that tuned the pooled failure rate keeps it
             analysis.metrics.append(AirflowMetric(name="task_failure_rate", measure="task_failure_rate"))
         return analysis
 
@@ -247,6 +249,11 @@ class EnvironmentSettings(Model):
     def task_queue(self, shared: str) -> str:
         """Where this environment's activities go: its host's queue beside the shared one, or the shared one."""
         return host_queue(shared, self.host) if self.host else shared
+
+
+def _tuned(probes: Probes) -> set[str]:
+    """The settings that differ from their defaults (what a file set is lost once a snapshot went through history)."""
+    return {name for name, field in Probes.model_fields.items() if getattr(probes, name) != field.default}
 
 
 def host_queue(shared: str, host: str) -> str:

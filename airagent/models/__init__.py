@@ -30,6 +30,7 @@ from airagent.models.conductor import (
     PollResult,
     Reconfigure,
     TrainRecord,
+    Unhold,
     settings_changes,
 )
 from airagent.models.diff import ChangedFile, DiffInput, DiffResult, EnvironmentChange
@@ -121,6 +122,7 @@ __all__ = [
     "TrainState",
     "TrainStatus",
     "TrainSummary",
+    "Unhold",
     "ValidateInput",
     "ValidationReport",
     "conductor_id",

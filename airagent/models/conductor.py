@@ -44,6 +44,14 @@ class Reconfigure(BaseModel):
     reason: str | None = None
 
 
+class Unhold(BaseModel):
+    """`airagent pipeline unhold`: a person lifts a hold they judge wrong, without touching the files; who and why."""
+
+    sha: str = Field(description="the held commit, or a unique prefix of at least 7 characters")
+    by: str | None = None
+    reason: str = ""
+
+
 class DeployAnswer(BaseModel):
     """The conductor's answer: the train that deploys the commit, or why none can start now."""
 

@@ -78,6 +78,27 @@ def pipeline_reconfigure(
     raise typer.Exit(run(go()))
 
 
+@pipeline_app.command("unhold")
+@friendly
+def pipeline_unhold(
+    pipeline: PipelineOpt,
+    sha: Annotated[str, typer.Option(help="the held commit (at least 7 characters)")],
+    reason: Annotated[str, typer.Option(help="why the hold was wrong; kept in the conductor's event log")],
+    by: Annotated[str | None, typer.Option(help="who (default: your user name)")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Lift a hold-back a person judges wrong, without touching the files: the next train deploys the commit."""
+
+    async def go() -> int:
+        agent = await AirAgent.connect()
+        ack = await agent.unhold(pipeline, sha, by or current_user(), reason)
+        verdict = "unhold" if ack.accepted else "unhold rejected"
+        emit(ack.model_dump(), as_json, Text(f"{verdict}: {ack.message}", style="green" if ack.accepted else "red"))
+        return 0 if ack.accepted else 1
+
+    raise typer.Exit(run(go()))
+
+
 @pipeline_app.command("status")
 @friendly
 def pipeline_status(pipeline: PipelineOpt, as_json: JsonOpt = False) -> None:
