@@ -8,16 +8,31 @@ on what the round read, and the train only acts on the verdict history records.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from fnmatch import fnmatch
 
 from temporalio import activity
 
 from activities.analysis import airflow, judge, outside
+from activities.analysis.airflow_samples import smoke
 from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.probes import webhook
 from airagent.config.analysis import AirflowMetric, JobMetric, Metric, WebhookMetric
-from airagent.models import ProbeReading, SoakCheckInput, SoakCheckResult
+from airagent.models import ProbeReading, SmokeInput, SoakCheckInput, SoakCheckResult
 from airagent.models.analysis import Measurement, Phase
+
+
+@activity.defn(name="soak_smoke")
+def soak_smoke(input: SmokeInput) -> dict[str, str]:
+    """One run of each DAG Airflow re-serialized since the roll (those matching `smoke_dags`), so the soak has
+    runs to judge instead of waiting for their schedules; each DAG's run id, or why it could not start."""
+    settings = input.environment
+    api = environment(settings).airflow_api()
+    if api is None:
+        return {}
+    with keep_alive(f"smoke {settings.name}"), api:
+        dags = [d for d in api.changed_since(input.since) if fnmatch(d, settings.smoke_dags or "*")]
+        return smoke(api, dags[: airflow.MAX_DAGS], input.train, input.release.id)
 
 
 @activity.defn(name="soak_check")

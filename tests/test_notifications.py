@@ -10,7 +10,9 @@ import pytest
 
 from airagent import example
 from airagent.config import Notification
-from airagent.models import TrainState
+from airagent.config.analysis import Analysis
+from airagent.models import Control, TrainState
+from airagent.models.analysis import Phase
 from tests.conftest import make_pipeline, start_train
 
 
@@ -105,3 +107,38 @@ async def test_the_team_whose_commit_is_held_back_is_told(agent, drive, monorepo
     assert example.BROKEN_PATH in told["held"][0]["reason"]
     text = slack.received[-1]["text"]
     assert f"held back: `{broken[:8]}` by Ada Lovelace" in text and "pandas_but_misspelled" in text
+
+
+async def test_an_inconclusive_soak_pauses_tells_the_receivers_and_approve_lets_it_go_on(
+    agent, drive, monorepo, tmp_path, receivers
+):
+    """A files-only environment has no Airflow to read, so an Airflow metric there stays inconclusive: with
+    `inconclusive: pause` the train waits for a person; with `rollback` it rolls back."""
+    webhook, _, _ = receivers
+    waiting = {"metrics": [{"name": "health", "provider": "airflow", "measure": "health", "inconclusive": "pause"}]}
+    pipeline = make_pipeline(
+        monorepo,
+        tmp_path / "envs",
+        soak="30s",
+        environments=("staging",),
+        notifications=[Notification(type="webhook", url_env="HOOK_URL")],
+    )
+    pipeline.environments[0].analysis = Analysis.model_validate(waiting)
+    handle = await start_train(agent, pipeline, monorepo.head.commit.hexsha)
+
+    paused = await drive.until(handle.id, lambda s: s.state == TrainState.paused)
+    assert paused.stage == "soak" and "inconclusive, waiting for approve or abort" in paused.stages[-1].detail
+    [health] = paused.environment_status("staging").analysis
+    assert health.verdict == Phase.inconclusive and "no Airflow here" in health.line()
+    assert webhook.received[-1]["state"] == "paused"
+    assert (await agent.control(handle.id, "approve", Control(by="ops", reason="read it myself"))).accepted
+    status = await drive.finish(handle.id)
+    assert status.state == TrainState.succeeded, status.reason
+
+    # Read again on the release before, an environment-wide metric as inconclusive there blames no commit: a
+    # metric of the release's own DAGs shows the rollback.
+    judged = {"name": "changed_dags", "provider": "airflow", "measure": "changed_dags", "inconclusive": "rollback"}
+    pipeline.environments[0].analysis = Analysis.model_validate({"metrics": [judged]})
+    sha = example.commit(monorepo, {"dags/finance/fx_rates.py": example.dag_file("fx_rates", tasks=6)}, "fx", "finance")
+    status = await drive.finish((await start_train(agent, pipeline, sha)).id)
+    assert status.state == TrainState.rolled_back and "changed_dags: inconclusive" in status.reason, status.reason

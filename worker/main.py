@@ -23,7 +23,7 @@ from activities.gc import collect_garbage
 from activities.holdback import hold_back
 from activities.poll import poll_branch
 from activities.roll import read_marker, roll, rollback
-from activities.soak import soak_check
+from activities.soak import soak_check, soak_smoke
 from activities.validate import validate
 from airagent.config import host_queue
 from airagent.connection import connect, host_name, task_queue
@@ -42,6 +42,7 @@ ACTIVITIES: list[Callable[..., Any]] = [
     roll,
     rollback,
     soak_check,
+    soak_smoke,
     poll_branch,
     read_clock,
     announce,

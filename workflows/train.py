@@ -22,7 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.build import build
     from activities.diff import diff
     from activities.roll import roll, rollback
-    from activities.soak import soak_check
+    from activities.soak import soak_check, soak_smoke
     from activities.validate import validate
     from airagent import search_attributes as sa
     from airagent.config import EnvironmentSettings
@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         Release,
         RollbackInput,
         RollInput,
+        SmokeInput,
         SoakCheckInput,
         SoakCheckResult,
         StageRecord,
@@ -259,6 +260,8 @@ class DeployTrain(TrainHoldBack):
         # replay (a query answered across a timed-out workflow task moved it), and then so would the branch.
         by_ticks = workflow.patched(SOAK_COUNTS_TICKS)
         states: list[MetricState] | None = [] if workflow.patched(SOAK_ANALYSIS) else None
+        if states is not None and env.smoke == "trigger":
+            await self._smoke(env, record)
         remaining, checks, final = env.soak, 0, False
         while remaining > timedelta(0) or (states is not None and not final):
             await self._checkpoint(record, hold=False)
@@ -284,6 +287,30 @@ class DeployTrain(TrainHoldBack):
             await self._inconclusive(env.name, record, check.detail)
         status.state = "live"
         self._end(record, Outcome.ok, f"healthy for {_short(env.soak)} ({checks} checks)" + _verdicts(states))
+
+    async def _smoke(self, env: EnvironmentSettings, record: StageRecord) -> None:
+        """Run each changed DAG once, so the soak has runs to judge; a smoke run that cannot start costs the
+        judge its data, never the train."""
+        assert self.release is not None
+        baseline = self.baselines.get(env.name)
+        said = ""
+        request = SmokeInput(
+            environment=env,
+            release=self.release,
+            train=workflow.info().workflow_id,
+            since=baseline.at if baseline else workflow.now(),
+        )
+        try:
+            runs = await workflow.execute_activity(soak_smoke, request, **on(self._queue(env.name), QUICK))
+        except ActivityError as err:
+            runs, said = {}, f"smoke runs on {env.name} not triggered: {cause(err)}"
+        started = [d for d, run in runs.items() if not run.startswith("error:")]
+        refused = [f"{d} ({run})" for d, run in runs.items() if run.startswith("error:")]
+        if runs or not said:
+            said = f"smoke runs on {env.name} of {len(started)} changed DAGs: {', '.join(started[:10]) or 'none'}"
+            said += f"; not started: {', '.join(refused[:5])}" if refused else ""
+        self.status.events.append(self._event("smoke", Control(by="airagent"), bool(started), said))
+        self._publish()
 
     async def _soak_check(
         self, env: EnvironmentSettings, record: StageRecord, states: list[MetricState] | None, final: bool

@@ -42,6 +42,7 @@ from airagent.models.environment import (
     RollbackInput,
     RollInput,
     RollResult,
+    SmokeInput,
     SoakCheckInput,
     SoakCheckResult,
 )
@@ -112,6 +113,7 @@ __all__ = [
     "RollResult",
     "RollbackInput",
     "RolloutMode",
+    "SmokeInput",
     "SoakCheckInput",
     "SoakCheckResult",
     "SoakFailed",

@@ -99,6 +99,13 @@ class SoakCheckInput(BaseModel):
     sandbox: bool = Field(True, description="the pipeline's `sandbox`: whether `job` metrics run in it")
 
 
+class SmokeInput(BaseModel):
+    environment: EnvironmentSettings
+    release: Release
+    train: str
+    since: datetime = Field(description="the roll: DAGs with a version made after it are the changed ones")
+
+
 class SoakCheckResult(BaseModel):
     healthy: bool
     detail: str
