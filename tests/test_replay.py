@@ -35,6 +35,8 @@ def test_histories_are_recorded():
         "conductor_bisection",
         "train_bisection_step",
         "train_held_back_after_bisection",
+        "train_succeeded_before_soak_analysis",
+        "train_aborted_before_soak_analysis",
     }
 
 
