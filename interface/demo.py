@@ -178,7 +178,10 @@ async def scenario(state: Path, given: Path | None) -> Checks:
         status.state == TrainState.rolled_back and status.environment == staging,
         f"train ended {status.state.value} in {status.environment}",
     )
-    checks.expect("task_failure_rate" in status.reason, f"the reason names the probe: {status.reason}")
+    checks.expect(
+        "changed_dags: failed" in status.reason and "orders_feed_check" in status.reason,
+        f"the reason names the metric and the DAG: {status.reason}",
+    )
     untouched(checks, pipeline, before)
     checks.expect(
         all(

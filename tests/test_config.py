@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -382,3 +383,17 @@ def test_home_is_airagent_home_then_the_projects_state_then_the_users(tmp_path, 
     assert home() == project / ".airagent"
     monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / "chosen"))
     assert home() == tmp_path / "chosen"
+
+
+def test_the_readmes_airagent_yaml_loads_as_written(tmp_path):
+    """What the README shows works when copied: notifications' `on:` stays a key (YAML 1.1 read it as True),
+    and its analysis and smoke settings are read."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("runtime:"))
+    (tmp_path / "airagent.yaml").write_text(example)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    pipeline = load_pipeline("main", tmp_path / "airagent.yaml")
+    assert pipeline.notifications[0].on == ["failed", "rolled_back", "held"]
+    staging = pipeline.environments[0]
+    assert [m.name for m in staging.metrics().metrics] == ["health", "changed_dags", "smoke"]
+    assert staging.smoke == "trigger"

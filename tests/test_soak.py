@@ -152,7 +152,9 @@ async def test_an_api_server_stalled_for_one_reading_rolls_nothing_back_and_hold
     api_server = env.processes()["api-server"].pid
     os.killpg(api_server, signal.SIGSTOP)  # its whole group: gunicorn's workers answer, not the master
     try:
-        await asyncio.sleep(12)  # longer than a probe's 10 s timeout: one reading errs
+        # Longer than a probe's 10 s timeout and the 3 s between rounds, so a round errs whenever it began;
+        # shorter than the three rounds in a row it would take to roll back.
+        await asyncio.sleep(20)
     finally:
         os.killpg(api_server, signal.SIGCONT)
 

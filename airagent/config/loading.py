@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -18,6 +19,20 @@ from airagent.config.pipeline import Classification, PipelineDeclaration, Pipeli
 from airagent.config.targets import TARGET_TYPES, EnvironmentSettings, LocalTarget
 
 DEFAULT_FILE = "airagent.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans, only `true` and `false`: YAML 1.1 also reads on, off, yes and no as booleans, which
+    made a notification's `on:` key the boolean True."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 class AirAgentConfig(Model):
@@ -81,7 +96,7 @@ def check(path: Path | str = DEFAULT_FILE) -> tuple[AirAgentConfig, Path, list[s
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; create it or pass --config PATH") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -156,7 +171,7 @@ def _fields_at(annotation: Any, loc: tuple) -> list[str]:
 def _line_of(text: str, loc: tuple) -> int | None:
     """1-based line of the deepest YAML node on `loc`, so a message can point at the line."""
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError:
         return None
     line = None
