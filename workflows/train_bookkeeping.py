@@ -10,13 +10,24 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityConfig
 
-from workflows.options import on
+from workflows.options import ANNOUNCE, on
 from workflows.train_controls import TrainControls
 
 with workflow.unsafe.imports_passed_through():
+    from activities.announce import announce
     from airagent import details
     from airagent import search_attributes as sa
-    from airagent.models import EnvironmentStatus, Outcome, StageRecord, TrainState, TrainStatus
+    from airagent.config import PipelineSettings
+    from airagent.models import (
+        Announcement,
+        Control,
+        EnvironmentStatus,
+        Outcome,
+        StageRecord,
+        TrainState,
+        TrainStatus,
+        ValidationReport,
+    )
 
 
 # A train that did not succeed fails as a workflow execution with this error, its status as the details:
@@ -49,9 +60,13 @@ class Failed(Exception):
 
 
 class TrainBookkeeping(TrainControls):
-    """The records of DeployTrain's stages; the train keeps `status` and `_published`."""
+    """The records of DeployTrain's stages, how it ends and who hears of it; the train keeps `status`,
+    `_published`, `report` and `changed`."""
 
     _published: tuple | None
+    pipeline: PipelineSettings
+    report: ValidationReport | None
+    changed: list[str]
 
     @property
     def _stages(self) -> list[StageRecord]:
@@ -119,6 +134,38 @@ class TrainBookkeeping(TrainControls):
                 ]
             )
         workflow.set_current_details(details.train(self.status))
+
+    async def _announce(self) -> None:
+        """Tell each configured receiver how the train ended; a receiver that stays down never fails the train."""
+        broken = [f.path for f in self.report.broken] if self.report else []
+        for index, receiver in enumerate(self.pipeline.notifications):
+            if self.status.state.value not in receiver.on and not (self.status.held and "held" in receiver.on):
+                continue
+            try:
+                await workflow.execute_activity(
+                    announce,
+                    Announcement(
+                        pipeline=self.pipeline, receiver=index, status=self.status, changed=self.changed, broken=broken
+                    ),
+                    **ANNOUNCE,
+                )
+            except ActivityError as err:
+                self.status.events.append(
+                    self._event("notify", Control(), False, f"{receiver.type} notification not delivered: {cause(err)}")
+                )
+
+    async def _checkpoint(self, record: StageRecord | None = None, hold: bool = True) -> None:
+        """Hold while paused (unless told not to); leave for the stop path when an abort or rollback was accepted."""
+        if hold and self.paused and not self.stop:
+            self.status.state = TrainState.paused
+            self._publish()
+            await workflow.wait_condition(lambda: not self.paused or self.stop is not None)
+            self.status.state = TrainState.running
+            self._publish()
+        if self.stop:
+            if record is not None:
+                self._end(record, Outcome.stopped, f"{self.stop[0]} requested")
+            raise Stop()
 
 
 def root_of(err: ActivityError) -> BaseException | None:

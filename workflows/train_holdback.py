@@ -26,7 +26,6 @@ with workflow.unsafe.imports_passed_through():
         HoldResult,
         Release,
         SoakFailed,
-        StageRecord,
         TrainInput,
         ValidateInput,
         ValidationReport,
@@ -56,9 +55,6 @@ class TrainHoldBack(TrainBookkeeping):
         raise NotImplementedError
 
     async def _validate(self, request: ValidateInput) -> None:
-        raise NotImplementedError
-
-    async def _checkpoint(self, record: StageRecord | None = None, hold: bool = True) -> None:
         raise NotImplementedError
 
     async def _built(self, input: TrainInput, change: DiffResult) -> DiffResult:

@@ -23,10 +23,13 @@ def start(metric: Metric) -> MetricState:
 
 
 def due(metric: Metric, state: MetricState, now: datetime, interval: timedelta) -> bool:
-    """Whether the metric is read on this round: its own interval has passed since its newest measurement.
-    A round comes every probe interval, so a metric is read at most that often."""
-    if state.verdict in ENDED or not state.last:
-        return state.verdict not in ENDED
+    """Whether the metric is read on this round: not once it failed or erred out, and otherwise when its own
+    interval has passed since its newest measurement. A round comes every probe interval, so a metric is read
+    at most that often."""
+    if state.verdict in ENDED:
+        return False
+    if not state.last:
+        return True
     # Half a round of slack: a round a little early still reads a metric whose interval is the round's.
     return now - state.last[-1].at >= (metric.interval or interval) - interval / 2
 
@@ -63,17 +66,28 @@ def conclude(state: MetricState) -> MetricState:
 
 
 def overall(analysis: Analysis, states: list[MetricState]) -> Phase:
-    """The soak's verdict so far: failed when any metric failed or erred out, or ended inconclusive with
-    `inconclusive: rollback`; inconclusive when one ended so with `pause`; running or successful otherwise."""
-    by_name = {m.name: m for m in analysis.metrics}
-    verdicts = [(by_name[s.metric], s.verdict) for s in states if s.metric in by_name]
-    if any(v in ENDED or (v == Phase.inconclusive and m.inconclusive == "rollback") for m, v in verdicts):
+    """The soak's verdict so far: failed when a metric rolls back (`failed`); inconclusive when one ended so
+    with `inconclusive: pause`; running while any metric still is; successful otherwise."""
+    if failed(analysis, states):
         return Phase.failed
-    if any(v == Phase.running for _, v in verdicts):
+    verdicts = {s.metric: s.verdict for s in states}
+    if any(verdicts.get(m.name, Phase.running) == Phase.running for m in analysis.metrics):
         return Phase.running
-    if any(v == Phase.inconclusive and m.inconclusive == "pause" for m, v in verdicts):
+    if any(verdicts[m.name] == Phase.inconclusive and m.inconclusive == "pause" for m in analysis.metrics):
         return Phase.inconclusive
     return Phase.successful
+
+
+def failed(analysis: Analysis, states: list[MetricState]) -> list[Metric]:
+    """The metrics whose verdict rolls the environment back: failed, erred out, or inconclusive where the metric
+    says `inconclusive: rollback`."""
+    verdicts = {s.metric: s.verdict for s in states}
+    return [
+        m
+        for m in analysis.metrics
+        if verdicts.get(m.name) in ENDED
+        or (verdicts.get(m.name) == Phase.inconclusive and m.inconclusive == "rollback")
+    ]
 
 
 def environment_wide(metric: Metric) -> bool:
@@ -82,20 +96,6 @@ def environment_wide(metric: Metric) -> bool:
     if isinstance(metric, AirflowMetric):
         return metric.measure in ("health", "components")
     return isinstance(metric, WebhookMetric)  # a job runs in the release's runtime: it judges the release
-
-
-def failed(analysis: Analysis, states: list[MetricState]) -> list[Metric]:
-    """The metrics whose verdict rolls the environment back."""
-    bad = {s.metric for s in states if s.verdict in ENDED or s.verdict == Phase.inconclusive}
-    return [
-        m
-        for m in analysis.metrics
-        if m.name in bad and (m.name not in _inconclusive(states) or m.inconclusive == "rollback")
-    ]
-
-
-def _inconclusive(states: list[MetricState]) -> set[str]:
-    return {s.metric for s in states if s.verdict == Phase.inconclusive}
 
 
 def summary(states: list[MetricState]) -> str:
