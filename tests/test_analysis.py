@@ -214,3 +214,15 @@ def test_an_environment_read_back_from_history_keeps_its_analysis():
     env = EnvironmentSettings(name="e", target=LOCAL)
     again = EnvironmentSettings.model_validate_json(env.model_dump_json())
     assert [m.name for m in again.metrics().metrics] == [m.name for m in env.metrics().metrics]
+
+
+def test_a_probes_block_beside_an_analysis_is_refused_naming_the_replacement():
+    env = {
+        "name": "staging",
+        "target": LOCAL,
+        "probes": {"webhooks": [{"name": "w", "url_env": "U"}]},
+        "analysis": {"metrics": [{"name": "h", "provider": "airflow", "measure": "health"}]},
+    }
+    with pytest.raises(ValidationError, match="probes.webhooks is not read when `analysis:` is set"):
+        PipelineDeclaration(environments=[env])
+    PipelineDeclaration(environments=[{**env, "probes": {"timeout": "5s"}}])

@@ -198,6 +198,20 @@ class PipelineDeclaration(_Pipeline):
 
     @field_validator("environments")
     @classmethod
+    def _probes_or_analysis(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
+        """A `probes:` block beside an `analysis:` would be silently unread; only its timeout still counts."""
+        for env in envs:
+            unread = sorted(set(env.probes.model_fields_set) - {"timeout"}) if env.analysis is not None else []
+            if unread:
+                raise ValueError(
+                    f"environment {env.name}: probes.{unread[0]} is not read when `analysis:` is set; write it "
+                    "as a metric of the analysis (a webhook as `provider: webhook`, the failure rate as "
+                    "`measure: task_failure_rate`)"
+                )
+        return envs
+
+    @field_validator("environments")
+    @classmethod
     def _own_ports(cls, envs: list[EnvironmentSettings]) -> list[EnvironmentSettings]:
         """Checked where the file is read, not where a train's snapshot is: history must always decode."""
         running = [(e.name, e.target) for e in envs if isinstance(e.target, LocalTarget) and e.target.airflow]
