@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from activities.runtime import ensure_runtime
-from activities.validation import parser_app
+from activities.validation import cache, parser_app
 from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime, home
@@ -84,6 +85,26 @@ def test_a_parser_that_died_is_started_again(runtime, tmp_path):
 
     assert sorted(d for f in report.files for d in f.dag_ids) == ["one", "two"]
     assert socket_of(runtime) != server
+
+
+def test_a_first_validation_starts_its_parser_while_it_computes_the_cache_keys(runtime, tmp_path, monkeypatch):
+    """The parser's start (Airflow's import, seconds) overlaps what comes before the request, not after it."""
+    root = tree(tmp_path / "repo", {"dags/one.py": dag("one")})
+    file_keys = cache.file_keys
+
+    def keys_once_the_parser_listens(*args, **kwargs):
+        deadline = time.monotonic() + 120
+        while (connection := parser_service.listening(server_of(runtime).path)) is None:
+            assert time.monotonic() < deadline, f"no parser started beside the keys: {server_of(runtime).log_tail()}"
+            time.sleep(0.05)
+        connection.close()
+        return file_keys(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "file_keys", keys_once_the_parser_listens)
+    report = parse_tree(runtime, root, "dags", "plugins")
+
+    assert [f.dag_ids for f in report.files] == [["one"]]
+    assert len(parser_service._started) == 1
 
 
 def test_validations_at_once_share_one_parser_and_keep_their_own_folders_and_settings(runtime, tmp_path):

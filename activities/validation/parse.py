@@ -38,8 +38,9 @@ def parse_tree(
 ) -> ValidationReport:
     """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
     settings = pipeline.validation if pipeline else ValidationSettings()
-    with readable(bundle) as (root, tree):
-        server = service.Server(runtime, root, sandboxed=pipeline.sandbox if pipeline else True)
+    server = service.Server(runtime, readable_root(bundle), sandboxed=pipeline.sandbox if pipeline else True)
+    service.start_soon(server)  # while the tree is staged and its keys computed
+    with readable(bundle) as tree:
         return parse_changed(
             {"runtime": runtime.name, "runtime_json": read(runtime / "runtime.json")},
             tree,
@@ -53,25 +54,34 @@ def parse_tree(
         )
 
 
-@contextmanager
-def readable(bundle: Path) -> Iterator[tuple[Path, Path]]:
-    """(what a sandboxed parser may read, the bundle there). A pipeline's releases are read where they are, so
-    one warm parser serves all its trains; any other tree (`airagent validate PATH`, a commit checked before
-    a merge) is staged, hard-linked, under one folder of the state directory, so one warm parser per
-    runtime serves them all, and a private folder of the caller's is never opened to the sandbox."""
+def readable_root(bundle: Path) -> Path:
+    """What a sandboxed parser of `bundle` may read: a pipeline's releases are read where they are, so one warm
+    parser serves all its trains; any other tree (`airagent validate PATH`, a commit checked before a merge) is
+    staged under one folder of the state directory (see `readable`), so one warm parser per runtime serves them
+    all, and a private folder of the caller's is never opened to the sandbox."""
     releases = (home() / "releases").resolve()
     resolved = bundle.resolve()
     if resolved.is_relative_to(releases):
-        yield releases / resolved.relative_to(releases).parts[0], bundle
-        return
+        return releases / resolved.relative_to(releases).parts[0]
     trees = home() / "trees"
-    trees.mkdir(parents=True, exist_ok=True)
-    staged = trees / f".{resolved.name or 'tree'}.{uuid.uuid4().hex[:8]}"  # a crash leaves it to gc as partial
+    trees.mkdir(parents=True, exist_ok=True)  # a sandbox mounts what exists
+    return trees.resolve()
+
+
+@contextmanager
+def readable(bundle: Path) -> Iterator[Path]:
+    """The bundle where its parser may read it (see `readable_root`): a release as it is, any other tree staged,
+    hard-linked, for as long as the context lasts."""
+    if bundle.resolve().is_relative_to((home() / "releases").resolve()):
+        yield bundle
+        return
+    # A crash leaves it to gc as partial.
+    staged = readable_root(bundle) / f".{bundle.resolve().name or 'tree'}.{uuid.uuid4().hex[:8]}"
     try:
         shutil.copytree(bundle, staged, symlinks=True, copy_function=_readable, ignore=_not_parsed)
         for folder, _, _ in os.walk(staged):
             os.chmod(folder, 0o755)  # our copy of a folder the caller may keep private
-        yield trees.resolve(), staged
+        yield staged
     finally:
         shutil.rmtree(staged, ignore_errors=True)
 

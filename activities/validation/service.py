@@ -17,10 +17,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import queue
 import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +38,9 @@ IDLE_SECONDS = 600.0
 START_SECONDS = 120.0
 ASKS = 4
 _started: dict[Path, subprocess.Popen] = {}  # servers this process started, by directory
+_to_start: queue.SimpleQueue[Server] = queue.SimpleQueue()
+_starter: threading.Thread | None = None
+_starter_lock = threading.Lock()
 
 
 class ParserFailed(RuntimeError):
@@ -120,6 +125,34 @@ def connect(server: Server) -> socket.socket:
         if connection := listening(server.path):
             return connection
     raise ParserFailed(f"the DAG parser started but does not accept requests; its log: {server.log_tail()}")
+
+
+def start_soon(server: Server) -> None:
+    """Start the warm parser in the background, when none of ours runs, while the caller gets its request ready.
+
+    So a first validation overlaps the parser's start (seconds: Airflow's import) with
+    what comes before its request (staging the tree, the cache keys); the request waits
+    for the start under the same lock. One thread starts them all and lives as long as
+    this process: a sandbox dies with the thread that started it (`--die-with-parent`).
+    A parser that cannot start is left for the request to start again and to say why."""
+    process = _started.get(server.path)
+    if process is not None and process.poll() is None:
+        return
+    global _starter
+    with _starter_lock:
+        if _starter is None:
+            _starter = threading.Thread(target=_start_each, name="parser-starter", daemon=True)
+            _starter.start()
+    _to_start.put(server)
+
+
+def _start_each() -> None:
+    while True:
+        server = _to_start.get()
+        try:
+            connect(server).close()  # a parser takes a connection without a request as nothing to do
+        except (ParserFailed, OSError):
+            pass
 
 
 def stop() -> None:
