@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,8 +35,10 @@ def parse_tree(
     plugins_folder: str,
     pipeline: PipelineSettings | None = None,
     timeout: float | None = None,
+    only: Collection[str] | None = None,
 ) -> ValidationReport:
-    """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache."""
+    """Parse what changed with the runtime's warm parser (see `service`); the rest from the cache. With `only`
+    (paths relative to the DAG folder), just those files, as `parse_changed` says."""
     settings = pipeline.validation if pipeline else ValidationSettings()
     server = service.Server(runtime, readable_root(bundle), sandboxed=pipeline.sandbox if pipeline else True)
     service.start_soon(server)  # while the tree is staged and its keys computed
@@ -51,6 +53,7 @@ def parse_tree(
             lambda todo: _named_back(
                 _run_parser(server, tree, dag_folder, plugins_folder, todo, settings, timeout), tree, bundle
             ),
+            only,
         )
 
 
@@ -119,9 +122,13 @@ def parse_changed(
     pipeline: PipelineSettings | None,
     timeout: float | None,
     parse: Callable[[list[str]], Iterable[dict]],
+    only: Collection[str] | None = None,
 ) -> ValidationReport:
     """Files not in the cache go to `parse` (paths relative to the DAG folder), whose reports are stored as they
     come; `runtime` names what parses them.
+
+    With `only`, the files outside it (the plugins' load too, unless named) are neither parsed nor reported; the
+    DAGs the cache knows of them still count for a duplicate dag_id with a reported file.
 
     Then apply the pipeline's rules and name owners, so a report means the same
     whether a file was parsed now or came from the cache, here or in a pod.
@@ -140,6 +147,7 @@ def parse_changed(
     keys = cache.file_keys(bundle, dag_folder, context, ignored)
     found = cache.load(keys.values())
     results = {rel: found.get(key) for rel, key in keys.items()}
+    outside = {rel: results.pop(rel) for rel in list(results) if only is not None and rel not in only}
     todo = sorted(rel for rel, result in results.items() if result is None)
     if todo:
         for result in parse(todo):
@@ -147,7 +155,7 @@ def parse_changed(
             results[rel] = result
             if not result.get("transient"):
                 cache.store(keys[rel], result)
-    plugins = results.pop(PLUGINS)
+    plugins = results.pop(PLUGINS, {})  # none to report when outside `only`
     assert plugins is not None  # from the cache or, with every other missing one, from `parse`
     files = plugin_reports(plugins, plugins_folder, cached=PLUGINS not in todo)
     for rel in sorted(results):
@@ -162,11 +170,15 @@ def parse_changed(
             | {"imports": imports}
         )
         files.append(policies.check(report, settings))
+    listed = {f.path: f.dag_ids for f in files}
+    known = listed | {_from_root(dag_folder, rel): r["dag_ids"] for rel, r in outside.items() if r and rel != PLUGINS}
     owners: dict[str, list[str]] = {}
-    for f in files:
-        for dag_id in f.dag_ids:
-            owners.setdefault(dag_id, []).append(f.path)
-    duplicates = {dag_id: paths for dag_id, paths in sorted(owners.items()) if len(paths) > 1}
+    for path in sorted(known):  # the order the files are listed in
+        for dag_id in known[path]:
+            owners.setdefault(dag_id, []).append(path)
+    duplicates = {
+        dag_id: paths for dag_id, paths in sorted(owners.items()) if len(paths) > 1 and any(p in listed for p in paths)
+    }
     return ValidationReport(files=files, duplicates=duplicates, parsed=len([t for t in todo if t != PLUGINS]))
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import posixpath
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import git
 
 from activities.bundle import export_commit
 from activities.runtime import ensure_runtime
+from activities.validation import changed
 from activities.validation.parse import parse_tree
 from activities.validation.review import review
 from airagent.config import PipelineSettings
@@ -17,16 +20,27 @@ from airagent.models import ValidationReport
 from airagent.repo import RepoError, resolve
 
 
-def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -> ValidationReport:
+def check_changed(
+    pipeline: PipelineSettings, root: Path, base: str | None = None
+) -> tuple[ValidationReport, changed.Scope]:
+    """`check_tree` over only what the working tree changes against `base` (see `changed.scope`), and that."""
+    repo = _repository(root)
+    if repo is None:
+        raise RepoError(f"{root} is not the root of a git repository, so nothing can be compared; drop --changed")
+    scope = changed.scope(repo, pipeline, root, base)
+    return check_tree(pipeline, root, only=scope.files), scope
+
+
+def check_tree(
+    pipeline: PipelineSettings, root: Path, sha: str | None = None, only: Collection[str] | None = None
+) -> ValidationReport:
     """The validate stage on a working tree, or on one commit of it, before a merge.
 
     DAGs present where the branch left the pipeline's branch (the merge base) and gone
-    here need consent, from the commits since then or the config.
+    here need consent, from the commits since then or the config. With `only` (paths
+    relative to the DAG folder), just those files are checked, and the DAGs they held.
     """
-    try:
-        repo = git.Repo(root)
-    except (git.NoSuchPathError, git.InvalidGitRepositoryError):
-        repo = None
+    repo = _repository(root)
     if repo is not None:
         pipeline = pipeline.model_copy(update={"repo": str(root)})
     if sha is not None and repo is None:
@@ -49,14 +63,26 @@ def check_tree(pipeline: PipelineSettings, root: Path, sha: str | None = None) -
             if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
                 raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
         _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)
-        report = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline)
+        report = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
         live = []
         if repo is not None and commit:
             try:
                 live = [b.hexsha for b in repo.merge_base(resolve(repo, pipeline), commit)]
             except RepoError:
                 live = []  # no such branch here: nothing is live to compare with
-        return review(report, pipeline, repo, tree, commit, live, runtime)
+        report = review(report, pipeline, repo, tree, commit, live, runtime)
+        if only is not None:
+            # The other files' DAGs are not in the report, and not gone.
+            checked = {posixpath.normpath(posixpath.join(pipeline.dag_folder, rel)) for rel in only}
+            report.removed = [r for r in report.removed if r.path in checked]
+        return report
+
+
+def _repository(root: Path) -> git.Repo | None:
+    try:
+        return git.Repo(root)
+    except (git.NoSuchPathError, git.InvalidGitRepositoryError):
+        return None
 
 
 def refuse_links_out(root: Path) -> None:
