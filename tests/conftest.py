@@ -42,6 +42,7 @@ AIRFLOW_LANES = {
     "tests/test_local_airflow.py": "airflow-2",
     "tests/test_analysis_airflow.py": "airflow-2",
     "tests/test_space_in_path.py": "airflow-2",
+    "tests/test_analysis_scenarios.py": "airflow-2",
 }
 
 
