@@ -163,3 +163,8 @@ def test_smoke_marks_its_runs_as_airagents_and_names_a_dag_it_cannot_run(story):
     assert smoked["run_type"] == "manual" and smoked["state"] == "success"
     error = story.smoked["no_such_dag"]
     assert error.startswith("error: 404") and "no_such_dag" in error, error
+
+
+def test_the_dags_changed_since_the_roll_are_those_with_a_version_made_after_it(story):
+    assert story.api.changed_since(story.since) == [DAG]
+    assert story.api.changed_since(datetime.now(UTC)) == []
