@@ -151,8 +151,8 @@ def _start_each() -> None:
         server = _to_start.get()
         try:
             connect(server).close()  # a parser takes a connection without a request as nothing to do
-        except (ParserFailed, OSError):
-            pass
+        except Exception:  # the request starts it again, and says why it cannot
+            continue
 
 
 def stop() -> None:
