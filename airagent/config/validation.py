@@ -93,3 +93,17 @@ class ValidationSettings(Model):
         description="dag_ids that may disappear from the live release without an "
         "'Airagent-Allow-Dag-Removal: <dag_id>' commit trailer",
     )
+    test_connections: str = Field(
+        "tests/connections.yaml",
+        description="`airagent test`: Airflow connections for test runs (a yaml, json or env file Airflow's "
+        "local filesystem secrets backend reads), from the repository's root; used when present",
+    )
+    test_variables: str = Field(
+        "tests/variables.yaml",
+        description="`airagent test`: Airflow variables for test runs, as test_connections; used when present",
+    )
+    tests_network: bool = Field(
+        False,
+        description="`airagent test`: let test runs reach the network; off, a task that calls out fails as it "
+        "would with no route",
+    )
