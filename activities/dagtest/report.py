@@ -49,7 +49,7 @@ class DagResult(BaseModel):
         return f"{self.dag_id}: the run ended {self.state}"
 
 
-class TestReport(BaseModel):
+class DagTestReport(BaseModel):
     dags: list[DagResult] = []
     broken: dict[str, str] = Field(
         {}, description="files whose DAGs could not run because the file does not import: path -> the error's end"

@@ -73,8 +73,6 @@ def run_dag(bench: Bench, file: str, dag_id: str) -> DagResult:
             "dag_id": dag_id,
             "events": str(scratch / "events"),
             "logs": str(scratch / "logs"),
-            "connections": str(tree / bench.connections) if bench.connections else None,
-            "variables": str(tree / bench.variables) if bench.variables else None,
             "placeholders": {k: bench.placeholders.get(k, {}) for k in ("connections", "variables")},
         }
         (scratch / "request.json").write_text(json.dumps(request))
@@ -208,6 +206,14 @@ def environment(bench: Bench, scratch: Path) -> dict[str, str]:
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(bench.tree / bench.plugins_folder),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__LOGGING__NAMESPACE_LEVELS": QUIET,
+        # The repository's test files, or nothing: never a secrets backend its airflow.cfg names for production.
+        "AIRFLOW__SECRETS__BACKEND": "airflow.secrets.local_filesystem.LocalFilesystemBackend",
+        "AIRFLOW__SECRETS__BACKEND_KWARGS": json.dumps(
+            {
+                "connections_file_path": str(bench.tree / bench.connections) if bench.connections else None,
+                "variables_file_path": str(bench.tree / bench.variables) if bench.variables else None,
+            }
+        ),
     }
     if bench.config:
         env["AIRFLOW_CONFIG"] = str(bench.tree / bench.config)

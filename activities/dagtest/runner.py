@@ -40,16 +40,18 @@ def run(request: dict) -> None:
     def emit(event: str, **fields) -> None:
         events.write(json.dumps({"event": event, **fields}, default=str) + "\n")
 
+    # Before the file is parsed, which may look some up at top level.
+    placeholders(request.get("placeholders", {}))
     dag, line = load(Path(request["file"]), request["dag_id"], emit)
     if dag is None:
         return
     emit("parsed", line=line)
-    placeholders(request.get("placeholders", {}))
-    logs = Path(request["logs"])
-    log_each_task(logs, emit)
+    log_each_task(Path(request["logs"]), emit)
     started = time.monotonic()
     try:
-        dagrun = dag.test(conn_file_path=request.get("connections"), variable_file_path=request.get("variables"))
+        # The repository's test files are the secrets backend from the start (the caller's environment says so),
+        # not only while `test()` runs, as its conn_file_path and variable_file_path would make them.
+        dagrun = dag.test()
     except Exception:
         emit("crashed", error=traceback.format_exc(), seconds=time.monotonic() - started)
         return

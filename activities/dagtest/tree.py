@@ -21,7 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import sandbox
 from activities.bundle import export_commit
-from activities.dagtest.report import DagResult, TestReport, last_line
+from activities.dagtest.report import DagResult, DagTestReport, last_line
 from activities.dagtest.run import Bench, run_dag
 from activities.runtime import ensure_runtime
 from activities.targets.base import CONFIG_FILES
@@ -35,7 +35,7 @@ from airagent.repo import RepoError, resolve
 DEFAULT_TIMEOUT = 120.0
 
 
-def test_tree(
+def run_tree(
     pipeline: PipelineSettings,
     root: Path,
     sha: str | None = None,
@@ -44,7 +44,7 @@ def test_tree(
     base: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     done: Callable[[DagResult], None] = lambda result: None,
-) -> TestReport:
+) -> DagTestReport:
     """Run each selected DAG of the tree at `root` (or of commit `sha`) once; `done` hears of each as it ends.
 
     Selected: those named in `dag_ids`, else with `changed_only` those whose files, or the
@@ -81,7 +81,7 @@ def test_tree(
         _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)
         parsed = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
         chosen, broken = select(parsed, dag_ids)
-        report = TestReport(broken=broken, scope=scope.describe(len(parsed.files)) if scope is not None else None)
+        report = DagTestReport(broken=broken, scope=scope.describe(len(parsed.files)) if scope is not None else None)
         if not chosen:
             return report
         settings = pipeline.validation

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from activities.dagtest.report import DagResult, TestReport
+from activities.dagtest.report import DagResult, DagTestReport
 from airagent import config as config_module
 from airagent.config import ConfigError
 from interface.cli.base import JsonOpt, app, console, err_console, friendly
@@ -18,7 +18,7 @@ from interface.terminal import labelled
 
 @app.command(name="test")
 @friendly
-def test_dags(
+def dag_test(
     path: Annotated[Path, typer.Argument(help="the root of a working tree of the monorepo")] = Path("."),
     dag: Annotated[
         list[str] | None, typer.Option("--dag", help="a dag_id to run; repeat for more (default: every DAG)")
@@ -47,7 +47,7 @@ def test_dags(
     from temporalio.exceptions import ApplicationError
 
     from activities.dagtest.run import BenchUnavailable
-    from activities.dagtest.tree import test_tree
+    from activities.dagtest.tree import run_tree
     from activities.sandbox import SandboxUnavailable
 
     cfg, folder = config_module.load(config or path / config_module.DEFAULT_FILE)
@@ -63,7 +63,7 @@ def test_dags(
         raise typer.BadParameter("--timeout is in seconds, above 0")
     settings = cfg.pipeline(pipeline or next(iter(cfg.pipelines)), folder)
     try:
-        report = test_tree(
+        report = run_tree(
             settings,
             path.resolve(),
             sha,
@@ -114,7 +114,7 @@ def describe(result: DagResult) -> Text:
     return text
 
 
-def verdict(report: TestReport) -> str:
+def verdict(report: DagTestReport) -> str:
     failed = [d for d in report.dags if not d.ok]
     if not report.dags and not report.broken:
         return "no DAG to run"
