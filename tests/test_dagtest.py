@@ -203,6 +203,20 @@ def test_for_ci_one_dag_of_a_commit_says_what_failed_in_the_summary_and_an_annot
 
 
 @pytest.mark.slow
+def test_changed_runs_the_dags_of_the_files_the_working_tree_changes(repo):
+    git.Repo(repo).git.checkout("--", ".")
+    succeeds = repo / "dags/team/succeeds.py"
+    succeeds.write_text(succeeds.read_text() + "# a change on disk, not committed\n")
+
+    ran = airagent_test(repo, "--changed", "--base", "HEAD", "--json")
+
+    assert ran.returncode == 0, ran.stderr
+    answer = json.loads(ran.stdout)
+    assert [d["dag_id"] for d in answer["dags"]] == ["succeeds"]
+    assert "1 changed files" in answer["scope"]
+
+
+@pytest.mark.slow
 def test_a_dag_that_is_not_there_is_named(repo):
     ran = airagent_test(repo, "--dag", "no_such_dag")
 
