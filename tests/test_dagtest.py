@@ -15,7 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import sandbox
 from activities.dagtest.report import DagResult, DagTestReport, TaskResult
-from activities.dagtest.run import result_of
+from activities.dagtest.run import read_events, result_of
 from activities.dagtest.tree import run_tree
 from activities.runtime import ensure_runtime
 from activities.validation import service as parser_service
@@ -29,17 +29,23 @@ SECRET = "s3cr3t-of-the-deployer"
 TIMEOUT = 45  # the hanging DAG's; the others end in seconds, even on a busy host
 
 
-def task_dag(dag_id: str, body: str, top: str = "", call: str = "work()") -> str:
+def task_dag(dag_id: str, body: str, top: str = "", call: str = "work()", retries: int = 0) -> str:
     """A DAG of one Python task whose body is `body`; `top` goes at the file's top level."""
     lines = ["from datetime import datetime", "from airflow.sdk import DAG, task", top, ""]
-    lines += [f"with DAG({dag_id!r}, start_date=datetime(2024, 1, 1), schedule=None, default_args={{'retries': 0}}):"]
-    lines += ["    @task", "    def work(x=None):"]
+    args = f"default_args={{'retries': {retries}}}"  # and Airflow's retry_delay, five minutes
+    lines += [f"with DAG({dag_id!r}, start_date=datetime(2024, 1, 1), schedule=None, {args}):"]
+    lines += ["    @task", "    def work(x=None, ti=None):"]
     lines += [f"        {line}" for line in dedent(body).splitlines()]
     return "\n".join([*lines, f"    {call}", ""])
 
 
 DAGS = {
-    "dags/team/succeeds.py": task_dag("succeeds", "print('all good', x)\nreturn x", call="work.expand(x=[1, 2])"),
+    "dags/team/succeeds.py": task_dag(
+        "succeeds",
+        "if ti.try_number == 1:\n    raise RuntimeError('a first try fails')\nreturn x",
+        call="work.expand(x=[1, 2])",
+        retries=1,
+    ),
     "dags/team/feed_check.py": task_dag(
         "feed_check", "print('looking for the feed')\nraise ValueError('the orders feed is empty')\n"
     ),
@@ -127,9 +133,9 @@ def test_every_dag_runs_once_and_one_that_fails_fails_the_run(everything):
     good = dags["succeeds"]
     assert good["state"] == "success" and good["file"] == "dags/team/succeeds.py" and good["seconds"] > 0
     assert [(t["task_id"], t["state"], t["try_number"]) for t in good["tasks"]] == [
-        ("work[0]", "success", 1),
-        ("work[1]", "success", 1),
-    ]
+        ("work[0]", "success", 2),
+        ("work[1]", "success", 2),
+    ]  # retried at once, not after the retry delay
 
 
 @pytest.mark.slow
@@ -187,7 +193,7 @@ def test_airflows_own_example_dags_pass(everything):
 
 @pytest.mark.slow
 def test_for_ci_one_dag_of_a_commit_says_what_failed_in_the_summary_and_an_annotation(repo, tmp_path):
-    (repo / "dags/team/feed_check.py").write_text(DAGS["dags/team/succeeds.py"].replace("succeeds", "feed_check"))
+    (repo / "dags/team/feed_check.py").write_text(task_dag("feed_check", "return 1"))
     summary = tmp_path / "summary.md"
 
     # --sha: the commit, where feed_check still fails, not the fixed file on disk.
@@ -246,9 +252,11 @@ def ended(task_id: str, state: str, map_index: int = -1) -> dict:
     return {"event": "task_ended", "task_id": task_id, "map_index": map_index, "state": state, "seconds": 1.5}
 
 
-def test_a_run_killed_past_its_timeout_names_the_task_it_was_in():
-    events = [{"event": "parsed", "line": 7}, started("extract"), {**ended("extract", "success"), "try_number": 1}]
-    events += [started("load"), {"event": "task_st"}]  # a line cut short by the kill is not read
+def test_a_run_killed_past_its_timeout_names_the_task_it_was_in(tmp_path):
+    written = [{"event": "parsed", "line": 7}, started("extract"), {**ended("extract", "success"), "try_number": 1}]
+    written.append(started("load"))
+    (tmp_path / "events").write_text("".join(json.dumps(e) + "\n" for e in written) + '{"event": "task_e')
+    events = read_events(tmp_path / "events")  # the line the kill cut short is left out
 
     result = result_of("d", "dags/d.py", events, {"/logs/load.log": ["waiting"]}, [], None, 61.0)
 

@@ -79,7 +79,7 @@ def run_dag(bench: Bench, file: str, dag_id: str) -> DagResult:
         started = time.monotonic()
         code = _run(bench, scratch, ["run", str(scratch / "request.json")], bench.timeout)
         seconds = time.monotonic() - started
-        events = _events(scratch / "events")
+        events = read_events(scratch / "events")
         logs = {e["log"]: tail(Path(e["log"])) for e in events if e["event"] == "task_started"}
         output = tail(scratch / "output.log")
         return result_of(dag_id, file, events, logs, output, code, seconds)
@@ -233,7 +233,7 @@ def runner_path() -> Path:
     return target
 
 
-def _events(path: Path) -> list[dict]:
+def read_events(path: Path) -> list[dict]:
     """The events a run wrote; a line cut short by a kill is left out."""
     found = []
     with contextlib.suppress(OSError):
