@@ -167,6 +167,7 @@ class Outcome:
     metric: str | None = None  # the metric whose verdict ended the soak
     intervals: int | None = None  # probe intervals from its first measurement showing the regression to the verdict
     seconds: float = 0.0  # from the train's start to its end
+    errors: int = 0  # error measurements over every metric: what a stall cost
     train: str = ""
     status: TrainStatus | None = None
 
@@ -180,6 +181,7 @@ class Outcome:
 
     def line(self) -> str:
         seen = f"{self.metric} after {self.intervals} intervals" if self.metric else "no metric failed"
+        seen += f", {self.errors} error readings"
         held = f"; held {', '.join(self.held)}" if self.held else ""
         verdict = "ok" if self.right else "WRONG"
         return (
@@ -233,11 +235,13 @@ class Soaks:
         self.env.down()
 
     async def prepare(self, agent: AirAgent) -> None:
-        """One train, without soak, deploys the example and every scenario's base DAG."""
+        """Trains without soak deploy the example, then every scenario's base DAG. Two trains: the first restarts
+        Airflow on the example's config, and the dag-processor it replaces, still running on none, parses what the
+        roll swapped in meanwhile; a DAG it creates then stays paused, as Airflow's default says."""
         files: dict[str, str | None] = {s.path: base for s in self.scenarios if (base := s.base())}
-        sha = example.commit(self.repo, files, "the scenarios' DAGs as they were", "platform")
-        status = await self.train(agent, sha, timedelta(0), smoke=False, timeout=600)
-        assert status.state == TrainState.succeeded, f"the base train: {status.state}: {status.reason}"
+        for sha in (self.repo.head.commit.hexsha, example.commit(self.repo, files, "the scenarios' DAGs", "platform")):
+            status = await self.train(agent, sha, timedelta(0), smoke=False, timeout=600)
+            assert status.state == TrainState.succeeded, f"a base train: {status.state}: {status.reason}"
 
     def trigger_history(self, scenario: Scenario) -> None:
         """One run of the scenario's DAG on the version before its train, for the judge to compare with."""
@@ -276,7 +280,8 @@ class Soaks:
         if status.state != TrainState.succeeded:
             self.repo.git.revert(sha, no_edit=True)
         staging = status.environment_status("staging") if status.environments else None
-        metric, intervals = detection(staging.analysis if staging else [], self.interval)
+        analysis = staging.analysis if staging else []
+        metric, intervals = detection(analysis, self.interval)
         return Outcome(
             scenario,
             status.state,
@@ -285,6 +290,7 @@ class Soaks:
             metric=metric,
             intervals=intervals,
             seconds=time.monotonic() - began,
+            errors=sum(m.errors for m in analysis),
             train=train,
             status=status,
         )
