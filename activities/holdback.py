@@ -30,6 +30,7 @@ from activities.validation import cache as validation_cache
 from activities.validation import reports
 from airagent.config import PipelineSettings
 from airagent.models import HeldCommit, HoldInput, HoldResult, SoakFailed
+from airagent.models.held import soak_reason
 from airagent.repo import HELD, RELEASE_OF, files_of, keep_release
 
 
@@ -155,7 +156,7 @@ def _soak_failures(soak: SoakFailed, pipeline: PipelineSettings) -> dict[str, st
     report = reports.recall(soak.report, present(soak.release, pipeline), None)
     failed = set(soak.dag_ids)
     return {
-        f.path: f"tasks of {', '.join(sorted(failed & set(f.dag_ids)))} failed during the soak of {soak.environment}"
+        f.path: soak_reason(sorted(failed & set(f.dag_ids)), soak.environment, soak.why)
         for f in report.files
         if failed & set(f.dag_ids)
     }

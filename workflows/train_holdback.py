@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
         ValidationReport,
     )
+    from airagent.models.held import soak_reason
 
 # Rounds of holding back before a release that still fails validation fails the train.
 MAX_HOLD_ROUNDS = 3
@@ -153,16 +154,17 @@ class TrainHoldBack(TrainBookkeeping):
     async def _trace_regression(self, input: TrainInput, env: str) -> None:
         """After a soak rollback, the DAGs whose tasks failed lead to their files and the commits that changed
         them: the conductor holds those back from the next train. Best effort: the rollback is done."""
-        dags = self._env(env).blamed_dags()
+        status = self._env(env)
+        dags, why = status.blamed_dags(), status.blame()[:MAX_REASON]
         request = self._hold_input(input, {}, soak=True)
         if self.report and self.report.digest and self.release:  # bounded: the activity finds the files
             traced = bool(dags)
             request.soak_failed = SoakFailed(
-                environment=env, dag_ids=sorted(dags), release=self.release, report=self.report.digest
+                environment=env, dag_ids=sorted(dags), release=self.release, report=self.report.digest, why=why
             )
         else:  # a report from before bounded reports lists every file
             request.failures = {
-                f.path: f"tasks of {', '.join(sorted(dags & set(f.dag_ids)))} failed during the soak of {env}"
+                f.path: soak_reason(sorted(dags & set(f.dag_ids)), env, why)
                 for f in (self.report.files if self.report else [])
                 if dags & set(f.dag_ids)
             }

@@ -34,12 +34,13 @@ class HeldCommit(BaseModel):
 
 
 class SoakFailed(BaseModel):
-    """The DAGs whose tasks failed during a soak, and the report that says which files define them."""
+    """The DAGs a soak found worse, why, and the report that says which files define them."""
 
     environment: str
     dag_ids: list[str]
     release: Release
     report: str = Field(description="the digest of the release's validation report")
+    why: str = Field("", description="the failed metrics' verdicts; empty for a train from before soak analysis")
 
 
 class HoldInput(BaseModel):
@@ -64,3 +65,10 @@ class HoldResult(BaseModel):
         description="the release commit without the held changes; None: the failures trace to no commit of the train",
     )
     held: list[HeldCommit] = []
+
+
+def soak_reason(dag_ids: list[str], environment: str, why: str) -> str:
+    """A soak regression's hold reason: which DAGs, where, and the verdict that blamed them."""
+    if why:
+        return f"{', '.join(dag_ids)} judged worse during the soak of {environment}: {why}"
+    return f"tasks of {', '.join(dag_ids)} failed during the soak of {environment}"

@@ -65,6 +65,10 @@ class EnvironmentStatus(BaseModel):
             return {d for s in failed for m in s.last[-1:] for d in m.dag_ids}
         return {d for r in self.probes.get("task_failure_rate", [])[-1:] if not r.ok for d in r.dag_ids}
 
+    def blame(self) -> str:
+        """Why the soak blamed its DAGs: each failed metric's verdict, readings and limit."""
+        return "; ".join(s.line() for s in self.analysis if s.verdict == Phase.failed)
+
     def keep(self, readings: list[ProbeReading]) -> None:
         """The latest readings of each probe: enough to see a trend, never a history that grows with the soak."""
         for reading in readings:
