@@ -40,8 +40,8 @@ MAPPED, AT_ONCE = 6, 3
 # Seconds a task sleeps before and after the x3 regression: a task's duration here includes about 5 s of start-up,
 # so a 1 s task made 3 s would look only x1.3 slower, under the judge's x1.5 minimum effect.
 BASE_SLEEP, SLOW_SLEEP = 5, 15
-# Longer than a probe's 10 s timeout and one round: one round, whenever it began, reads an error; not three in a row.
-STALL, SLOW_ANSWER = 15.0, 5.0
+# A slow answer: well within a probe's 10 s timeout.
+SLOW_ANSWER = 5.0
 # Six 15 s tasks, three at a time, each with its start-up: about 50 s from the smoke run to the last duration.
 SLOWER_SOAK = timedelta(seconds=90)
 FINISHED = ("success", "failed")
@@ -310,9 +310,15 @@ class Soaks:
             api_server = self.env.processes()["api-server"].pid
             os.killpg(api_server, signal.SIGSTOP)  # its whole group: gunicorn's workers answer, not the master
             try:
-                await asyncio.sleep(STALL if scenario.kind == "stall" else SLOW_ANSWER)
+                await asyncio.sleep(self.stall() if scenario.kind == "stall" else SLOW_ANSWER)
             finally:
                 os.killpg(api_server, signal.SIGCONT)
+
+    def stall(self) -> float:
+        """Seconds a stall lasts: a probe's timeout and two intervals. A request only errs when it began in the
+        stall's first (stall - timeout) seconds, and rounds come an interval plus their own time apart, so with
+        one interval a round could begin just after that window and only be slow; never three rounds in a row."""
+        return (self.settings.probes.timeout + 2 * self.interval).total_seconds()
 
     # --- trains ----------------------------------------------------------------------
 
