@@ -239,7 +239,10 @@ class Soaks:
         Airflow on the example's config, and the dag-processor it replaces, still running on none, parses what the
         roll swapped in meanwhile; a DAG it creates then stays paused, as Airflow's default says."""
         files: dict[str, str | None] = {s.path: base for s in self.scenarios if (base := s.base())}
-        for sha in (self.repo.head.commit.hexsha, example.commit(self.repo, files, "the scenarios' DAGs", "platform")):
+        shas = [self.repo.head.commit.hexsha]
+        if files:
+            shas.append(example.commit(self.repo, files, "the scenarios' DAGs", "platform"))
+        for sha in shas:
             status = await self.train(agent, sha, timedelta(0), smoke=False, timeout=600)
             assert status.state == TrainState.succeeded, f"a base train: {status.state}: {status.reason}"
 
