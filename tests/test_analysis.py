@@ -226,3 +226,9 @@ def test_a_probes_block_beside_an_analysis_is_refused_naming_the_replacement():
     with pytest.raises(ValidationError, match="probes.webhooks is not read when `analysis:` is set"):
         PipelineDeclaration(environments=[env])
     PipelineDeclaration(environments=[{**env, "probes": {"timeout": "5s"}}])
+
+
+def test_a_failure_in_the_last_round_within_the_limit_ends_inconclusive_not_successful():
+    state = run(HEALTH, [Phase.successful, Phase.successful, Phase.failed])
+    assert state.verdict == Phase.inconclusive
+    assert run(HEALTH, [Phase.failed, Phase.successful]).verdict == Phase.successful

@@ -56,12 +56,14 @@ def advance(metric: Metric, state: MetricState, measured: Measurement) -> Metric
 
 
 def conclude(state: MetricState) -> MetricState:
-    """The verdict of a metric still running when the soak ends."""
+    """The verdict of a metric still running when the soak ends: successful when its newest conclusive reading
+    was; inconclusive when that one was inconclusive, or failed within the limit (the evidence came too late
+    to confirm), or it never read anything conclusive."""
     if state.verdict != Phase.running:
         return state
     conclusive = [m for m in state.last if m.phase != Phase.error]
     newest = conclusive[-1].phase if conclusive else Phase.inconclusive
-    verdict = Phase.inconclusive if newest == Phase.inconclusive else Phase.successful
+    verdict = Phase.successful if newest == Phase.successful else Phase.inconclusive
     return state.model_copy(update={"verdict": verdict})
 
 

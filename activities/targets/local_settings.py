@@ -24,6 +24,9 @@ DEFAULTS = {
     # asked to parse, is found within refresh_interval rather than up to twice that. One small query a second.
     ("dag_processor", "bundle_refresh_check_interval"): "1",
     ("api", "workers"): "1",
+    # Save a changed DAG at the parse that saw it (default: not within 30 s of its last save): soak judges a changed
+    # DAG on the version that parse makes, and a train 20 s after the last one would otherwise have none yet.
+    ("core", "min_serialized_dag_update_interval"): "0",
 }
 
 
