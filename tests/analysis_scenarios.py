@@ -250,11 +250,11 @@ class Soaks:
         """One run of the scenario's DAG on the version before its train, for the judge to compare with."""
         if scenario.base() is None:
             return
-        with self.env.api() as api:
+        with self.env.api(timeout=60) as api:
             self.history_runs[scenario.name] = [api.trigger(scenario.dag_id, {}, "history before the roll")]
 
     def finish_history(self, scenario: Scenario, timeout: float = 240) -> None:
-        with self.env.api() as api:
+        with self.env.api(timeout=60) as api:
             for run_id in self.history_runs.pop(scenario.name, []):
                 path = f"/api/v2/dags/{scenario.dag_id}/dagRuns/{run_id}"
                 wait(lambda p=path: api._get(p, {})["state"] in FINISHED, timeout, f"{scenario.dag_id} {run_id}")
@@ -361,7 +361,7 @@ def wait(predicate, timeout: float, what: str) -> None:
 def judged_runs(soaks: Soaks, scenario: Scenario, since: datetime) -> list[tuple[dict, int]]:
     """Each task instance of the scenario's DAG that ended after `since`: its run as Airflow shows it, and the DAG
     version it ran on."""
-    with soaks.env.api() as api:
+    with soaks.env.api(timeout=60) as api:
         tasks = api.finished_tasks(scenario.dag_id, ended_after=since)
         runs = {
             r: api._get(f"/api/v2/dags/{scenario.dag_id}/dagRuns/{r}", {}) for r in {t["dag_run_id"] for t in tasks}

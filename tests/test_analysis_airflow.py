@@ -95,7 +95,7 @@ def airflow(tmp_path_factory):
 @pytest.fixture(scope="module")
 def story(airflow) -> Iterator[Story]:
     env, dags = airflow
-    with env.api() as api:
+    with env.api(timeout=60) as api:  # a loaded host can keep an answer waiting past the default
         started = datetime.now(UTC)
         wait_for(lambda: DAG in {d["dag_id"] for d in api.dags()}, 90, f"Airflow to serve {DAG}")
         assert api._get(f"/api/v2/dags/{DAG}", {})["is_paused"], "a new DAG starts paused"
