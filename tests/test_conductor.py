@@ -247,24 +247,26 @@ def monitoring(env: Path, mood: dict[str, str] | None = None):
         server.shutdown()
 
 
+def monitored(monorepo, tmp_path: Path, **settings):
+    """The example's pipeline, whose staging soak asks the monitoring check at $AIRAGENT_MONITORING_URL."""
+    pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h", **settings)
+    staging, prod = pipeline.environments
+    webhooks = [WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")]
+    return pipeline.model_copy(
+        update={"environments": [staging.model_copy(update={"probes": Probes(webhooks=webhooks)}), prod]}
+    )
+
+
 async def test_an_untraced_soak_failure_is_bisected_to_its_commit_and_the_rest_deploys(
     agent, drive, monorepo, tmp_path, monkeypatch
 ):
     mood: dict[str, str] = {}
     with monitoring(tmp_path / "envs" / "staging", mood) as url:
         monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
-        pipeline = make_pipeline(
-            monorepo,
-            tmp_path / "envs",
-            soak="20s",
-            poll_interval="1h",
-            teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]},
+        pipeline = monitored(
+            monorepo, tmp_path, teams={"marketing": ["dags/marketing/*"], "finance": ["dags/finance/*"]}
         )
-        staging, prod = pipeline.environments
-        staging = staging.model_copy(
-            update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])}
-        )
-        pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
+        prod = pipeline.environments[1]
         await agent.start_pipeline(pipeline)
         await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
         edits = [
@@ -332,12 +334,7 @@ async def test_an_environment_unwell_on_the_previous_release_too_blames_no_commi
     mood: dict[str, str] = {}
     with monitoring(tmp_path / "envs" / "staging", mood) as url:
         monkeypatch.setenv("AIRAGENT_MONITORING_URL", url)
-        pipeline = make_pipeline(monorepo, tmp_path / "envs", soak="20s", poll_interval="1h")
-        staging, prod = pipeline.environments
-        staging = staging.model_copy(
-            update={"probes": Probes(webhooks=[WebhookProbe(name="monitoring", url_env="AIRAGENT_MONITORING_URL")])}
-        )
-        pipeline = pipeline.model_copy(update={"environments": [staging, prod]})
+        pipeline = monitored(monorepo, tmp_path)
         await agent.start_pipeline(pipeline)
         await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha))
         mood["is"] = "down"

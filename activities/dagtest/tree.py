@@ -23,11 +23,10 @@ from activities import sandbox
 from activities.bundle import export_commit
 from activities.dagtest.report import DagResult, DagTestReport, last_line
 from activities.dagtest.run import Bench, run_dag
-from activities.runtime import ensure_runtime
 from activities.targets.base import CONFIG_FILES
 from activities.validation import changed
 from activities.validation.parse import parse_tree, readable
-from activities.validation.tree import refuse_links_out
+from activities.validation.tree import refuse_links_out, runtime_for
 from airagent.config import ConfigError, PipelineSettings, ValidationSettings
 from airagent.models import ValidationReport
 from airagent.repo import RepoError, resolve
@@ -74,11 +73,7 @@ def run_tree(
             export_commit(pipeline, resolve(repo, pipeline, sha), tree)
         else:
             refuse_links_out(root)
-        for field in ("dag_folder", "plugins_folder"):
-            folder = (tree / getattr(pipeline, field)).resolve()
-            if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
-                raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
-        _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)
+        runtime = runtime_for(pipeline, tree)
         parsed = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
         chosen, broken = select(parsed, dag_ids)
         report = DagTestReport(broken=broken, scope=scope.describe(len(parsed.files)) if scope is not None else None)

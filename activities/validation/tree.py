@@ -58,11 +58,7 @@ def check_tree(
             tree = Path(scratch)
             assert commit is not None  # resolved above; an empty --sha takes the head
             export_commit(pipeline, commit, tree)
-        for field in ("dag_folder", "plugins_folder"):
-            folder = (tree / getattr(pipeline, field)).resolve()
-            if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
-                raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
-        _, runtime = ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)
+        runtime = runtime_for(pipeline, tree)
         report = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
         live = []
         if repo is not None and commit:
@@ -98,3 +94,13 @@ def refuse_links_out(root: Path) -> None:
                     f"{link} links outside the repository (to {link.resolve()}); "
                     "replace the link with the files themselves"
                 )
+
+
+def runtime_for(pipeline: PipelineSettings, tree: Path) -> Path:
+    """The runtime of a tree about to be parsed or run, once its folders are checked to be inside it (no link or
+    `..` leads out) and its DAG folder to exist."""
+    for field in ("dag_folder", "plugins_folder"):
+        folder = (tree / getattr(pipeline, field)).resolve()
+        if not folder.is_relative_to(tree.resolve()) or (field == "dag_folder" and not folder.is_dir()):
+            raise RepoError(f"{tree / getattr(pipeline, field)} is not a folder inside {tree}; check {field}")
+    return ensure_runtime(pipeline.runtime, tree / pipeline.runtime.requirements, pipeline.sandbox)[1]
