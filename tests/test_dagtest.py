@@ -132,10 +132,10 @@ def test_every_dag_runs_once_and_one_that_fails_fails_the_run(everything):
     }
     good = dags["succeeds"]
     assert good["state"] == "success" and good["file"] == "dags/team/succeeds.py" and good["seconds"] > 0
-    assert [(t["task_id"], t["state"], t["try_number"]) for t in good["tasks"]] == [
+    assert sorted((t["task_id"], t["state"], t["try_number"]) for t in good["tasks"]) == [
         ("work[0]", "success", 2),
         ("work[1]", "success", 2),
-    ]  # retried at once, not after the retry delay
+    ]  # retried at once, not after the retry delay; mapped tries run side by side, in either order
 
 
 @pytest.mark.slow
