@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import git
@@ -30,7 +32,7 @@ def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
     key = hashlib.sha256(pipeline.repo.encode()).hexdigest()[:16]
     path = home() / "repos" / f"{pipeline.name}-{key}.git"
     if not path.exists():
-        return git.Repo.clone_from(pipeline.repo, path, bare=True, mirror=True)
+        return _clone(pipeline.repo, path)
     repo = git.Repo(path)
     if fetch:
         # Branches and tags only: a mirror's own prune would drop the release commits under refs/airagent/.
@@ -39,6 +41,21 @@ def open_repository(pipeline: PipelineSettings, fetch: bool = True) -> git.Repo:
             # Release commits other workers of the fleet made and pushed (keep_release); never pruned.
             repo.remotes.origin.fetch([f"+{RELEASES}*:{RELEASES}*"])
     return repo
+
+
+def _clone(url: str, path: Path) -> git.Repo:
+    """Mirror `url` at `path` whole or not at all: activities of one worker (the conductor's poll, a train's
+    diff) may clone at once, and one that found a half-made clone saw none of its commits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+        made = Path(scratch) / "clone.git"
+        git.Repo.clone_from(url, made, bare=True, mirror=True)
+        try:
+            made.rename(path)
+        except OSError:
+            if not path.exists():
+                raise
+    return git.Repo(path)
 
 
 def resolve(repo: git.Repo, pipeline: PipelineSettings, sha: str | None = None) -> str:

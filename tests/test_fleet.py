@@ -5,6 +5,8 @@ instead of finding nothing there and passing. Separate homes stand for separate 
 from __future__ import annotations
 
 import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from activities.validate import validate
 from airagent import example
 from airagent.config import PipelineSettings, home
 from airagent.models import BuildInput, HeldCommit, TrainState, ValidateInput
-from airagent.repo import RELEASES, open_repository
+from airagent.repo import RELEASES, open_repository, resolve
 from interface.client import AirAgent
 from tests.conftest import start_train
 from tests.devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401  fixtures
@@ -129,6 +131,23 @@ def test_validate_on_a_worker_that_did_not_build_parses_the_commits_files(tmp_pa
     with pytest.raises(ApplicationError, match="holds no file") as raised:
         validate(ValidateInput(release=release, pipeline=pipeline))
     assert raised.value.type == "ReleaseIncomplete" and not raised.value.non_retryable
+
+
+def test_activities_cloning_at_once_each_find_every_commit(tmp_path, monkeypatch):
+    """The conductor's poll and a train's diff can open a worker's first clone at the same moment: none may
+    see a half-made one, in which the commit it was given is missing."""
+    repo, _, pipeline = example_pipeline(tmp_path)
+    head = repo.head.commit.hexsha
+    for attempt in range(3):
+        monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / f"home-{attempt}"))
+        start = threading.Barrier(4)
+
+        def first_look() -> str:
+            start.wait(timeout=30)
+            return resolve(open_repository(pipeline), pipeline, head)
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(lambda _: first_look(), range(4))) == [head] * 4
 
 
 def test_a_release_commit_made_on_one_worker_is_fetched_by_another(tmp_path, monkeypatch):
