@@ -49,7 +49,7 @@ def built(pipeline, sha: str) -> tuple[Release, dict[str, list[str]]]:
 
 
 def trigger(env: LocalAirflow, dag_id: str) -> str:
-    with env.api() as api:
+    with env.api(timeout=60) as api:  # a loaded host can keep an answer waiting past the default
         headers = api._auth()
         api.http.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}, headers=headers).raise_for_status()
         response = api.http.post(f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None}, headers=headers)
@@ -58,7 +58,7 @@ def trigger(env: LocalAirflow, dag_id: str) -> str:
 
 
 def task_state(env: LocalAirflow, dag_id: str, run_id: str, task_id: str) -> str | None:
-    with env.api() as api:
+    with env.api(timeout=60) as api:
         response = api.http.get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", headers=api._auth())
         return response.json().get("state") if response.status_code == 200 else None
 
@@ -74,7 +74,7 @@ def wait_for(predicate, seconds: float, what: str):
 
 def parse_requests(env: LocalAirflow, since: datetime) -> int:
     """How many parse requests Airflow's audit log holds since `since` (it masks which file: tokens are secret)."""
-    with env.api() as api:
+    with env.api(timeout=60) as api:
         body = api._get("/api/v2/eventLogs", {"event": "reparse_dag_file", "after": since.isoformat()})
     return body["total_entries"]
 
@@ -135,7 +135,7 @@ def test_dags_only_roll_is_live_without_restarting_anything(live):
     # The file's DAG took a new id: its file is still the one Airflow knew, and is asked for by that.
     assert "parse asked for 1 file" in detail and parse_requests(env, rolled) == 1, detail
     assert pids(env) == before
-    with env.api() as api:
+    with env.api(timeout=60) as api:
         assert "fx_rates_v2" in {d["dag_id"] for d in api.dags()}
 
 
@@ -152,7 +152,7 @@ def test_a_new_dag_file_is_confirmed_once_the_dag_processor_lists_it(live):
 
     assert "1 re-parsed" in detail and "parse asked for 0 files" in detail, detail
     assert parse_requests(env, rolled) == 0
-    with env.api() as api:
+    with env.api(timeout=60) as api:
         served = {d["dag_id"]: d for d in api.dags()}
     assert served["fx_forwards"]["relative_fileloc"] == "finance/fx_forwards.py"
 
@@ -205,16 +205,18 @@ def test_api_answers_throughout_a_restart(live):
     )
     release, dags = built(pipeline, sha)
     url = f"http://127.0.0.1:{env.target.port}/api/v2/monitor/health"
-    answers: list[bool] = []
+    answers: list[str] = []
     done = threading.Event()
 
     def poll():
-        with httpx.Client(timeout=2) as http:
+        # Downtime is a refused or dropped request or an error answer; a slow answer, as a host busy with other
+        # tests gives, is still an answer.
+        with httpx.Client(timeout=30) as http:
             while not done.is_set():
                 try:
-                    answers.append(http.get(url).status_code == 200)
-                except httpx.HTTPError:
-                    answers.append(False)
+                    answers.append(str(http.get(url).status_code))
+                except httpx.HTTPError as err:
+                    answers.append(type(err).__name__)
                 time.sleep(0.1)
 
     poller = threading.Thread(target=poll)
@@ -224,7 +226,8 @@ def test_api_answers_throughout_a_restart(live):
     finally:
         done.set()
         poller.join()
-    assert len(answers) > 20 and all(answers), f"{answers.count(False)} of {len(answers)} failed"
+    failed = [a for a in answers if a != "200"]
+    assert len(answers) > 20 and not failed, f"{len(failed)} of {len(answers)} failed: {sorted(set(failed))}"
 
 
 def test_a_killed_component_fails_the_components_probe(live):

@@ -88,7 +88,8 @@ async def test_first_train_then_a_runtime_failing_commit_is_rolled_back_by_soak(
     staging = status.environment_status("staging")
     verdicts = {m.metric: m.verdict for m in staging.analysis}
     assert staging.state == "rolled_back" and verdicts["changed_dags"] == Phase.failed, verdicts
-    assert verdicts["health"] == verdicts["components"] == Phase.running, verdicts
+    # On a loaded host the DAG's second failure can come only at the soak's end, when the others conclude.
+    assert {verdicts["health"], verdicts["components"]} <= {Phase.running, Phase.successful}, verdicts
     assert env.running()
     history = (await agent.client.get_workflow_handle(train_id("main", sha)).fetch_history()).to_json()
     for secret in ("api-login", "jwt-secret"):
