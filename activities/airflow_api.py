@@ -93,6 +93,11 @@ class AirflowApi:
     def dags(self) -> list[dict[str, Any]]:
         return self._all("/api/v2/dags", "dags", {"exclude_stale": "true"})
 
+    def tagged(self, tags: list[str]) -> set[str]:
+        """The DAGs carrying any of these tags."""
+        params = {"tags": tags, "tags_match_mode": "any", "exclude_stale": "true"}
+        return {d["dag_id"] for d in self._all("/api/v2/dags", "dags", params)}
+
     def import_errors(self) -> list[dict[str, Any]]:
         return self._all("/api/v2/importErrors", "import_errors")
 

@@ -24,14 +24,18 @@ from airagent.models.analysis import Measurement, Phase
 
 @activity.defn(name="soak_smoke")
 def soak_smoke(input: SmokeInput) -> dict[str, str]:
-    """One run of each DAG Airflow re-serialized since the roll (those matching `smoke_dags`), so the soak has
-    runs to judge instead of waiting for their schedules; each DAG's run id, or why it could not start."""
+    """One run of each DAG Airflow re-serialized since the roll (those matching `smoke_dags` and carrying one of
+    `smoke_tags`), so the soak has runs to judge instead of waiting for their schedules; each DAG's run id, or why
+    it could not start."""
     settings = input.environment
     api = environment(settings).airflow_api()
     if api is None:
         return {}
     with keep_alive(f"smoke {settings.name}"), api:
         dags = [d for d in api.changed_since(input.since) if fnmatch(d, settings.smoke_dags or "*")]
+        if settings.smoke_tags:
+            tagged = api.tagged(settings.smoke_tags)
+            dags = [d for d in dags if d in tagged]
         return smoke(api, dags[: airflow.MAX_DAGS], input.train, input.release.id)
 
 

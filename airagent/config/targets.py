@@ -223,6 +223,9 @@ class EnvironmentSettings(Model):
         "off", description="`trigger`: at the start of soak, run each changed DAG once, so soak has runs to judge"
     )
     smoke_dags: str | None = Field(None, description="with `smoke: trigger`, only the changed DAGs whose id matches")
+    smoke_tags: list[str] = Field(
+        [], description="with `smoke: trigger`, only the changed DAGs carrying one of these tags (any, if none given)"
+    )
 
     def metrics(self) -> Analysis:
         """The analysis soak runs: the declared one (names are resolved when the pipeline is read), or the default
