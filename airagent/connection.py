@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from temporalio.client import Client, Interceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 DEFAULT_TASK_QUEUE = "airagent"
 
@@ -30,10 +31,14 @@ class TemporalUnreachable(RuntimeError):
     """No Temporal server answered at the configured address."""
 
 
-async def connect(profile: str | None = None, interceptors: Sequence[Interceptor] = ()) -> Client:
+async def connect(
+    profile: str | None = None, interceptors: Sequence[Interceptor] = (), runtime: Runtime | None = None
+) -> Client:
     config = ClientConfig.load_client_connect_config(profile=profile)
     config.setdefault("target_host", "localhost:7233")
     try:
-        return await Client.connect(**config, data_converter=pydantic_data_converter, interceptors=interceptors)
+        return await Client.connect(
+            **config, data_converter=pydantic_data_converter, interceptors=interceptors, runtime=runtime
+        )
     except RuntimeError as err:  # the SDK's only word for a failed connect
         raise TemporalUnreachable(f"{config['target_host']}: {err}") from None

@@ -27,6 +27,7 @@ from activities.soak import soak_check, soak_smoke
 from activities.validate import validate
 from airagent.config import host_queue
 from airagent.connection import connect, host_name, task_queue
+from worker import metrics
 from worker.janitor import sweeping
 from worker.telemetry import tracing_interceptors
 from workflows.conductor import Conductor
@@ -89,7 +90,9 @@ def new_worker(client: Client, queue: str, executor: ThreadPoolExecutor, *, acti
 
 async def serve(queue: str | None = None) -> None:
     """Poll the shared queue, and this host's, where host-bound environments' activities wait for it."""
-    client = await connect(interceptors=tracing_interceptors())
+    address = metrics.bind_address()
+    metrics_runtime = metrics.runtime(address) if address else None
+    client = await connect(interceptors=tracing_interceptors(), runtime=metrics_runtime)
     queue = queue or task_queue()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,6 +108,9 @@ async def serve(queue: str | None = None) -> None:
             on_host.task_queue,
             f" as {version.version}" if version else " (unversioned)",
         )
-        async with worker, on_host, sweeping():
+        if address:
+            logging.getLogger("airagent").info("metrics for Prometheus at http://%s/metrics", address)
+        meter = metrics_runtime.metric_meter if metrics_runtime else None
+        async with worker, on_host, sweeping(), metrics.dora_gauges(client, meter):
             await stop.wait()
             logging.getLogger("airagent").info("stopping: waiting for running activities")

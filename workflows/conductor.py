@@ -18,7 +18,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ChildWorkflowError, WorkflowAlreadyStartedError
 from temporalio.workflow import ContinueAsNewVersioningBehavior
 
-from workflows import culprits
+from workflows import culprits, train_metrics
 from workflows.conductor_controls import ConductorControls
 from workflows.options import BEST_EFFORT, CLOCK, POLL, on
 
@@ -38,8 +38,8 @@ with workflow.unsafe.imports_passed_through():
         TrainStatus,
         train_id,
     )
+    from airagent.models.train import ended_status
     from workflows.train import DeployTrain
-    from workflows.train_bookkeeping import ended_status
 
 KEEP_TRAINS = 20
 KEEP_FAILED = 100
@@ -213,8 +213,9 @@ class Conductor(ConductorControls):
         return [h.model_copy(update={"since": first.get(h.sha, h.since)}) for h in held]
 
     def _publish(self) -> None:
-        """Keep the Web UI's details current; they are not commands, so any moment will do."""
+        """Keep the Web UI's details and the held-commits gauge current; neither is a command, so any moment will do."""
         workflow.set_current_details(details.pipeline(self.query_status()))
+        train_metrics.held_commits(self.pipeline.name, len(self.state.held))
 
     def _time_for_a_new_run(self) -> bool:
         """Between trains: when history grows long, or when a new airagent version became current."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
+from workflows import train_metrics
 from workflows.options import READ, ROLLBACK, on
 
 with workflow.unsafe.imports_passed_through():
@@ -52,6 +53,7 @@ class EnvironmentRollback:
             RollbackInput(environment=env, to_release=target, pipeline=input.pipeline),
             **on(queue, ROLLBACK),
         )
+        train_metrics.rolled_back(input.pipeline.name, env.name, train_metrics.OUTSIDE)
         return EnvironmentRollbackResult(environment=env.name, live=result.live, replaced=marker.live, frozen=frozen)
 
     async def _freeze(self, input: EnvironmentRollbackInput, reason: str) -> None:

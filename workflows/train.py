@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
+from workflows import train_metrics
 from workflows.options import LONG, QUICK, ROLL, ROLLBACK
 from workflows.train_bookkeeping import Failed, Stop
 from workflows.train_holdback import HOLD_BACK, TrainHoldBack
@@ -74,6 +75,7 @@ class DeployTrain(TrainHoldBack, TrainSoak):
         workflow.upsert_search_attributes(
             [sa.PIPELINE.value_set(input.pipeline.name), sa.GIT_SHA.value_set(input.target)]
         )
+        train_metrics.train_started(input.pipeline.name)
         await self._journey(input)
         if workflow.patched("announce") and self.status.state != TrainState.noop:
             await self._announce()

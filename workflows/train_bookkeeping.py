@@ -10,6 +10,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.workflow import ActivityConfig
 
+from workflows import train_metrics
 from workflows.options import ANNOUNCE, on
 from workflows.train_controls import TrainControls
 
@@ -28,18 +29,7 @@ with workflow.unsafe.imports_passed_through():
         TrainStatus,
         ValidationReport,
     )
-
-
-# A train that did not succeed fails as a workflow execution with this error, its status as the details:
-# red in Temporal's list, counted as a failure, and still read as a status by everyone.
-TRAIN_ENDED = "TrainEnded"
-
-
-def ended_status(failure: BaseException | None) -> TrainStatus | None:
-    """The status a train that failed as a workflow execution ended with; None for any other failure."""
-    if isinstance(failure, ApplicationError) and failure.type == TRAIN_ENDED and failure.details:
-        return TrainStatus.model_validate(failure.details[0])
-    return None
+    from airagent.models.train import TRAIN_ENDED, ended_status  # noqa: F401  (the client reads it here)
 
 
 class Stop(Exception):
@@ -105,6 +95,7 @@ class TrainBookkeeping(TrainControls):
         record.ended, record.outcome = workflow.now(), outcome
         if detail is not None:
             record.detail = detail
+        train_metrics.stage_ended(self.pipeline.name, record, self.status)
         self._publish()
 
     def _fail_unless_succeeded(self) -> None:
@@ -116,6 +107,7 @@ class TrainBookkeeping(TrainControls):
 
     def _finish(self, state: TrainState, reason: str) -> TrainStatus:
         self.status.state, self.status.reason, self.status.ended = state, reason, workflow.now()
+        train_metrics.train_ended(self.pipeline.name, self.status, self.stop[0] if self.stop else None)
         self._publish()
         return self.status
 

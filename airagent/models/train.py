@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from pydantic import BaseModel, Field
+from temporalio.exceptions import ApplicationError
 
 from airagent.config import PipelineSettings
 from airagent.models.analysis import MetricState, Phase
@@ -120,6 +121,18 @@ class TrainStatus(BaseModel):
         for e in change.environments:
             env = self.environment_status(e.environment)
             env.live, env.previous, env.live_commit, env.mode = e.live_release, e.live_release, e.live_commit, e.mode
+
+
+# A train that did not succeed fails as a workflow execution with this error, its status as the details:
+# red in Temporal's list, counted as a failure, and still read as a status by everyone.
+TRAIN_ENDED = "TrainEnded"
+
+
+def ended_status(failure: BaseException | None) -> TrainStatus | None:
+    """The status a train that failed as a workflow execution ended with; None for any other failure."""
+    if isinstance(failure, ApplicationError) and failure.type == TRAIN_ENDED and failure.details:
+        return TrainStatus.model_validate(failure.details[0])
+    return None
 
 
 def train_id(pipeline: str, sha: str) -> str:
