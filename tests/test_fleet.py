@@ -138,16 +138,16 @@ def test_activities_cloning_at_once_each_find_every_commit(tmp_path, monkeypatch
     see a half-made one, in which the commit it was given is missing."""
     repo, _, pipeline = example_pipeline(tmp_path)
     head = repo.head.commit.hexsha
+
+    def first_look(start: threading.Barrier) -> str:
+        start.wait(timeout=30)
+        return resolve(open_repository(pipeline), pipeline, head)
+
     for attempt in range(3):
         monkeypatch.setenv("AIRAGENT_HOME", str(tmp_path / f"home-{attempt}"))
         start = threading.Barrier(4)
-
-        def first_look() -> str:
-            start.wait(timeout=30)
-            return resolve(open_repository(pipeline), pipeline, head)
-
         with ThreadPoolExecutor(4) as pool:
-            assert list(pool.map(lambda _: first_look(), range(4))) == [head] * 4
+            assert list(pool.map(first_look, [start] * 4)) == [head] * 4
 
 
 def test_a_release_commit_made_on_one_worker_is_fetched_by_another(tmp_path, monkeypatch):
