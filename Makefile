@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	@# bubblewrap sandboxes the repository code airagent parses and builds; as root, install it from Debian.
 	command -v bwrap >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null)
+	@# Prometheus scrapes the worker's metrics in the tests that judge them (Debian's, 2.42 here).
+	command -v prometheus >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[test]'
