@@ -14,6 +14,7 @@ from airagent.config.pipeline import (
     Notification,
     PipelineDeclaration,
     PipelineSettings,
+    PreviewSettings,
     Runtime,
 )
 from airagent.config.targets import (
@@ -49,6 +50,7 @@ __all__ = [
     "PipelineSettings",
     "Placeholders",
     "Policies",
+    "PreviewSettings",
     "Probes",
     "Ref",
     "RepoPath",

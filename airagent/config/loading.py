@@ -62,6 +62,7 @@ class AirAgentConfig(Model):
             teams=decl.teams,
             validation=decl.validation,
             image=decl.image,
+            previews=decl.previews,
             classification=decl.classification or self.classification,
             runtime=decl.runtime or self.runtime,
         )

@@ -136,6 +136,27 @@ class ImageSettings(Model):
         return _no_option(value)
 
 
+class PreviewSettings(Model):
+    """Previews: a short-lived Airflow per branch for its authors (`airagent preview up`), beside the pipeline's
+    environments and never touching them. Each costs a host what one environment costs, hence the cap."""
+
+    cap: int = Field(
+        3, ge=0, description="previews that may run at once for this pipeline; `preview up` beyond is refused"
+    )
+    ttl: Duration = Field(
+        timedelta(hours=8), gt=timedelta(0), description="how long a preview lives unless `preview up` extends it"
+    )
+    poll_interval: Duration = Field(
+        timedelta(seconds=10), gt=timedelta(0), description="how often a preview looks for new commits on its branch"
+    )
+    first_port: int = Field(
+        28000,
+        ge=1024,
+        le=65000,
+        description="local previews take five free ports each, looked for from here up",
+    )
+
+
 class _Pipeline(Model):
     repo: Ref = Field(".", description="path of a git repository, or a URL to clone")
     branch: Ref = "main"
@@ -164,6 +185,7 @@ class _Pipeline(Model):
     validation: ValidationSettings = ValidationSettings()
     image: ImageSettings | None = Field(None, description="how kubernetes environments get their runtime image")
     analyses: dict[Name, Analysis] = Field({}, description="analyses by name, for environments to share")
+    previews: PreviewSettings = PreviewSettings()
 
     @field_validator("environments")
     @classmethod
