@@ -22,6 +22,7 @@ from activities.diff import diff
 from activities.gc import collect_garbage
 from activities.holdback import hold_back
 from activities.poll import poll_branch
+from activities.preview import check_branch, preview_environment, start_preview, teardown_preview
 from activities.roll import read_marker, roll, rollback
 from activities.soak import soak_check, soak_smoke
 from activities.validate import validate
@@ -32,9 +33,10 @@ from worker.janitor import sweeping
 from worker.telemetry import tracing_interceptors
 from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
+from workflows.preview import Preview
 from workflows.train import DeployTrain
 
-WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback]
+WORKFLOWS = [DeployTrain, Conductor, EnvironmentRollback, Preview]
 ACTIVITIES: list[Callable[..., Any]] = [
     diff,
     build,
@@ -49,6 +51,10 @@ ACTIVITIES: list[Callable[..., Any]] = [
     announce,
     read_marker,
     collect_garbage,
+    preview_environment,
+    start_preview,
+    check_branch,
+    teardown_preview,
 ]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)

@@ -47,6 +47,17 @@ from airagent.models.environment import (
     SoakCheckResult,
 )
 from airagent.models.held import HeldCommit, HoldInput, HoldResult, SoakFailed
+from airagent.models.preview import (
+    BranchCheck,
+    BranchState,
+    Extend,
+    PreviewInput,
+    PreviewPlace,
+    PreviewStart,
+    PreviewState,
+    PreviewStatus,
+    preview_id,
+)
 from airagent.models.rollback import EnvironmentRollbackInput, EnvironmentRollbackResult, rollback_id
 from airagent.models.train import (
     Announcement,
@@ -74,6 +85,8 @@ __all__ = [
     "Baseline",
     "BisectStep",
     "Bisection",
+    "BranchCheck",
+    "BranchState",
     "BuildInput",
     "ChangedFile",
     "Commit",
@@ -93,6 +106,7 @@ __all__ = [
     "EnvironmentStatus",
     "Event",
     "Expected",
+    "Extend",
     "FileReport",
     "HeldCommit",
     "HoldInput",
@@ -104,6 +118,11 @@ __all__ = [
     "PipelineControl",
     "PollInput",
     "PollResult",
+    "PreviewInput",
+    "PreviewPlace",
+    "PreviewStart",
+    "PreviewState",
+    "PreviewStatus",
     "ProbeReading",
     "Problem",
     "Reconfigure",
@@ -129,6 +148,7 @@ __all__ = [
     "ValidationReport",
     "conductor_id",
     "last_line",
+    "preview_id",
     "rollback_id",
     "settings_changes",
     "train_id",

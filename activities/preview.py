@@ -1,0 +1,174 @@
+"""A preview's own side effects: its environment's place and ports, its first start, its branch, its teardown.
+
+Updates after the first start go through the stages trains use (`build`, `validate`,
+`diff`, `roll`): a preview is an environment like any other, made for one branch. Its
+folder is on the host of the worker that made it, and every activity after that runs
+there (the target's `host`).
+
+    AIRAGENT_HOME/previews/<pipeline>/<branch slug>/   the environment (targets/local*.py)
+                                            .../port   its first port, claimed while the folder exists
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.heartbeat import keep_alive
+from activities.release import present
+from activities.targets.base import EnvironmentDown, NotLive
+from activities.targets.local_airflow import LocalAirflow
+from activities.validation import reports
+from airagent.config import EnvironmentSettings, LocalTarget, home
+from airagent.connection import host_name
+from airagent.models import BranchCheck, BranchState, PreviewPlace, PreviewStart
+from airagent.models.preview import slug
+from airagent.repo import RepoError, commit_exists, open_repository, resolve
+
+PORTS = 5  # an environment's port and the four after it (LocalTarget.ports)
+# A preview is thrown away, not drained: its scheduler gets this long to let running tasks finish.
+DRAIN = timedelta(seconds=10)
+# A loaded host starts Airflow slowly; a preview waits for it longer than an environment's default.
+LIVE = timedelta(minutes=4)
+LAST_PORT = 65535
+PORTS_FREED = 30.0  # seconds a teardown waits for the kernel to let go of the ports
+
+
+def previews() -> Path:
+    return home() / "previews"
+
+
+@activity.defn(name="preview_environment")
+def preview_environment(input: PreviewPlace) -> EnvironmentSettings:
+    """The preview's environment: its folder on this host, and five ports no other preview holds. Asked again (a
+    retry, a new run of the workflow) it answers the same."""
+    path = previews() / input.pipeline.name / slug(input.branch)
+    with _ports_locked():
+        port_file = path / "port"
+        if port_file.exists():
+            port = int(port_file.read_text())
+        else:
+            port = _free(input.pipeline.previews.first_port, _claimed())
+            path.mkdir(parents=True, exist_ok=True)
+            port_file.write_text(str(port))
+    return EnvironmentSettings(
+        name="preview",
+        target=LocalTarget(path=path, host=host_name(), port=port, drain_timeout=DRAIN, live_timeout=LIVE),
+    )
+
+
+@activity.defn(name="start_preview")
+def start_preview(input: PreviewStart) -> str:
+    """Put the release in the preview's folder, start Airflow on it, and wait until it serves the release's DAGs:
+    one start, where a roll onto an empty environment would start it twice."""
+    settings = input.environment
+    assert isinstance(settings.target, LocalTarget)  # previews of kubernetes pipelines are refused before
+    env = LocalAirflow(settings.name, settings.target, settings.probes)
+    release = present(input.release, input.pipeline)
+    try:
+        with keep_alive("start preview"):
+            swapped = datetime.now(UTC)
+            record, _ = env.files.roll(release)
+            assert record.live is not None  # the release, just rolled
+            started = env.up()
+            dags = reports.dag_ids(reports.recall(input.report, release, input.pipeline)) if input.report else {}
+            served = env.confirm_dags(record.live, dags, None, swapped)
+    except (NotLive, EnvironmentDown) as err:
+        raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from None
+    return f"{started}; {served}"
+
+
+@activity.defn(name="check_branch")
+def check_branch(input: BranchCheck) -> BranchState:
+    """Whether the branch still exists and whether its head is in the pipeline's branch (merged). The poll that
+    came just before fetched."""
+    try:
+        repo = open_repository(input.pipeline, fetch=False)
+        main = resolve(repo, input.pipeline)
+    except RepoError as err:
+        raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
+    if not commit_exists(repo, f"refs/heads/{input.branch}"):
+        return BranchState(exists=False, merged=False)
+    head = input.head or resolve(repo, input.pipeline.model_copy(update={"branch": input.branch}))
+    # GitPython types the revs as Commit; git takes any rev, a sha too
+    return BranchState(exists=True, merged=repo.is_ancestor(head, main))  # type: ignore[arg-type]
+
+
+@activity.defn(name="teardown_preview")
+def teardown_preview(settings: EnvironmentSettings) -> str:
+    """Stop every component, free the ports and remove the folder; what is already gone is skipped."""
+    assert isinstance(settings.target, LocalTarget)
+    target = settings.target
+    said = "nothing ran"
+    with keep_alive("teardown preview"):
+        if (target.path / "run").exists():
+            said = LocalAirflow(settings.name, target, settings.probes).down()
+        shutil.rmtree(target.path, ignore_errors=True)
+        busy = _wait_freed(target.ports)
+    if busy:
+        raise ApplicationError(f"ports {busy} still in use after the preview's components stopped")
+    return f"{said}; removed {target.path}"
+
+
+def _claimed() -> set[int]:
+    """The ports of every preview folder on this host, whichever pipeline it is of."""
+    claimed: set[int] = set()
+    for port_file in previews().glob("*/*/port"):
+        try:
+            first = int(port_file.read_text())
+        except (OSError, ValueError):  # a folder being removed
+            continue
+        claimed.update(range(first, first + PORTS))
+    return claimed
+
+
+def _free(first: int, claimed: set[int]) -> int:
+    """The first of PORTS consecutive ports from `first` up that no preview claims and nothing listens on."""
+    for port in range(first, LAST_PORT - PORTS, PORTS):
+        ports = range(port, port + PORTS)
+        if not claimed & set(ports) and all(_bindable(p) for p in ports):
+            return port
+    raise ApplicationError(f"no {PORTS} consecutive free ports from {first} up; take a preview down or move first_port")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@contextmanager
+def _ports_locked() -> Iterator[None]:
+    """One preview at a time picks its ports, so two starting at once never take the same."""
+    previews().mkdir(parents=True, exist_ok=True)
+    with open(previews() / ".ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _wait_freed(ports: range) -> list[int]:
+    """The ports still listened on once PORTS_FREED has passed (none, once the components are gone)."""
+    deadline = time.monotonic() + PORTS_FREED
+    while True:
+        busy = [p for p in ports if _listened(p)]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.5)
+
+
+def _listened(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
