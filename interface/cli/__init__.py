@@ -11,7 +11,7 @@ import sys
 
 # isort: off
 # Imported in the order `--help` lists their commands; importing registers them on `app`.
-from interface.cli import server, trains, dagtest, pipeline, image, env, config, gc, metrics, init, doctor  # noqa: F401
+from interface.cli import server, trains, dagtest, pipeline, preview, image, env, config, gc, metrics, init, doctor  # noqa: F401
 
 # isort: on
 from interface.cli.base import app
