@@ -21,8 +21,9 @@ from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import LocalTarget, load_pipeline
 from airagent.devserver import binary, port_open
-from airagent.models import PreviewState, PreviewStatus
+from airagent.models import PreviewState, PreviewStatus, preview_id
 from interface.client import AirAgent
+from tests.conftest import current_details
 from tests.devserver import WorkerProcess, dev_server  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.airflow, pytest.mark.devserver, pytest.mark.slow]
@@ -159,6 +160,13 @@ async def test_two_previews_side_by_side_and_the_cap_refuses_a_third(world, agen
     assert refused.returncode == 2, refused.stdout + refused.stderr
     message = " ".join(refused.stderr.split())
     assert "cap" in message and "feat-a" in message and "feat-b" in message, message
+
+    # At the cap, `up` on a running preview is no new one: it extends it.
+    extended = await agent.preview_up(pipeline, "feat-a", ttl=timedelta(hours=3))
+    assert a.expires and extended.expires and extended.expires > a.expires + timedelta(hours=1), (a, extended)
+    details = await current_details(agent, preview_id("main", "feat-b"))
+    assert str(b.url) in details and str(b.login_file) in details and str(b.commit)[:12] in details, details
+    assert set(await agent.running_previews("main")) == {"feat-a", "feat-b"}
 
     pids = list(pids_of(b).values())
     down = cli(world, "down", "--branch", "feat-b")
