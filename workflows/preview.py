@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.roll import roll, rollback
     from activities.validate import validate
     from airagent import search_attributes as sa
-    from airagent.config import EnvironmentSettings, LocalTarget
+    from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
     from airagent.models import (
         BranchCheck,
         BuildInput,
@@ -104,7 +104,7 @@ class Preview:
         return self.status
 
     @property
-    def pipeline(self):
+    def pipeline(self) -> PipelineSettings:
         """The pipeline as the preview's stages see it: the branch, and the preview's environment alone. A branch is
         rebased and force-pushed at will, so history rewrites are fine; nothing is held back."""
         return self.base.model_copy(
