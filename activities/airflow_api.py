@@ -186,15 +186,14 @@ class AirflowApi:
         path = f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/~/taskInstances"
         return self._all(path, "task_instances", params, most=limit)
 
-    def trigger(self, dag_id: str, conf: dict[str, Any], note: str) -> str:
-        """Start a run of the DAG now, with this conf and note; returns its run id. A paused DAG's run is made all
-        the same but waits, queued, until someone unpauses the DAG (its scheduler starts no run of a paused DAG):
-        unpausing is its owners' choice, never airagent's."""
-        response = self._send(
-            "POST",
-            f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
-            json={"logical_date": None, "conf": conf, "note": note},
-        )
+    def trigger(self, dag_id: str, conf: dict[str, Any], note: str, run_id: str | None = None) -> str:
+        """Start a run of the DAG now, with this conf and note (and run id, else Airflow's); returns its run id. A
+        paused DAG's run is made all the same but waits, queued, until someone unpauses the DAG (its scheduler
+        starts no run of a paused DAG): unpausing is its owners' choice, never airagent's."""
+        body: dict[str, Any] = {"logical_date": None, "conf": conf, "note": note}
+        if run_id:
+            body["dag_run_id"] = run_id
+        response = self._send("POST", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", json=body)
         response.raise_for_status()
         return response.json()["dag_run_id"]
 

@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import http.server
+import json
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from pydantic import ValidationError
 
+from activities.airflow_api import AirflowApi, Credentials
 from activities.analysis import judge, outside
+from activities.analysis.airflow_samples import smoke
 from airagent.config import EnvironmentSettings, PipelineDeclaration
 from airagent.config.analysis import AirflowMetric, Analysis, JobMetric, WebhookMetric, holds
 from airagent.models import Release
 from airagent.models.analysis import Measurement, Phase
+from tests.airflow_api import Replaying, serving
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -232,3 +237,37 @@ def test_a_failure_in_the_last_round_within_the_limit_ends_inconclusive_not_succ
     state = run(HEALTH, [Phase.successful, Phase.successful, Phase.failed])
     assert state.verdict == Phase.inconclusive
     assert run(HEALTH, [Phase.failed, Phase.successful]).verdict == Phase.successful
+
+
+class BusyAirflow(Replaying):
+    """Airflow's token endpoint and its trigger: `busy` answers 500 (SQLite locked) before taking the run, `ran`
+    has this train's run already (409), any other DAG is unknown (404)."""
+
+    posts: ClassVar[list[tuple[str, str]]] = []
+
+    def do_POST(self):
+        if self.path == "/auth/token":
+            return self.send_json({"access_token": "token"}, 201)
+        dag_id = self.path.split("/")[4]
+        run_id = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["dag_run_id"]
+        self.posts.append((dag_id, run_id))
+        if dag_id == "busy" and len([p for p in self.posts if p[0] == "busy"]) < 3:
+            return self.send_json({"detail": "database is locked"}, 500)
+        if dag_id == "ran":
+            return self.send_json({"detail": "exists"}, 409)
+        if dag_id == "busy":
+            return self.send_json({"dag_run_id": run_id})
+        self.send_json({"detail": f"DAG {dag_id} not found"}, 404)
+
+
+def test_smoke_asks_a_busy_airflow_again_and_takes_a_run_it_already_started_as_started():
+    BusyAirflow.posts = []
+    with serving(BusyAirflow) as server:
+        api = AirflowApi(f"http://127.0.0.1:{server.server_port}", Credentials("airagent", "pw"), timeout=5)
+        with api:
+            runs = smoke(api, ["busy", "ran", "gone"], train="train/main/0123456789ab", release="r-1", pause=0.01)
+
+    mine = "airagent__train_main_0123456789ab"
+    assert runs == {"busy": mine, "ran": mine, "gone": "error: 404 DAG gone not found"}
+    assert [p[0] for p in BusyAirflow.posts] == ["busy"] * 3 + ["ran", "gone"]  # a 4xx is not asked again
+    assert {p[1] for p in BusyAirflow.posts} == {mine}

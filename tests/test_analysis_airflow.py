@@ -35,7 +35,7 @@ def napper(seconds: int) -> str:
         from airflow.sdk import DAG
         from airflow.providers.standard.operators.bash import BashOperator
 
-        with DAG("{DAG}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+        with DAG("{DAG}", start_date=datetime(2024, 1, 1), schedule=None, catchup=False, tags=["naps"]):
             BashOperator(task_id="nap", bash_command="sleep {seconds}")
         """)
 
@@ -71,6 +71,7 @@ class Story:
     old_runs: list[str]
     new_runs: list[str]
     smoked: dict[str, str]
+    smoked_again: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,10 @@ def story(airflow) -> Iterator[Story]:
         api.reparse(api._get(f"/api/v2/dags/{DAG}", {})["file_token"])
         wait_for(lambda: api.dag_versions(DAG) == [1, 2], 90, "Airflow to make version 2 of the changed DAG")
         smoked = smoke(api, [DAG, "no_such_dag"], train="train/main/0123456789ab", release="r-0123")
+        again = smoke(api, [DAG], train="train/main/0123456789ab", release="r-0123")  # a retried activity
         new_runs = [api.trigger(DAG, {}, "new"), smoked[DAG]]
         finish(api, new_runs)
-        yield Story(api, started, since, paused_run, paused_waits, old_runs, new_runs, smoked)
+        yield Story(api, started, since, paused_run, paused_waits, old_runs, new_runs, smoked, again)
 
 
 def test_samples_split_the_changed_dags_tasks_by_version_with_durations(story):
@@ -162,6 +164,7 @@ def test_smoke_marks_its_runs_as_airagents_and_names_a_dag_it_cannot_run(story):
     assert smoked["conf"] == {"airagent": {"train": "train/main/0123456789ab", "release": "r-0123"}}
     assert smoked["note"] == "triggered by airagent for train train/main/0123456789ab (release r-0123)"
     assert smoked["run_type"] == "manual" and smoked["state"] == "success"
+    assert story.smoked_again == {DAG: story.smoked[DAG]}, "asked again, the train's run is the one it started"
     error = story.smoked["no_such_dag"]
     assert error.startswith("error: 404") and "no_such_dag" in error, error
 
@@ -169,3 +172,8 @@ def test_smoke_marks_its_runs_as_airagents_and_names_a_dag_it_cannot_run(story):
 def test_the_dags_changed_since_the_roll_are_those_with_a_version_made_after_it(story):
     assert story.api.changed_since(story.since) == [DAG]
     assert story.api.changed_since(datetime.now(UTC)) == []
+
+
+def test_smoke_tags_pick_the_dags_carrying_any_of_them(story):
+    assert story.api.tagged(["naps", "reports"]) == {DAG}
+    assert story.api.tagged(["reports"]) == set()

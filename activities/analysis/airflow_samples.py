@@ -7,6 +7,8 @@ ones' by what Airflow recorded, not by when they ran. Both samples are bounded, 
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +16,8 @@ import httpx
 
 from activities.airflow_api import AirflowApi
 from airagent.models.analysis import DagSamples, TaskSample
+
+SMOKE_TRIES = 4
 
 
 def samples(api: AirflowApi, dag_id: str, since: datetime, history: timedelta, limit: int = 200) -> DagSamples:
@@ -31,19 +35,32 @@ def samples(api: AirflowApi, dag_id: str, since: datetime, history: timedelta, l
     return DagSamples(dag_id=dag_id, new_version=latest, new=_tasks(new), previous=_tasks(previous))
 
 
-def smoke(api: AirflowApi, dag_ids: list[str], train: str, release: str) -> dict[str, str]:
+def smoke(api: AirflowApi, dag_ids: list[str], train: str, release: str, pause: float = 1.0) -> dict[str, str]:
     """Trigger one run of each DAG now, marked in its conf and note as airagent's for this train; returns each
     DAG's run id, or the error Airflow answered for it (an unknown DAG, one with import errors): one DAG that
     cannot run never keeps the others from running. An Airflow that cannot be reached, or that refuses
-    airagent's login, raises: no DAG could run, and a retry may fare better."""
+    airagent's login, raises: no DAG could run, and a retry may fare better.
+
+    Each run's id is the train's, so a smoke asked again (a retried activity) finds the run it started rather
+    than starting another; an answer of 5xx (SQLite busy under load) is asked again, a few times, `pause` apart:
+    a smoke run lost to it left a regression with nothing to judge."""
     conf = {"airagent": {"train": train, "release": release}}
     note = f"triggered by airagent for train {train} (release {release})"
+    run_id = "airagent__" + re.sub(r"[^A-Za-z0-9_.~:+-]", "_", train)
     runs = {}
     for dag_id in dag_ids:
-        try:
-            runs[dag_id] = api.trigger(dag_id, conf, note)
-        except httpx.HTTPStatusError as err:
-            runs[dag_id] = f"error: {err.response.status_code} {_detail(err.response)}"
+        for attempt in range(SMOKE_TRIES):
+            try:
+                runs[dag_id] = api.trigger(dag_id, conf, note, run_id)
+                break
+            except httpx.HTTPStatusError as err:
+                if err.response.status_code == 409:  # this train's run is there already
+                    runs[dag_id] = run_id
+                    break
+                runs[dag_id] = f"error: {err.response.status_code} {_detail(err.response)}"
+                if err.response.status_code < 500:
+                    break
+                time.sleep(pause * 2**attempt)
     return runs
 
 
