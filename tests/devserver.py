@@ -60,8 +60,10 @@ class WorkerProcess:
     def __init__(self, env: dict[str, str], log: Path):
         self.env, self.log = env, log
         self.proc: subprocess.Popen | None = None
+        self.began = 0  # the log's size when the worker started last
 
     def start(self) -> None:
+        self.began = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [binary("airagent"), "worker"],
@@ -70,6 +72,15 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    async def polling(self, timeout: float = 120) -> None:
+        """Once the worker started last says it polls its queues: on a loaded host, starting takes seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while b"polling task queues" not in self.log.read_bytes()[self.began :]:
+            if loop.time() > deadline:
+                raise TimeoutError(f"the worker did not poll within {timeout} s; see {self.log}")
+            await asyncio.sleep(0.2)
 
     def kill(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)

@@ -116,6 +116,9 @@ class Chaos:
     async def __call__(self) -> None:
         faults = 0
         while self.scenario.faults is None or faults < self.scenario.faults:
+            # The gap is the worker's time at work: a kill before it polls again (a slow start on a loaded
+            # host) tests nothing but its start-up, and back to back such kills starved every train.
+            await self.worker.polling()
             await asyncio.sleep(self.rng.uniform(*self.scenario.fault_gap))
             faults += 1
             if self.restarts < self.scenario.restarts and faults % self.scenario.restart_every == 0:
