@@ -154,6 +154,8 @@ async def test_two_previews_side_by_side_and_the_cap_refuses_a_third(world, agen
     for key in ("branch", "commit", "url", "expires", "login_file"):
         assert previews["feat-b"][key], key
     assert previews["feat-b"]["commit"] == b.commit and previews["feat-b"]["url"] == b.url
+    human = cli(world, "list").stdout
+    assert f"Airflow {b.url}; log in with the username:password in {b.login_file}" in human, human
 
     on_branch(repo, "feat-c", {"dags/finance/preview_c.py": example.dag_file("preview_c")}, "c", new=True)
     refused = cli(world, "up", "--branch", "feat-c", "-c", str(config))

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
 from airagent import config as config_module
 from airagent.models import PreviewState, PreviewStatus
@@ -95,20 +94,12 @@ def preview_list(
     if not found:
         console.print("no previews run; start one with `airagent preview up --branch B`")
         return
-    table = Table("branch", "state", "commit", "Airflow", "login (username:password in)", "expires")
-    for p in found:
-        table.add_row(
-            p.branch,
-            p.state.value,
-            (p.commit or "-")[:12],
-            p.url or "-",
-            p.login_file or "-",
-            f"{p.expires:%Y-%m-%d %H:%M} UTC" if p.expires else "-",
-        )
-    console.print(table)
-    for p in found:
+    for p in found:  # lines, not a table: a login file's path must print whole, whatever the terminal's width
+        expires = f"{p.expires:%Y-%m-%d %H:%M} UTC" if p.expires else "-"
+        say(f"{p.branch}: {p.state.value}, serving {(p.commit or 'nothing')[:12]}, expires {expires}")
+        say(f"  Airflow {p.url or '-'}; log in with the username:password in {p.login_file or '-'}")
         if p.error:
-            console.print(labelled(f"{p.branch}:", "yellow", p.error))
+            say(f"  not served: {p.error}")
 
 
 @preview_app.command("down")
@@ -128,7 +119,12 @@ def preview_down(
     if as_json:
         print(json.dumps(_fields(status)))
     else:
-        console.print(f"{branch}: {status.event or 'ended'}", markup=False, highlight=False, soft_wrap=True)
+        say(f"{branch}: {status.event or 'ended'}")
+
+
+def say(line: str) -> None:
+    """Branch names and errors come from the repository: printed as they are, never as markup."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _fields(status: PreviewStatus) -> dict:
@@ -142,7 +138,7 @@ def _say(status: PreviewStatus) -> None:
         line += f" {status.commit[:12]} at {status.url}; log in as the `username:password` in {status.login_file}"
     if status.expires:
         line += f"; expires {status.expires:%Y-%m-%d %H:%M} UTC"
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    say(line)
     if status.error:
         err_console.print(labelled("not served:", "yellow", status.error))
 
