@@ -31,6 +31,7 @@ from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+from airagent.config.analysis import Analysis
 from airagent.models import TrainState, TrainStatus
 from airagent.models.analysis import MetricState, Phase
 from interface.client import AirAgent, NotFound
@@ -42,13 +43,18 @@ MAPPED, AT_ONCE = 6, 3
 BASE_SLEEP, SLOW_SLEEP = 5, 15
 # A slow answer: well within a probe's 10 s timeout.
 SLOW_ANSWER = 5.0
-# Six 15 s tasks, three at a time, each with its start-up: about 50 s from the smoke run to the last duration.
-SLOWER_SOAK = timedelta(seconds=90)
+# Six 15 s tasks, three at a time, each with its start-up: about 50 s from the smoke run to the last duration on a
+# quiet host, twice that on one busy with other tests; a hung scheduler shows in health after 30 s. Either fails
+# the soak as soon as it shows, so a long soak costs nothing when the analysis is right.
+LONG_SOAK = timedelta(seconds=180)
 FINISHED = ("success", "failed")
 
 # What each kind does, and whether it is a regression (the train must not succeed) or noise (it must).
 REGRESSIONS = ("fails", "slower", "import_error", "component_dies")
 NOISE = ("stall", "slow_answer", "flaky_unchanged", "flaky_changed", "idle", "harmless")
+# The environment is unwell whatever runs on it (its scheduler hangs for the rest of the train): the train must fail
+# and blame no commit.
+UNWELL = ("scheduler_hangs",)
 TEAM = {"fails": "marketing", "slower": "finance", "flaky_changed": "marketing", "flaky_unchanged": "finance"}
 
 
@@ -177,6 +183,8 @@ class Outcome:
 
     @property
     def right(self) -> bool:
+        if self.scenario.kind in UNWELL:
+            return self.state == TrainState.failed and not self.held
         return self.caught == self.scenario.regression
 
     def line(self) -> str:
@@ -184,9 +192,11 @@ class Outcome:
         seen += f", {self.errors} error readings"
         held = f"; held {', '.join(self.held)}" if self.held else ""
         verdict = "ok" if self.right else "WRONG"
-        return (
-            f"{verdict} {self.scenario.name}: {self.state.value} ({seen}, {self.seconds:.0f} s){held} — {self.reason}"
-        )
+        took = f"{self.seconds:.0f} s"
+        line = f"{verdict} {self.scenario.name}: {self.state.value} ({seen}, {took}){held} — {self.reason}"
+        if self.right or self.status is None or not self.status.environments:
+            return line
+        return "\n    ".join([line, *(m.line() for m in self.status.environment_status("staging").analysis)])
 
 
 def detection(states: list[MetricState], interval: timedelta) -> tuple[str | None, int | None]:
@@ -225,6 +235,7 @@ class Soaks:
         self.pipeline = make_pipeline(self.repo, root / "envs").model_copy(update={"environments": [self.settings]})
         self.env = LocalAirflow("staging", target, self.settings.probes)
         self.history_runs: dict[str, list[str]] = {}
+        self.hung: list[int] = []  # process groups stopped until the train ends
 
     # --- the environment ----------------------------------------------------------------------
 
@@ -271,13 +282,16 @@ class Soaks:
         sha = example.commit(
             self.repo, {scenario.changed_path: scenario.changed()}, f"{scenario.name}: the change", "finance"
         )
-        soak = max(self.soak, SLOWER_SOAK) if scenario.kind == "slower" else self.soak
+        soak = max(self.soak, LONG_SOAK) if scenario.kind in ("slower", *UNWELL) else self.soak
         began = time.monotonic()
         train = await self.start(agent, sha, soak, scenario.smoke)
         try:
             await self.during_soak(agent, train, scenario)
             status = await agent.wait(train, timeout=soak + timedelta(minutes=6))
         finally:
+            for group in self.hung:
+                os.killpg(group, signal.SIGCONT)
+            self.hung.clear()
             if not self.env.running():
                 await asyncio.to_thread(self.env.up)
         if status.state != TrainState.succeeded:
@@ -301,10 +315,16 @@ class Soaks:
     async def during_soak(self, agent: AirAgent, train: str, scenario: Scenario) -> None:
         """The scenario's fault, a couple of rounds into soak."""
         status = await self.soaking(agent, train)
-        if status.state.finished or scenario.kind not in ("stall", "slow_answer", "component_dies", "flaky_unchanged"):
+        faults = ("stall", "slow_answer", "component_dies", "flaky_unchanged", *UNWELL)
+        if status.state.finished or scenario.kind not in faults:
             return
         await asyncio.sleep(2 * self.interval.total_seconds())
-        if scenario.kind == "flaky_unchanged":
+        if scenario.kind in UNWELL:
+            # A hung scheduler stops heartbeating: health says so once the heartbeat is older than Airflow's
+            # scheduler_health_check_threshold (30 s), on any release, until the train has ended.
+            self.hung.append(self.env.processes()["scheduler"].pid)
+            os.killpg(self.hung[-1], signal.SIGSTOP)
+        elif scenario.kind == "flaky_unchanged":
             self.trigger_history(scenario)  # a run after the roll, failing as before
             await asyncio.to_thread(self.finish_history, scenario)
         elif scenario.kind == "component_dies":
@@ -325,12 +345,21 @@ class Soaks:
 
     # --- trains ----------------------------------------------------------------------
 
-    def pipeline_for(self, soak: timedelta, smoke: bool) -> PipelineSettings:
-        env = self.settings.model_copy(update={"soak": soak, "smoke": "trigger" if smoke else "off"})
-        return self.pipeline.model_copy(update={"environments": [env]})
+    def pipeline_for(self, soak: timedelta, smoke: bool, inconclusive: str = "continue") -> PipelineSettings:
+        """The pipeline with this soak, smoke runs or none, and what a changed DAG too little run to judge does."""
+        update: dict[str, object] = {"soak": soak, "smoke": "trigger" if smoke else "off"}
+        if inconclusive != "continue":
+            metrics = self.settings.metrics().metrics
+            judge = {"inconclusive": inconclusive}
+            update["analysis"] = Analysis(
+                metrics=[m.model_copy(update=judge) if m.name == "changed_dags" else m for m in metrics]
+            )
+        return self.pipeline.model_copy(update={"environments": [self.settings.model_copy(update=update)]})
 
-    async def start(self, agent: AirAgent, sha: str, soak: timedelta, smoke: bool) -> str:
-        return (await start_train(agent, self.pipeline_for(soak, smoke), sha)).id
+    async def start(
+        self, agent: AirAgent, sha: str, soak: timedelta, smoke: bool, inconclusive: str = "continue"
+    ) -> str:
+        return (await start_train(agent, self.pipeline_for(soak, smoke, inconclusive), sha)).id
 
     async def train(self, agent: AirAgent, sha: str, soak: timedelta, smoke: bool, timeout: float) -> TrainStatus:
         train = await self.start(agent, sha, soak, smoke)
