@@ -83,7 +83,9 @@ def database_url(name: str, target: LocalTarget) -> str:
                 "this worker; export it or remove the setting to use SQLite"
             )
         return os.environ[variable]
-    return f"sqlite:///{airflow_home(target) / 'airflow.db'}"
+    # A writer waits up to 30 s for SQLite's lock, not pysqlite's 5: on a busy host the api-server's write (a
+    # triggered run) lost to the scheduler's with "database is locked" and answered 500.
+    return f"sqlite:///{airflow_home(target) / 'airflow.db'}?timeout=30"
 
 
 def ensure_secrets(target: LocalTarget) -> None:
