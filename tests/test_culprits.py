@@ -53,7 +53,8 @@ def test_one_suspect_is_held_at_once_and_a_traced_failure_deploys_the_rest():
     [only] = commits(1)
     state = ConductorState(failed=[only.sha])
     culprits.after_rollback(state, only.sha, rolled_back([only]), set(), NOW)
-    assert [h.sha for h in state.held] == [only.sha] and state.bisection is None and only.sha not in state.failed
+    assert [h.sha for h in state.held] == [only.sha] and state.bisection is None
+    assert state.requests == [] and only.sha in state.failed, "no train of its held commit alone is started"
 
     train = commits(3)
     traced = HeldCommit(sha=train[1].sha, author="dev1", summary="", reason="tasks failed", regression=True)

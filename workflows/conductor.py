@@ -48,6 +48,7 @@ MAX_HISTORY = 5_000
 WINDOW_READS_CLOCK = "window-reads-the-server-clock"
 BISECT = "bisect-untraced-soak-failures"
 COLLECT_GARBAGE = "collect-garbage-after-trains"
+HELD_ALONE_STAYS = "no-train-of-held-commits-alone"
 
 
 @workflow.defn(name="Conductor")
@@ -205,7 +206,8 @@ class Conductor(ConductorControls):
         else:
             self.state.failed = [*self.state.failed, sha][-KEEP_FAILED:]
         if status and status.soak_failed and workflow.patched(BISECT):
-            culprits.after_rollback(self.state, sha, status, held_before, workflow.now())
+            alone = workflow.patched(HELD_ALONE_STAYS)
+            culprits.after_rollback(self.state, sha, status, held_before, workflow.now(), retry_alone=not alone)
 
     def _held_since(self, held: list[HeldCommit]) -> list[HeldCommit]:
         """The train's held commits, each held since it was first: a hold that goes on is not new."""

@@ -17,8 +17,16 @@ with workflow.unsafe.imports_passed_through():
     from airagent.models import Bisection, Commit, ConductorState, DeployRequest, HeldCommit, TrainState, TrainStatus
 
 
-def after_rollback(state: ConductorState, sha: str, status: TrainStatus, held_before: set[str], now: datetime) -> None:
-    """`status` is the rolled-back train of `sha`; `held_before`, what was held when it started."""
+def after_rollback(
+    state: ConductorState,
+    sha: str,
+    status: TrainStatus,
+    held_before: set[str],
+    now: datetime,
+    retry_alone: bool = False,
+) -> None:
+    """`status` is the rolled-back train of `sha`; `held_before`, what was held when it started. `retry_alone`: as
+    conductors did before, deploy the head again after holding its only suspect, which fails at diff."""
     held = {h.sha for h in status.held}
     suspects = [c for c in reversed(status.commits) if c.sha not in held]
     if held - held_before:
@@ -27,8 +35,9 @@ def after_rollback(state: ConductorState, sha: str, status: TrainStatus, held_be
         return
     assert status.soak_failed is not None
     why = status.reason.removeprefix(f"soak {status.soak_failed}: ").splitlines()[0][:300]
-    if len(suspects) == 1:
-        hold(state, suspects[0], f"the soak of {status.soak_failed} failed with it alone ({why})", sha, now)
+    if len(suspects) == 1:  # the rest of the train is held already: nothing is left to deploy again
+        alone = f"the soak of {status.soak_failed} failed with it alone ({why})"
+        hold(state, suspects[0], alone, sha, now, rest=retry_alone)
     elif suspects:
         state.bisection = Bisection(
             head=sha, environment=status.soak_failed, why=why, suspects=suspects, bad=len(suspects) - 1
@@ -54,13 +63,16 @@ def after_step(state: ConductorState, bisection: Bisection, status: TrainStatus 
         hold(state, culprit, reason, bisection.head, now)
 
 
-def hold(state: ConductorState, commit: Commit, reason: str, head: str, now: datetime) -> None:
-    """Hold back a commit a soak failure was narrowed down to; the next train fills in its paths."""
+def hold(state: ConductorState, commit: Commit, reason: str, head: str, now: datetime, rest: bool = True) -> None:
+    """Hold back a commit a soak failure was narrowed down to, and deploy the head again when it has `rest`,
+    commits still to deploy without it (a train of held commits only would fail at diff, telling nothing); the
+    next train fills in its paths."""
     held = HeldCommit(
         sha=commit.sha, author=commit.author, summary=commit.summary, reason=reason, since=now, regression=True
     )
     state.held = [*(h for h in state.held if h.sha != commit.sha), held]
-    retry(state, head)
+    if rest:
+        retry(state, head)
 
 
 def retry(state: ConductorState, sha: str) -> None:
