@@ -23,15 +23,12 @@ from temporalio.client import (
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
     WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
 )
 from temporalio.service import RPCError, RPCStatusCode
 
 from airagent import search_attributes as sa
-from airagent.config import NAME, LocalTarget, PipelineSettings
+from airagent.config import PipelineSettings
 from airagent.connection import connect, task_queue
 from airagent.models import (
     ConductorInput,
@@ -43,12 +40,8 @@ from airagent.models import (
     DeployRequest,
     EnvironmentRollbackInput,
     EnvironmentRollbackResult,
-    Extend,
     Notify,
     PipelineControl,
-    PreviewInput,
-    PreviewState,
-    PreviewStatus,
     Reconfigure,
     TrainControl,
     TrainState,
@@ -56,14 +49,14 @@ from airagent.models import (
     TrainSummary,
     Unhold,
     conductor_id,
-    preview_id,
     rollback_id,
     settings_changes,
 )
 from airagent.repo import open_repository, resolve
+from interface.previews import PreviewCalls
+from interface.visibility import NotFound, of_pipeline
 from workflows.conductor import Conductor
 from workflows.environment_rollback import EnvironmentRollback
-from workflows.preview import Preview
 from workflows.train import DeployTrain
 from workflows.train_bookkeeping import ended_status
 
@@ -99,15 +92,7 @@ class RollbackRefused(Exception):
     pass
 
 
-class NotFound(Exception):
-    pass
-
-
-class PreviewRefused(Exception):
-    """A preview cannot start: the pipeline's cap is reached, or its target has no previews; the message says why."""
-
-
-class AirAgent:
+class AirAgent(PreviewCalls):
     def __init__(self, client: Client, queue: str | None = None):
         self.client = client
         self.task_queue = queue or task_queue()
@@ -156,7 +141,7 @@ class AirAgent:
 
     async def running_train(self, pipeline: str) -> str | None:
         """The pipeline's running train; its search attributes are set at start, so visibility sees it at once."""
-        query = f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' AND {_of_pipeline(pipeline)}"
+        query = f"WorkflowType = 'DeployTrain' AND ExecutionStatus = 'Running' AND {of_pipeline(pipeline)}"
         async for execution in self.client.list_workflows(query, limit=1):
             return execution.id
         return None
@@ -315,7 +300,7 @@ class AirAgent:
     async def history(self, pipeline: str | None = None, limit: int = 20) -> list[TrainSummary]:
         query = "WorkflowType = 'DeployTrain'"
         if pipeline:
-            query += f" AND {_of_pipeline(pipeline)}"
+            query += f" AND {of_pipeline(pipeline)}"
         trains = []
         async for ex in self.client.list_workflows(query, limit=limit):
             attrs = ex.typed_search_attributes
@@ -340,116 +325,6 @@ class AirAgent:
                 "`airagent deploy --pipeline P`"
             )
         return trains[0].id
-
-    # --- previews ----------------------------------------------------------------------
-
-    async def preview_up(
-        self, pipeline: PipelineSettings, branch: str, ttl: timedelta | None = None, by: str | None = None
-    ) -> PreviewStatus:
-        """Start the branch's preview, or have the running one live `ttl` (default the pipeline's) from now.
-        Refused past the pipeline's cap, naming the previews that run."""
-        if not all(isinstance(e.target, LocalTarget) for e in pipeline.environments):
-            raise PreviewRefused(
-                f"pipeline {pipeline.name!r} deploys to kubernetes; previews are made for local targets only so far"
-            )
-        resolve(open_repository(pipeline), pipeline.model_copy(update={"branch": branch}))  # names a missing branch
-        ttl = ttl or pipeline.previews.ttl
-        wf_id = preview_id(pipeline.name, branch)
-        handle = self.client.get_workflow_handle(wf_id)
-        if await self._running(handle):
-            try:
-                return await handle.execute_update("extend", Extend(ttl=ttl, by=by), result_type=PreviewStatus)
-            except WorkflowUpdateFailedError as err:
-                raise PreviewRefused(getattr(err.cause, "message", None) or str(err.cause or err)) from None
-        running = await self.running_previews(pipeline.name)
-        if len(running) >= pipeline.previews.cap:
-            raise PreviewRefused(
-                f"pipeline {pipeline.name!r} runs {len(running)} previews, its cap (previews.cap: "
-                f"{pipeline.previews.cap}): {', '.join(running)}; take one down with "
-                f"`airagent preview down --branch B -p {pipeline.name}`"
-            )
-        await self.client.start_workflow(
-            Preview.run,
-            PreviewInput(pipeline=pipeline, branch=branch, ttl=ttl, by=by),
-            id=wf_id,
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=TypedSearchAttributes(
-                [SearchAttributePair(sa.PIPELINE, pipeline.name), SearchAttributePair(sa.BRANCH, branch)]
-            ),
-            static_summary=f"Preview of {branch} ({pipeline.name})",
-        )
-        return PreviewStatus(pipeline=pipeline.name, branch=branch)
-
-    async def running_previews(self, pipeline: str) -> list[str]:
-        """The branches whose previews run for `pipeline`, as the server's visibility lists them."""
-        query = f"WorkflowType = 'Preview' AND ExecutionStatus = 'Running' AND {_of_pipeline(pipeline)}"
-        return [ex.typed_search_attributes.get(sa.BRANCH) or ex.id async for ex in self.client.list_workflows(query)]
-
-    async def previews(self, pipeline: str | None = None) -> list[PreviewStatus]:
-        """Every running preview's status, of one pipeline or all."""
-        query = "WorkflowType = 'Preview' AND ExecutionStatus = 'Running'"
-        if pipeline:
-            query += f" AND {_of_pipeline(pipeline)}"
-        found = []
-        async for ex in self.client.list_workflows(query):
-            try:
-                found.append(await self.client.get_workflow_handle(ex.id).query(Preview.query_status))
-            except (RPCError, WorkflowQueryFailedError):
-                continue  # ended between the list and the query
-        return sorted(found, key=lambda p: (p.pipeline, p.branch))
-
-    async def preview_status(self, pipeline: str, branch: str) -> PreviewStatus:
-        handle = self.client.get_workflow_handle(preview_id(pipeline, branch), result_type=PreviewStatus)
-        try:
-            if await self._running(handle):
-                return await handle.query(Preview.query_status)
-            return await handle.result()
-        except (RPCError, WorkflowFailureError) as err:
-            raise NotFound(f"no preview of {branch!r} in pipeline {pipeline!r}: {err}") from None
-
-    async def wait_preview(
-        self, pipeline: str, branch: str, until=lambda s: s.state != PreviewState.starting, timeout: float = 600
-    ) -> PreviewStatus:
-        """The preview's status once `until` holds (default: it serves, or says why not)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                status = await self.preview_status(pipeline, branch)
-                if until(status):
-                    return status
-            except NotFound:  # not started yet
-                pass
-            if loop.time() > deadline:
-                raise TimeoutError(f"preview of {branch} did not get there within {timeout:.0f}s")
-            await asyncio.sleep(0.5)
-
-    async def preview_down(
-        self, pipeline: str, branch: str, by: str | None = None, reason: str | None = None
-    ) -> PreviewStatus:
-        """Tear the preview down; returns its last status, once nothing of it is left."""
-        handle = self.client.get_workflow_handle(preview_id(pipeline, branch), result_type=PreviewStatus)
-        if not await self._running(handle):
-            raise NotFound(f"no preview of {branch!r} runs in pipeline {pipeline!r}; `airagent preview list`")
-        await handle.execute_update(Preview.down, Control(by=by, reason=reason))
-        return await handle.result()
-
-    async def _running(self, handle: WorkflowHandle) -> bool:
-        try:
-            return (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
-            return False
-
-
-def _of_pipeline(name: str) -> str:
-    """The visibility clause for one pipeline's trains; a name that is no pipeline's never enters the query."""
-    if not NAME.fullmatch(name):
-        raise NotFound(f"{name!r} is not a pipeline name: lowercase letters, digits, '-' and '_'")
-    return f"{sa.PIPELINE.name} = '{name}'"
 
 
 def _no_conductor(name: str) -> NotFound:

@@ -23,7 +23,8 @@ from interface.cli.base import (
     friendly,
     run,
 )
-from interface.client import AirAgent, PreviewRefused
+from interface.client import AirAgent
+from interface.previews import PreviewRefused
 from interface.terminal import labelled
 
 preview_app = typer.Typer(no_args_is_help=True, help="Previews: a real Airflow per branch, until its TTL or `down`.")
