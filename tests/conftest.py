@@ -147,8 +147,13 @@ class Drive:
         return await self._poll(lambda: self.agent.pipeline_status(name), predicate, step, f"pipeline {name}")
 
     async def _poll(self, read, predicate, step: timedelta, what: str, steps: int = 500):
+        status = None
         for _ in range(steps):
-            status = await read()
+            try:
+                status = await read()
+            except RPCError:  # a query the busy worker did not answer in time
+                await asyncio.sleep(1)
+                continue
             if predicate(status):
                 return status
             try:

@@ -113,6 +113,9 @@ async def until(agent: AirAgent, wf_id: str, predicate, timeout: float = 300, si
             status = await agent.status(wf_id, since)
         except NotFound:
             status = None  # not started yet
+        except RPCError:  # a query no worker answered in time: one killed, or busy
+            await asyncio.sleep(1)
+            continue
         if status and predicate(status):
             return status
         await asyncio.sleep(0.2)
