@@ -16,6 +16,7 @@ from datetime import timedelta
 
 from activities import gc
 from airagent.config import PipelineSettings, home
+from worker.background import beside
 
 EVERY = timedelta(minutes=10)
 log = logging.getLogger("airagent")
@@ -58,15 +59,7 @@ async def janitor(every: timedelta) -> None:
             log.info("gc: removed %s, freed %d bytes; could not remove %s", result.removed, result.freed, result.failed)
 
 
-@contextlib.asynccontextmanager
-async def sweeping():
+def sweeping() -> contextlib.AbstractAsyncContextManager[None]:
     """The janitor, running while the worker does."""
     every = interval()
-    task = asyncio.create_task(janitor(every)) if every else None
-    try:
-        yield
-    finally:
-        if task:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    return beside(janitor(every) if every else None)

@@ -20,6 +20,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from airagent import dora, train_records
+from worker.background import beside
 from workflows.train_metrics import BUCKETS
 
 PORT = "AIRAGENT_METRICS_PORT"
@@ -109,14 +110,6 @@ class DoraGauges:
             await asyncio.sleep(every.total_seconds())
 
 
-@contextlib.asynccontextmanager
-async def dora_gauges(client: Client, meter: MetricMeter | None):
+def dora_gauges(client: Client, meter: MetricMeter | None) -> contextlib.AbstractAsyncContextManager[None]:
     """The DORA gauges, kept current while the worker runs; nothing without an endpoint."""
-    task = asyncio.create_task(DoraGauges(client, meter).run(interval())) if meter else None
-    try:
-        yield
-    finally:
-        if task:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    return beside(DoraGauges(client, meter).run(interval()) if meter else None)
