@@ -157,8 +157,9 @@ class Drive:
             if predicate(status):
                 return status
             try:
-                await self.env.sleep(step)
-            except RPCError:  # the server could not skip the step in time (an activity runs on a busy host)
+                # Bounded: on a loaded host a skip the server could not make was seen to never return.
+                await asyncio.wait_for(self.env.sleep(step), timeout=60)
+            except (RPCError, TimeoutError):  # the server could not skip the step in time (a busy host)
                 await asyncio.sleep(1)
         raise AssertionError(f"{what} never got there; last status: {status}")
 
