@@ -5,13 +5,14 @@ Pure functions of the models, so workflows call them freely: details are not com
 
 from __future__ import annotations
 
+from airagent.markdown import block, text
 from airagent.models import ConductorStatus, HeldCommit, TrainStatus
 from airagent.models.analysis import MetricState
 
 
 def _newest(m: MetricState) -> str:
     newest = m.last[-1] if m.last else None
-    seen = f"{newest.phase}: {newest.value}" if newest else "no reading"
+    seen = f"{newest.phase}: {text(newest.value)}" if newest else "no reading"
     return f"{seen} ({m.failures} failed, {m.errors} errors of {m.measurements})"
 
 
@@ -20,22 +21,25 @@ def train(status: TrainStatus) -> str:
     where = f"{status.stage} ({status.environment})" if status.environment else (status.stage or "starting")
     lines = [f"**{status.state.value}** · stage **{where}** · target `{status.target[:12]}`"]
     if status.bisect:
-        lines += ["", f"🔎 {status.bisect.line()}"]
+        lines += ["", f"🔎 {text(status.bisect.line())}"]
     if status.reason:
-        lines += ["", f"> {status.reason}"]
+        lines += ["", f"> {text(status.reason)}"]
     lines += ["", "| environment | state | live | before this train |", "|---|---|---|---|"]
     lines += [f"| {e.name} | {e.state} | {e.live or '-'} | {e.previous or '-'} |" for e in status.environments]
     metrics = [(e.name, m) for e in status.environments for m in e.analysis]
     if metrics:
         lines += ["", "| environment | metric | verdict | newest reading | held to |", "|---|---|---|---|---|"]
-        lines += [f"| {env} | {m.metric} | {m.verdict} | {_newest(m)} | {m.held_to} |" for env, m in metrics]
+        lines += [f"| {env} | {m.metric} | {m.verdict} | {_newest(m)} | {text(m.held_to)} |" for env, m in metrics]
     probes = [(e.name, r[-1]) for e in status.environments if not e.analysis for r in e.probes.values()]
     if probes:
         lines += ["", "| environment | probe | reading | threshold |", "|---|---|---|---|"]
-        lines += [f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {r.reading} | {r.threshold} |" for env, r in probes]
+        lines += [
+            f"| {env} | {'✅' if r.ok else '❌'} {r.probe} | {text(r.reading)} | {text(r.threshold)} |"
+            for env, r in probes
+        ]
     if status.commits:
         lines += ["", f"**commits** ({len(status.commits)}, {status.mode or 'no change'}):"]
-        lines += [f"- `{c.sha[:8]}` {c.summary} — {c.author}" for c in status.commits[:10]]
+        lines += [f"- `{c.sha[:8]}` {text(c.summary)} — {text(c.author)}" for c in status.commits[:10]]
     if status.held:
         lines += [
             "",
@@ -44,15 +48,15 @@ def train(status: TrainStatus) -> str:
         ]
         lines += [_held(h) for h in status.held[:10]]
     for note in status.notes:
-        lines += ["", f"⚠️ {note}"]
+        lines += ["", f"⚠️ {text(note)}"]
     if status.validation:
-        lines += ["", "**validation**", "```", status.validation, "```"]
+        lines += ["", "**validation**", block(status.validation)]
     if status.events:
         e = status.events[-1]
         lines += [
             "",
-            f"last control: {e.control} by {e.by or 'someone'} ({'accepted' if e.accepted else 'rejected'}: "
-            f"{e.message}){' — ' + e.reason if e.reason else ''}",
+            f"last control: {e.control} by {text(e.by or 'someone')} ({'accepted' if e.accepted else 'rejected'}: "
+            f"{text(e.message)}){' — ' + text(e.reason) if e.reason else ''}",
         ]
     return "\n".join(lines)
 
@@ -66,22 +70,28 @@ def pipeline(status: ConductorStatus) -> str:
         f"· last deployed `{(s.last_deployed or '-')[:12]}`"
     ]
     if not status.window_open:
-        lines += ["", f"window closed: {status.window}"]
+        lines += ["", f"window closed: {text(status.window)}"]
     if warning := sandbox_warning(status):
         lines += ["", f"⚠ {warning}"]
     if s.blocked:
-        lines += ["", f"> {s.blocked}"]
+        lines += ["", f"> {text(s.blocked)}"]
     if s.bisection:
-        lines += ["", f"🔎 {s.bisection.step_input().line()}"]
+        lines += ["", f"🔎 {text(s.bisection.step_input().line())}"]
     if s.reconfigured:
         e = s.reconfigured
-        lines += ["", f"last reconfigure, by {e.by or 'someone'}{' — ' + e.reason if e.reason else ''}: {e.message}"]
+        lines += [
+            "",
+            f"last reconfigure, by {text(e.by or 'someone')}{' — ' + text(e.reason) if e.reason else ''}: "
+            f"{text(e.message)}",
+        ]
     if s.held:
         lines += ["", f"**held back** ({len(s.held)}):"]
         lines += [_held(h) for h in s.held[:10]]
     if s.trains:
         lines += ["", "| train | state | commits | authors |", "|---|---|---|---|"]
-        lines += [f"| {t.id} | {t.state} | {t.commits} | {', '.join(t.authors)} |" for t in reversed(s.trains[-5:])]
+        lines += [
+            f"| {t.id} | {t.state} | {t.commits} | {text(', '.join(t.authors))} |" for t in reversed(s.trains[-5:])
+        ]
     return "\n".join(lines)
 
 
@@ -95,4 +105,5 @@ def sandbox_warning(status: ConductorStatus) -> str | None:
 
 
 def _held(h: HeldCommit) -> str:
-    return f"- `{h.sha[:8]}` {h.summary} — {h.author} {', '.join(h.teams)}: {h.reason.splitlines()[0]}"
+    reason = h.reason.splitlines()[0] if h.reason else ""
+    return f"- `{h.sha[:8]}` {text(h.summary)} — {text(h.author)} {text(', '.join(h.teams))}: {text(reason)}"

@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from markdown_it import MarkdownIt
 from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
@@ -117,11 +118,20 @@ async def start_train(agent: AirAgent, pipeline: PipelineSettings, sha: str, ima
 
 
 async def current_details(agent: AirAgent, wf_id: str) -> str:
-    """What the Web UI shows under a workflow's current details."""
+    """What a person reads under a workflow's current details in the Web UI, once its Markdown is rendered."""
     meta = await agent.client.get_workflow_handle(wf_id).query(
         "__temporal_workflow_metadata", result_type=WorkflowMetadata
     )
-    return meta.current_details
+    return read(MarkdownIt("gfm-like").parse(meta.current_details))
+
+
+def read(tokens: list) -> str:
+    """The text of rendered Markdown: each block's words, code and fences, a block a line."""
+    return "\n".join(
+        "".join(c.content for c in t.children or []) if t.type == "inline" else t.content
+        for t in tokens
+        if t.type in ("inline", "fence")
+    )
 
 
 @pytest.fixture

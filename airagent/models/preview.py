@@ -14,6 +14,7 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 from airagent.config import EnvironmentSettings, PipelineSettings
+from airagent.markdown import code, text
 from airagent.models.build import Release
 
 
@@ -54,18 +55,18 @@ class PreviewStatus(BaseModel):
         """The Web UI's current details: where it is, how to log in, until when."""
         commit = f"`{self.commit[:12]}`" if self.commit else "nothing yet"
         lines = [
-            f"**{self.state.value}** · branch `{self.branch}` · serving {commit}",
+            f"**{self.state.value}** · branch {code(self.branch)} · serving {commit}",
             "",
-            f"Airflow {self.url or '-'} · login in `{self.login_file or '-'}` · expires {_when(self.expires)}",
+            f"Airflow {self.url or '-'} · login in {code(self.login_file or '-')} · expires {_when(self.expires)}",
         ]
         if self.head and self.head != self.commit:
             lines += ["", f"branch head `{self.head[:12]}`"]
         if self.event:
-            lines += ["", f"last: {self.event}"]
+            lines += ["", f"last: {text(self.event)}"]
         if self.error:
-            lines += ["", f"> {self.error}"]
+            lines += ["", f"> {text(self.error)}"]
         if self.ended_because:
-            lines += ["", f"ended: {self.ended_because}"]
+            lines += ["", f"ended: {text(self.ended_because)}"]
         return "\n".join(lines)
 
 
