@@ -128,6 +128,7 @@ CONFIG = {
 @contextmanager
 def emulated(delay: float = 0.1, progress_deadline: float = 2.0):
     with Emulator() as emulator, Controller(emulator.store, delay, progress_deadline) as controller:
+        emulator.store.create("namespaces", {"metadata": {"name": NAMESPACE}})
         for resource, obj in [*workloads(AIRFLOW_IMAGE), ("configmaps", CONFIG)]:
             obj = {**obj, "metadata": {**obj["metadata"], "namespace": NAMESPACE}}
             emulator.store.create(resource, obj)

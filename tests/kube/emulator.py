@@ -3,7 +3,9 @@
 No kube-apiserver runs on these machines, so the real `kubernetes` client talks HTTP to
 this instead. It speaks the wire protocol the driver uses, and nothing more:
 
-- core/v1 pods, configmaps, apps/v1 deployments, statefulsets, replicasets and batch/v1 jobs in namespaces
+- core/v1 pods, configmaps, services, apps/v1 deployments, statefulsets, replicasets and batch/v1 jobs in
+  namespaces, and the namespaces themselves: an object is made only in an Active namespace, and deleting a
+  namespace marks it Terminating, then deletes everything in it and it (`Store.termination` seconds later)
 - GET pods/{name}/log?container=, from what the test controller's kubelet stand-in stored
 - GET one, LIST (labelSelector `k=v,k!=v,k`, fieldSelector `metadata.name=`), POST,
   PATCH as JSON patch (RFC 6902) or JSON merge patch (RFC 7386), DELETE
@@ -34,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 RESOURCES = {  # plural -> (group/version path, kind, apiVersion)
     "pods": ("/api/v1", "Pod", "v1"),
     "configmaps": ("/api/v1", "ConfigMap", "v1"),
+    "services": ("/api/v1", "Service", "v1"),
     "deployments": ("/apis/apps/v1", "Deployment", "apps/v1"),
     "statefulsets": ("/apis/apps/v1", "StatefulSet", "apps/v1"),
     "replicasets": ("/apis/apps/v1", "ReplicaSet", "apps/v1"),
@@ -41,6 +44,8 @@ RESOURCES = {  # plural -> (group/version path, kind, apiVersion)
 }
 # Where a spec change bumps metadata.generation, as the real server does for these kinds.
 GENERATIONS = {"deployments", "statefulsets", "replicasets"}
+# Cluster-scoped: stored under the namespace "", at /api/v1/namespaces[/{name}].
+NAMESPACES = "namespaces"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Store:
         self.rv = 0
         self.changed = threading.Condition()
         self.logs: dict[tuple[str, str, str], str] = {}  # (namespace, pod, container) -> its output
+        self.termination = 0.3  # seconds a deleted namespace stays Terminating, so a client can see it
 
     def get(self, resource: str, namespace: str, name: str) -> dict | None:
         with self.changed:
@@ -99,11 +105,16 @@ class Store:
 
     def create(self, resource: str, obj: dict) -> dict:
         meta = obj.setdefault("metadata", {})
-        key = (resource, meta["namespace"], meta["name"])
+        key = (resource, meta.get("namespace", ""), meta["name"])
         with self.changed:
             if key in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{resource} "{meta["name"]}" already exists')
-            _, kind, api_version = RESOURCES[resource]
+            if resource == NAMESPACES:
+                meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+                obj["status"] = {"phase": "Active"}
+            else:
+                self._check_open(meta["namespace"])
+            kind, api_version = _kind(resource)
             obj.update(kind=kind, apiVersion=api_version)
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
@@ -114,7 +125,7 @@ class Store:
     def replace(self, resource: str, obj: dict, expect_rv: str | None = None) -> dict:
         """Store a new version; a spec change bumps generation. Unchanged objects are not rewritten."""
         meta = obj["metadata"]
-        key = (resource, meta["namespace"], meta["name"])
+        key = (resource, meta.get("namespace", ""), meta["name"])
         with self.changed:
             old = self.objects.get(key)
             if old is None:
@@ -134,6 +145,8 @@ class Store:
             return self._commit(resource, key, obj, "MODIFIED")
 
     def delete(self, resource: str, namespace: str, name: str) -> dict:
+        if resource == NAMESPACES:
+            return self._terminate(name)
         with self.changed:
             obj = self.objects.pop((resource, namespace, name), None)
             if obj is None:
@@ -144,6 +157,52 @@ class Store:
             self.changed.notify_all()
             return obj
 
+    def _check_open(self, namespace: str) -> None:
+        """As the API server: nothing is made in a namespace that does not exist or is being deleted."""
+        found = self.objects.get((NAMESPACES, "", namespace))
+        if found is None:
+            raise ApiError(404, "NotFound", f'namespaces "{namespace}" not found')
+        if found["status"]["phase"] != "Active":
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {namespace} because it is being terminated",
+            )
+
+    def _terminate(self, name: str) -> dict:
+        """Mark the namespace Terminating; its content and then it go `termination` seconds later, as the
+        namespace controller deletes what is in a namespace before the namespace itself."""
+        with self.changed:
+            obj = copy.deepcopy(self.objects.get((NAMESPACES, "", name)))
+            if obj is None:
+                raise ApiError(404, "NotFound", f'namespaces "{name}" not found')
+            if obj["status"]["phase"] == "Terminating":
+                return obj
+            obj["metadata"]["deletionTimestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            obj["status"] = {"phase": "Terminating"}
+            obj = self._commit(NAMESPACES, (NAMESPACES, "", name), obj, "MODIFIED")
+        timer = threading.Timer(self.termination, self._finalize, args=(name,))
+        timer.daemon = True
+        timer.start()
+        return obj
+
+    def _finalize(self, name: str) -> None:
+        with self.changed:
+            inside = [key for key in self.objects if key[0] != NAMESPACES and key[1] == name]
+        for resource, namespace, obj_name in inside:
+            try:
+                self.delete(resource, namespace, obj_name)
+            except ApiError:
+                pass  # already gone
+        with self.changed:
+            self.logs = {key: text for key, text in self.logs.items() if key[0] != name}
+            obj = self.objects.pop((NAMESPACES, "", name), None)
+            if obj is not None:
+                self.rv += 1
+                obj["metadata"]["resourceVersion"] = str(self.rv)
+                self.events.append((self.rv, NAMESPACES, "DELETED", copy.deepcopy(obj)))
+                self.changed.notify_all()
+
     def _commit(self, resource, key, obj, kind) -> dict:
         self.rv += 1
         obj["metadata"]["resourceVersion"] = str(self.rv)
@@ -151,6 +210,13 @@ class Store:
         self.events.append((self.rv, resource, kind, copy.deepcopy(obj)))
         self.changed.notify_all()
         return copy.deepcopy(obj)
+
+
+def _kind(resource: str) -> tuple[str, str]:
+    if resource == NAMESPACES:
+        return "Namespace", "v1"
+    _, kind, api_version = RESOURCES[resource]
+    return kind, api_version
 
 
 def json_patch(doc: dict, ops: list[dict]) -> dict:
@@ -260,8 +326,11 @@ class Emulator:
             return list(self.calls[mark:])
 
 
-def _route(path: str) -> tuple[str, str, str | None]:
+def _route(path: str) -> tuple[str, str | None, str | None]:
     """Split `/apis/apps/v1/namespaces/ns/deployments/name` into resource, namespace, name."""
+    parts = path.removeprefix("/api/v1/").split("/")
+    if path.startswith("/api/v1/namespaces") and parts[0] == NAMESPACES and len(parts) <= 2:
+        return NAMESPACES, None, parts[1] if len(parts) == 2 else None
     for plural, (prefix, _, _) in RESOURCES.items():
         head = f"{prefix}/namespaces/"
         if path.startswith(head):
@@ -337,7 +406,7 @@ def _handler(api: Emulator):
                     if _labels_match(query.get("labelSelector"), o["metadata"].get("labels", {}))
                     and _fields_match(query.get("fieldSelector"), o)
                 ]
-                _, kind, api_version = RESOURCES[resource]
+                kind, api_version = _kind(resource)
                 return {
                     "kind": f"{kind}List",
                     "apiVersion": api_version,
@@ -346,15 +415,16 @@ def _handler(api: Emulator):
                 }
             if method == "POST":
                 obj = json.loads(body)
-                obj.setdefault("metadata", {})["namespace"] = namespace
+                if namespace is not None:
+                    obj.setdefault("metadata", {})["namespace"] = namespace
                 return store.create(resource, obj)
-            current = store.get(resource, namespace, name)
+            current = store.get(resource, namespace or "", name)
             if current is None:
                 raise ApiError(404, "NotFound", f'{resource} "{name}" not found')
             if method == "GET":
                 return current
             if method == "DELETE":
-                return store.delete(resource, namespace, name)
+                return store.delete(resource, namespace or "", name)
             if method == "PUT":
                 obj = json.loads(body)
                 return store.replace(resource, obj, obj.get("metadata", {}).get("resourceVersion"))
@@ -396,7 +466,7 @@ def _handler(api: Emulator):
                         since = event_rv
                         self._event(resource, namespace, label, field, kind, obj)
                     if not fresh and bookmarks:  # also tells us, by failing, that the client left
-                        _, kind, api_version = RESOURCES[resource]
+                        kind, api_version = _kind(resource)
                         self._chunk(
                             {
                                 "type": "BOOKMARK",
