@@ -136,6 +136,48 @@ class ImageSettings(Model):
         return _no_option(value)
 
 
+class KubernetesPreviews(Model):
+    """Previews of a pipeline whose first environment is `kubernetes`: each a namespace of its own, holding a copy
+    of the chart's objects in the first environment's namespace, with the preview values over them."""
+
+    namespace_prefix: str = Field(
+        "airagent-preview-",
+        description="a preview's namespace is this, then the pipeline and branch, then a hash; the worker's "
+        "ServiceAccount may create and delete namespaces with this prefix only (infra/policies.yaml)",
+    )
+    values: RepoPath | None = Field(
+        None,
+        description="values file in the repository, read at the branch's commit: replicas per component, Airflow "
+        "config sections and env of the preview's copy (README: Previews on Kubernetes); default every "
+        "component at 1 replica",
+    )
+    url: str | None = Field(
+        None,
+        description="the preview's Airflow as people reach it, with {namespace}: e.g. "
+        "https://{namespace}.previews.example.com for a wildcard Ingress; default a `kubectl port-forward` hint",
+    )
+
+    @field_validator("namespace_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if (
+            not 1 <= len(value) <= 30
+            or not value[0].isalpha()
+            or not all(c.islower() or c.isdigit() or c == "-" for c in value)
+        ):
+            raise ValueError(
+                f"{value!r}: a namespace prefix is 1 to 30 lower-case letters, digits and '-', starting with a letter"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and "{namespace}" not in value:
+            raise ValueError(f"{value!r} names no {{namespace}}; every preview needs a URL of its own")
+        return value
+
+
 class PreviewSettings(Model):
     """Previews: a short-lived Airflow per branch for its authors (`airagent preview up`), beside the pipeline's
     environments and never touching them. Each costs a host what one environment costs, hence the cap."""
@@ -155,6 +197,7 @@ class PreviewSettings(Model):
         le=65000,
         description="local previews take five free ports each, looked for from here up",
     )
+    kubernetes: KubernetesPreviews = KubernetesPreviews()
 
 
 class _Pipeline(Model):
