@@ -13,14 +13,12 @@ import math
 from statistics import median
 from typing import NamedTuple
 
-import numpy as np
-from scipy import stats
-
 from airagent.config.analysis import ChangedDagsPolicy
 from airagent.models.analysis import DagSamples, DagVerdict, Phase, TaskSample
 
-# Midpoints of the previous rate's quantiles: the posterior probability is a mean over them, exact to 1e-4.
-QUANTILES = (np.arange(2000) + 0.5) / 2000
+# The previous rate's distribution in equal slices: the posterior probability is a mean over their midpoints,
+# exact to 1e-4.
+SLICES = 2000
 
 
 class Finding(NamedTuple):
@@ -68,9 +66,12 @@ def failures(samples: DagSamples, policy: ChangedDagsPolicy) -> Finding:
     seen = f"failure rate {rate(new_failed, new_n)} on {version}"
     if old_n < policy.min_new:
         return new_dag(new_failed, new_n, old_n, seen, policy)
+    import numpy as np
+    from scipy import stats  # here, not at the top: scipy takes seconds to import, and the CLI imports this module
+
     new = stats.beta(new_failed + 1, new_n - new_failed + 1)
     old = stats.beta(old_failed + 1, old_n - old_failed + 1)
-    worse = float(np.mean(new.sf(old.ppf(QUANTILES) + policy.failure_margin)))
+    worse = float(np.mean(new.sf(old.ppf((np.arange(SLICES) + 0.5) / SLICES) + policy.failure_margin)))
     confidence = 1 - policy.alpha
     return Finding(
         Phase.failed if worse >= confidence else Phase.successful,
@@ -86,6 +87,8 @@ def new_dag(failed: int, n: int, before: int, seen: str, policy: ChangedDagsPoli
     succeeded is broken whatever its count, as deterministic as an import error. One failure in ten is
     neither, and passes.
     """
+    from scipy import stats
+
     p = finite(stats.binomtest(failed, n, policy.new_dag_failure_rate, alternative="greater").pvalue)
     every = failed == n
     history = "no previous version" if not before else f"only {before} before, too few to compare with"
@@ -113,6 +116,8 @@ def durations(samples: DagSamples, policy: ChangedDagsPolicy) -> Finding:
             Phase.inconclusive,
             f"no task with {k} successful durations on both versions" + (f" ({short})" if short else ""),
         )
+    from scipy import stats
+
     pvalues = holm([finite(stats.mannwhitneyu(new[t], old[t], alternative="greater").pvalue) for t in tasks])
     ratios = [ratio(median(new[t]), median(old[t])) for t in tasks]
     slow = [i for i in range(len(tasks)) if pvalues[i] < policy.alpha and ratios[i] >= policy.duration_ratio]
