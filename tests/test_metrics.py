@@ -1,10 +1,13 @@
 """The worker's metrics endpoint, scraped by a real Prometheus: the Temporal SDK's series and airagent's, after a
-train that succeeded and one whose soak failed and rolled back; no label holds a commit."""
+train that succeeded and one whose soak failed and rolled back; no label holds a commit; every query of the Grafana
+dashboard and of the README's five figures answers with data."""
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -14,6 +17,7 @@ import pytest
 from airagent import example
 from airagent.config.analysis import Analysis
 from airagent.models import TrainState
+from tests import grafana
 from tests.conftest import make_pipeline, start_train
 from tests.devserver import WorkerProcess, agent, cli_env, dev_server, free_port, until  # noqa: F401
 from tests.prometheus import Prometheus
@@ -62,6 +66,7 @@ async def test_the_endpoint_counts_a_good_and_a_rolled_back_train(
     agent, metrics_worker, prometheus, check, monorepo, tmp_path
 ):
     address, worker = metrics_worker
+    since = time.time()
     pipeline = make_pipeline(monorepo, tmp_path / "envs")
     good = await agent.deploy(pipeline, monorepo.head.commit.hexsha)
     assert (await until(agent, good.train, lambda s: s.state.finished, since=good.asked)).state == TrainState.succeeded
@@ -120,3 +125,61 @@ async def test_the_endpoint_counts_a_good_and_a_rolled_back_train(
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=30) as r:
         exposition = r.read().decode()
     assert sha[:12] not in exposition and monorepo.head.commit.hexsha[:12] not in exposition
+
+    # The rolled-back train's series are the newest: increase() and rate() need two scrapes of them.
+    prometheus.until("min(count_over_time(airagent_rollbacks_total[10m]))", lambda v: v is not None and v >= 5)
+    dashboard_and_readme_answer(prometheus, since, pipeline="main", environments=["staging", "prod"])
+
+
+def dashboard_and_readme_answer(prometheus: Prometheus, since: float, pipeline: str, environments: list[str]) -> None:
+    """Each variable offers the trains' pipeline and environments, and each panel's queries, with the variables
+    set to them as Grafana would, give data; so do the README's five figures."""
+    dashboard = grafana.load()
+    chosen = {"pipeline": pipeline, "environment": "|".join(environments), "task_queue": ".*"}
+    offered = {
+        name: grafana.label_values(prometheus, grafana.substitute(v["query"]["query"], chosen))
+        for name, v in grafana.variables(dashboard).items()
+        if v["type"] == "query"
+    }
+    assert pipeline in offered["pipeline"] and set(environments) <= offered["environment"], offered
+    assert offered["task_queue"], offered
+    span = f"{math.ceil(time.time() - since) + 5}s"
+    chosen |= {"__range": span, "__rate_interval": "1m", "__interval": "15s"}
+    empty = [
+        f"{panel['title']} {target['refId']}: {target['expr']}"
+        for panel in grafana.panels(dashboard)
+        for target in panel["targets"]
+        if not grafana.has_data(
+            prometheus,
+            grafana.substitute(target["expr"], chosen),
+            instant=target.get("instant", False),
+            since=since,
+        )
+    ]
+    assert not empty, "\n".join(["panels without data:", *empty])
+    figures = grafana.readme_figures()
+    assert len(figures) == 5, figures
+    assert [q for q in figures if not grafana.has_data(prometheus, q, instant=True, since=since)] == []
+
+
+def test_the_dashboard_is_grafana_json_on_one_data_source():
+    dashboard = grafana.load()
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert grafana.shape_problems(dashboard) == []
+    found = grafana.variables(dashboard)
+    assert found["datasource"]["type"] == "datasource" and found["datasource"]["query"] == "prometheus"
+    for name in ("pipeline", "environment", "task_queue"):
+        assert found[name]["query"]["query"].startswith("label_values("), found[name]
+        assert found[name]["includeAll"] and found[name]["allValue"] == ".*"
+    titles = {p["title"] for p in grafana.panels(dashboard)}
+    assert {"Trains per hour by outcome", "Commits held back now", "Task slots available"} <= titles
+    exprs = " ".join(t["expr"] for p in grafana.panels(dashboard) for t in p["targets"])
+    for series in ("airagent_trains_ended_total", "airagent_dora_recovery_seconds", "temporal_worker_task_slots"):
+        assert series in exprs
+    # Every airagent panel follows the pipeline chosen; those with environments, the environment too.
+    for panel in grafana.panels(dashboard):
+        for target in panel["targets"]:
+            if "airagent_" in target["expr"]:
+                assert 'pipeline=~"$pipeline"' in target["expr"], target
+            if re.search(r"airagent_(deploys|rollbacks|lead_time|stage|dora|analysis)", target["expr"]):
+                assert 'environment=~"$environment' in target["expr"], target
