@@ -28,8 +28,9 @@ from activities import process, sandbox
 from airagent.config import Runtime, home
 
 UV = Path(sys.executable).with_name("uv")
-# gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT).
-RUNTIME_EXTRAS = ["gunicorn"]
+# gunicorn lets a new api-server share the port with the old one during a restart (SO_REUSEPORT); statsd is the
+# client Airflow sends its metrics with (a local target's `metrics`; without it Airflow drops them with a log line).
+RUNTIME_EXTRAS = ["gunicorn", "statsd"]
 # What the sandboxed install may know of the worker's environment: where the package index is and how to reach it.
 INDEX_SETTINGS = ("UV_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY", "SSL_CERT_")
 LAST_USED = "last-used"

@@ -73,10 +73,10 @@ def _file(nodeid: str) -> str:
     return nodeid.split("::")[0]
 
 
-def airflow_ports() -> int:
-    """The first of five free ports for a local Airflow: two test processes never pick the same ones, as an
-    environment binds them only seconds after they were found free."""
-    return free_ports(5, first=20000 + 5000 * XDIST_WORKER)
+def airflow_ports(count: int = 5) -> int:
+    """The first of `count` free ports for a local Airflow (five; six with metrics): two test processes never pick
+    the same ones, as an environment binds them only seconds after they were found free."""
+    return free_ports(count, first=20000 + 5000 * XDIST_WORKER)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The changed-DAG judge's reading on a real Airflow 3: task instances told apart by the DAG version they ran on,
-and smoke runs marked as airagent's."""
+and smoke runs marked as airagent's; and that Airflow's own StatsD metrics reach a real Prometheus, labelled."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from activities.analysis.airflow_samples import samples, smoke
 from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent.config import LocalTarget, Runtime
+from airagent.config.targets import LocalMetrics
 from tests.conftest import airflow_ports
+from tests.prometheus import Prometheus
 from tests.test_local_airflow import wait_for
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -27,6 +29,16 @@ HOUR = timedelta(hours=1)
 # The changed task's nap, in seconds: well over the seconds a task takes to start here (measured 5 to 9, on top of a
 # 1 s nap), so the two versions' durations never overlap.
 SLOW = 10
+# A DAG whose task sits in a task group, so its id has a dot: `group.task`.
+GROUPED = dedent("""\
+    from datetime import datetime
+    from airflow.sdk import DAG, TaskGroup
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    with DAG("grouped", start_date=datetime(2024, 1, 1), schedule=None, catchup=False):
+        with TaskGroup("group"):
+            BashOperator(task_id="task", bash_command="true")
+    """)
 
 
 def napper(seconds: int) -> str:
@@ -77,12 +89,19 @@ class Story:
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory):
     """One real Airflow whose DAGs folder is a plain folder the test edits: `current` links to it as it would to
-    a release, and no release is ever rolled."""
+    a release, and no release is ever rolled. It sends its StatsD metrics to the environment's exporter."""
     root = tmp_path_factory.mktemp("analysis")
     dags = root / "bundle" / "dags"
     dags.mkdir(parents=True)
     (dags / f"{DAG}.py").write_text(napper(1))
-    target = LocalTarget(path=root / "env", port=airflow_ports(), drain_timeout="30s", live_timeout="90s")
+    (dags / "grouped.py").write_text(GROUPED)
+    target = LocalTarget(
+        path=root / "env",
+        port=airflow_ports(6),
+        drain_timeout="30s",
+        live_timeout="90s",
+        metrics=LocalMetrics(statsd=True),
+    )
     target.path.mkdir()
     (target.path / "current").symlink_to(dags.parent)
     env = LocalAirflow("analysis", target)
@@ -177,3 +196,32 @@ def test_the_dags_changed_since_the_roll_are_those_with_a_version_made_after_it(
 def test_smoke_tags_pick_the_dags_carrying_any_of_them(story):
     assert story.api.tagged(["naps", "reports"]) == {DAG}
     assert story.api.tagged(["reports"]) == set()
+
+
+def test_airflows_statsd_metrics_reach_prometheus_labelled_by_dag_and_task_group_task(airflow, tmp_path):
+    env, _ = airflow
+    url = env.exporter.url
+    assert url and env.exporter.alive()
+    prometheus = Prometheus(tmp_path / "prometheus", [url.removeprefix("http://").removesuffix("/metrics")])
+    try:
+        with env.api(timeout=60) as api:
+            wait_for(lambda: "grouped" in {d["dag_id"] for d in api.dags()}, 90, "Airflow to serve grouped")
+            api._send("PATCH", "/api/v2/dags/grouped", json={"is_paused": False}).raise_for_status()
+            run_id = api.trigger("grouped", {}, "metrics")
+            path = f"/api/v2/dags/grouped/dagRuns/{run_id}"
+            wait_for(lambda: api._get(path, {})["state"] in FINISHED, 120, "the grouped run to finish")
+            assert api._get(path, {})["state"] == "success"
+
+        finished = 'airflow_ti_finish_total{dag_id="grouped",task_id="group.task",state="success"}'
+        assert prometheus.until(finished, lambda v: v == 1) == 1
+        took = 'airflow_task_duration_seconds_count{dag_id="grouped",task_id="group.task"}'
+        assert prometheus.until(took, lambda v: v == 1) == 1
+        run = 'airflow_dagrun_duration_success_seconds_count{dag_id="grouped"}'
+        assert prometheus.until(run, lambda v: v == 1) == 1
+        assert prometheus.until("sum(airflow_scheduler_heartbeat_total)", lambda v: v is not None and v > 0)
+        # Tags, not legacy names: no series names a DAG, and nothing Airflow sent was unreadable.
+        names = prometheus.api("label/__name__/values")
+        assert isinstance(names, list) and not [n for n in names if "grouped" in n or "napper" in n], names
+        assert not prometheus.query('airagent_statsd_lines_total{outcome="malformed"} > 0')
+    finally:
+        prometheus.stop()

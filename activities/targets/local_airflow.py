@@ -30,6 +30,7 @@ from activities.targets import local_drain as drain
 from activities.targets.base import CONFIG_FILES, EnvironmentDown, NotLive
 from activities.targets.components import Components, Process
 from activities.targets.local import LocalEnvironment, Record, differing
+from activities.targets.local_metrics import EXPORTER, Exporter
 from activities.targets.local_settings import (
     airflow_home,
     component_env,
@@ -63,6 +64,7 @@ class LocalAirflow:
         self.say = say or logger.info
         self.files = LocalEnvironment(target.path, name)
         self.components = Components(target.path)
+        self.exporter = Exporter(target, self.components)
         self.home = airflow_home(target)
         self.secrets = secrets_dir(target)
         self.baseline_file = target.path / "baseline.json"
@@ -71,7 +73,7 @@ class LocalAirflow:
 
     def processes(self) -> dict[str, Process]:
         """Each component's record; the api-server is whichever slot is live."""
-        records = {p.name: p for p in self.components.records()}
+        records = {p.name: p for p in self.components.records() if p.name != EXPORTER}
         apis = [records.pop(slot) for slot in API_SLOTS if slot in records]
         live_api = next((p for p in apis if p.alive), apis[0] if apis else None)
         if live_api:
@@ -105,6 +107,7 @@ class LocalAirflow:
         assert root is not None  # refused above when there is neither
         python = Path(root) / "bin" / "python"
         down = self.stopped()
+        exporter = self.exporter.ensure()  # first: the components send to it as they start
         if down:
             self._migrate(python, release)
         found = self.processes()
@@ -116,11 +119,13 @@ class LocalAirflow:
             else:
                 self._start(name, python, release)
         self.wait_healthy()
-        return f"started {', '.join(down)}" if down else "already running"
+        started = [*([exporter] if exporter else []), *([f"started {', '.join(down)}"] if down else [])]
+        return "; ".join(started) or "already running"
 
     def down(self) -> str:
         stopped = self._stop_workers()
         stopped += [self._stop(record) for slot in API_SLOTS if (record := self.components.record(slot))]
+        stopped += [said] if (said := self.exporter.stop()) else []
         return f"stopped {'; '.join(stopped) or 'nothing'}"
 
     # --- roll and rollback ----------------------------------------------------------------------
@@ -239,6 +244,7 @@ class LocalAirflow:
         ensure_secrets(self.target)
         python = Path(release.runtime) / "bin" / "python"
         drained = self.drain()
+        self.exporter.ensure()
         stopped = self._stop_workers()
         self._migrate(python, release)
         for name in WORKERS:

@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 from activities.targets.base import EnvironmentDown, config_file
+from activities.targets.local_metrics import statsd_settings
 from airagent.config import LocalTarget
 from airagent.models import Release
 
@@ -63,7 +64,7 @@ def component_env(name: str, target: LocalTarget, python: Path, release: Release
     for (section, key), value in DEFAULTS.items():
         if not chosen.has_option(section, key):
             env[f"AIRFLOW__{section.upper()}__{key.upper()}"] = value
-    return env
+    return env | statsd_settings(target)
 
 
 def airflow_home(target: LocalTarget) -> Path:

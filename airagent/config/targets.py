@@ -12,6 +12,17 @@ from airagent.config.analysis import AirflowMetric, Analysis, WebhookMetric, def
 from airagent.config.base import Duration, Model, Name, _no_option
 
 
+class LocalMetrics(Model):
+    """Airflow's own metrics of a local environment, for a Prometheus on the same host."""
+
+    statsd: bool = Field(
+        False,
+        description="send Airflow's StatsD metrics (with their dag_id, task_id, state... as tags) to an exporter "
+        "airagent runs beside the components, which serves them for Prometheus at http://127.0.0.1:<port+5>/metrics; "
+        "takes effect when the components next start",
+    )
+
+
 class LocalTarget(Model):
     type: Literal["local"] = "local"
     path: Path = Field(description="directory holding releases/, the `current` symlink and manifest.json")
@@ -27,7 +38,10 @@ class LocalTarget(Model):
         "triggerer); false leaves only the files, for an Airflow run elsewhere",
     )
     port: int = Field(
-        8080, ge=1024, le=65530, description="the api-server's port; the environment also uses the next four ports"
+        8080,
+        ge=1024,
+        le=65530,
+        description="the api-server's port; the environment also uses the next four ports (five with metrics)",
     )
     database_url_env: str | None = Field(
         None,
@@ -42,10 +56,16 @@ class LocalTarget(Model):
         gt=timedelta(0),
         description="how long a roll waits for new DAG code to be parsed, or for components to be healthy",
     )
+    metrics: LocalMetrics = LocalMetrics()
 
     @property
     def ports(self) -> range:
-        return range(self.port, self.port + 5)
+        return range(self.port, self.port + (6 if self.metrics.statsd else 5))
+
+    @property
+    def statsd_port(self) -> int:
+        """The exporter's: StatsD in over UDP, /metrics out over TCP, on the one number after Airflow's ports."""
+        return self.port + 5
 
 
 def _dns_name(value: str) -> str:

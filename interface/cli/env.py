@@ -73,8 +73,10 @@ def env_up(environment: EnvArg, pipeline: EnvPipelineOpt = "main", config: Confi
     env, settings = _local(pipeline, environment, config)
     runtime = None if env.files.live() else ensure_runtime(settings.runtime, None)[1]
     message = env.up(runtime)
+    metrics = f"; metrics for Prometheus at {env.exporter.url}" if env.exporter.url else ""
     console.print(
-        f"{environment}: {message}; API http://127.0.0.1:{env.target.port} (login in {env.secrets / 'api-login'})",
+        f"{environment}: {message}; API http://127.0.0.1:{env.target.port} (login in {env.secrets / 'api-login'})"
+        + metrics,
         soft_wrap=True,
     )
 
@@ -121,6 +123,7 @@ def env_status(
         "fix": fix if stopped else None,
         "components": {name: {**p.model_dump(mode="json"), "alive": p.alive} for name, p in processes.items()},
         "health": _health(env, "api-server" in stopped),
+        "metrics": {"url": env.exporter.url, "alive": env.exporter.alive()} if env.exporter.url else None,
     }
     if as_json:
         print(json.dumps(data))
@@ -153,6 +156,9 @@ def env_status(
         )
         console.print(table)
         console.print(f"health: {json.dumps(data['health'])}", soft_wrap=True)
+        if env.exporter.url:
+            exporter = "serving" if env.exporter.alive() else f"exporter down; `{fix}` starts it"
+            console.print(f"metrics for Prometheus: {env.exporter.url} ({exporter})", soft_wrap=True)
         if stopped:
             console.print(f"{', '.join(stopped)} down; start {'it' if len(stopped) == 1 else 'them'} with `{fix}`")
     raise typer.Exit(0 if data["running"] else 1)
