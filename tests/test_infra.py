@@ -54,6 +54,15 @@ def test_worker_grace_period_outlasts_its_graceful_shutdown():
     assert rolling["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_prometheus_scrapes_each_workers_metrics_endpoint():
+    template = next(d for d in documents("worker.yaml") if d["kind"] == "Deployment")["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    port = next(e["value"] for e in container["env"] if e["name"] == "AIRAGENT_METRICS_PORT")
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
+    assert {"name": "metrics", "containerPort": int(port), "protocol": "TCP"} in container["ports"]
+
+
 def test_airflow_values_roll_without_downtime():
     values = yaml.safe_load((INFRA / "airflow-values.yaml").read_text())
     for component in ("scheduler", "apiServer", "dagProcessor", "triggerer"):
