@@ -344,6 +344,14 @@ def test_environments_running_airflow_on_one_host_need_their_own_ports(tmp_path)
     assert "staging and prod share ports" in str(err.value) and "at least 5 apart" in str(err.value)
 
 
+def test_metrics_take_a_sixth_port(tmp_path):
+    metered = GOOD.replace("path: envs/staging}", "path: envs/staging, metrics: {statsd: true}}")
+    loaded, _ = load(write(tmp_path, metered.replace("port: 8090", "port: 8086")))  # staging: 8080 to 8085
+    assert loaded.pipelines["main"].environments[0].target.metrics.statsd
+    with pytest.raises(ConfigError, match="at least 6 apart"):
+        load(write(tmp_path, metered.replace("port: 8090", "port: 8085")))
+
+
 def test_the_cli_names_an_unreachable_temporal_and_exits_2(tmp_path):
     env = {**os.environ, "TEMPORAL_ADDRESS": "127.0.0.1:1", "AIRAGENT_HOME": str(tmp_path)}
     done = subprocess.run(

@@ -283,9 +283,10 @@ class PipelineDeclaration(_Pipeline):
         for i, (a, at) in enumerate(running):
             for b, bt in running[i + 1 :]:
                 if set(at.ports) & set(bt.ports):
+                    apart = len(at.ports) if at.port < bt.port else len(bt.ports)
                     raise ValueError(
-                        f"{a} and {b} share ports (each uses port to port+4: "
-                        f"{at.port} and {bt.port}); give them ports at least 5 apart"
+                        f"{a} and {b} share ports (each uses port to port+4, port+5 with metrics: "
+                        f"{at.port} and {bt.port}); give them ports at least {apart} apart"
                     )
         return envs
 
