@@ -10,14 +10,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from fnmatch import fnmatch
 
+import httpx
 from temporalio import activity
 
-from activities.analysis import airflow, judge, outside
+from activities.analysis import airflow, judge, outside, prometheus
 from activities.analysis.airflow_samples import smoke
 from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.probes import webhook
-from airagent.config.analysis import AirflowMetric, JobMetric, Metric, WebhookMetric
+from airagent.config.analysis import AirflowMetric, JobMetric, Metric, PrometheusMetric, WebhookMetric
 from airagent.models import ProbeReading, SmokeInput, SoakCheckInput, SoakCheckResult
 from airagent.models.analysis import Measurement, Phase
 
@@ -82,6 +83,8 @@ def _measure(metric: Metric, input: SoakCheckInput, env, readings: list[ProbeRea
         return outside.webhook(metric, input.release)
     if isinstance(metric, JobMetric):
         return outside.job(metric, input.release, input.sandbox)
+    if isinstance(metric, PrometheusMetric):
+        return _prometheus(metric, input, env, since)
     assert isinstance(metric, AirflowMetric)
     if metric.measure != "changed_dags":
         return airflow.from_readings(metric, readings)
@@ -90,3 +93,19 @@ def _measure(metric: Metric, input: SoakCheckInput, env, readings: list[ProbeRea
         return airflow.changed(metric, None, [], since)
     with api:  # the DAGs Airflow re-serialized since the roll: their files, or modules they import, changed
         return airflow.changed(metric, api, api.changed_since(since), since)
+
+
+def _prometheus(metric: PrometheusMetric, input: SoakCheckInput, env, since: datetime) -> Measurement:
+    soak = prometheus.Soak(input.environment.name, input.release.id, since)
+    if not prometheus.per_dag(metric):
+        return prometheus.measure(metric, soak)
+    api = env.airflow_api()
+    if api is None:
+        return prometheus.measure(metric, soak, None)
+    try:
+        with api:
+            changed = api.changed_since(since)
+    except httpx.HTTPError as err:
+        why = f"Airflow did not say which DAGs changed ({type(err).__name__})"
+        return outside.measurement(metric.name, Phase.error, "", why)
+    return prometheus.measure(metric, soak, changed)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airagent.config.analysis import AirflowMetric, Analysis, Metric, WebhookMetric
+from airagent.config import promql
+from airagent.config.analysis import AirflowMetric, Analysis, Metric, PrometheusMetric, WebhookMetric
 from airagent.models.analysis import KEEP_MEASUREMENTS, Measurement, MetricState, Phase
 
 ENDED = (Phase.failed, Phase.error)
@@ -97,6 +98,10 @@ def environment_wide(metric: Metric) -> bool:
     such a failure is read again on the previous release before any commit is blamed for it."""
     if isinstance(metric, AirflowMetric):
         return metric.measure in ("health", "components")
+    if isinstance(metric, PrometheusMetric):
+        # A query of this release's series or of the changed DAGs judges the release; one over the soak's own
+        # window would read the failed release's samples again on the previous one, so it would always confirm.
+        return not promql.names(metric.query) & {"release", "dag_id", "soak_start", "soak_duration"}
     return isinstance(metric, WebhookMetric)  # a job runs in the release's runtime: it judges the release
 
 

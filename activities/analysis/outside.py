@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 from activities import sandbox
-from airagent.config.analysis import JobMetric, WebhookMetric, holds
+from airagent.config.analysis import JobMetric, PrometheusMetric, WebhookMetric, holds
 from airagent.models import Release
 from airagent.models.analysis import Measurement, Phase
 
@@ -27,7 +27,7 @@ def measurement(metric: str, phase: Phase, value: str, detail: str) -> Measureme
     return Measurement(metric=metric, phase=phase, value=value[:SHOWN], detail=detail[:SHOWN], at=datetime.now(UTC))
 
 
-def judged(metric: WebhookMetric | JobMetric, result: str, seen: str | None = None) -> Measurement:
+def judged(metric: WebhookMetric | JobMetric | PrometheusMetric, result: str, seen: str | None = None) -> Measurement:
     """A result held to the metric's conditions: failure first, then success; neither met is inconclusive,
     and with no conditions at all it is successful. `seen` is what to show, when not the result itself."""
     seen = seen or result

@@ -15,8 +15,9 @@ import re
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, field_validator, model_validator
 
+from airagent.config import promql
 from airagent.config.base import Duration, Model, Name
 
 OPERATORS = {
@@ -147,7 +148,41 @@ class JobMetric(_Metric):
     timeout: Duration = Field(timedelta(minutes=2), gt=timedelta(0))
 
 
-Metric = Annotated[AirflowMetric | WebhookMetric | JobMetric, Discriminator("provider")]
+class PrometheusMetric(_Metric):
+    """A PromQL instant query through Prometheus' HTTP API, each series of its answer held to the conditions.
+    `{{environment}}`, `{{release}}` and `{{dag_id}}` stand in quoted label values (a query naming `{{dag_id}}`
+    is asked once per changed DAG); `{{soak_start}}` (unix seconds) and `{{soak_duration}}` (like `95s`, for a
+    range) anywhere. No series, or NaN, is inconclusive; a Prometheus that cannot answer is an error."""
+
+    provider: Literal["prometheus"]
+    address: str | None = Field(
+        None, description="Prometheus' URL, like http://prometheus:9090; with a login in it, use address_env"
+    )
+    address_env: str | None = Field(
+        None, description="environment variable, on the worker, holding Prometheus' URL (it may carry a login)"
+    )
+    query: str = Field(min_length=1, description=f"PromQL; template variables: {', '.join(promql.VARIABLES)}")
+    success: Condition | None = None
+    failure: Condition | None = None
+    timeout: Duration = Field(timedelta(seconds=10), gt=timedelta(0))
+
+    @field_validator("query")
+    @classmethod
+    def _template(cls, query: str) -> str:
+        if found := promql.problems(query):
+            raise ValueError("; ".join(found))
+        return query
+
+    @model_validator(mode="after")
+    def _complete(self) -> PrometheusMetric:
+        if (self.address is None) == (self.address_env is None):
+            raise ValueError("give Prometheus' URL in address, or the variable holding it in address_env (one)")
+        if not self.success and not self.failure:
+            raise ValueError(f"give a success and/or a failure condition, like {CONDITION_FORMS}")
+        return self
+
+
+Metric = Annotated[AirflowMetric | WebhookMetric | JobMetric | PrometheusMetric, Discriminator("provider")]
 
 
 class Analysis(Model):

@@ -15,6 +15,7 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from airagent.config.analysis import Analysis, PrometheusMetric, WebhookMetric
 from airagent.config.pipeline import PipelineDeclaration
 from airagent.config.targets import KubernetesTarget, LocalTarget
 
@@ -30,6 +31,7 @@ _FIXES = {
     "dag_remote": _GIT,
     "api_url": "put the API login in credentials_file (a mounted Secret holding username:password) "
     "or in the variable credentials_env names",
+    "address": "put the whole URL in a variable on the worker and name it in address_env instead",
 }
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # git's scp-like form, [user@]host:path, where a '/' never comes before the ':'
@@ -118,6 +120,10 @@ def _refused(at: Loc, pipeline: PipelineDeclaration) -> Iterator[Finding]:
             yield from _kubernetes((*here, "target"), env.name, target, pipeline.branch)
         for j, probe in enumerate(env.probes.webhooks):
             yield from _name((*here, "probes", "webhooks", j, "url_env"), probe.url_env)
+        if isinstance(env.analysis, Analysis) and all(env.analysis is not a for a in pipeline.analyses.values()):
+            yield from _analysis((*here, "analysis"), env.analysis)
+    for name, analysis in pipeline.analyses.items():
+        yield from _analysis((*at, "analyses", name), analysis)
     hosts = {env.host for env in pipeline.environments if env.host}
     if len(hosts) > 1:
         i = next(i for i, env in enumerate(pipeline.environments) if env.host and env.host != min(hosts))
@@ -126,6 +132,17 @@ def _refused(at: Loc, pipeline: PipelineDeclaration) -> Iterator[Finding]:
             f"local environments on several hosts ({', '.join(sorted(hosts))}): a train's diff reads every "
             "environment's record on one host; give one pipeline per host",
         )
+
+
+def _analysis(at: Loc, analysis: Analysis) -> Iterator[Finding]:
+    """Metrics whose addresses are secrets: named by a variable, never written in the file."""
+    for i, metric in enumerate(analysis.metrics):
+        here = (*at, "metrics", i)
+        if isinstance(metric, WebhookMetric):
+            yield from _name((*here, "url_env"), metric.url_env)
+        elif isinstance(metric, PrometheusMetric):
+            yield from _url((*here, "address"), metric.address)
+            yield from _name((*here, "address_env"), metric.address_env)
 
 
 def _url(loc: Loc, url: str | None) -> Iterator[Finding]:
