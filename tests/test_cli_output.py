@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from typer.testing import CliRunner
@@ -58,3 +60,37 @@ def test_env_status_of_a_stopped_environment_says_down_and_how_to_start_it(tmp_p
     data = json.loads(as_json.output)
     assert as_json.exit_code == 1 and data["state"] == "down" and not data["running"]
     assert data["fix"] == f"airagent env up staging -c {config}"
+
+
+def test_the_console_script_knows_which_module_registers_each_command():
+    """`main` imports only the invoked command's module: COMMANDS must name, for every command, the module that
+    registers it, or that command would not exist when run."""
+    from typer.main import get_group
+
+    from interface import cli
+
+    found = {}
+    for name, command in get_group(app).commands.items():
+        # a group of commands is registered where its commands are
+        callback = command.callback or next(iter(command.commands.values())).callback
+        found[name] = callback.__module__.rsplit(".", 1)[1]
+    assert found == cli.COMMANDS
+
+
+def test_validate_runs_without_importing_the_temporal_client(tmp_path):
+    """What a DAG author runs on every save starts without the seconds the client and the workflows take."""
+    script = (
+        "import sys; sys.argv = ['airagent', 'validate', '--help']\n"
+        "from interface.cli import main\n"
+        "import atexit, os\n"
+        "real = os._exit\n"
+        "def leave(code):\n"
+        "    heavy = [m for m in ('interface.client', 'workflows.train', 'scipy', 'kubernetes') if m in sys.modules]\n"
+        "    print('HEAVY', heavy)\n"
+        "    real(code)\n"
+        "os._exit = leave\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert "HEAVY []" in done.stdout, done.stdout + done.stderr
+    assert "--changed" in done.stdout

@@ -6,25 +6,21 @@ import asyncio
 import json
 from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
+import click
 import typer
 from rich.console import RenderableType
 from rich.text import Text
 
 from airagent import config as config_module
 from airagent.config import ConfigError, PipelineSettings
-from airagent.connection import TemporalUnreachable
 from airagent.models import Control
 from airagent.repo import RepoError
-from interface.client import (
-    AirAgent,
-    DeployRefused,
-    NotFound,
-    RollbackRefused,
-    TrainRunning,
-)
 from interface.terminal import console, err_console, labelled
+
+if TYPE_CHECKING:
+    from interface.client import AirAgent
 
 HELP = (
     "`airagent`: run the deployer, start trains, watch and steer them. `--json` for machines on what reads trains, "
@@ -32,6 +28,12 @@ HELP = (
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
+
+
+@app.callback()
+def commands() -> None:
+    """A group of commands even when the console script registered only the one it runs (interface/cli)."""
+
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="AIRAGENT_CONFIG", help="path of airagent.yaml")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON for machines")]
@@ -46,20 +48,37 @@ def friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, RepoError, TrainRunning, DeployRefused, NotFound, RollbackRefused) as err:
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise
+        except (ConfigError, RepoError) as err:
             err_console.print(labelled("error:", "red", str(err)))
             raise typer.Exit(2) from None
-        except TemporalUnreachable as err:
-            err_console.print(
-                labelled(
-                    "error:",
-                    "red",
-                    f"cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS",
+        except Exception as err:
+            refusals, unreachable = _client_errors()
+            if isinstance(err, refusals):
+                err_console.print(labelled("error:", "red", str(err)))
+                raise typer.Exit(2) from None
+            if isinstance(err, unreachable):
+                err_console.print(
+                    labelled(
+                        "error:",
+                        "red",
+                        f"cannot reach Temporal ({err}); start it with `airagent dev` or set TEMPORAL_ADDRESS",
+                    )
                 )
-            )
-            raise typer.Exit(2) from None
+                raise typer.Exit(2) from None
+            raise
 
     return wrapper
+
+
+def _client_errors() -> tuple[tuple[type[Exception], ...], type[Exception]]:
+    """The client's refusals and an unreachable Temporal, imported once a command fails: a command that never
+    talks to Temporal does not pay seconds for importing its client."""
+    from airagent.connection import TemporalUnreachable
+    from interface.client import DeployRefused, NotFound, RollbackRefused, TrainRunning
+
+    return (TrainRunning, DeployRefused, NotFound, RollbackRefused), TemporalUnreachable
 
 
 def run(coro):
@@ -70,6 +89,8 @@ def run(coro):
 
 
 async def send_control(wf_id: str, name: str, control: Control, as_json: bool) -> int:
+    from interface.client import AirAgent
+
     ack = await (await AirAgent.connect()).control(wf_id, name, control)
     emit(
         ack.model_dump(),
