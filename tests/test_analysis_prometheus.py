@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from activities.analysis import judge
 from activities.analysis.prometheus import Soak, measure
 from airagent import example
+from airagent.config import promql
 from airagent.config.analysis import Analysis, PrometheusMetric
 from airagent.config.errors import ConfigError
 from airagent.config.loading import load
@@ -221,6 +222,13 @@ def test_the_config_refuses_unknown_variables_misplaced_values_and_incomplete_me
     PrometheusMetric.model_validate({**base, "query": "up  # per {{whatever}}"})
 
 
+def test_a_template_knows_which_string_each_variable_stands_in():
+    query = 'x{a="say \\"{{dag_id}}", b=~\'{{release}}\'}[{{soak_duration}}] # {{environment}}'
+    assert promql.names(query) == {"dag_id", "release", "soak_duration"}  # nothing in the comment
+    rendered = promql.render(query, {"dag_id": 'a"b', "release": "r.1'", "soak_duration": "5s"})
+    assert rendered == 'x{a="say \\"a\\"b", b=~\'r\\\\.1\\\'\'}[5s] # {{environment}}'
+
+
 def test_loading_refuses_a_prometheus_address_with_a_password_without_showing_it(tmp_path: Path):
     config = tmp_path / "airagent.yaml"
     config.write_text(
@@ -250,6 +258,22 @@ pipelines:
         config.read_text().replace("address: http://grafana:s3cretpw@prometheus:9090", "address_env: a-b")
     )
     with pytest.raises(ConfigError, match="metrics.0.address_env: not the name of an environment variable"):
+        load(config)
+    # A shared analysis is checked where it is written, and so is a webhook's variable.
+    config.write_text(
+        f"""\
+pipelines:
+  main:
+    repo: {tmp_path}
+    analyses:
+      strict:
+        metrics:
+          - {{name: hook, provider: webhook, url_env: "https://hooks.example/check"}}
+    environments:
+      - {{name: staging, target: {{type: local, path: {tmp_path / "staging"}}}, analysis: strict}}
+"""
+    )
+    with pytest.raises(ConfigError, match="analyses.strict.metrics.0.url_env: not the name of an environment var"):
         load(config)
 
 
