@@ -3,6 +3,10 @@ and smoke runs marked as airagent's; and that Airflow's own StatsD metrics reach
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from activities.runtime import ensure_runtime
 from activities.targets.local_airflow import LocalAirflow
 from airagent.config import LocalTarget, Runtime
 from airagent.config.targets import LocalMetrics
+from airagent.devserver import binary
 from tests.conftest import airflow_ports
 from tests.prometheus import Prometheus
 from tests.test_local_airflow import wait_for
@@ -225,3 +230,31 @@ def test_airflows_statsd_metrics_reach_prometheus_labelled_by_dag_and_task_group
         assert not prometheus.query('airagent_statsd_lines_total{outcome="malformed"} > 0')
     finally:
         prometheus.stop()
+
+
+def test_env_up_and_status_name_the_metrics_url(airflow, tmp_path):
+    env, _ = airflow
+    config = tmp_path / "airagent.yaml"
+    target = f"{{type: local, path: {env.target.path}, port: {env.target.port}, metrics: {{statsd: true}}}}"
+    config.write_text(f"pipelines:\n  main:\n    repo: {tmp_path}\n    environments:\n")
+    config.write_text(config.read_text() + f"      - name: {env.name}\n        target: {target}\n")
+    airagent = [binary("airagent")]
+
+    up = subprocess.run([*airagent, "env", "up", env.name, "-c", config], capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [*airagent, "env", "status", env.name, "-c", config, "--json"], capture_output=True, text=True, timeout=120
+    )
+
+    assert up.returncode == 0 and "already running; API" in up.stdout, up.stdout + up.stderr
+    assert f"metrics for Prometheus at {env.exporter.url}" in up.stdout.replace("\n", "")
+    assert json.loads(status.stdout)["metrics"] == {"url": env.exporter.url, "alive": True}
+
+    # An exporter that died is started again by the next `env up`, the components left as they run.
+    exporter = env.exporter.record()
+    os.kill(exporter.pid, signal.SIGKILL)
+    wait_for(lambda: not exporter.alive, 10, "the exporter gone")
+    again = subprocess.run(
+        [*airagent, "env", "up", env.name, "-c", config], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0 and "started statsd-exporter" in again.stdout, again.stdout + again.stderr
+    assert env.exporter.alive() and env.running()
