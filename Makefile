@@ -40,6 +40,9 @@ bench: setup
 	$(BIN)/python -m bench.faults
 	$(BIN)/python -m bench.isolation
 	$(BIN)/python -m bench.scale
+	$(BIN)/python -m bench.analysis
+	$(BIN)/python -m bench.preview
+	$(BIN)/python -m bench.metrics
 
 clean:
 	rm -rf $(VENV) .airagent *.egg-info
