@@ -222,6 +222,36 @@ def test_the_config_refuses_unknown_variables_misplaced_values_and_incomplete_me
     PrometheusMetric.model_validate({**base, "query": "up  # per {{whatever}}"})
 
 
+def test_loading_names_the_query_its_line_and_the_variables_allowed(tmp_path: Path):
+    config = tmp_path / "airagent.yaml"
+    config.write_text(
+        f"""\
+pipelines:
+  main:
+    repo: {tmp_path}
+    environments:
+      - name: staging
+        target: {{type: local, path: {tmp_path / "staging"}}}
+        analysis:
+          metrics:
+            - name: errors
+              provider: prometheus
+              address: http://prometheus:9090
+              query: 'errors{{dag_id="{{{{dag}}}}"}}'
+              failure: "result > 1"
+              querry: up
+"""
+    )
+    with pytest.raises(ConfigError) as refused:
+        load(config)
+    assert str(refused.value).splitlines() == [
+        f"{config}:12: pipelines.main.environments.0.analysis.metrics.0.query: Value error, {{{{dag}}}} is not a "
+        "template variable; use environment, release, dag_id, soak_start, soak_duration",
+        f"{config}:14: pipelines.main.environments.0.analysis.metrics.0.querry: Extra inputs are not permitted; "
+        "did you mean 'query'? (see `airagent config schema`)",
+    ]
+
+
 def test_a_template_knows_which_string_each_variable_stands_in():
     query = 'x{a="say \\"{{dag_id}}", b=~\'{{release}}\'}[{{soak_duration}}] # {{environment}}'
     assert promql.names(query) == {"dag_id", "release", "soak_duration"}  # nothing in the comment

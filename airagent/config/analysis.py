@@ -183,6 +183,7 @@ class PrometheusMetric(_Metric):
 
 
 Metric = Annotated[AirflowMetric | WebhookMetric | JobMetric | PrometheusMetric, Discriminator("provider")]
+PROVIDERS = ("airflow", "webhook", "job", "prometheus")
 
 
 class Analysis(Model):

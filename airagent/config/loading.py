@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from airagent.config import checks
+from airagent.config.analysis import PROVIDERS
 from airagent.config.base import Model, Name, is_url
 from airagent.config.errors import ConfigError
 from airagent.config.pipeline import Classification, PipelineDeclaration, PipelineSettings, Runtime
@@ -121,7 +122,18 @@ def load_pipeline(name: str, path: Path | str = DEFAULT_FILE) -> PipelineSetting
 
 
 def _describe(err: ValidationError, path: Path, text: str) -> str:
-    return "\n".join(_at(path, text, _untagged(tuple(e["loc"])), f"{e['msg']}{_hint(e)}") for e in err.errors())
+    errors = err.errors()
+    return "\n".join(
+        _at(path, text, _untagged(tuple(e["loc"])), f"{e['msg']}{_hint(e)}") for e in errors if not _moot(e, errors)
+    )
+
+
+def _moot(error: ErrorDetails, errors: list[ErrorDetails]) -> bool:
+    """An analysis written in place that is wrong is not meant as an analysis' name: that reading's error says
+    nothing."""
+    *parent, last = error["loc"]
+    meant = (*parent, "Analysis")
+    return last == "constrained-str" and any(tuple(e["loc"][: len(meant)]) == meant for e in errors)
 
 
 def _at(path: Path, text: str, loc: tuple, message: str) -> str:
@@ -132,14 +144,24 @@ def _at(path: Path, text: str, loc: tuple, message: str) -> str:
 
 
 def _untagged(loc: tuple) -> tuple:
-    """A target's location without the union's tag: people wrote `target.namespace`."""
-    return tuple(p for i, p in enumerate(loc) if not (p in TARGET_TYPES and i and loc[i - 1] == "target"))
+    """A location without the unions' tags: people wrote `target.namespace` and `analysis.metrics.0.query`."""
+    return tuple(p for i, p in enumerate(loc) if not (i and _tag(loc[: i + 1])))
+
+
+def _tag(loc: tuple) -> bool:
+    *before, p = loc
+    if before[-1] == "target":
+        return p in TARGET_TYPES
+    if before[-1] == "analysis":
+        return p == "Analysis"
+    return len(before) > 1 and before[-2] == "metrics" and isinstance(before[-1], int) and p in PROVIDERS
 
 
 def _hint(error: ErrorDetails) -> str:
     if error["type"] == "extra_forbidden":
         *parent, key = error["loc"]
-        close = difflib.get_close_matches(str(key), _fields_at(AirAgentConfig, tuple(parent)), n=1)
+        known = _fields_at(AirAgentConfig, tuple(parent)) or _fields_at(AirAgentConfig, _untagged(tuple(parent)))
+        close = difflib.get_close_matches(str(key), known, n=1)
         if close:
             return f"; did you mean {close[0]!r}? (see `airagent config schema`)"
         return "; remove it or check its spelling (see `airagent config schema`)"
