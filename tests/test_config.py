@@ -403,5 +403,5 @@ def test_the_readmes_airagent_yaml_loads_as_written(tmp_path):
     pipeline = load_pipeline("main", tmp_path / "airagent.yaml")
     assert pipeline.notifications[0].on == ["failed", "rolled_back", "held"]
     staging = pipeline.environments[0]
-    assert [m.name for m in staging.metrics().metrics] == ["health", "changed_dags", "smoke"]
+    assert [m.name for m in staging.metrics().metrics] == ["health", "changed_dags", "smoke", "errors"]
     assert staging.smoke == "trigger"
