@@ -34,7 +34,7 @@ from airagent.models.analysis import Measurement, Phase
 # The series a reading names, and how much of each label value it shows.
 SHOWN_SERIES, SHOWN_LABEL = 3, 40
 # Worst first: the reading of several series is the worst of theirs.
-WORST = (Phase.failed, Phase.error, Phase.inconclusive, Phase.successful)
+WORST = (Phase.failed, Phase.inconclusive, Phase.successful)
 
 
 @dataclass(frozen=True)
