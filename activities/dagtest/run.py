@@ -58,31 +58,55 @@ class Bench:
     timeout: float = 120.0
 
 
-def run_dag(bench: Bench, file: str, dag_id: str) -> DagResult:
-    """Run `dag_id` (defined in `file`, from the release's root) once, as `DAG.test()` does."""
-    scratch_root = home() / "dagtest" / "runs"
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    database = template(bench.runtime, bench.sandboxed)
-    with tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root) as folder:
-        scratch = Path(folder)
-        shutil.copyfile(database, scratch / "airflow.db")
-        (scratch / "logs").mkdir()
-        tree = bench.tree
+class Runner:
+    """One DAG run's process, started before it is told which DAG: it warms up (Airflow's imports, its in-process
+    execution API: seconds, most of a small DAG's run) while the caller still parses the tree to find the DAG's
+    file, then waits for its request. Closing it kills whatever is left and removes its folder."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        scratch_root = home() / "dagtest" / "runs"
+        scratch_root.mkdir(parents=True, exist_ok=True)
+        database = template(bench.runtime, bench.sandboxed)
+        self._folder = tempfile.TemporaryDirectory(prefix="run-", dir=scratch_root)
+        self.scratch = Path(self._folder.name)
+        shutil.copyfile(database, self.scratch / "airflow.db")
+        (self.scratch / "logs").mkdir()
+        self.request = self.scratch / "request.json"
+        self.process = _start(bench, self.scratch, ["run", str(self.request)])
+
+    def run(self, file: str, dag_id: str) -> DagResult:
+        """Run `dag_id` (defined in `file`, from the release's root) once, as `DAG.test()` does: give the process
+        its DAG and wait for it, up to the bench's timeout from now."""
         request = {
-            "file": str(tree / file),
+            "file": str(self.bench.tree / file),
             "dag_id": dag_id,
-            "events": str(scratch / "events"),
-            "logs": str(scratch / "logs"),
-            "placeholders": {k: bench.placeholders.get(k, {}) for k in ("connections", "variables")},
+            "events": str(self.scratch / "events"),
+            "logs": str(self.scratch / "logs"),
+            "placeholders": {k: self.bench.placeholders.get(k, {}) for k in ("connections", "variables")},
         }
-        (scratch / "request.json").write_text(json.dumps(request))
+        partial = self.request.with_name(".request.json")
+        partial.write_text(json.dumps(request))
+        os.chmod(partial, 0o644)
+        partial.replace(self.request)  # whole, as the process looks for it
         started = time.monotonic()
-        code = _run(bench, scratch, ["run", str(scratch / "request.json")], bench.timeout)
+        code = _wait(self.process, self.bench.timeout)
         seconds = time.monotonic() - started
-        events = read_events(scratch / "events")
+        events = read_events(self.scratch / "events")
         logs = {e["log"]: tail(Path(e["log"])) for e in events if e["event"] == "task_started"}
-        output = tail(scratch / "output.log")
+        output = tail(self.scratch / "output.log")
         return result_of(dag_id, file, events, logs, output, code, seconds)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            _kill(self.process)
+        self._folder.cleanup()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def result_of(
@@ -163,6 +187,10 @@ def template(runtime: Path, sandboxed: bool) -> Path:
 def _run(bench: Bench, scratch: Path, args: list[str], timeout: float) -> int | None:
     """The runner with `args`, its output in `scratch`/output.log; its exit code, or None when it ran past
     `timeout` and was killed with all it started."""
+    return _wait(_start(bench, scratch, args), timeout)
+
+
+def _start(bench: Bench, scratch: Path, args: list[str]) -> subprocess.Popen:
     python = bench.runtime / "bin" / "python"
     runner = runner_path()
     env = environment(bench, scratch)
@@ -173,7 +201,7 @@ def _run(bench: Bench, scratch: Path, args: list[str], timeout: float) -> int | 
         seen = [bench.runtime.resolve(), sandbox.interpreter_prefix(python), runner, bench.tree]
         argv = sandbox.command(argv, read_only=seen, writable=[scratch], env=env, network=bench.network, cwd=bench.tree)
     with open(scratch / "output.log", "ab") as output:
-        process = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -182,13 +210,20 @@ def _run(bench: Bench, scratch: Path, args: list[str], timeout: float) -> int | 
             cwd=bench.tree,
             start_new_session=True,  # its own group, so a kill takes what it started along
         )
-        try:
-            return process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            return None
+
+
+def _wait(process: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        return None
+
+
+def _kill(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def environment(bench: Bench, scratch: Path) -> dict[str, str]:

@@ -7,6 +7,10 @@ a copy nothing. What happens is written as JSON lines to the request's `events` 
 it happens, so a caller that kills a run past its timeout still knows which task it was
 in and where that task's log is. Each task's output (its prints, its subprocesses, the
 task logger) goes to a file of its own, whose tail the caller shows for a failed task.
+
+The caller starts a run before it knows which DAG it is for: the run warms up (Airflow's
+imports, its in-process execution API: most of a small DAG's time) and then waits for
+its request file to appear.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 import traceback
 from datetime import timedelta
 from pathlib import Path
+
+WAIT_SECONDS = 3600.0
 
 
 def migrate(database: Path) -> None:
@@ -33,6 +39,28 @@ def migrate(database: Path) -> None:
     # Airflow writes SQLite ahead in a log beside the file; a copy of the file alone must hold everything.
     with contextlib.closing(sqlite3.connect(database)) as connection:
         connection.execute("PRAGMA journal_mode=DELETE")
+
+
+def warm() -> None:
+    """What the first task would otherwise pay for: the in-process execution API starts on its first request."""
+    import httpx
+    from airflow.dag_processing.dagbag import BundleDagBag  # noqa: F401  (imported for `load`)
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+    httpx.Client(transport=in_process_api_server().transport, base_url="http://in-process.invalid/").get(
+        "/execution/health/ping"
+    )
+
+
+def requested(path: Path) -> dict:
+    """The request, once the caller wrote it (whole: it renames it into place); a caller gone for an hour ends
+    the wait."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no request at {path} within {WAIT_SECONDS:.0f}s")
+        time.sleep(0.02)
+    return json.loads(path.read_text())
 
 
 def run(request: dict) -> None:
@@ -177,7 +205,8 @@ def main() -> None:
     if command == "migrate":
         migrate(argument)
     else:
-        run(json.loads(argument.read_text()))
+        warm()
+        run(requested(argument))
     sys.stdout.flush()
     sys.stderr.flush()
     # Airflow's threads (the in-process execution API's event loop) take seconds to wind down; all is written.

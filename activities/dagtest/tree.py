@@ -22,7 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities import sandbox
 from activities.bundle import export_commit
 from activities.dagtest.report import DagResult, DagTestReport, last_line
-from activities.dagtest.run import Bench, run_dag
+from activities.dagtest.run import Bench, Runner
 from activities.targets.base import CONFIG_FILES
 from activities.validation import changed
 from activities.validation.parse import parse_tree, readable
@@ -74,11 +74,6 @@ def run_tree(
         else:
             refuse_links_out(root)
         runtime = runtime_for(pipeline, tree)
-        parsed = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
-        chosen, broken = select(parsed, dag_ids)
-        report = DagTestReport(broken=broken, scope=scope.describe(len(parsed.files)) if scope is not None else None)
-        if not chosen:
-            return report
         settings = pipeline.validation
         bench = Bench(
             runtime=runtime,
@@ -93,15 +88,23 @@ def run_tree(
             network=settings.tests_network,
             timeout=timeout,
         )
-        with readable(tree) as staged, ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            bench = replace(bench, tree=staged)
+        with readable(tree) as staged, Runner(replace(bench, tree=staged)) as first:
+            # The first run warms up while the tree is parsed to find which file holds which DAG.
+            parsed = parse_tree(runtime, tree, pipeline.dag_folder, pipeline.plugins_folder, pipeline, only=only)
+            chosen, broken = select(parsed, dag_ids)
+            report = DagTestReport(
+                broken=broken, scope=scope.describe(len(parsed.files)) if scope is not None else None
+            )
+            runners = iter([first])
 
             def one(file_and_dag: tuple[str, str]) -> DagResult:
-                result = named_back(run_dag(bench, *file_and_dag), staged, root)
+                with next(runners, None) or Runner(first.bench) as runner:
+                    result = named_back(runner.run(*file_and_dag), staged, root)
                 done(result)
                 return result
 
-            report.dags = list(pool.map(one, chosen))
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                report.dags = list(pool.map(one, chosen))
         return report
 
 
