@@ -369,6 +369,7 @@ class Soaks:
     async def soaking(self, agent: AirAgent, train: str, timeout: float = 300) -> TrainStatus:
         """The train once it soaks, or ended before (a roll that failed)."""
         deadline = time.monotonic() + timeout
+        status = None
         while time.monotonic() < deadline:
             try:
                 status = await agent.status(train)
@@ -377,7 +378,8 @@ class Soaks:
             if status and (status.state.finished or (status.stage == "soak" and status.state == TrainState.running)):
                 return status
             await asyncio.sleep(0.5)
-        raise TimeoutError(f"{train} did not reach soak within {timeout} s")
+        where = f"still in {status.stage} ({status.environment}): {status.reason or '-'}" if status else "never seen"
+        raise TimeoutError(f"{train} did not reach soak within {timeout} s; {where}")
 
 
 def wait(predicate, timeout: float, what: str) -> None:
