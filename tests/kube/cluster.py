@@ -123,13 +123,23 @@ CONFIG = {
     "metadata": {"name": "airflow-config"},
     "data": {"airflow.cfg": "[core]\nexecutor = CeleryExecutor\nparallelism = 32\n"},
 }
+# The chart's Service in front of the api-server, which a preview's URL names.
+API_SERVICE = {
+    "metadata": {"name": "airflow-api-server", "labels": {"release": "airflow", "component": "api-server"}},
+    "spec": {
+        "type": "ClusterIP",
+        "clusterIP": "10.96.0.10",
+        "selector": {"tier": "airflow", "component": "api-server", "release": "airflow"},
+        "ports": [{"name": "api-server", "port": 8080, "targetPort": 8080}],
+    },
+}
 
 
 @contextmanager
 def emulated(delay: float = 0.1, progress_deadline: float = 2.0):
     with Emulator() as emulator, Controller(emulator.store, delay, progress_deadline) as controller:
         emulator.store.create("namespaces", {"metadata": {"name": NAMESPACE}})
-        for resource, obj in [*workloads(AIRFLOW_IMAGE), ("configmaps", CONFIG)]:
+        for resource, obj in [*workloads(AIRFLOW_IMAGE), ("configmaps", CONFIG), ("services", API_SERVICE)]:
             obj = {**obj, "metadata": {**obj["metadata"], "namespace": NAMESPACE}}
             emulator.store.create(resource, obj)
         _settle(emulator)

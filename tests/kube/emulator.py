@@ -3,9 +3,10 @@
 No kube-apiserver runs on these machines, so the real `kubernetes` client talks HTTP to
 this instead. It speaks the wire protocol the driver uses, and nothing more:
 
-- core/v1 pods, configmaps, services, apps/v1 deployments, statefulsets, replicasets and batch/v1 jobs in
-  namespaces, and the namespaces themselves: an object is made only in an Active namespace, and deleting a
-  namespace marks it Terminating, then deletes everything in it and it (`Store.termination` seconds later)
+- core/v1 pods, configmaps, services, apps/v1 deployments, statefulsets, replicasets, batch/v1 jobs and
+  rbac/v1 rolebindings in namespaces, and the namespaces themselves: an object is made only in an Active
+  namespace, and deleting a namespace marks it Terminating, then deletes everything in it and it
+  (`Store.termination` seconds later)
 - GET pods/{name}/log?container=, from what the test controller's kubelet stand-in stored
 - GET one, LIST (labelSelector `k=v,k!=v,k`, fieldSelector `metadata.name=`), POST,
   PATCH as JSON patch (RFC 6902) or JSON merge patch (RFC 7386), DELETE
@@ -41,6 +42,7 @@ RESOURCES = {  # plural -> (group/version path, kind, apiVersion)
     "statefulsets": ("/apis/apps/v1", "StatefulSet", "apps/v1"),
     "replicasets": ("/apis/apps/v1", "ReplicaSet", "apps/v1"),
     "jobs": ("/apis/batch/v1", "Job", "batch/v1"),
+    "rolebindings": ("/apis/rbac.authorization.k8s.io/v1", "RoleBinding", "rbac.authorization.k8s.io/v1"),
 }
 # Where a spec change bumps metadata.generation, as the real server does for these kinds.
 GENERATIONS = {"deployments", "statefulsets", "replicasets"}
