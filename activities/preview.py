@@ -1,4 +1,4 @@
-"""A preview's own side effects: its environment's place and ports, its first start, its branch, its teardown.
+"""A preview's own side effects: its environment's place, its first start, its branch, its teardown.
 
 Updates after the first start go through the stages trains use (`build`, `validate`,
 `diff`, `roll`): a preview is an environment like any other, made for one branch. Its
@@ -7,11 +7,16 @@ there (the target's `host`).
 
     AIRAGENT_HOME/previews/<pipeline>/<branch slug>/   the environment (targets/local*.py)
                                             .../port   its first port, claimed while the folder exists
+
+A pipeline whose first environment is `kubernetes` gets a namespace instead, named from the
+pipeline and branch (`namespace()`), holding a copy of the first environment's chart objects
+(targets/kube_preview.py); any worker runs its activities, and deleting the namespace ends it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import socket
 import time
@@ -25,13 +30,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.heartbeat import keep_alive
 from activities.release import present
-from activities.targets.base import EnvironmentDown, NotLive
+from activities.targets.base import EnvironmentDown, NotLive, RolloutFailed
 from activities.targets.local_airflow import LocalAirflow
 from activities.validation import reports
-from airagent.config import EnvironmentSettings, LocalTarget, home
+from airagent.config import ConfigError, EnvironmentSettings, KubernetesTarget, LocalTarget, home
 from airagent.connection import host_name
-from airagent.models import BranchCheck, BranchState, PreviewPlace, PreviewStart
-from airagent.models.preview import slug
+from airagent.models import BranchCheck, BranchState, PreviewPlace, PreviewStart, RolloutMode
+from airagent.models.preview import namespace, slug
 from airagent.repo import RepoError, commit_exists, open_repository, resolve
 
 PORTS = 5  # an environment's port and the four after it (LocalTarget.ports)
@@ -41,6 +46,7 @@ DRAIN = timedelta(seconds=10)
 LIVE = timedelta(minutes=4)
 LAST_PORT = 65535
 PORTS_FREED = 30.0  # seconds a teardown waits for the kernel to let go of the ports
+NAMESPACE_GONE = 300.0  # seconds a teardown waits for the cluster to delete a preview's namespace
 
 
 def previews() -> Path:
@@ -50,7 +56,21 @@ def previews() -> Path:
 @activity.defn(name="preview_environment")
 def preview_environment(input: PreviewPlace) -> EnvironmentSettings:
     """The preview's environment: its folder on this host, and five ports no other preview holds. Asked again (a
-    retry, a new run of the workflow) it answers the same."""
+    retry, a new run of the workflow) it answers the same. On kubernetes: its namespace, the first environment's
+    target moved there, with a DAG ref of its own and no API login (a roll is confirmed by its pods)."""
+    first = input.pipeline.environments[0].target
+    if isinstance(first, KubernetesTarget):
+        name = namespace(input.pipeline.previews.kubernetes.namespace_prefix, input.pipeline.name, input.branch)
+        target = first.model_copy(
+            update={
+                "namespace": name,
+                "dag_ref": f"airagent/previews/{name}",
+                "api_url": None,
+                "credentials_file": None,
+                "credentials_env": None,
+            }
+        )
+        return EnvironmentSettings(name="preview", target=target)
     path = previews() / input.pipeline.name / slug(input.branch)
     with _ports_locked():
         port_file = path / "port"
@@ -71,7 +91,9 @@ def start_preview(input: PreviewStart) -> str:
     """Put the release in the preview's folder, start Airflow on it, and wait until it serves the release's DAGs:
     one start, where a roll onto an empty environment would start it twice."""
     settings = input.environment
-    assert isinstance(settings.target, LocalTarget)  # previews of kubernetes pipelines are refused before
+    if isinstance(settings.target, KubernetesTarget):
+        return _start_namespace(input)
+    assert isinstance(settings.target, LocalTarget)
     env = LocalAirflow(settings.name, settings.target, settings.probes)
     release = present(input.release, input.pipeline)
     try:
@@ -85,6 +107,50 @@ def start_preview(input: PreviewStart) -> str:
     except (NotLive, EnvironmentDown) as err:
         raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from None
     return f"{started}; {served}"
+
+
+def _start_namespace(input: PreviewStart) -> str:
+    """Make the preview's namespace from the first environment's, then roll the release there as a train would."""
+    from kubernetes.client.exceptions import ApiException  # the kubernetes client loads only when used
+
+    from activities.targets.kube_airflow import KubernetesAirflow
+    from activities.targets.kube_client import connect
+    from activities.targets.kube_preview import PreviewNamespace, PreviewValues
+
+    settings, pipeline = input.environment, input.pipeline
+    assert isinstance(settings.target, KubernetesTarget) and input.source is not None
+    assert isinstance(input.source.target, KubernetesTarget)
+    release = present(input.release, pipeline)
+    values_file = pipeline.previews.kubernetes.values
+    try:
+        values = PreviewValues.read(Path(release.bundle) / values_file if values_file else None, str(values_file))
+        with keep_alive("start preview"):
+            made = PreviewNamespace(connect(settings.target), input.source.target, settings.target.namespace).create(
+                pipeline.name, pipeline.branch, values, settings.target.dag_ref, _service_account()
+            )
+            dags = reports.dag_ids(reports.recall(input.report, release, pipeline)) if input.report else {}
+            mode = RolloutMode.rebuild if release.image else RolloutMode.restart
+            rolled = KubernetesAirflow(settings, pipeline).roll(release, mode, dags)
+    except ConfigError as err:
+        raise ApplicationError(str(err), type="BadInput", non_retryable=True) from None
+    except (RolloutFailed, LookupError) as err:
+        raise ApplicationError(str(err), type=type(err).__name__, non_retryable=True) from None
+    except ApiException as err:
+        if err.status not in (401, 403, 422):
+            raise
+        raise ApplicationError(
+            f"the cluster refused the preview's namespace {settings.target.namespace} ({err.status} {err.reason}): "
+            "the worker needs the rights of infra/previews.yaml, which a cluster admin applies",
+            type="Forbidden",
+            non_retryable=True,
+        ) from None
+    return f"namespace {settings.target.namespace}: made {len(made)} objects; {rolled.detail}"
+
+
+def _service_account() -> tuple[str, str] | None:
+    """The worker's own ServiceAccount, which infra/worker.yaml passes down; None outside a cluster."""
+    name, home_namespace = os.environ.get("AIRAGENT_SERVICE_ACCOUNT"), os.environ.get("AIRAGENT_POD_NAMESPACE")
+    return (home_namespace, name) if name and home_namespace else None
 
 
 @activity.defn(name="check_branch")
@@ -105,7 +171,16 @@ def check_branch(input: BranchCheck) -> BranchState:
 
 @activity.defn(name="teardown_preview")
 def teardown_preview(settings: EnvironmentSettings) -> str:
-    """Stop every component, free the ports and remove the folder; what is already gone is skipped."""
+    """Stop every component, free the ports and remove the folder (on kubernetes: delete the namespace, and so
+    everything in it); what is already gone is skipped."""
+    if isinstance(settings.target, KubernetesTarget):
+        from activities.targets.kube_client import connect
+        from activities.targets.kube_preview import PreviewNamespace
+
+        with keep_alive("teardown preview"):
+            return PreviewNamespace(connect(settings.target), settings.target, settings.target.namespace).delete(
+                NAMESPACE_GONE
+            )
     assert isinstance(settings.target, LocalTarget)
     target = settings.target
     said = "nothing ran"

@@ -15,7 +15,7 @@ from temporalio.common import (
 from temporalio.service import RPCError
 
 from airagent import search_attributes as sa
-from airagent.config import LocalTarget, PipelineSettings
+from airagent.config import PipelineSettings
 from airagent.models import Control, Extend, PreviewInput, PreviewState, PreviewStatus, preview_id
 from airagent.repo import open_repository, resolve
 from interface.visibility import NotFound, of_pipeline, running
@@ -23,7 +23,7 @@ from workflows.preview import Preview
 
 
 class PreviewRefused(Exception):
-    """A preview cannot start: the pipeline's cap is reached, or its target has no previews; the message says why."""
+    """A preview cannot start: the pipeline's cap is reached, or it is ending; the message says why."""
 
 
 class PreviewCalls:
@@ -37,10 +37,6 @@ class PreviewCalls:
     ) -> PreviewStatus:
         """Start the branch's preview, or have the running one live `ttl` (default the pipeline's) from now.
         Refused past the pipeline's cap, naming the previews that run."""
-        if not all(isinstance(e.target, LocalTarget) for e in pipeline.environments):
-            raise PreviewRefused(
-                f"pipeline {pipeline.name!r} deploys to kubernetes; previews are made for local targets only so far"
-            )
         resolve(open_repository(pipeline), pipeline.model_copy(update={"branch": branch}))  # names a missing branch
         ttl = ttl or pipeline.previews.ttl
         wf_id = preview_id(pipeline.name, branch)

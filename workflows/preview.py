@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.roll import roll, rollback
     from activities.validate import validate
     from airagent import search_attributes as sa
-    from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
+    from airagent.config import EnvironmentSettings, KubernetesTarget, LocalTarget, PipelineSettings
     from airagent.models import (
         BranchCheck,
         BuildInput,
@@ -79,9 +79,7 @@ class Preview:
                 PreviewPlace(pipeline=self.base, branch=input.branch),
                 **on(self.base.task_queue(workflow.info().task_queue), QUICK),
             )
-        assert isinstance(self.env.target, LocalTarget)  # the client refuses previews of kubernetes pipelines
-        self.status.url = f"http://127.0.0.1:{self.env.target.port}"
-        self.status.login_file = str(self.env.target.path / "secrets" / "api-login")
+        self._where(self.env)
         self._publish()
         expiry = asyncio.create_task(self._expire())
         while self.ending is None:
@@ -106,16 +104,35 @@ class Preview:
     @property
     def pipeline(self) -> PipelineSettings:
         """The pipeline as the preview's stages see it: the branch, and the preview's environment alone. A branch is
-        rebased and force-pushed at will, so history rewrites are fine; nothing is held back."""
-        return self.base.model_copy(
-            update={
-                "branch": self.status.branch,
-                "environments": [self.env] if self.env else self.base.environments,
-                "allow_history_rewrite": True,
-                "isolation": False,
-                "notifications": [],
-            }
-        )
+        rebased and force-pushed at will, so history rewrites are fine; nothing is held back. Image builds and
+        validator Jobs stay where the pipeline's run: the preview's namespace exists only once it starts."""
+        update = {
+            "branch": self.status.branch,
+            "environments": [self.env] if self.env else self.base.environments,
+            "allow_history_rewrite": True,
+            "isolation": False,
+            "notifications": [],
+        }
+        first = self.base.environments[0].target
+        if isinstance(first, KubernetesTarget) and self.base.image and not self.base.image.namespace:
+            update["image"] = self.base.image.model_copy(update={"namespace": first.namespace})
+        return self.base.model_copy(update=update)
+
+    def _where(self, env: EnvironmentSettings) -> None:
+        """Where people reach the preview's Airflow: its ports on the worker's host, or its namespace's api-server."""
+        if isinstance(env.target, LocalTarget):
+            self.status.url = f"http://127.0.0.1:{env.target.port}"
+            self.status.login_file = str(env.target.path / "secrets" / "api-login")
+            return
+        namespace, service = env.target.namespace, f"{env.target.release}-api-server"
+        pattern = self.base.previews.kubernetes.url
+        if pattern:
+            self.status.url = pattern.format(namespace=namespace)
+        else:
+            self.status.url = f"http://{service}.{namespace}.svc:8080"
+            self.status.reach = (
+                f"kubectl port-forward -n {namespace} svc/{service} 8080:8080; then http://localhost:8080"
+            )
 
     # --- following the branch --------------------------------------------------------------
 
@@ -170,7 +187,13 @@ class Preview:
             try:
                 detail = await workflow.execute_activity(
                     start_preview,
-                    PreviewStart(environment=self.env, pipeline=self.pipeline, release=release, report=report.digest),
+                    PreviewStart(
+                        environment=self.env,
+                        pipeline=self.pipeline,
+                        release=release,
+                        report=report.digest,
+                        source=self.base.environments[0] if isinstance(self.env.target, KubernetesTarget) else None,
+                    ),
                     **self._on(ROLL),
                 )
             except ActivityError as err:

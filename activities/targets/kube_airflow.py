@@ -24,6 +24,7 @@ from activities.airflow_api import AirflowApi, Credentials
 from activities.targets.base import NotLive, Rolled, RolloutFailed, config_file
 from activities.targets.kube_client import connect
 from activities.targets.kube_git import GitRef
+from activities.targets.kube_preview import CFG_OVERLAY, airflow_cfg
 from activities.targets.kube_record import Rollout, RollReport
 from activities.targets.kube_rollout import FATAL_WAITING
 from activities.targets.kubernetes import KubernetesEnvironment
@@ -76,12 +77,17 @@ class KubernetesAirflow:
         return self.env.preflight()
 
     def _config(self, release: Release) -> dict[str, str] | None:
-        """The chart ConfigMap's data with the release's airflow.cfg; None when the release has none."""
+        """The chart ConfigMap's data with the release's airflow.cfg, and the options the ConfigMap's annotation
+        `airagent.io/airflow-cfg` sets over it (a preview's); None when the release has none."""
         found = config_file(release)
         current = self.env.read_config()
         if found is None or current is None:
             return None
-        return {**(current.get("data") or {}), "airflow.cfg": found.read_text()}
+        text = found.read_text()
+        options = (current["metadata"].get("annotations") or {}).get(CFG_OVERLAY)
+        if options:
+            text = airflow_cfg(text, json.loads(options))
+        return {**(current.get("data") or {}), "airflow.cfg": text}
 
     # --- the record ------------------------------------------------------------------------
 

@@ -173,8 +173,14 @@ class KubernetesPreviews(Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and "{namespace}" not in value:
+        if value is None:
+            return value
+        if "{namespace}" not in value:
             raise ValueError(f"{value!r} names no {{namespace}}; every preview needs a URL of its own")
+        try:
+            value.format(namespace="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"{value!r}: only {{namespace}} may stand in braces") from None
         return value
 
 

@@ -46,6 +46,7 @@ class PreviewStatus(BaseModel):
     head: str | None = Field(None, description="the newest commit of the branch seen")
     url: str | None = Field(None, description="the preview's Airflow, as the worker's host reaches it")
     login_file: str | None = Field(None, description="file holding `username:password`, readable by the worker's user")
+    reach: str | None = Field(None, description="how a person gets to `url` when it is not reachable as it is")
     expires: datetime | None = None
     event: str | None = Field(None, description="the last thing that happened to it")
     error: str | None = Field(None, description="why the branch head is not served, while it is not")
@@ -59,6 +60,8 @@ class PreviewStatus(BaseModel):
             "",
             f"Airflow {self.url or '-'} · login in {code(self.login_file or '-')} · expires {_when(self.expires)}",
         ]
+        if self.reach:
+            lines += ["", f"reach it with {code(self.reach)}"]
         if self.head and self.head != self.commit:
             lines += ["", f"branch head `{self.head[:12]}`"]
         if self.event:
@@ -82,6 +85,9 @@ class PreviewStart(BaseModel):
     pipeline: PipelineSettings
     release: Release
     report: str | None = Field(None, description="the validation report's digest: the DAGs to wait for")
+    source: EnvironmentSettings | None = Field(
+        None, description="kubernetes: the environment whose namespace the preview's is copied from"
+    )
 
 
 class BranchCheck(BaseModel):
@@ -112,6 +118,20 @@ def slug(branch: str) -> str:
     """A folder name for a branch: readable, and unique, as `a/b` and `a-b` must not share a folder."""
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", branch).strip("-.")[:40] or "branch"
     return f"{readable}-{hashlib.sha256(branch.encode()).hexdigest()[:8]}"
+
+
+# A DNS-1123 label, as a namespace name must be.
+NAMESPACE_MAX = 63
+
+
+def namespace(prefix: str, pipeline: str, branch: str) -> str:
+    """A preview's namespace: readable from the pipeline and branch, cut to fit 63 characters, and unique by a hash of
+    both, as two branches may differ only past the cut or only in characters a namespace cannot hold."""
+    digest = hashlib.sha256(f"{pipeline}\0{branch}".encode()).hexdigest()[:8]
+    readable = re.sub(r"[^a-z0-9]+", "-", f"{pipeline}-{branch}".lower()).strip("-")
+    room = NAMESPACE_MAX - len(prefix) - len(digest) - 1
+    readable = readable[:room].strip("-")
+    return f"{prefix}{readable}-{digest}" if readable else f"{prefix}{digest}"
 
 
 PreviewInput.model_rebuild()

@@ -33,7 +33,7 @@ app.add_typer(preview_app, name="preview")
 BranchOpt = Annotated[str, typer.Option("--branch", "-b", help="the git branch to preview")]
 PreviewPipelineOpt = Annotated[str, typer.Option("--pipeline", "-p", help="pipeline name from airagent.yaml")]
 # The JSON keys of a preview, in the order `list` prints them.
-FIELDS = ("branch", "pipeline", "state", "commit", "url", "login_file", "expires", "event", "error")
+FIELDS = ("branch", "pipeline", "state", "commit", "url", "login_file", "reach", "expires", "event", "error")
 
 
 def _refusable(fn):
@@ -98,7 +98,10 @@ def preview_list(
     for p in found:  # lines, not a table: a login file's path must print whole, whatever the terminal's width
         expires = f"{p.expires:%Y-%m-%d %H:%M} UTC" if p.expires else "-"
         say(f"{p.branch}: {p.state.value}, serving {(p.commit or 'nothing')[:12]}, expires {expires}")
-        say(f"  Airflow {p.url or '-'}; log in with the username:password in {p.login_file or '-'}")
+        if p.login_file or not p.reach:
+            say(f"  Airflow {p.url or '-'}; log in with the username:password in {p.login_file or '-'}")
+        else:
+            say(f"  Airflow {p.url}; reach it with: {p.reach}")
         if p.error:
             say(f"  not served: {p.error}")
 
@@ -136,7 +139,9 @@ def _fields(status: PreviewStatus) -> dict:
 def _say(status: PreviewStatus) -> None:
     line = f"{status.branch}: {status.state.value}"
     if status.commit:
-        line += f" {status.commit[:12]} at {status.url}; log in as the `username:password` in {status.login_file}"
+        line += f" {status.commit[:12]} at {status.url}"
+        line += f"; log in as the `username:password` in {status.login_file}" if status.login_file else ""
+        line += f"; reach it with: {status.reach}" if status.reach else ""
     if status.expires:
         line += f"; expires {status.expires:%Y-%m-%d %H:%M} UTC"
     say(line)
