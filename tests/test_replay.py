@@ -37,6 +37,8 @@ def test_histories_are_recorded():
         "train_held_back_after_bisection",
         "train_succeeded_before_soak_analysis",
         "train_aborted_before_soak_analysis",
+        "preview_local",
+        "preview_kubernetes",
     }
 
 
