@@ -93,10 +93,15 @@ def airagent_yaml(
     airflow: bool = True,
     port: int = 28080,
     pipeline: str = "main",
+    metrics: bool = False,
 ) -> str:
+    """`metrics` has each environment send Airflow's StatsD metrics to its exporter (the demo's Prometheus
+    scrapes them); tests leave it off, sparing an exporter per environment."""
+
     def target(name: str, offset: int) -> str:
         where = f"type: local, path: {envs / name}"
-        return f"{{{where}, port: {port + offset}}}" if airflow else f"{{{where}, airflow: false}}"
+        extra = ", metrics: {statsd: true}" if metrics else ""
+        return f"{{{where}, port: {port + offset}{extra}}}" if airflow else f"{{{where}, airflow: false}}"
 
     return dedent(f"""\
         # airagent: every commit on main goes to staging, then prod.
@@ -125,7 +130,13 @@ def airagent_yaml(
 
 
 def create(
-    path: Path, envs: Path, soak: str = "45s", probe_interval: str = "5s", airflow: bool = True, pipeline: str = "main"
+    path: Path,
+    envs: Path,
+    soak: str = "45s",
+    probe_interval: str = "5s",
+    airflow: bool = True,
+    pipeline: str = "main",
+    metrics: bool = False,
 ) -> git.Repo:
     """A fresh monorepo at `path`, its environments to live under `envs`, history by three authors."""
     repo = git.Repo.init(path, initial_branch="main")
@@ -136,7 +147,7 @@ def create(
         repo,
         {
             **{k: v for k, v in FILES.items() if not k.startswith("dags/")},
-            "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow, pipeline=pipeline),
+            "airagent.yaml": airagent_yaml(envs, soak, probe_interval, airflow, pipeline=pipeline, metrics=metrics),
         },
         "platform: runtime, plugins and airagent config",
         "platform",

@@ -24,11 +24,13 @@ import git
 from activities.runtime import ensure_runtime
 from activities.targets.local import LocalEnvironment
 from activities.targets.local_airflow import LocalAirflow
+from activities.targets.local_metrics import metrics_url
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home, load_pipeline
 from airagent.devserver import DevServer, binary, register_search_attributes
 from airagent.models import TrainState, TrainStatus, train_id
 from interface.client import AirAgent
+from interface.demo_prometheus import WORKER_PORT, DemoPrometheus, port
 from interface.display import follow, render_pipeline
 from interface.terminal import console, labelled
 
@@ -50,6 +52,7 @@ def main(once: bool, repo: Path | None) -> int:
     state.mkdir(parents=True, exist_ok=True)
     server = DevServer(state)
     worker: subprocess.Popen | None = None
+    prometheus: DemoPrometheus | None = None
     try:
         started = server.start()
         console.print(
@@ -60,17 +63,25 @@ def main(once: bool, repo: Path | None) -> int:
                 f"Web UI http://localhost:{server.ui_port} (state in {server.db})",
             )
         )
+        metrics = os.environ.get("AIRAGENT_METRICS_PORT") or str(port(WORKER_PORT))
         with open(state / "worker.log", "ab") as log:
             worker = subprocess.Popen(
                 [binary("airagent"), "worker"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                env={**os.environ, "AIRAGENT_HOME": str(state)},
+                env={**os.environ, "AIRAGENT_HOME": str(state), "AIRAGENT_METRICS_PORT": metrics}
+                | {"AIRAGENT_METRICS_HOST": "127.0.0.1", "AIRAGENT_DORA_EVERY_SECONDS": "30"},
             )
         console.print(labelled("worker", "bold", f"started (pid {worker.pid}, log {state / 'worker.log'})"))
-        checks = asyncio.run(scenario(state, repo))
-        hints(server)
+        on_example = repo is None
+        repo = repo or prepare_example(state / "demo")
+        pipeline = load_pipeline("main", Path(repo) / "airagent.yaml")
+        prometheus = watch(state, metrics, pipeline)
+        checks = asyncio.run(scenario(repo, pipeline, on_example))
+        if prometheus:
+            scraped(checks, prometheus, pipeline)
+        hints(server, prometheus)
         if checks.failed:
             console.print(f"demo: {len(checks.failed)} check(s) failed", style="red bold")
             return 1
@@ -84,6 +95,8 @@ def main(once: bool, repo: Path | None) -> int:
     except KeyboardInterrupt:
         return 130 if once else 0
     finally:
+        if prometheus:
+            prometheus.stop()
         if worker and worker.poll() is None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -94,10 +107,8 @@ def main(once: bool, repo: Path | None) -> int:
         console.print("stopped what the demo started")
 
 
-async def scenario(state: Path, given: Path | None) -> Checks:
+async def scenario(repo: Path, pipeline: PipelineSettings, on_example: bool) -> Checks:
     checks = Checks()
-    repo = given or prepare_example(state / "demo")
-    pipeline = load_pipeline("main", Path(repo) / "airagent.yaml")
     agent = await AirAgent.connect()
     await register_search_attributes(agent.client)
 
@@ -121,7 +132,7 @@ async def scenario(state: Path, given: Path | None) -> Checks:
             live is not None and live.commit == head,
             f"{env.name} runs {head[:12]} ({live.id if live else 'nothing'}) at {local_target(env).path}",
         )
-    if given:
+    if not on_example:
         console.print("(a repository was given: the broken-commit step runs only on the example)")
         return checks
 
@@ -193,6 +204,40 @@ async def scenario(state: Path, given: Path | None) -> Checks:
     return checks
 
 
+def exporters(pipeline: PipelineSettings) -> dict[str, str]:
+    """Each environment's StatsD exporter (`metrics: {statsd: true}` on its target) as `host:port`."""
+    urls = {env.name: metrics_url(local_target(env)) for env in pipeline.environments}
+    return {name: url.removeprefix("http://").removesuffix("/metrics") for name, url in urls.items() if url}
+
+
+def watch(state: Path, metrics: str, pipeline: PipelineSettings) -> DemoPrometheus | None:
+    """Prometheus on the worker's metrics and the environments' Airflow metrics, where it is installed."""
+    worker, airflows = f"127.0.0.1:{metrics}", exporters(pipeline)
+    prometheus = DemoPrometheus.start(state / "prometheus", worker, airflows)
+    if prometheus is None:
+        console.print(
+            labelled("Prometheus", "bold", f"not installed (`make setup` as root installs it); metrics at {worker}")
+        )
+        return None
+    scraping = ", ".join([f"the worker at {worker}", *(f"{env}'s Airflow at {a}" for env, a in airflows.items())])
+    console.print(labelled("Prometheus", "bold", f"{prometheus.url} scraping {scraping} ({prometheus.folder})"))
+    if without := [env.name for env in pipeline.environments if env.name not in airflows]:
+        console.print(f"  {', '.join(without)}: no `metrics: {{statsd: true}}` on the target, so none of Airflow's")
+    return prometheus
+
+
+def scraped(checks: Checks, prometheus: DemoPrometheus, pipeline: PipelineSettings) -> None:
+    """Prometheus holds what the worker counted (the trains, the DORA figures it works out from Temporal) and
+    each environment's Airflow metrics."""
+    ended = prometheus.until("sum(airagent_trains_ended_total)")
+    checks.expect(bool(ended), f"Prometheus counts {ended or 0:.0f} trains ended on this worker")
+    deploys = prometheus.until('max(airagent_dora_deployments{environment="prod"})')
+    checks.expect(bool(deploys), f"Prometheus has the DORA figures: {deploys or 0:.0f} deploys to prod in 30 days")
+    for env in exporters(pipeline):
+        beats = prometheus.until(f'sum(airflow_scheduler_heartbeat_total{{environment="{env}"}})')
+        checks.expect(bool(beats), f"Prometheus has {env}'s Airflow metrics: {beats or 0:.0f} scheduler heartbeats")
+
+
 def local_target(env: EnvironmentSettings) -> LocalTarget:
     """The demo runs local environments only; a kubernetes one stops it here."""
     assert isinstance(env.target, LocalTarget)
@@ -228,7 +273,7 @@ def prepare_example(root: Path) -> Path:
     """The example monorepo: created the first time; later, a repaired and changed head to deploy."""
     path = root / "repo"
     if not (path / ".git").exists():
-        example.create(path, root / "envs")
+        example.create(path, root / "envs", metrics=True)
         console.print(f"created the example monorepo at {path}")
         return path
     repo = git.Repo(path)
@@ -246,8 +291,11 @@ def prepare_example(root: Path) -> Path:
     return path
 
 
-def hints(server: DevServer) -> None:
+def hints(server: DevServer, prometheus: DemoPrometheus | None) -> None:
     console.rule("explore")
+    if prometheus:
+        console.print(f"""Prometheus: {prometheus.url}   (the README's "Five figures first" queries; \
+Grafana: import infra/grafana/airagent.json with it as the data source)""")
     console.print(f"""Web UI:  http://localhost:{server.ui_port}   (filter: AiragentPipeline = "main")
 airagent pipeline status --pipeline main   # the conductor: running, queued, recent trains
 airagent history --pipeline main
