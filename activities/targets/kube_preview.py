@@ -109,7 +109,12 @@ class PreviewNamespace:
         `account` (namespace, name): the worker's ServiceAccount, bound in the new namespace to the ClusterRole
         `airagent-preview` (infra/previews.yaml) before anything else is made there; None for a kubeconfig's user.
         """
-        labels = {"app.kubernetes.io/managed-by": "airagent", PREVIEW_LABEL: "true", PIPELINE_LABEL: pipeline}
+        # A label value ends with a letter or digit, in 63 characters; a pipeline's name may end with '-' or '_'.
+        labels = {
+            "app.kubernetes.io/managed-by": "airagent",
+            PREVIEW_LABEL: "true",
+            PIPELINE_LABEL: pipeline[:63].rstrip("-_"),
+        }
         made = []
         try:
             self._raw(
