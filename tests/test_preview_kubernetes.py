@@ -10,6 +10,7 @@ from the first environment's (`airflow`, the chart's objects), and deleting it i
 from __future__ import annotations
 
 import asyncio
+import configparser
 import copy
 import json
 import os
@@ -29,11 +30,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from activities.targets.base import RolloutFailed
 from activities.targets.kube_git import GitRef
-from activities.targets.kube_preview import PreviewNamespace, PreviewValues
+from activities.targets.kube_preview import PreviewNamespace, PreviewValues, airflow_cfg, overlay
 from activities.targets.kube_record import Rollout
 from activities.targets.kubernetes import KubernetesEnvironment
 from airagent import example
-from airagent.config import KubernetesPreviews, KubernetesTarget
+from airagent.config import ConfigError, KubernetesPreviews, KubernetesTarget
 from airagent.devserver import binary
 from airagent.models import PreviewState, PreviewStatus, RolloutMode
 from airagent.models.preview import namespace
@@ -415,3 +416,21 @@ def test_the_admission_policy_keeps_the_worker_to_preview_namespaces(cluster):
     assert admitted("CREATE", "rolebindings", admin, namespace_object=preview) == [
         "in a preview namespace the worker binds the ClusterRole airagent-preview and nothing else"
     ]
+
+
+def test_the_preview_config_tracks_its_own_dag_ref_over_any_release_config(tmp_path):
+    bundles = [{"name": "deploy", "classpath": "GitDagBundle", "kwargs": {"tracking_ref": "airagent/staging"}}]
+    chart = f"[core]\nparallelism = 32\n\n[dag_processor]\ndag_bundle_config_list = {json.dumps(bundles)}\n"
+    options = overlay({"core": {"parallelism": 4, "load_examples": False}}, chart, "airagent/previews/p-1")
+    release = "[core]\nexecutor = CeleryExecutor\nparallelism = 64\n"
+
+    configured = configparser.ConfigParser(interpolation=None)
+    configured.read_string(airflow_cfg(release, options))
+
+    assert configured.get("core", "parallelism") == "4" and configured.get("core", "load_examples") == "false"
+    assert configured.get("core", "executor") == "CeleryExecutor"
+    tracked = json.loads(configured.get("dag_processor", "dag_bundle_config_list"))
+    assert tracked[0]["kwargs"]["tracking_ref"] == "airagent/previews/p-1"
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump({"workers": {"replica": 2}}))
+    with pytest.raises(ConfigError, match="values.yaml: workers.replica: Extra inputs"):
+        PreviewValues.read(tmp_path / "values.yaml", "previews/values.yaml")
