@@ -45,6 +45,7 @@ from temporalio import activity
 from activities.environment import environment
 from activities.heartbeat import keep_alive
 from activities.runtime import runtime_hash, runtimes_locked
+from activities.targets.components import Components
 from activities.targets.local import LocalEnvironment
 from activities.validation import reports, review, service
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home
@@ -182,19 +183,23 @@ def _releases(pipeline: PipelineSettings, keep: Retention, now: float, out: GcPl
 
 
 def _rollback_targets(env: EnvironmentSettings, pipeline: PipelineSettings, count: int) -> set[str]:
-    """Live, previous and the last `count` distinct releases it ran.
+    """Live, previous, the last `count` distinct releases it ran, and those its running components started on.
 
     A kubernetes record lists the releases it ran in the order each was first rolled; its
     rollbacks write back the cluster's own snapshots, not these files."""
+    running: list[str | None] = []
     if isinstance(env.target, LocalTarget):
         record = LocalEnvironment(env.target.path, env.name).record()
         live = record.live.id if record.live else None
         previous = record.previous.id if record.previous else None
         recent = list(dict.fromkeys(s.release for s in reversed(record.history) if s.release))
+        # Dags-only rolls restart nothing, so a component may run on a release long out of that list: its plugins,
+        # config and runtime are in use, and the next roll compares with them.
+        running = [p.release for p in Components(env.target.path).records() if p.alive]
     else:
         marker = environment(env, pipeline).marker()
         live, previous, recent = marker.live, marker.previous, marker.rolled[::-1]
-    return {r for r in (live, previous, *recent[:count]) if r}
+    return {r for r in (live, previous, *recent[:count], *running) if r}
 
 
 def _linked(local: LocalEnvironment) -> str | None:

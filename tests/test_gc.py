@@ -22,6 +22,7 @@ from activities.release import remember
 from activities.runtime import LAST_USED, ensure_runtime, runtime_hash
 from activities.targets import local
 from activities.targets.base import Swap
+from activities.targets.components import Process, _start_ticks
 from activities.targets.kube_record import RECORD_KEY, Record
 from activities.targets.local import LocalEnvironment
 from activities.validation import cache
@@ -369,3 +370,26 @@ def test_full_validation_reports_and_dag_maps_are_kept_by_age_and_by_count():
     for folder in (home() / "reports", home() / "validation-cache" / "commits"):
         assert sorted(p.name[-6:] for p in folder.iterdir()) == ["3.json", "4.json", "5.json"]
     assert result.removed == {"report": 6}
+
+
+def test_the_release_running_components_started_on_stays_after_many_dags_only_rolls(pipeline, monorepo):
+    """Dags-only rolls restart nothing: the scheduler may still run on a release none of the last rolls name, and
+    the next roll reads it to decide whether to restart. A component gone, its release goes too."""
+    rt = runtime("a" * 16)
+    r = [built(pipeline, monorepo, i, rt, hours_old=10 - i) for i in range(6)]
+    staging = env(pipeline, "staging")
+    for release in r:
+        staging.roll(release)
+    run = staging.path / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    me = os.getpid()  # a live process stands in for the scheduler started on r[0]
+    alive = Process(name="scheduler", pid=me, ticks=_start_ticks(me) or 0, started=datetime.now(UTC), release=r[0].id)
+    (run / "scheduler.json").write_text(alive.model_dump_json())
+    backdate(staging.path, DAY)
+
+    gc.collect(pipeline, gc.Retention(rollbacks=1, built=1))
+    assert r[0].id in names(staging.releases) and r[0].id in names(home() / "releases" / "main")
+
+    (run / "scheduler.json").write_text(alive.model_copy(update={"ticks": alive.ticks + 1}).model_dump_json())
+    gc.collect(pipeline, gc.Retention(rollbacks=1, built=1))
+    assert r[0].id not in names(staging.releases)

@@ -183,7 +183,10 @@ class LocalAirflow:
         """Whether the running components were started on a release with this one's plugins, config and runtime."""
         key = _restart_key(release)
         for process_ in self.processes().values():
-            started_on = self.files.installed(process_.release) if process_.release else None
+            try:
+                started_on = self.files.installed(process_.release) if process_.release else None
+            except FileNotFoundError:  # its release is gone: what it runs on is unknown, so a restart is safe
+                return False
             if not process_.alive or started_on is None or _restart_key(started_on) != key:
                 return False
         return True
