@@ -31,7 +31,7 @@ def binary(name: str) -> str:
 
 def free_ports(count: int = 1, first: int = 20000) -> int:
     """The first of `count` consecutive ports nothing listens on (a local environment uses five)."""
-    for start in range(first, 60000, count + 7):
+    for start in range(first, 65536 - count, count + 7):
         try:
             for port in range(start, start + count):
                 with socket.socket() as s:
