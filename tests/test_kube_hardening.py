@@ -205,9 +205,14 @@ def cel(expression: str, activation: dict):
 
 def denials(job: dict, username: str = WORKER) -> list[str] | None:
     """The messages of the validations that deny `job` as the API server would; None when the policy does not apply."""
-    spec = one("ValidatingAdmissionPolicy")["spec"]
     request = {"operation": "CREATE", "userInfo": {"username": username}}
     activation = {"object": celpy.json_to_cel(job), "request": celpy.json_to_cel(request)}
+    return admission(one("ValidatingAdmissionPolicy")["spec"], activation)
+
+
+def admission(spec: dict, activation: dict) -> list[str] | None:
+    """A ValidatingAdmissionPolicy's answer to the request `activation` describes, as the API server judges it: the
+    messages of the validations that deny it; None when the policy does not apply."""
     if not all(cel(c["expression"], activation) for c in spec["matchConditions"]):
         return None
     variables = celpy.celtypes.MapType()

@@ -43,7 +43,7 @@ from interface.visibility import NotFound
 from tests.conftest import running_worker
 from tests.devserver import dev_server  # noqa: F401 - a fixture
 from tests.kube import cluster as kube
-from tests.test_kube_hardening import cel
+from tests.test_kube_hardening import admission
 from tests.test_kubernetes_target import INFRA
 from tests.test_kubernetes_train import REGISTRY, WORKLOADS, kube_pipeline, run_validator_jobs
 
@@ -370,21 +370,7 @@ def admitted(operation: str, resource: str, obj: dict | None, old: dict | None =
         "namespaceObject": celpy.json_to_cel(namespace_object),
         "request": celpy.json_to_cel(request),
     }
-    if not all(cel(c["expression"], activation) for c in spec["matchConditions"]):
-        return None
-    variables = celpy.celtypes.MapType()
-    activation["variables"] = variables
-    for variable in spec["variables"]:
-        variables[celpy.celtypes.StringType(variable["name"])] = cel(variable["expression"], activation)
-    denied = []
-    for rule in spec["validations"]:
-        try:
-            passed = cel(rule["expression"], activation)
-        except celpy.CELEvalError as err:  # failurePolicy Fail: an error denies
-            passed = err
-        if not (isinstance(passed, celpy.celtypes.BoolType) and passed):
-            denied.append(rule["message"])
-    return denied
+    return admission(spec, activation)
 
 
 def test_the_admission_policy_keeps_the_worker_to_preview_namespaces(cluster):
