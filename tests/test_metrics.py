@@ -70,6 +70,9 @@ async def test_the_endpoint_counts_a_good_and_a_rolled_back_train(
     pipeline = make_pipeline(monorepo, tmp_path / "envs")
     good = await agent.deploy(pipeline, monorepo.head.commit.hexsha)
     assert (await until(agent, good.train, lambda s: s.state.finished, since=good.asked)).state == TrainState.succeeded
+    # Seen once before the next train adds to it, so rate() and the quantiles over it have an increase to show: a
+    # busy host fails many one-second scrapes, and a series first seen at its last value never increased.
+    prometheus.until('sum(airagent_lead_time_seconds_count{environment="staging"})', lambda v: v == 1)
 
     checkout = {"name": "checkout", "provider": "webhook", "url_env": "CHECK_URL"}
     pipeline.environments[0].soak, pipeline.environments[0].probe_interval = "6s", "1s"  # type: ignore[assignment]
