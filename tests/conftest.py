@@ -22,17 +22,16 @@ from temporalio.worker import Worker
 
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
-from airagent.devserver import binary, free_ports, register_search_attributes
+from airagent.devserver import binary, register_search_attributes
 from airagent.models import ConductorStatus, TrainInput, TrainStatus, train_id
 from interface.client import AirAgent
+from tests.ports import free_port
 from worker.main import ACTIVITIES, WORKFLOWS
 from workflows.train import DeployTrain
 
 ROOT = Path(__file__).resolve().parent.parent
 # Shared across runs so the Airflow runtime is built once, then reused by hash.
 os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
-# pytest-xdist runs the suite in processes gw0, gw1...; each picks ports from a range of its own.
-XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 # The files that start real Airflow, each in one of two lanes: pytest-xdist runs a lane's files one after
@@ -76,7 +75,7 @@ def _file(nodeid: str) -> str:
 def airflow_ports(count: int = 5) -> int:
     """The first of `count` free ports for a local Airflow (five; six with metrics): two test processes never pick
     the same ones, as an environment binds them only seconds after they were found free."""
-    return free_ports(count, first=20000 + 5000 * XDIST_WORKER)
+    return free_port(count)
 
 
 @pytest.fixture(scope="session")

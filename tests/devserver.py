@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -18,12 +17,7 @@ from temporalio.service import RPCError
 
 from airagent.devserver import DevServer, binary
 from interface.client import AirAgent, NotFound
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.ports import free_port
 
 
 @pytest.fixture(scope="module")

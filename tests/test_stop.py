@@ -21,8 +21,9 @@ from activities.targets import local_drain
 from activities.targets.components import Process
 from activities.targets.local_airflow import LocalAirflow
 from airagent.config import LocalTarget
-from airagent.devserver import binary, free_ports
+from airagent.devserver import binary
 from tests.airflow_api import Replaying, recorded, serving
+from tests.ports import free_port
 
 # A scheduler that will not exit: it traps SIGTERM and sleeps on.
 STUBBORN = dedent("""\
@@ -147,7 +148,7 @@ def test_the_wait_ends_a_short_grace_after_the_last_task_finishes(api, tmp_path,
 
 def test_when_the_api_cannot_say_the_drain_timeout_holds_and_the_message_says_why(tmp_path):
     said: list[str] = []
-    env = environment(tmp_path, free_ports(1, first=45000), drain_timeout="1h", said=said)
+    env = environment(tmp_path, free_port(), drain_timeout="1h", said=said)
     prompt = scheduler(env, PROMPT)
 
     detail, _ = stop(env)
