@@ -49,9 +49,9 @@ BROKEN_DAG = dedent('''\
 
 BROKEN_PATH = "dags/marketing/orders_hourly.py"
 
-# Parses fine, so validation passes; its task fails whenever it runs, which only soak can see.
+# Parses fine, so validation passes; its tasks fail whenever they run, which only soak can see.
 FAILING_DAG = dedent('''\
-    """orders_feed_check: checks the new orders feed is there, every time the last check ends."""
+    """orders_feed_check: checks the new order feeds are there, every time the last check ends."""
     from datetime import datetime
 
     from airflow.sdk import DAG
@@ -59,7 +59,8 @@ FAILING_DAG = dedent('''\
 
     with DAG("orders_feed_check", start_date=datetime(2024, 1, 1), schedule="@continuous", max_active_runs=1,
              catchup=False, default_args={"retries": 0}):
-        BashOperator(task_id="read_feed", bash_command="test -e /nonexistent/orders_feed.csv")
+        for feed in ("orders", "returns", "refunds"):
+            BashOperator(task_id=f"read_{feed}", bash_command=f"test -e /nonexistent/{feed}_feed.csv")
     ''')
 
 FAILING_PATH = "dags/marketing/orders_feed_check.py"
