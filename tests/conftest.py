@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 
-# The files that start real Airflow, each in one of two lanes: pytest-xdist runs a lane's files one after
+# The files that start real Airflow, each in one of three lanes: pytest-xdist runs a lane's files one after
 # another in one process, as more Airflows starting side by side on two cores miss their health deadlines.
 AIRFLOW_LANES = {
     "tests/test_kubernetes_confirm.py": "airflow-1",
     "tests/test_soak.py": "airflow-1",
-    "tests/test_preview.py": "airflow-1",
+    "tests/test_preview.py": "airflow-3",
     "tests/test_local_airflow.py": "airflow-2",
     "tests/test_analysis_airflow.py": "airflow-2",
     "tests/test_space_in_path.py": "airflow-2",
