@@ -29,7 +29,7 @@ test: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy airagent workflows activities interface worker
-	$(BIN)/pytest -q --durations=40 -n 8 --dist loadscope
+	$(BIN)/pytest -q --durations=40 -n 6 --dist loadscope
 
 bench: setup
 	$(BIN)/python -m bench.orchestration
