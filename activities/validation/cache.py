@@ -220,9 +220,9 @@ def _other_files(bundle: Path, dags: Path, ignored: list[str]) -> str:
     return digest(json.dumps(entries).encode())
 
 
-def load(keys: Iterable[str]) -> dict[str, dict]:
+def load(keys: Iterable[str], files: Path | None = None) -> dict[str, dict]:
     """The stored results among `keys`; absent or half-written ones (a crashed writer) are parsed again."""
-    files, found = _files(), {}
+    files, found = files or folder(), {}
     for key in keys:
         if (files, key) in _remembered:
             found[key] = _remembered[files, key]
@@ -235,17 +235,23 @@ def load(keys: Iterable[str]) -> dict[str, dict]:
     return found
 
 
-def store(key: str, result: dict) -> None:
-    files = _files()
+def store(key: str, result: dict, files: Path | None = None) -> None:
+    """Kept under `key` in `files` (default: `folder()`; a caller storing many finds it once)."""
+    files = files or folder()
     path = files / key[:2] / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(result))
+    data = json.dumps(result)
+    try:
+        tmp.write_text(data)
+    except FileNotFoundError:  # the first result under this prefix
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(data)
     tmp.replace(path)
     _remember(files, key, result)
 
 
-def _files() -> Path:
+def folder() -> Path:
+    """Where results are kept, for this process's state directory."""
     return home() / "validation-cache" / "files"
 
 

@@ -145,7 +145,8 @@ def parse_changed(
         "plugins_folder": plugins_folder,
     }
     keys = cache.file_keys(bundle, dag_folder, context, ignored)
-    found = cache.load(keys.values())
+    stored = cache.folder()
+    found = cache.load(keys.values(), stored)
     results = {rel: found.get(key) for rel, key in keys.items()}
     outside = {rel: results.pop(rel) for rel in list(results) if only is not None and rel not in only}
     todo = sorted(rel for rel, result in results.items() if result is None)
@@ -154,7 +155,7 @@ def parse_changed(
             rel = result["path"]
             results[rel] = result
             if not result.get("transient"):
-                cache.store(keys[rel], result)
+                cache.store(keys[rel], result, stored)
     plugins = results.pop(PLUGINS, {})  # none to report when outside `only`
     assert plugins is not None  # from the cache or, with every other missing one, from `parse`
     files = plugin_reports(plugins, plugins_folder, cached=PLUGINS not in todo)
