@@ -46,39 +46,26 @@ AIRFLOW_LANES = {
     "tests/test_analysis_scenarios.py": "airflow-2",
     "tests/test_preview.py": "airflow-3",
 }
-# The other files that take minutes (by `--durations`), longest first: they start right after the lanes, so
-# no process is left with one of them when the others are done.
-LONG_FILES = (
-    "tests/test_fleet.py",
-    "tests/test_devserver.py",
-    "tests/test_durability.py",
-    "tests/test_dagtest.py",
-    "tests/test_preview_kubernetes.py",
-    "tests/test_validate_changed.py",
-    "tests/test_markup.py",
-)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Airflow lanes start first, then the long files; the short ones fill the processes around them."""
+    """The Airflow lanes' files are the longest, so they are collected first; the other files fill the processes
+    around them."""
     for item in items:
         if item.get_closest_marker("airflow") and _file(item.nodeid) not in AIRFLOW_LANES:
             raise pytest.UsageError(f"{_file(item.nodeid)} starts real Airflow: give it a lane in AIRFLOW_LANES")
-    first = [*AIRFLOW_LANES, *LONG_FILES]
-    items.sort(key=lambda item: first.index(_file(item.nodeid)) if _file(item.nodeid) in first else len(first))
+    items.sort(key=lambda item: _file(item.nodeid) not in AIRFLOW_LANES)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist, each file's tests run in one process, so its module fixtures are made once, and each
-    Airflow lane's files in one process (see AIRFLOW_LANES); files are handed out in the order collected, not by
-    how many tests they hold."""
+    Airflow lane's files in one process (see AIRFLOW_LANES)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return AIRFLOW_LANES.get(_file(nodeid), _file(nodeid))
 
-    config.option.loadscopereorder = False
     return Lanes(config, log)
 
 
