@@ -25,7 +25,7 @@ from interface.client import AirAgent
 from tests.conftest import start_train
 from tests.devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401  fixtures
 from tests.kube import cluster as kube
-from tests.test_kubernetes_train import kube_pipeline, run_validator_jobs
+from tests.test_kubernetes_train import REGISTRY, kube_pipeline, run_validator_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,7 @@ def origin_of(repo: git.Repo, path: Path) -> str:
 
 def fleet_pipeline(repo: git.Repo, url: str, kubeconfig: Path) -> PipelineSettings:
     """The kubernetes pipeline deploying from `url`, which is also where the cluster clones commits from."""
-    pipeline = kube_pipeline(repo, kubeconfig)
+    pipeline = kube_pipeline(repo, kubeconfig, repository=f"{REGISTRY}-fleet")
     image = pipeline.image.model_copy(update={"context": url})
     return pipeline.model_copy(update={"repo": url, "image": image})
 

@@ -39,13 +39,15 @@ WORKLOADS = [
 ]
 
 
-def kube_pipeline(repo, config: Path) -> PipelineSettings:
+def kube_pipeline(repo, config: Path, repository: str = REGISTRY) -> PipelineSettings:
+    """Another test file gives its own `repository`: a built image's record is kept in the state directory the
+    suite's processes share, and this file counts the builds its own trains make."""
     target = KubernetesTarget(namespace=kube.NAMESPACE, kubeconfig=config, worker_drain="15m", rollout_deadline="30s")
     return PipelineSettings(
         name="main",
         repo=str(repo.working_tree_dir),
         environments=[EnvironmentSettings(name="staging", target=target)],
-        image=ImageSettings(repository=REGISTRY, builder="kaniko", context=CONTEXT),
+        image=ImageSettings(repository=repository, builder="kaniko", context=CONTEXT),
     )
 
 

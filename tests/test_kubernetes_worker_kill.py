@@ -13,7 +13,7 @@ from airagent.models import TrainState
 from tests.conftest import start_train
 from tests.kube import cluster as kube
 from tests.test_devserver import WorkerProcess, agent, cli_env, dev_server  # noqa: F401  (fixtures)
-from tests.test_kubernetes_train import WORKLOADS, kube_pipeline, run_validator_jobs
+from tests.test_kubernetes_train import REGISTRY, WORKLOADS, kube_pipeline, run_validator_jobs
 
 pytestmark = [pytest.mark.devserver, pytest.mark.slow]
 
@@ -22,7 +22,8 @@ async def test_worker_killed_mid_roll_resumes_without_patching_twice(agent, cli_
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
     # Slow pods: the roll is still waiting on them when the worker dies.
     with kube.emulated(delay=2.0, progress_deadline=120) as cluster:
-        pipeline = kube_pipeline(repo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+        config = kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host)
+        pipeline = kube_pipeline(repo, config, repository=f"{REGISTRY}-worker-kill")
         run_validator_jobs(cluster, pipeline, repo)
         worker = WorkerProcess(cli_env, tmp_path / "worker.log")
         worker.start()

@@ -51,6 +51,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.devserver]
 SERVE = 240  # seconds a preview may take to serve on a loaded host: a build, a validator Job, a roll
 
 VALUES = "previews/values.yaml"
+IMAGES = f"{REGISTRY}-previews"  # its own: the suite's processes share built images' records
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -75,7 +76,8 @@ async def agent(dev_server):
 
 @pytest.fixture
 def world(cluster, monorepo, tmp_path):
-    pipeline = kube_pipeline(monorepo, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))
+    config = kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host)
+    pipeline = kube_pipeline(monorepo, config, repository=IMAGES)
     previews = pipeline.previews.model_copy(
         update={"cap": 2, "poll_interval": timedelta(seconds=2), "kubernetes": KubernetesPreviews(values=VALUES)}
     )
@@ -204,7 +206,7 @@ async def test_a_preview_gets_a_namespace_follows_its_branch_and_down_deletes_it
     rolled = templates(cluster, ns)
     assert sorted(rolled) == sorted(WORKLOADS)
     image = rolled["deployments/airflow-scheduler"]["spec"]["containers"][0]["image"]
-    assert image.startswith(f"{REGISTRY}:")  # the branch's release image
+    assert image.startswith(f"{IMAGES}:")  # the branch's release image
     assert all(t["metadata"]["annotations"]["airagent.io/release"] == status.release for t in rolled.values())
     assert stored(cluster, "deployments", ns)["airflow-scheduler"]["spec"]["replicas"] == 2
     assert stored(cluster, "statefulsets", ns)["airflow-worker"]["spec"]["replicas"] == 1

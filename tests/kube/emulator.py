@@ -372,7 +372,11 @@ def _handler(api: Emulator):
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             watch = query.get("watch") in ("true", "1")
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True
+                return  # the client went away mid-request (a killed worker): an apiserver never sees it either
             try:
                 resource, namespace, name = _route(url.path)
                 collection = name is None
