@@ -163,7 +163,8 @@ def _soak_failures(soak: SoakFailed, pipeline: PipelineSettings) -> dict[str, st
 
 
 def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
-    """Who is held (traced now, or presumed from earlier trains) and, unless tracing a soak, the release commit."""
+    """Who is held (traced now, or presumed from earlier trains) and, unless tracing a soak or holding every commit,
+    the release commit."""
     pipeline = input.pipeline
     commits = [repo.commit(sha) for sha in reversed(input.commits)]
     changes = [(c.hexsha, touched(c)) for c in commits]
@@ -193,6 +194,6 @@ def hold(repo: git.Repo, input: HoldInput) -> HoldResult:
         for sha, paths in changes
         if sha in holders
     ]
-    if input.soak:
-        return HoldResult(held=held)
+    if input.soak or holders.keys() >= {sha for sha, _ in changes}:
+        return HoldResult(held=held)  # a soak's rollback is done; with every commit held there is nothing to release
     return HoldResult(commit=release_commit(repo, pipeline, input.target, input.live_commit, held), held=held)
