@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -175,7 +175,14 @@ class Drive:
         raise AssertionError(f"{what} never got there; last status: {status}")
 
     async def finish(self, wf_id: str) -> TrainStatus:
-        return await self.until(wf_id, lambda s: s.state.finished, step=timedelta(minutes=1))
+        """The train's outcome once its run has closed: it tells its receivers after its state is final."""
+        handle = self.agent.client.get_workflow_handle(wf_id)
+        await self._poll(handle.describe, _closed, timedelta(minutes=1), wf_id)
+        return await self.agent.status(wf_id)
+
+
+def _closed(description: WorkflowExecutionDescription) -> bool:
+    return description.status != WorkflowExecutionStatus.RUNNING
 
 
 @pytest.fixture
