@@ -35,7 +35,7 @@ from activities.targets.local_airflow import LocalAirflow
 from activities.validation import reports
 from airagent.config import ConfigError, EnvironmentSettings, KubernetesTarget, LocalTarget, home
 from airagent.connection import host_name
-from airagent.models import BranchCheck, BranchState, PreviewPlace, PreviewStart, RolloutMode
+from airagent.models import BranchCheck, BranchState, PreviewPlace, PreviewRef, PreviewStart, RolloutMode
 from airagent.models.preview import namespace, slug
 from airagent.repo import RepoError, commit_exists, open_repository, resolve
 
@@ -192,6 +192,19 @@ def teardown_preview(settings: EnvironmentSettings) -> str:
     if busy:
         raise ApplicationError(f"ports {busy} still in use after the preview's components stopped")
     return f"{said}; removed {target.path}"
+
+
+@activity.defn(name="drop_preview_dag_ref")
+def drop_preview_dag_ref(input: PreviewRef) -> str:
+    """Delete a kubernetes preview's DAG ref, here and where GitDagBundle cloned it from: its namespace is gone,
+    and a branch per preview would pile up in the repository."""
+    from activities.targets.kube_airflow import KubernetesAirflow
+
+    assert isinstance(input.environment.target, KubernetesTarget)
+    ref = input.environment.target.dag_ref
+    with keep_alive("drop preview DAG ref"):
+        dropped = KubernetesAirflow(input.environment, input.pipeline).drop_dag_ref()
+    return f"deleted the DAG ref {ref}" if dropped else f"the DAG ref {ref} was already gone"
 
 
 def _claimed() -> set[int]:

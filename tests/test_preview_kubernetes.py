@@ -240,6 +240,7 @@ async def test_a_preview_gets_a_namespace_follows_its_branch_and_down_deletes_it
 
     assert ended.state == PreviewState.ended and "down by ana" in str(ended.ended_because), ended
     await gone(cluster, ns)
+    assert f"airagent/previews/{ns}" not in [h.name for h in monorepo.heads]
     assert templates(cluster, kube.NAMESPACE) == staging
 
 

@@ -22,7 +22,13 @@ from activities.diff import diff
 from activities.gc import collect_garbage
 from activities.holdback import hold_back
 from activities.poll import poll_branch
-from activities.preview import check_branch, preview_environment, start_preview, teardown_preview
+from activities.preview import (
+    check_branch,
+    drop_preview_dag_ref,
+    preview_environment,
+    start_preview,
+    teardown_preview,
+)
 from activities.roll import read_marker, roll, rollback
 from activities.soak import soak_check, soak_smoke
 from activities.validate import validate
@@ -55,6 +61,7 @@ ACTIVITIES: list[Callable[..., Any]] = [
     start_preview,
     check_branch,
     teardown_preview,
+    drop_preview_dag_ref,
 ]
 # Long enough for a build or a DAG parse to finish when the worker is asked to stop.
 GRACEFUL_SHUTDOWN = timedelta(minutes=5)

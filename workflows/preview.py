@@ -24,7 +24,13 @@ with workflow.unsafe.imports_passed_through():
     from activities.clock import read_clock
     from activities.diff import diff
     from activities.poll import poll_branch
-    from activities.preview import check_branch, preview_environment, start_preview, teardown_preview
+    from activities.preview import (
+        check_branch,
+        drop_preview_dag_ref,
+        preview_environment,
+        start_preview,
+        teardown_preview,
+    )
     from activities.roll import roll, rollback
     from activities.validate import validate
     from airagent import search_attributes as sa
@@ -40,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         PollInput,
         PreviewInput,
         PreviewPlace,
+        PreviewRef,
         PreviewStart,
         PreviewState,
         PreviewStatus,
@@ -49,6 +56,8 @@ with workflow.unsafe.imports_passed_through():
         ValidateInput,
     )
 
+# Runs recorded before a kubernetes preview's teardown also deleted its DAG ref.
+DROP_DAG_REF = "preview-drops-its-dag-ref"
 # A preview polls every few seconds for hours: a new run before its history grows long.
 MAX_HISTORY = 5000
 
@@ -258,6 +267,9 @@ class Preview:
         self._note(event=f"tearing down: {self.ending}")
         try:
             said = await workflow.execute_activity(teardown_preview, self.env, **self._on(ROLLBACK))
+            if isinstance(self.env.target, KubernetesTarget) and workflow.patched(DROP_DAG_REF):
+                ref = PreviewRef(environment=self.env, pipeline=self.pipeline)
+                said += "; " + await workflow.execute_activity(drop_preview_dag_ref, ref, **self._on(QUICK))
             self._note(event=f"torn down: {said}")
         except ActivityError as err:
             self._note(error=f"teardown: {_why(err)}")

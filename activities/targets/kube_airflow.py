@@ -89,6 +89,10 @@ class KubernetesAirflow:
             text = airflow_cfg(text, json.loads(options))
         return {**(current.get("data") or {}), "airflow.cfg": text}
 
+    def drop_dag_ref(self) -> bool:
+        """Delete the DAG ref (a preview's, once its namespace is gone); False when it was already gone."""
+        return self.env.ref.delete()
+
     # --- the record ------------------------------------------------------------------------
 
     def marker(self) -> Marker:
@@ -222,6 +226,9 @@ class _LazyRef:
 
     def move(self, commit: str) -> None:
         self._open().move(commit)
+
+    def delete(self) -> bool:
+        return self._open().delete()
 
 
 def not_live(

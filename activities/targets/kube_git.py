@@ -13,6 +13,8 @@ class DagRef(Protocol):
 
     def move(self, commit: str) -> None: ...
 
+    def delete(self) -> bool: ...
+
 
 class GitRef:
     """A branch in a repository (GitPython), pushed to `remote` when given, where GitDagBundle clones from."""
@@ -38,3 +40,16 @@ class GitRef:
         self.repo.create_head(self.name, commit, force=True)
         if self.remote:
             self.repo.git.push(self.remote, f"+{commit}:refs/heads/{self.name}")
+
+    def delete(self) -> bool:
+        """Remove the branch here and on the remote; False when it was already gone from both."""
+        import git
+
+        found = False
+        if self.remote and self.read():
+            self.repo.git.push(self.remote, f":refs/heads/{self.name}")
+            found = True
+        if any(h.name == self.name for h in self.repo.heads):
+            git.Head.delete(self.repo, self.name, force=True)
+            found = True
+        return found

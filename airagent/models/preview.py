@@ -90,6 +90,13 @@ class PreviewStart(BaseModel):
     )
 
 
+class PreviewRef(BaseModel):
+    """A kubernetes preview's DAG ref, which outlives its namespace unless dropped."""
+
+    environment: EnvironmentSettings
+    pipeline: PipelineSettings = Field(description="the repository the ref is a branch of")
+
+
 class BranchCheck(BaseModel):
     pipeline: PipelineSettings = Field(description="the pipeline, whose own branch is the one merged into")
     branch: str
