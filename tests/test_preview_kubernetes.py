@@ -143,6 +143,7 @@ def templates(cluster, ns: str) -> dict[str, dict]:
 
 def test_namespaces_on_the_emulator_are_made_listed_and_deleted_with_what_is_in_them(cluster):
     core = client.CoreV1Api(cluster.api)
+    cluster.emulator.store.termination = 3  # long enough to be seen Terminating from a loaded host
     core.create_namespace({"metadata": {"name": "scratch", "labels": {"airagent.io/preview": "true"}}})
     core.create_namespaced_config_map("scratch", {"metadata": {"name": "c"}, "data": {"a": "b"}})
 
@@ -159,7 +160,7 @@ def test_namespaces_on_the_emulator_are_made_listed_and_deleted_with_what_is_in_
     with pytest.raises(ApiException) as closed:
         core.create_namespaced_config_map("scratch", {"metadata": {"name": "d"}})
     assert closed.value.status == 403 and "being terminated" in json.loads(closed.value.body)["message"]
-    for _ in range(100):
+    for _ in range(200):
         try:
             core.read_namespace("scratch")
         except ApiException as err:
