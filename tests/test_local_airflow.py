@@ -20,6 +20,7 @@ from activities.build import build
 from activities.runtime import ensure_runtime
 from activities.targets.base import NotLive
 from activities.targets.local_airflow import LocalAirflow
+from activities.targets.local_settings import airflow_home, component_env, ensure_secrets, migrate
 from activities.validation.parse import parse_release
 from airagent import example
 from airagent.config import LocalTarget
@@ -105,6 +106,19 @@ def running(live):
     env, _, _ = live
     if not env.running():
         env.up()
+
+
+def test_a_database_is_migrated_once_per_runtime_and_again_once_it_is_gone(live, tmp_path):
+    env, _, _ = live
+    python = Path(env.files.live().runtime) / "bin" / "python"
+    place = LocalTarget(path=tmp_path / "env", port=env.target.port)
+    ensure_secrets(place)
+    settings, home = component_env("scratch", place, python, None), airflow_home(place)
+
+    assert migrate(python.with_name("airflow"), settings, home)
+    assert not migrate(python.with_name("airflow"), settings, home)
+    (home / "airflow.db").unlink()
+    assert migrate(python.with_name("airflow"), settings, home) and (home / "airflow.db").is_file()
 
 
 def test_up_is_found_by_a_new_driver_and_up_again_starts_nothing(live):
@@ -224,6 +238,7 @@ def test_api_answers_throughout_a_restart(live):
                     answers.append(type(err).__name__)
                 time.sleep(0.1)
 
+    migrated = (env.home / "migrated").stat().st_mtime_ns
     poller = threading.Thread(target=poll)
     poller.start()
     try:
@@ -233,6 +248,7 @@ def test_api_answers_throughout_a_restart(live):
         poller.join()
     failed = [a for a in answers if a != "200"]
     assert len(answers) > 20 and not failed, f"{len(failed)} of {len(answers)} failed: {sorted(set(failed))}"
+    assert (env.home / "migrated").stat().st_mtime_ns == migrated  # the same runtime: its schema was there
 
 
 def test_a_killed_component_fails_the_components_probe(live):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from activities import probes, process
+from activities import probes
 from activities.airflow_api import AirflowApi, Credentials
 from activities.targets import local_drain as drain
 from activities.targets import served
@@ -37,6 +37,7 @@ from activities.targets.local_settings import (
     airflow_home,
     component_env,
     ensure_secrets,
+    migrate,
     secrets_dir,
     write,
 )
@@ -318,14 +319,7 @@ class LocalAirflow:
         return self.components.start(slot, argv, env, cwd=self.home, release=release.id if release else None, port=port)
 
     def _migrate(self, python: Path, release: Release | None) -> None:
-        """`airflow db migrate` is idempotent and quick; a new runtime may bring a new schema."""
-        self.home.mkdir(parents=True, exist_ok=True)
-        process.run(
-            [python.with_name("airflow"), "db", "migrate"],
-            env=component_env(self.name, self.target, python, release),
-            cwd=self.home,
-            timeout=600,
-        )
+        migrate(python.with_name("airflow"), component_env(self.name, self.target, python, release), self.home)
 
     # --- stopping components ----------------------------------------------------------------------
 

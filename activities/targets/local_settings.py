@@ -4,11 +4,13 @@ components share. airagent's own login is made here once, kept private, and neve
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import os
 import secrets
 from pathlib import Path
 
+from activities import process
 from activities.targets.base import EnvironmentDown, config_file
 from activities.targets.local_metrics import statsd_settings
 from airagent.config import LocalTarget
@@ -109,3 +111,21 @@ def write(path: Path, text: str, private: bool = False) -> None:
     if private:
         tmp.chmod(0o600)
     os.replace(tmp, path)
+
+
+def migrate(airflow: Path, env: dict[str, str], home: Path) -> bool:
+    """`airflow db migrate`, unless this database was last migrated by this same runtime (True when it ran).
+
+    A runtime's packages never change, so its schema is already there; the command costs a whole Airflow start
+    (4-8 s here) on every restart roll. The marker holds a digest, not the database's URL, which may hold a password.
+    """
+    url = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    marker = home / "migrated"
+    key = hashlib.sha256(f"{airflow.parent.parent}\n{url}".encode()).hexdigest()
+    sqlite = url.removeprefix("sqlite:///").split("?")[0] if url.startswith("sqlite:///") else None
+    if marker.is_file() and marker.read_text() == key and (sqlite is None or Path(sqlite).is_file()):
+        return False
+    home.mkdir(parents=True, exist_ok=True)
+    process.run([airflow, "db", "migrate"], env=env, cwd=home, timeout=600)
+    marker.write_text(key)
+    return True
