@@ -47,7 +47,7 @@ from activities.heartbeat import keep_alive
 from activities.runtime import runtime_hash, runtimes_locked
 from activities.targets.components import Components
 from activities.targets.local import LocalEnvironment
-from activities.validation import reports, review, service
+from activities.validation import cache, reports, review, service
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings, home
 
 Kind = Literal["release", "environment release", "runtime", "partial", "cache", "parser", "report"]
@@ -262,7 +262,7 @@ def _cache(keep: Retention, now: float, out: GcPlan) -> None:
     filesystem is mounted `relatime`, and a worker reads each once, so the order is rough; a removed entry
     costs one parse."""
     entries, total = [], 0
-    for folder, _, names in os.walk(home() / "validation-cache" / "files"):
+    for folder, _, names in os.walk(cache.folder()):
         for name in names:
             path = Path(folder) / name
             try:
