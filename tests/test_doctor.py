@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 
 from airagent import example
 from airagent.models import TrainState, train_id
-from interface.checks import Check, safely
+from interface.checks import Check, host, safely
 from interface.cli import app
 from interface.cli import doctor as doctor_module
+from tests.conftest import make_pipeline
 from tests.devserver import (  # noqa: F401  fixtures
     agent,
     airagent,
@@ -75,6 +76,29 @@ def test_a_missing_config_points_at_init(nowhere, tmp_path):
 
     config = by_name(checks)["config"]
     assert config["level"] == "fail" and "airagent init" in config["fix"]
+
+
+def test_the_api_swap_check_reads_the_kernel_setting_that_keeps_queued_connections(tmp_path):
+    files_only = make_pipeline(example.create(tmp_path / "repo", tmp_path / "envs"), tmp_path / "envs")
+    local = files_only.model_copy(
+        update={
+            "environments": [
+                e.model_copy(update={"target": e.target.model_copy(update={"airflow": True})})
+                for e in files_only.environments
+            ]
+        }
+    )
+    setting = tmp_path / "tcp_migrate_req"
+
+    setting.write_text("0\n")
+    off = host.api_swap([local], setting)
+    assert off.level == "warn" and "main/staging, main/prod" in off.detail
+    assert off.fix.startswith("`sysctl -w net.ipv4.tcp_migrate_req=1`")
+    setting.write_text("1\n")
+    assert host.api_swap([local], setting).level == "ok"
+    assert "before 5.14" in host.api_swap([local], tmp_path / "absent").detail
+    assert host.api_swap([files_only], tmp_path / "absent").level == "ok"  # files only: no api-server to swap
+    assert host.api_swap([local]).level in ("ok", "warn")  # this machine's own setting, read as is
 
 
 def test_lines_marks_and_exit_codes(monkeypatch):

@@ -2,7 +2,7 @@
 
 `temporal` needs the server (reachable, search attributes, workers, conductors);
 `environments` reads each environment's own record and asks its Airflow; `host` looks at
-this machine (the config, the sandbox, disk, runtimes).
+this machine (the config, the sandbox, the api-server swap, disk, runtimes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Checks of this machine: the config, the sandbox, free disk and built runtimes in the state directory."""
+"""Checks of this machine: the config, the sandbox, the api-server swap, free disk and built runtimes in the state
+directory."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from activities import sandbox
 from activities.runtime import runtime_hash
 from airagent import config as config_module
-from airagent.config import ConfigError, PipelineSettings, home
+from airagent.config import ConfigError, LocalTarget, PipelineSettings, home
 from interface.checks import Check, command, failed
 
+# Linux 5.14+: a closed SO_REUSEPORT listener hands its queued connections to another listener on the port.
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 GIB = 1024**3
 # A runtime is a few hundred MiB and each train adds a release: below these a build or a roll may not fit.
 WARN_FREE = 5 * GIB
@@ -54,6 +57,39 @@ def sandbox_check(pipelines: list[PipelineSettings]) -> Check:
     if pipelines and len(off) == len(pipelines):
         return Check("sandbox", "warn", f"{detail}; every pipeline has `sandbox: off`", sandbox.FIX)
     return Check("sandbox", "fail", detail, sandbox.FIX)
+
+
+def api_swap(pipelines: list[PipelineSettings], setting: Path = MIGRATE_REQ) -> Check:
+    """A local environment's restart roll starts the new api-server beside the old one on a shared port
+    (SO_REUSEPORT) and then stops the old one: connections still queued at the old one when it closes are
+    reset, unless the kernel hands them to the new one."""
+    local = [
+        f"{p.name}/{e.name}"
+        for p in pipelines
+        for e in p.environments
+        if isinstance(e.target, LocalTarget) and e.target.airflow
+    ]
+    if not local:
+        return Check("api swap", "ok", "no local environment swaps api-servers on this host")
+    try:
+        on = setting.read_text().strip() == "1"
+    except OSError:
+        return Check(
+            "api swap",
+            "warn",
+            f"{setting} is not here (Linux before 5.14): a connection queued at the old api-server of "
+            f"{', '.join(local)} as a restart roll stops it is reset",
+            "run the workers of local environments on Linux 5.14 or later",
+        )
+    if on:
+        return Check("api swap", "ok", "connections queued at an old api-server move to the new one as it stops")
+    return Check(
+        "api swap",
+        "warn",
+        f"net.ipv4.tcp_migrate_req is 0: a connection queued at the old api-server of {', '.join(local)} "
+        "as a restart roll stops it is reset, not handed to the new one",
+        "`sysctl -w net.ipv4.tcp_migrate_req=1` as root, and the same line in /etc/sysctl.d/ to keep it",
+    )
 
 
 def disk() -> Check:

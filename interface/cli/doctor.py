@@ -56,6 +56,7 @@ async def diagnose(config: Path) -> list[Check]:
         for e in p.environments:
             checks.append(safely(f"env {p.name}/{e.name}", partial(environments.environment, p, e, config)))
     checks.append(safely("sandbox", partial(host.sandbox_check, pipelines)))
+    checks.append(safely("api swap", partial(host.api_swap, pipelines)))
     checks.append(safely("disk", host.disk))
     checks.append(safely("runtimes", partial(host.runtimes, pipelines, config)))
     return checks
