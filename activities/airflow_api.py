@@ -16,6 +16,8 @@ from urllib.parse import quote
 
 import httpx
 
+from airagent import tls
+
 PAGE = 100  # Airflow's default maximum page size
 
 
@@ -72,7 +74,7 @@ class AirflowApi:
     def __init__(self, base_url: str, credentials: Credentials, timeout: float = 10.0):
         self.base_url = base_url.rstrip("/")
         self.credentials = credentials
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, verify=tls.context())
         self._token: str | None = None
 
     def close(self) -> None:

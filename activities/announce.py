@@ -8,6 +8,7 @@ import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from airagent import tls
 from airagent.models import Announcement, TrainState
 
 _ICONS = {
@@ -64,7 +65,7 @@ def announce(a: Announcement) -> None:
         )
     body = slack_message(a) if receiver.type == "slack" else payload(a)
     try:
-        response = httpx.post(url, json=body, timeout=10)
+        response = httpx.post(url, json=body, timeout=10, verify=tls.context())
     except httpx.HTTPError as err:
         raise RuntimeError(
             f"{receiver.type} receiver from {receiver.url_env} unreachable ({type(err).__name__})"

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from activities.airflow_api import AirflowApi
+from airagent import tls
 from airagent.config import Probes, WebhookProbe
 from airagent.models import Baseline, ProbeReading, Release
 
@@ -143,7 +144,12 @@ def webhook(probe: WebhookProbe, release: Release, timeout: float) -> ProbeReadi
             probe.name, False, f"{probe.url_env} is not set on the worker; set it to the check's URL", threshold
         )
     try:
-        answer = httpx.get(url, params={"release": release.id, "commit": release.commit}, timeout=timeout)
+        answer = httpx.get(
+            url,
+            params={"release": release.id, "commit": release.commit},
+            timeout=timeout,
+            verify=tls.context(),
+        )
     except httpx.HTTPError as err:
         return reading(probe.name, False, f"no answer ({type(err).__name__})", threshold)
     return reading(probe.name, answer.is_success, f"HTTP {answer.status_code}", threshold)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from airagent import tls
+
 PORT = 9090  # Prometheus' own default; another free port when it is taken
 WORKER_PORT = 9464  # the README's example for AIRAGENT_METRICS_PORT
 SCRAPE = "5s"
@@ -70,7 +72,7 @@ class DemoPrometheus:
         deadline = time.monotonic() + READY
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
-                if httpx.get(f"{self.url}/-/ready", timeout=5).status_code == 200:
+                if httpx.get(f"{self.url}/-/ready", timeout=5, verify=tls.context()).status_code == 200:
                     return True
             except httpx.HTTPError:
                 pass
@@ -79,7 +81,9 @@ class DemoPrometheus:
 
     def value(self, promql: str) -> float | None:
         """The first value of an instant query, or None while it has none."""
-        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=30).json()
+        answer = httpx.get(
+            f"{self.url}/api/v1/query", params={"query": promql}, timeout=30, verify=tls.context()
+        ).json()
         result = answer.get("data", {}).get("result", [])
         return float(result[0]["value"][1]) if result else None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from activities import sandbox
+from airagent import tls
 from airagent.config.analysis import JobMetric, PrometheusMetric, WebhookMetric, holds
 from airagent.models import Release
 from airagent.models.analysis import Measurement, Phase
@@ -48,7 +49,10 @@ def webhook(metric: WebhookMetric, release: Release) -> Measurement:
         )
     try:
         answer = httpx.get(
-            url, params={"release": release.id, "commit": release.commit}, timeout=metric.timeout.total_seconds()
+            url,
+            params={"release": release.id, "commit": release.commit},
+            timeout=metric.timeout.total_seconds(),
+            verify=tls.context(),
         )
     except httpx.HTTPError as err:
         return measurement(metric.name, Phase.error, "", f"no answer ({type(err).__name__})")

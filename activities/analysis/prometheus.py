@@ -27,6 +27,7 @@ import httpx
 
 from activities.analysis.airflow import MAX_DAGS
 from activities.analysis.outside import SHOWN, judged, measurement
+from airagent import tls
 from airagent.config import promql
 from airagent.config.analysis import PrometheusMetric
 from airagent.models.analysis import Measurement, Phase
@@ -100,6 +101,7 @@ def _ask(metric: PrometheusMetric, base: str, values: dict[str, str], dag_id: st
             f"{base.rstrip('/')}/api/v1/query",
             data={"query": promql.render(metric.query, values), "timeout": f"{seconds:g}"},
             timeout=seconds + 5,
+            verify=tls.context(),
         )
     except httpx.TimeoutException:
         return _error(metric, f"no answer within {metric.timeout}")

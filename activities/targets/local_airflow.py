@@ -41,6 +41,7 @@ from activities.targets.local_settings import (
     secrets_dir,
     write,
 )
+from airagent import tls
 from airagent.config import LocalTarget, Probes
 from airagent.models import Baseline, Expected, ProbeReading, Release, RolloutMode
 
@@ -268,7 +269,7 @@ class LocalAirflow:
             if not process_.alive:
                 raise NotLive(f"{self.name}: the new api-server exited at start (see {self.components.logs})")
             try:
-                if httpx.get(url, timeout=2).status_code == 200:
+                if httpx.get(url, timeout=2, verify=tls.context()).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

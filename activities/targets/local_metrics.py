@@ -14,6 +14,7 @@ import time
 import httpx
 
 from activities.targets.components import Components, Process
+from airagent import tls
 from airagent.config import LocalTarget
 
 EXPORTER = "statsd-exporter"
@@ -74,7 +75,7 @@ class Exporter:
             if not process.alive:
                 raise RuntimeError(f"the StatsD exporter exited at start; see {self.components.logs / EXPORTER}.log")
             try:
-                if httpx.get(f"http://{address}/metrics", timeout=2).status_code == 200:
+                if httpx.get(f"http://{address}/metrics", timeout=2, verify=tls.context()).status_code == 200:
                     return f"started {EXPORTER} ({self.url})"
             except httpx.HTTPError:
                 pass
