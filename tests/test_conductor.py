@@ -83,7 +83,7 @@ async def test_a_failed_commit_is_not_retried_but_the_fix_flows(agent, drive, mo
     status = await drive.pipeline_until("main", settled(broken))
     assert status.state.trains[-1].state == "failed" and broken in status.state.failed
     # Polls come and go; the failed commit is not tried again on its own.
-    await drive.env.sleep(timedelta(seconds=600))
+    await drive.skip(timedelta(seconds=600))
     assert len((await agent.pipeline_status("main")).state.trains) == 2
 
     repaired = example.dag_file("orders_hourly", tasks=4, schedule="@hourly")
@@ -144,7 +144,7 @@ async def test_pause_and_freeze_hold_new_trains_while_the_running_one_finishes(a
     assert not no_reason.accepted and "needs a reason" in no_reason.message
     assert (await agent.control(conductor, "freeze", Control(by="ops", reason="incident 42"))).accepted
     assert (await agent.control(conductor, "resume", Control(by="ops"))).accepted
-    await drive.env.sleep(timedelta(seconds=600))
+    await drive.skip(timedelta(seconds=600))
     frozen = await agent.pipeline_status("main")
     assert frozen.state.frozen == "incident 42" and frozen.state.running is None and len(frozen.state.trains) == 1
 
@@ -169,7 +169,7 @@ async def test_a_deny_window_delays_the_train_until_it_closes(agent, drive, mono
 
     held = await drive.pipeline_until("main", lambda s: s.queued == monorepo.head.commit.hexsha)
     assert not held.window_open and "change freeze" in held.window and held.state.trains == []
-    await drive.env.sleep(timedelta(minutes=90))
+    await drive.skip(timedelta(minutes=90))
     assert (await agent.pipeline_status("main")).state.trains == []
 
     done = await drive.pipeline_until("main", settled(monorepo.head.commit.hexsha), step=timedelta(minutes=5))

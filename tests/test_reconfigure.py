@@ -53,7 +53,7 @@ async def train_until(drive, wf_id: str, predicate, step: timedelta = timedelta(
         with suppress(NotFound):
             if predicate(status := await drive.agent.status(wf_id)):
                 return status
-        await drive.env.sleep(step)
+        await drive.skip(step)
     raise AssertionError(f"{wf_id} never got there")
 
 
@@ -115,7 +115,7 @@ async def test_a_running_train_keeps_the_settings_it_started_with(agent, drive, 
     ungated = make_pipeline(monorepo, tmp_path / "envs", poll_interval="1h")
     ack = await agent.reconfigure(ungated, by="ana", reason="approval slows us down")
     assert ack.accepted and f"{first} goes on with the settings it started with" in ack.message
-    await drive.env.sleep(timedelta(minutes=10))
+    await drive.skip(timedelta(minutes=10))
     assert (await agent.status(first)).stage == "approve"  # the gate it waits at was set for it
     assert (await agent.control(first, "approve", Control(by="ana"))).accepted
     await drive.pipeline_until("main", done_with(head))

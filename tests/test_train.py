@@ -155,7 +155,7 @@ async def test_pause_during_soak_holds_until_resume(agent, monorepo, tmp_path, d
     assert ack.accepted
     paused = await drive.until(handle.id, lambda s: s.state == TrainState.paused)
     # Hours pass on the server's clock while paused; the soak does not move on.
-    await drive.env.sleep(timedelta(hours=2))
+    await drive.skip(timedelta(hours=2))
     held = await agent.status(handle.id)
     assert held.state == TrainState.paused and held.stage == "soak" and held.environment == "staging"
     assert live_commit(pipeline, "prod") is None
@@ -177,7 +177,7 @@ async def test_probes_go_on_while_paused_and_still_roll_back(agent, monorepo, tm
     await drive.until(handle.id, soaking("staging"))
     assert (await agent.control(handle.id, "pause", Control(by="ops"))).accepted
     await drive.until(handle.id, lambda s: s.state == TrainState.paused)
-    await drive.env.sleep(timedelta(minutes=20))
+    await drive.skip(timedelta(minutes=20))
     held = await agent.status(handle.id)
     assert len(held.environment_status("staging").probes["marker"]) >= 3, "probes ran while paused"
 
