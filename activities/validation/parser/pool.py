@@ -82,8 +82,11 @@ class Worker:
         if not self.queue:
             self.started = time.monotonic()
         self.queue.append(path)
-        self.jobs.write(json.dumps(str(path)) + "\n")
-        self.jobs.flush()
+        try:
+            self.jobs.write(json.dumps(str(path)) + "\n")
+            self.jobs.flush()
+        except BrokenPipeError:
+            pass  # it died on the file before: its end is read next, and this file goes back to the others
 
     def read(self) -> list[tuple[Path, dict]]:
         """The files answered since the last read, with their reports; raises EOFError when the worker died."""
