@@ -167,11 +167,7 @@ class Drive:
                 continue
             if predicate(status):
                 return status
-            try:
-                # Bounded: on a loaded host a skip the server could not make was seen to never return.
-                await asyncio.wait_for(self.env.sleep(step), timeout=60)
-            except (RPCError, TimeoutError):  # the server could not skip the step in time (a busy host)
-                await asyncio.sleep(1)
+            await self.skip(step)
         raise AssertionError(f"{what} never got there; last status: {status}")
 
     async def skip(self, duration: timedelta) -> None:

@@ -82,7 +82,9 @@ class Controller:
     def _run(self) -> None:
         while not self._stop.is_set():
             with self.store.changed:
-                self.store.changed.wait(timeout=0.03)
+                # Woken by every change; between changes, often enough for the timed moves (readiness after
+                # `delay`, the progress deadline), not 33 times a second, each pass copying every object.
+                self.store.changed.wait(timeout=min(self.delay, 0.1))
             try:
                 for d in self.store.list("deployments")[0]:
                     self._deployment(d)
