@@ -292,7 +292,9 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
     pulled = await drive.finish((await start_train(agent, unpullable, monorepo.head.commit.hexsha)).id)
 
     assert pulled.state == TrainState.failed and pulled.stages[-1].name == "validate", pulled.reason
-    assert "airagent-validate-" in pulled.reason and "ErrImagePull" in pulled.reason
+    # A cluster says ErrImagePull, then ImagePullBackOff: which one the job is seen in depends on the host's speed.
+    assert "airagent-validate-" in pulled.reason
+    assert "ErrImagePull" in pulled.reason or "ImagePullBackOff" in pulled.reason
     assert "registry.invalid/data/airflow:" in pulled.reason
     assert template_patches(emulator.since(mark)) == [] and ref_and_record(cluster, monorepo) == before
 
