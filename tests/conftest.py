@@ -36,39 +36,36 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 # The files that start real Airflow, each in one of three lanes: pytest-xdist runs a lane's files one after
 # another in one process, as more Airflows starting side by side on two cores miss their health deadlines
-# (with four, the suite took longer). The lanes are about as long as each other (6 to 8 minutes on a loaded host).
+# (with four, the suite took longer).
 AIRFLOW_LANES = {
+    "tests/test_kubernetes_confirm.py": "airflow-1",
     "tests/test_soak.py": "airflow-1",
-    "tests/test_analysis_airflow.py": "airflow-1",
-    "tests/test_analysis_scenarios.py": "airflow-2",
-    "tests/test_kubernetes_confirm.py": "airflow-2",
+    "tests/test_local_airflow.py": "airflow-2",
+    "tests/test_analysis_airflow.py": "airflow-2",
     "tests/test_space_in_path.py": "airflow-2",
+    "tests/test_analysis_scenarios.py": "airflow-2",
     "tests/test_preview.py": "airflow-3",
-    "tests/test_local_airflow.py": "airflow-3",
 }
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The longest first, so none is left to start at the end: the Airflow lanes' files, then the files with slow
-    tests, then the rest; the other processes take files in this order as they free up."""
+    """The Airflow lanes' files are the longest, so they are collected first; the other files fill the processes
+    around them."""
     for item in items:
         if item.get_closest_marker("airflow") and _file(item.nodeid) not in AIRFLOW_LANES:
             raise pytest.UsageError(f"{_file(item.nodeid)} starts real Airflow: give it a lane in AIRFLOW_LANES")
-    slow = {_file(item.nodeid) for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: (_file(item.nodeid) not in AIRFLOW_LANES, _file(item.nodeid) not in slow))
+    items.sort(key=lambda item: _file(item.nodeid) not in AIRFLOW_LANES)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """Under pytest-xdist, each file's tests run in one process, so its module fixtures are made once, and each
-    Airflow lane's files in one process (see AIRFLOW_LANES), in the order collected: xdist's own order, by the
-    number of tests, started the lanes, few tests each, near the end."""
+    Airflow lane's files in one process (see AIRFLOW_LANES)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Lanes(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return AIRFLOW_LANES.get(_file(nodeid), _file(nodeid))
 
-    config.option.loadscopereorder = False
     return Lanes(config, log)
 
 
