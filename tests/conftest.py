@@ -49,8 +49,9 @@ AIRFLOW_LANES = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Airflow lanes' files are the longest, so they are collected first; the other files fill the processes
-    around them."""
+    """The Airflow lanes' files are collected first. xdist's loadscope then orders the work by its number of tests,
+    keeping this order only between equals, so the lanes start among the other files: starting all three with the
+    slow files at once overloaded two cores (Airflow tasks failed and soaks saw no runs)."""
     for item in items:
         if item.get_closest_marker("airflow") and _file(item.nodeid) not in AIRFLOW_LANES:
             raise pytest.UsageError(f"{_file(item.nodeid)} starts real Airflow: give it a lane in AIRFLOW_LANES")
