@@ -1,8 +1,10 @@
 """The runtime a release runs in: a venv built with uv, keyed by the hash of its inputs.
 
-Reused whenever the inputs are unchanged; two builds of one runtime may race, the second
-simply discards its copy. Each reuse touches the runtime's `last-used` marker under the lock
-gc (activities/gc.py) takes to remove one, so a runtime handed out is never removed under
+Reused whenever the inputs are unchanged. A host builds each runtime once: an activity
+asking for one that is building waits for that build (half a minute of two cores) rather
+than making its own; workers sharing a folder across hosts may still race, and the loser
+discards its copy. Each reuse touches the runtime's `last-used` marker under the lock gc
+(activities/gc.py) takes to remove one, so a runtime handed out is never removed under
 its user. The install, which reads the repository's requirements and may build their
 sdists, runs in the sandbox (see `activities.sandbox`) with the network it needs for the
 package index and nothing else of the deployer's.
@@ -25,6 +27,7 @@ from pathlib import Path
 from temporalio.exceptions import ApplicationError
 
 from activities import process, sandbox
+from activities.heartbeat import keep_alive
 from airagent.config import Runtime, home
 
 UV = Path(sys.executable).with_name("uv")
@@ -51,12 +54,37 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
     reqs = requirements.read_bytes() if requirements and requirements.is_file() else b""
     digest = runtime_hash(runtime, reqs)
     final = home() / "runtimes" / digest
-    with runtimes_locked():
-        if (final / "runtime.json").exists():
-            with contextlib.suppress(OSError):  # a marker never fails a build; without it gc goes by the folder's age
-                (final / LAST_USED).touch()
+    if _handed_out(final):
+        return digest, final
+    with _building(final):
+        if _handed_out(final):  # built while this waited
             return digest, final
+        _build(runtime, requirements if reqs else None, sandboxed, final)
+    return digest, final
+
+
+def _handed_out(final: Path) -> bool:
+    """Whether the runtime is built; if so its use is marked under the lock gc takes to remove one."""
+    with runtimes_locked():
+        if not (final / "runtime.json").exists():
+            return False
+        with contextlib.suppress(OSError):  # a marker never fails a build; without it gc goes by the folder's age
+            (final / LAST_USED).touch()
+        return True
+
+
+@contextlib.contextmanager
+def _building(final: Path) -> Iterator[None]:
+    """Held while this runtime builds, so another build of it on this host waits instead of building it again."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.with_name(f".{final.name}.building"), "a") as lock:
+        with keep_alive(f"waiting for runtime {final.name} to build"):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(runtime: Runtime, requirements: Path | None, sandboxed: bool, final: Path) -> None:
+    digest = final.name
     tmp = final.with_name(f".{digest}.{uuid.uuid4().hex[:8]}")
     try:
         process.run([_uv(), "venv", "--quiet", "--relocatable", "--python", runtime.python, tmp])
@@ -64,11 +92,10 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
         # would compile Airflow again.
         install = [_uv(), "pip", "install", "--quiet", "--compile-bytecode", "--python", str(tmp / "bin" / "python")]
         install += [f"apache-airflow=={runtime.airflow}", *RUNTIME_EXTRAS]
-        given = requirements if reqs else None
         if sandboxed:
-            _install_sandboxed(install, tmp, given)
+            _install_sandboxed(install, tmp, requirements)
         else:
-            process.run(install + (["-r", str(given)] if given else []), timeout=1800)
+            process.run(install + (["-r", str(requirements)] if requirements else []), timeout=1800)
         (tmp / "runtime.json").write_text(json.dumps({"hash": digest, **runtime.model_dump()}, indent=2))
         try:
             tmp.rename(final)
@@ -78,7 +105,7 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
     except process.ProcessFailed as err:
         raise ApplicationError(
             f"building the runtime (Airflow {runtime.airflow}, Python {runtime.python}"
-            f"{', ' + str(requirements.name) if reqs and requirements else ''}) failed: {err.output[-3000:]}",
+            f"{', ' + str(requirements.name) if requirements else ''}) failed: {err.output[-3000:]}",
             type="RuntimeBuildFailed",
             non_retryable=True,
         ) from None
@@ -86,7 +113,6 @@ def ensure_runtime(runtime: Runtime, requirements: Path | None, sandboxed: bool 
         raise ApplicationError(str(err), type="SandboxUnavailable", non_retryable=True) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return digest, final
 
 
 @contextlib.contextmanager

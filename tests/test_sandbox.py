@@ -9,11 +9,13 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from activities import runtime as runtime_module
 from activities import sandbox
 from activities.runtime import ensure_runtime
 from activities.validation.parse import parse_tree
@@ -227,8 +229,9 @@ setup(py_modules=[])
 """
 
 
-def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runtime(tmp_path, request):
-    """requirements.txt names a package in the repository; its setup.py runs at build."""
+def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runtime(tmp_path, request, monkeypatch):
+    """requirements.txt names a package in the repository; its setup.py runs at build. Two activities asking
+    for this new runtime at once (a build and a validate of one commit on one worker) build it once."""
     worker = subprocess.Popen(["sleep", "300"], env={"TEMPORAL_API_KEY": CANARY})
     request.addfinalizer(worker.kill)
     outside = [str(tmp_path / "written-outside"), str(home() / "written-outside")]
@@ -242,8 +245,18 @@ def test_a_requirement_built_from_source_sees_no_secret_and_writes_only_the_runt
         },
     )
 
-    _, runtime = ensure_runtime(Runtime(), root / "requirements.txt")
+    builds, real = [], runtime_module._build
+    monkeypatch.setattr(runtime_module, "_build", lambda *args: builds.append(args) or real(*args))
+    start = threading.Barrier(2)
 
+    def ask() -> Path:
+        start.wait(timeout=30)
+        return ensure_runtime(Runtime(), root / "requirements.txt")[1]
+
+    with ThreadPoolExecutor(2) as pool:
+        runtime, again = pool.map(lambda _: ask(), range(2))
+
+    assert runtime == again and len(builds) == 1
     assert list(runtime.glob("lib/python*/site-packages/local_package-0.1.dist-info"))
     assert not any(Path(p).exists() for p in outside)
     assert not (root / "local_package" / "build").exists()  # it built in a copy
