@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.validation import cache as validation_cache
 from airagent import example
 from airagent.config import EnvironmentSettings, LocalTarget, PipelineSettings
 from airagent.devserver import binary, register_search_attributes
@@ -36,15 +39,16 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 # The files that start real Airflow, each in one of three lanes: pytest-xdist runs a lane's files one after
 # another in one process, as more Airflows starting side by side on two cores miss their health deadlines
-# (with four, the suite took longer).
+# (with four, the suite took longer). The lanes are about as long as each other (12 to 13 minutes of a loaded
+# suite's 18); one that was 16 was most of the suite.
 AIRFLOW_LANES = {
     "tests/test_kubernetes_confirm.py": "airflow-1",
     "tests/test_soak.py": "airflow-1",
     "tests/test_local_airflow.py": "airflow-2",
-    "tests/test_analysis_airflow.py": "airflow-2",
     "tests/test_space_in_path.py": "airflow-2",
     "tests/test_analysis_scenarios.py": "airflow-2",
     "tests/test_preview.py": "airflow-3",
+    "tests/test_analysis_airflow.py": "airflow-3",
 }
 
 
@@ -239,3 +243,20 @@ def make_pipeline(
 @pytest.fixture
 def pipeline(monorepo, tmp_path):
     return make_pipeline(monorepo, tmp_path / "envs")
+
+
+@contextmanager
+def state_home(path: Path, empty: bool = True) -> Iterator[Path]:
+    """AIRAGENT_HOME at `path` for a while. With `empty`, its validation cache is emptied first, on disk and in
+    this process's memory of it, while its warm parsers (seconds each to start) stay up for the next use."""
+    if empty:
+        shutil.rmtree(path / "validation-cache", ignore_errors=True)
+        gone = path.resolve() / "validation-cache" / "files"
+        for remembered in [k for k in validation_cache._remembered if k[0] == gone]:
+            del validation_cache._remembered[remembered]
+    before = os.environ["AIRAGENT_HOME"]
+    os.environ["AIRAGENT_HOME"] = str(path)
+    try:
+        yield path
+    finally:
+        os.environ["AIRAGENT_HOME"] = before

@@ -4,7 +4,10 @@ instead of finding nothing there and passing. Separate homes stand for separate 
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -16,9 +19,10 @@ from temporalio.exceptions import ApplicationError
 
 from activities.build import build
 from activities.holdback import release_commit
+from activities.runtime import ensure_runtime
 from activities.validate import validate
 from airagent import example
-from airagent.config import PipelineSettings, home
+from airagent.config import PipelineSettings, Runtime, home
 from airagent.models import BuildInput, HeldCommit, TrainState, ValidateInput
 from airagent.repo import RELEASES, open_repository, resolve
 from interface.client import AirAgent
@@ -30,16 +34,32 @@ from tests.test_kubernetes_train import REGISTRY, kube_pipeline, run_validator_j
 pytestmark = pytest.mark.slow
 
 TRAIN = timedelta(minutes=5)
-# The test home's (tests/conftest.py), before a test moves AIRAGENT_HOME: one cache makes each runtime build short.
-UV_CACHE = home() / "uv-cache"
+# The test home (tests/conftest.py), before a test moves AIRAGENT_HOME: one cache makes each runtime build short.
+TEST_HOME = home()
+UV_CACHE = TEST_HOME / "uv-cache"
 
 
-def worker_home(path: Path) -> Path:
-    """A worker's own AIRAGENT_HOME, sharing the test home's uv cache so its runtime builds in seconds."""
+def worker_home(path: Path, runtime: bool = True) -> Path:
+    """A worker's own AIRAGENT_HOME, sharing the test home's uv cache. With `runtime`, the example's runtime is
+    there, as on a host that built it for an earlier commit: hard links to the test home's, as a build is half a
+    minute of both cores. Without, the worker builds it when a stage first needs it."""
     path.mkdir(parents=True)
     UV_CACHE.mkdir(parents=True, exist_ok=True)
     (path / "uv-cache").symlink_to(UV_CACHE)
+    if runtime:
+        built = example_runtime()
+        shutil.copytree(built, path / "runtimes" / built.name, symlinks=True, copy_function=os.link)
     return path
+
+
+@functools.cache
+def example_runtime() -> Path:
+    """The runtime the example's commits name, built in the test home once for all the tests there."""
+    with tempfile.TemporaryDirectory() as scratch, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRAGENT_HOME", str(TEST_HOME))
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(example.FILES["requirements.txt"])
+        return ensure_runtime(Runtime(), requirements)[1]
 
 
 def origin_of(repo: git.Repo, path: Path) -> str:
@@ -220,7 +240,7 @@ async def test_trains_succeed_when_their_stages_move_between_workers(agent, cli_
 async def test_a_train_goes_on_when_the_worker_that_built_it_is_killed(agent, cli_env, tmp_path):
     repo = example.create(tmp_path / "repo", tmp_path / "envs")
     url = origin_of(repo, tmp_path / "origin.git")
-    homes = [worker_home(tmp_path / name) for name in ("a", "b")]
+    homes = [worker_home(tmp_path / name, runtime=False) for name in ("a", "b")]  # the survivor builds it too
     workers = [WorkerProcess({**cli_env, "AIRAGENT_HOME": str(h)}, h.with_suffix(".log")) for h in homes]
     with kube.emulated(delay=0.1, progress_deadline=30) as cluster:
         pipeline = fleet_pipeline(repo, url, kube.kubeconfig(tmp_path / "kubeconfig", cluster.emulator.host))

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import git
@@ -17,7 +15,7 @@ from activities.validation import service as parser_service
 from activities.validation.parse import parse_tree
 from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, state_home
 
 # The Airflow runtime or the Kubernetes emulator: the full suite, not the fast layer.
 pytestmark = pytest.mark.slow
@@ -104,14 +102,10 @@ def apply(root: Path, change: tuple) -> None:
             path.write_text(text)
 
 
-@contextmanager
-def cache_home(path: Path):
-    before = os.environ["AIRAGENT_HOME"]
-    os.environ["AIRAGENT_HOME"] = str(path)
-    try:
-        yield
-    finally:
-        os.environ["AIRAGENT_HOME"] = before
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory) -> Path:
+    """State directories kept for every example, so each keeps its warm parser throughout (see `state_home`)."""
+    return tmp_path_factory.mktemp("homes")
 
 
 def essence(report: ValidationReport) -> tuple:
@@ -126,11 +120,11 @@ def essence(report: ValidationReport) -> tuple:
 
 
 @settings(max_examples=6, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(changes, min_size=1, max_size=3))
-def test_incremental_validation_equals_a_full_parse(sequence):
+@given(sequence=st.lists(changes, min_size=1, max_size=3))
+def test_incremental_validation_equals_a_full_parse(homes, sequence):
     _, runtime = ensure_runtime(Runtime(), None)
     with tempfile.TemporaryDirectory() as scratch:
-        root, cache = Path(scratch) / "repo", Path(scratch) / "cache"
+        root = Path(scratch) / "repo"
         pipeline = make_pipeline(git.Repo.init(root), Path(scratch) / "envs")
         for name, text in START.items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -138,9 +132,9 @@ def test_incremental_validation_equals_a_full_parse(sequence):
         for step, change in enumerate([("start",), *sequence]):
             if step:
                 apply(root, change)
-            with cache_home(cache):
+            with state_home(homes / "cache", empty=not step):  # kept through the example's steps
                 incremental = parse_tree(runtime, root, "dags", "plugins", pipeline, timeout=30)
-            with cache_home(Path(scratch) / f"empty-{step}"):
+            with state_home(homes / "full"):
                 full = parse_tree(runtime, root, "dags", "plugins", pipeline, timeout=30)
             assert full.parsed == len(full.files)
             assert essence(incremental) == essence(full), (change, incremental.summary(), full.summary())

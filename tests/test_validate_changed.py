@@ -9,8 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import git
@@ -24,7 +23,7 @@ from activities.validation.tree import check_changed, check_tree
 from airagent import example
 from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
-from tests.conftest import make_pipeline
+from tests.conftest import make_pipeline, state_home
 
 # The Airflow runtime: the full suite, not the fast layer.
 pytestmark = pytest.mark.slow
@@ -158,18 +157,19 @@ def verdicts(report: ValidationReport, paths: set[str]) -> tuple:
     )
 
 
-@contextmanager
-def fresh_home(scratch: Path, name: str, runtime: Path) -> Iterator[Path]:
-    """A state directory of its own, so its validation cache starts empty; the runtime hard-linked into it, as
-    one built there (a sandbox cannot follow a symlink out of it)."""
-    home = scratch / name
-    shutil.copytree(runtime, home / "runtimes" / runtime.name, symlinks=True, copy_function=os.link)
-    before = os.environ["AIRAGENT_HOME"]
-    os.environ["AIRAGENT_HOME"] = str(home)
-    try:
-        yield home
-    finally:
-        os.environ["AIRAGENT_HOME"] = before
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory) -> Path:
+    """State directories kept for every example, so each keeps its warm parser throughout (see `state_home`)."""
+    return tmp_path_factory.mktemp("homes")
+
+
+def fresh_home(homes: Path, name: str, runtime: Path) -> AbstractContextManager[Path]:
+    """A state directory of its own, its validation cache empty; the runtime hard-linked into it, as one built
+    there (a sandbox cannot follow a symlink out of it)."""
+    home = homes / name
+    if not (home / "runtimes" / runtime.name).exists():
+        shutil.copytree(runtime, home / "runtimes" / runtime.name, symlinks=True, copy_function=os.link)
+    return state_home(home)
 
 
 def cached(home: Path) -> int:
@@ -177,8 +177,8 @@ def cached(home: Path) -> int:
 
 
 @settings(max_examples=5, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps)
-def test_changed_checks_only_what_changed_and_agrees_with_a_full_validate(sequence):
+@given(sequence=steps)
+def test_changed_checks_only_what_changed_and_agrees_with_a_full_validate(homes, sequence):
     _, runtime = ensure_runtime(Runtime(), None)
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
@@ -192,7 +192,7 @@ def test_changed_checks_only_what_changed_and_agrees_with_a_full_validate(sequen
         repo.git.commit("-qm", "the DAGs")
         repo.git.checkout("-qb", "feature")
         files: dict[str, str] = dict(START)
-        with fresh_home(scratch, "warm", runtime) as home:
+        with fresh_home(homes, "warm", runtime) as home:
             start = check_tree(pipeline, root)
             assert start.ok  # what its author validated before branching
             for change, how in sequence:
@@ -209,7 +209,7 @@ def test_changed_checks_only_what_changed_and_agrees_with_a_full_validate(sequen
             before = cached(home)
             narrow, scope = check_changed(pipeline, root)
             parsed_now = cached(home) - before
-        with fresh_home(scratch, "cold", runtime):
+        with fresh_home(homes, "cold", runtime):
             full = check_tree(pipeline, root)
 
         expected, changed = expected_scope(START, files)
