@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.api.workflowservice.v1 import ListOpenWorkflowExecutionsRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -96,8 +97,30 @@ async def temporal_env():
 
 
 @pytest.fixture
-def client(temporal_env) -> Client:
-    return temporal_env.client
+async def client(temporal_env) -> AsyncIterator[Client]:
+    """The time-skipping server's client; what a test leaves running there is ended after it.
+
+    A workflow left open (a conductor, a preview, a train a test stopped watching) keeps
+    scheduling tasks that no worker takes once the test's worker is gone, and while one
+    waits the server skips no time: every later test in this process then sleeps its
+    skipped hours in real time."""
+    yield temporal_env.client
+    await end_open_workflows(temporal_env.client)
+
+
+async def end_open_workflows(client: Client) -> None:
+    request = ListOpenWorkflowExecutionsRequest(namespace=client.namespace, maximum_page_size=1000)
+    while True:
+        page = await client.workflow_service.list_open_workflow_executions(request)
+        for open_ in page.executions:
+            handle = client.get_workflow_handle(open_.execution.workflow_id, run_id=open_.execution.run_id)
+            try:
+                await handle.terminate(reason="the test that started it is over")
+            except RPCError:
+                pass  # it closed meanwhile
+        if not page.next_page_token:
+            return
+        request.next_page_token = page.next_page_token
 
 
 @asynccontextmanager
