@@ -46,10 +46,10 @@ AIRFLOW_LANES = {
     "tests/test_kubernetes_confirm.py": "airflow-1",
     "tests/test_soak.py": "airflow-1",
     "tests/test_local_airflow.py": "airflow-2",
-    "tests/test_space_in_path.py": "airflow-2",
     "tests/test_analysis_scenarios.py": "airflow-2",
     "tests/test_preview.py": "airflow-3",
     "tests/test_analysis_airflow.py": "airflow-3",
+    "tests/test_space_in_path.py": "airflow-3",
 }
 
 
