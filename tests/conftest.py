@@ -40,16 +40,16 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 # The files that start real Airflow, each in one of three lanes: pytest-xdist runs a lane's files one after
 # another in one process, as more Airflows starting side by side on two cores miss their health deadlines
-# (with four, the suite took longer). The lanes are about as long as each other (12 to 13 minutes of a loaded
-# suite's 18); one that was 16 was most of the suite.
+# (with four, the suite took longer). The lanes are about as long as each other, 11 to 12 minutes of a loaded
+# suite's 16: one that was 13 and a half was most of the suite.
 AIRFLOW_LANES = {
-    "tests/test_kubernetes_confirm.py": "airflow-1",
     "tests/test_soak.py": "airflow-1",
+    "tests/test_analysis_airflow.py": "airflow-1",
+    "tests/test_space_in_path.py": "airflow-1",
     "tests/test_local_airflow.py": "airflow-2",
-    "tests/test_analysis_scenarios.py": "airflow-2",
-    "tests/test_preview.py": "airflow-3",
-    "tests/test_analysis_airflow.py": "airflow-3",
-    "tests/test_space_in_path.py": "airflow-3",
+    "tests/test_preview.py": "airflow-2",
+    "tests/test_analysis_scenarios.py": "airflow-3",
+    "tests/test_kubernetes_confirm.py": "airflow-3",
 }
 
 
@@ -85,8 +85,11 @@ def airflow_ports(count: int = 5) -> int:
     return free_port(count)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def temporal_env():
+    """A time-skipping server per file (a fifth of a second to start). The server can keep a time-skipping lock
+    for good (an activity outstanding when its workflow closed, temporalio/sdk-java#1138); every later test on it
+    would then sleep its skipped hours in real time, so what one file leaks ends with the file."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
@@ -102,8 +105,8 @@ async def client(temporal_env) -> AsyncIterator[Client]:
 
     A workflow left open (a conductor, a preview, a train a test stopped watching) keeps
     scheduling tasks that no worker takes once the test's worker is gone, and while one
-    waits the server skips no time: every later test in this process then sleeps its
-    skipped hours in real time."""
+    waits the server skips no time: every later test in the file would sleep its skipped
+    hours in real time."""
     yield temporal_env.client
     await end_open_workflows(temporal_env.client)
 
