@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 from temporalio.api.sdk.v1 import WorkflowMetadata
-from temporalio.api.workflowservice.v1 import ListOpenWorkflowExecutionsRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -85,11 +84,13 @@ def airflow_ports(count: int = 5) -> int:
     return free_port(count)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 async def temporal_env():
-    """A time-skipping server per file (a fifth of a second to start). The server can keep a time-skipping lock
-    for good (an activity outstanding when its workflow closed, temporalio/sdk-java#1138); every later test on it
-    would then sleep its skipped hours in real time, so what one file leaks ends with the file."""
+    """A time-skipping server of the test's own (a fifth of a second to start). On a shared one, what a test left
+    stopped the skipping for every test after it, which then slept its skipped hours in real time: a workflow left
+    open (a conductor, a train it stopped watching) whose tasks no worker takes once the test's worker is gone, or
+    a time-skipping lock the server keeps for good (an activity outstanding when its workflow closed,
+    temporalio/sdk-java#1138)."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=binary("temporal-test-server"),
         data_converter=pydantic_data_converter,
@@ -100,30 +101,8 @@ async def temporal_env():
 
 
 @pytest.fixture
-async def client(temporal_env) -> AsyncIterator[Client]:
-    """The time-skipping server's client; what a test leaves running there is ended after it.
-
-    A workflow left open (a conductor, a preview, a train a test stopped watching) keeps
-    scheduling tasks that no worker takes once the test's worker is gone, and while one
-    waits the server skips no time: every later test in the file would sleep its skipped
-    hours in real time."""
-    yield temporal_env.client
-    await end_open_workflows(temporal_env.client)
-
-
-async def end_open_workflows(client: Client) -> None:
-    request = ListOpenWorkflowExecutionsRequest(namespace=client.namespace, maximum_page_size=1000)
-    while True:
-        page = await client.workflow_service.list_open_workflow_executions(request)
-        for open_ in page.executions:
-            handle = client.get_workflow_handle(open_.execution.workflow_id, run_id=open_.execution.run_id)
-            try:
-                await handle.terminate(reason="the test that started it is over")
-            except RPCError:
-                pass  # it closed meanwhile
-        if not page.next_page_token:
-            return
-        request.next_page_token = page.next_page_token
+def client(temporal_env) -> Client:
+    return temporal_env.client
 
 
 @asynccontextmanager
