@@ -39,8 +39,8 @@ os.environ["AIRAGENT_HOME"] = str(ROOT / ".airagent" / "test-home")
 
 # The files that start real Airflow, each in one of three lanes: pytest-xdist runs a lane's files one after
 # another in one process, as more Airflows starting side by side on two cores miss their health deadlines
-# (with four, the suite took longer). The lanes are about as long as each other, 11 to 12 minutes of a loaded
-# suite's 16: one that was 13 and a half was most of the suite.
+# (with four, the suite took longer). They are balanced by measured times, 11 to 15 minutes each in a loaded
+# suite of 16 to 18: the longest is the suite's critical path.
 AIRFLOW_LANES = {
     "tests/test_soak.py": "airflow-1",
     "tests/test_analysis_airflow.py": "airflow-1",
