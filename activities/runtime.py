@@ -76,7 +76,6 @@ def _handed_out(final: Path) -> bool:
 @contextlib.contextmanager
 def _building(final: Path) -> Iterator[None]:
     """Held while this runtime builds, so another build of it on this host waits instead of building it again."""
-    final.parent.mkdir(parents=True, exist_ok=True)
     with open(final.with_name(f".{final.name}.building"), "a") as lock:
         with keep_alive(f"waiting for runtime {final.name} to build"):
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -250,6 +250,13 @@ def pipeline(monorepo, tmp_path):
     return make_pipeline(monorepo, tmp_path / "envs")
 
 
+def link_runtime(runtime: Path, home: Path) -> None:
+    """`runtime` in state directory `home` as if built there: hard links, as a sandbox cannot follow a symlink out
+    of it, and a build is half a minute of both cores."""
+    if not (home / "runtimes" / runtime.name).exists():
+        shutil.copytree(runtime, home / "runtimes" / runtime.name, symlinks=True, copy_function=os.link)
+
+
 @contextmanager
 def state_home(path: Path, empty: bool = True) -> Iterator[Path]:
     """AIRAGENT_HOME at `path` for a while. With `empty`, its validation cache is emptied first, on disk and in

@@ -5,7 +5,6 @@ instead of finding nothing there and passing. Separate homes stand for separate 
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 import tempfile
 import threading
@@ -26,7 +25,7 @@ from airagent.config import PipelineSettings, Runtime, home
 from airagent.models import BuildInput, HeldCommit, TrainState, ValidateInput
 from airagent.repo import RELEASES, open_repository, resolve
 from interface.client import AirAgent
-from tests.conftest import start_train
+from tests.conftest import link_runtime, start_train, state_home
 from tests.devserver import WorkerProcess, agent, cli_env, dev_server, until  # noqa: F401  fixtures
 from tests.kube import cluster as kube
 from tests.test_kubernetes_train import REGISTRY, kube_pipeline, run_validator_jobs
@@ -47,16 +46,14 @@ def worker_home(path: Path, runtime: bool = True) -> Path:
     UV_CACHE.mkdir(parents=True, exist_ok=True)
     (path / "uv-cache").symlink_to(UV_CACHE)
     if runtime:
-        built = example_runtime()
-        shutil.copytree(built, path / "runtimes" / built.name, symlinks=True, copy_function=os.link)
+        link_runtime(example_runtime(), path)
     return path
 
 
 @functools.cache
 def example_runtime() -> Path:
     """The runtime the example's commits name, built in the test home once for all the tests there."""
-    with tempfile.TemporaryDirectory() as scratch, pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AIRAGENT_HOME", str(TEST_HOME))
+    with tempfile.TemporaryDirectory() as scratch, state_home(TEST_HOME, empty=False):
         requirements = Path(scratch) / "requirements.txt"
         requirements.write_text(example.FILES["requirements.txt"])
         return ensure_runtime(Runtime(), requirements)[1]

@@ -4,8 +4,6 @@ verdicts a full validate gives them, whatever a branch does (the Parse profile o
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,7 +21,7 @@ from activities.validation.tree import check_changed, check_tree
 from airagent import example
 from airagent.config import Runtime
 from airagent.models import ValidationReport, last_line
-from tests.conftest import make_pipeline, state_home
+from tests.conftest import link_runtime, make_pipeline, state_home
 
 # The Airflow runtime: the full suite, not the fast layer.
 pytestmark = pytest.mark.slow
@@ -164,12 +162,9 @@ def homes(tmp_path_factory) -> Path:
 
 
 def fresh_home(homes: Path, name: str, runtime: Path) -> AbstractContextManager[Path]:
-    """A state directory of its own, its validation cache empty; the runtime hard-linked into it, as one built
-    there (a sandbox cannot follow a symlink out of it)."""
-    home = homes / name
-    if not (home / "runtimes" / runtime.name).exists():
-        shutil.copytree(runtime, home / "runtimes" / runtime.name, symlinks=True, copy_function=os.link)
-    return state_home(home)
+    """A state directory of its own, its validation cache empty, with the runtime."""
+    link_runtime(runtime, homes / name)
+    return state_home(homes / name)
 
 
 def cached(home: Path) -> int:
