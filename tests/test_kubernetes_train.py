@@ -250,6 +250,9 @@ async def test_validate_runs_in_the_release_image_as_a_job(agent, drive, world, 
             "image": world.image.model_copy(update={"repository": f"registry.example/{uuid.uuid4().hex[:8]}/airflow"})
         }
     )
+    # A commit of its own too: the example's commits are the same in every test, and a report kept for one
+    # another test validated first would answer without a Job.
+    example.commit(monorepo, {"README.md": f"# Airflow monorepo {uuid.uuid4().hex}\n"}, "docs", "platform")
     first = await drive.finish((await start_train(agent, world, monorepo.head.commit.hexsha)).id)
 
     assert first.state == TrainState.succeeded, first.reason
